@@ -1,0 +1,75 @@
+//! The error type of the library crates (`thiserror`); the binary wraps it
+//! in `anyhow` with more context.
+
+use std::path::PathBuf;
+
+/// Errors raised by Espalier's library crates.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A tensor operation failed.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A file exists but its content is not what was expected.
+    #[error("{path}: {msg}")]
+    Format { path: PathBuf, msg: String },
+
+    /// A tensor has the wrong shape for the parameter it should fill.
+    #[error("parameter `{name}`: expected shape {expected:?}, found {found:?}{}", context.as_deref().map(|c| format!(" ({c})")).unwrap_or_default())]
+    Shape {
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+        context: Option<String>,
+    },
+
+    /// A parameter, mask or tensor name that does not exist.
+    #[error("unknown parameter `{name}`{}", hint.as_deref().map(|h| format!(": {h}")).unwrap_or_default())]
+    UnknownParam { name: String, hint: Option<String> },
+
+    /// Invalid arguments or state, described in words.
+    #[error("{0}")]
+    Msg(String),
+}
+
+impl Error {
+    /// Wraps an I/O error with the path it concerns.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// A format error for `path`.
+    pub fn format(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        Error::Format {
+            path: path.into(),
+            msg: msg.into(),
+        }
+    }
+
+    /// A plain message.
+    pub fn msg(msg: impl Into<String>) -> Self {
+        Error::Msg(msg.into())
+    }
+}
+
+/// Result alias of the library crates.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// `bail!`-like early return with a formatted [`Error::Msg`].
+#[macro_export]
+macro_rules! bail {
+    ($($arg:tt)*) => {
+        return Err($crate::Error::Msg(format!($($arg)*)))
+    };
+}

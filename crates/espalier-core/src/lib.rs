@@ -1,0 +1,24 @@
+//! Espalier's foundation: named parameters with masks, name selectors, the
+//! project's seeded RNG, checkpoint I/O and the error type shared by the
+//! library crates.
+//!
+//! Everything in Espalier addresses parameters by dotted names
+//! (`fc1.weight`, `encoder.layer.3.attention.self.query.weight`): the
+//! [`ParamStore`] keys, mask keys, checkpoint keys and [`Selector`] patterns all
+//! use the same strings.
+
+pub mod checkpoint;
+pub mod error;
+pub mod init;
+pub mod mask;
+pub mod metrics;
+pub mod params;
+pub mod rng;
+pub mod select;
+
+pub use error::{Error, Result};
+pub use mask::{LayerSparsity, SparsityReport};
+pub use metrics::Metric;
+pub use params::{Param, ParamBuilder, ParamKind, ParamStore};
+pub use rng::Rng;
+pub use select::Selector;

@@ -1,0 +1,154 @@
+//! Datasets and batching for Espalier.
+//!
+//! A [`Dataset`] knows its length and turns a list of example indices into a
+//! [`Batch`] on a device; a [`Batcher`] walks an epoch in a seeded order.
+//! Shuffling uses `Rng::derive(seed, "shuffle", [epoch])`, so epoch `e` sees
+//! the same order whether or not the run was interrupted before it.
+
+pub mod mnist;
+pub mod root;
+
+use candle_core::{Device, Tensor};
+use espalier_core::{Result, Rng};
+
+pub use root::DataRoot;
+
+/// The inputs of one batch.
+#[derive(Clone, Debug)]
+pub enum Inputs {
+    /// A dense float tensor (images: `(B, C, H, W)` or flattened `(B, D)`).
+    Dense(Tensor),
+    /// Token sequences, padded to the longest in the batch.
+    Tokens {
+        /// `(B, T)` u32 token ids.
+        input_ids: Tensor,
+        /// `(B, T)` u32 segment ids.
+        token_type_ids: Tensor,
+        /// `(B, T)` f32, 1 for real tokens and 0 for padding.
+        attention_mask: Tensor,
+    },
+}
+
+/// One mini-batch.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    /// Model inputs.
+    pub inputs: Inputs,
+    /// `(B,)` u32 class ids, or `(B,)` f32 targets for regression.
+    pub labels: Tensor,
+}
+
+impl Batch {
+    /// Number of examples.
+    pub fn len(&self) -> usize {
+        self.labels.dims().first().copied().unwrap_or(0)
+    }
+    /// Whether the batch is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A finite, indexable dataset.
+pub trait Dataset: Send + Sync {
+    /// Number of examples.
+    fn len(&self) -> usize;
+    /// Whether it holds no examples.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The examples at `indices`, collated into a batch on `device`.
+    fn batch(&self, indices: &[usize], device: &Device) -> Result<Batch>;
+}
+
+/// Iterates over a dataset in mini-batches.
+#[derive(Clone, Debug)]
+pub struct Batcher {
+    /// Examples per batch.
+    pub batch_size: usize,
+    /// Shuffle each epoch (training) or keep the file order (evaluation).
+    pub shuffle: bool,
+    /// Drop a last, smaller batch.
+    pub drop_last: bool,
+    /// The run's seed.
+    pub seed: u64,
+}
+
+impl Batcher {
+    /// The index lists of every batch of `epoch`.
+    pub fn plan(&self, n: usize, epoch: u64) -> Vec<Vec<usize>> {
+        let order: Vec<usize> = if self.shuffle {
+            Rng::derive(self.seed, "shuffle", &[epoch]).permutation(n)
+        } else {
+            (0..n).collect()
+        };
+        let bs = self.batch_size.max(1);
+        order
+            .chunks(bs)
+            .filter(|c| !self.drop_last || c.len() == bs)
+            .map(|c| c.to_vec())
+            .collect()
+    }
+
+    /// Number of batches per epoch.
+    pub fn num_batches(&self, n: usize) -> usize {
+        let bs = self.batch_size.max(1);
+        if self.drop_last {
+            n / bs
+        } else {
+            n.div_ceil(bs)
+        }
+    }
+}
+
+/// A dataset held as two tensors: inputs `(N, ...)` and labels `(N,)`.
+#[derive(Clone, Debug)]
+pub struct TensorDataset {
+    /// Inputs, first dimension = examples.
+    pub inputs: Tensor,
+    /// Labels, `(N,)`.
+    pub labels: Tensor,
+}
+
+impl TensorDataset {
+    /// The first `n` examples (or all, if fewer).
+    pub fn take(&self, n: usize) -> Result<Self> {
+        let n = n.min(self.len());
+        Ok(TensorDataset {
+            inputs: self.inputs.narrow(0, 0, n)?,
+            labels: self.labels.narrow(0, 0, n)?,
+        })
+    }
+}
+
+impl Dataset for TensorDataset {
+    fn len(&self) -> usize {
+        self.labels.dims()[0]
+    }
+    fn batch(&self, indices: &[usize], device: &Device) -> Result<Batch> {
+        let idx = Tensor::from_iter(indices.iter().map(|&i| i as u32), self.labels.device())?;
+        Ok(Batch {
+            inputs: Inputs::Dense(self.inputs.index_select(&idx, 0)?.to_device(device)?),
+            labels: self.labels.index_select(&idx, 0)?.to_device(device)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_covers_each_index_once_and_is_seeded() {
+        let b = Batcher { batch_size: 7, shuffle: true, drop_last: false, seed: 5 };
+        let p = b.plan(50, 0);
+        assert_eq!(p.len(), b.num_batches(50));
+        let mut all: Vec<usize> = p.concat();
+        all.sort_unstable();
+        assert_eq!(all, (0..50).collect::<Vec<_>>());
+        assert_eq!(p, b.plan(50, 0));
+        assert_ne!(p, b.plan(50, 1));
+        let d = Batcher { drop_last: true, ..b };
+        assert_eq!(d.plan(50, 0).len(), 7);
+    }
+}

@@ -1,0 +1,89 @@
+//! Trainable, maskable models.
+//!
+//! Every model implements [`Model`]: it owns the step from a [`Batch`] to a
+//! loss, reads its weights through [`Param::effective`] so masks apply inside
+//! the forward pass, and describes itself by a serde [`ModelConfig`] that a
+//! checkpoint header records, so a checkpoint alone rebuilds the model.
+
+pub mod layers;
+pub mod lenet;
+pub mod loss;
+pub mod mlp;
+
+use candle_core::{DType, Device, Tensor};
+use espalier_core::{ParamBuilder, ParamStore, Result, Rng};
+use espalier_data::Batch;
+use serde::{Deserialize, Serialize};
+
+pub use lenet::{LeNet5, LeNet5Config};
+pub use mlp::{Activation, Mlp, MlpConfig};
+
+/// What a forward pass produced.
+#[derive(Clone, Debug)]
+pub struct StepOutput {
+    /// Scalar loss (mean over the batch).
+    pub loss: Tensor,
+    /// `(B, C)` logits, or `(B,)` predictions for regression.
+    pub logits: Tensor,
+    /// The batch's labels.
+    pub labels: Tensor,
+}
+
+/// Training or evaluation, with the dropout stream in training.
+pub enum Mode<'a> {
+    /// Evaluation: no dropout, batch statistics not updated.
+    Eval,
+    /// Training; random draws (dropout) come from this stream.
+    Train(&'a mut Rng),
+}
+
+impl Mode<'_> {
+    /// Whether this is a training pass.
+    pub fn is_train(&self) -> bool {
+        matches!(self, Mode::Train(_))
+    }
+}
+
+/// A model Espalier can train, prune and checkpoint.
+pub trait Model: Send + Sync {
+    /// Forward pass and loss.
+    fn forward_t(&self, batch: &Batch, mode: &mut Mode) -> Result<StepOutput>;
+    /// The model's parameters.
+    fn params(&self) -> &ParamStore;
+    /// The configuration that rebuilds this model.
+    fn config(&self) -> ModelConfig;
+}
+
+/// Every model Espalier knows, tagged by `kind` in TOML and JSON.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ModelConfig {
+    /// Multi-layer perceptron (LeNet-300-100 with `hidden = [300, 100]`).
+    Mlp(MlpConfig),
+    /// LeNet-5 (LeCun et al. 1998), conv 6 → conv 16 → 120 → 84 → classes.
+    Lenet5(LeNet5Config),
+}
+
+impl ModelConfig {
+    /// Checks values a user can get wrong; `path` prefixes key names.
+    pub fn validate(&self, path: &str) -> std::result::Result<(), String> {
+        match self {
+            ModelConfig::Mlp(c) => c.validate(path),
+            ModelConfig::Lenet5(c) => c.validate(path),
+        }
+    }
+
+    /// Builds the model; parameters come from `pb` (seeded init or tensors).
+    pub fn build(&self, pb: &ParamBuilder) -> Result<Box<dyn Model>> {
+        Ok(match self {
+            ModelConfig::Mlp(c) => Box::new(Mlp::new(c.clone(), pb)?),
+            ModelConfig::Lenet5(c) => Box::new(LeNet5::new(c.clone(), pb)?),
+        })
+    }
+
+    /// A freshly initialised model from `seed`.
+    pub fn init(&self, seed: u64, device: &Device) -> Result<Box<dyn Model>> {
+        let pb = ParamBuilder::from_seed(seed, DType::F32, device);
+        self.build(&pb)
+    }
+}

@@ -1,0 +1,138 @@
+//! Multi-layer perceptron; `hidden = [300, 100]` is LeNet-300-100
+//! (LeCun et al. 1998; the network of Han et al. 2015, Table 1).
+
+use candle_core::Tensor;
+use espalier_core::{ParamBuilder, ParamStore, Result};
+use espalier_data::{Batch, Inputs};
+use serde::{Deserialize, Serialize};
+
+use crate::layers::Linear;
+use crate::{loss, Mode, Model, ModelConfig, StepOutput};
+
+/// Hidden-layer nonlinearity.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// max(0, x).
+    #[default]
+    Relu,
+    /// tanh(x).
+    Tanh,
+    /// 1/(1 + e^−x).
+    Sigmoid,
+    /// Gaussian error linear unit (erf form).
+    Gelu,
+}
+
+impl Activation {
+    /// Applies the nonlinearity.
+    pub fn apply(self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Activation::Relu => x.relu()?,
+            Activation::Tanh => x.tanh()?,
+            Activation::Sigmoid => candle_nn::ops::sigmoid(x)?,
+            Activation::Gelu => x.gelu_erf()?,
+        })
+    }
+}
+
+/// MLP configuration.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MlpConfig {
+    /// Input features (784 for 28×28 images; inputs are flattened).
+    #[serde(default = "default_input")]
+    pub input_dim: usize,
+    /// Hidden widths, e.g. `[300, 100]`.
+    pub hidden: Vec<usize>,
+    /// Output classes.
+    #[serde(default = "default_classes")]
+    pub num_classes: usize,
+    /// Hidden nonlinearity.
+    #[serde(default)]
+    pub activation: Activation,
+}
+
+fn default_input() -> usize {
+    784
+}
+fn default_classes() -> usize {
+    10
+}
+
+impl MlpConfig {
+    /// LeNet-300-100.
+    pub fn lenet_300_100() -> Self {
+        MlpConfig {
+            input_dim: 784,
+            hidden: vec![300, 100],
+            num_classes: 10,
+            activation: Activation::Relu,
+        }
+    }
+
+    pub(crate) fn validate(&self, path: &str) -> std::result::Result<(), String> {
+        if self.input_dim == 0 {
+            return Err(format!("{path}.input_dim must be at least 1"));
+        }
+        if self.num_classes < 2 {
+            return Err(format!("{path}.num_classes must be at least 2, found {}", self.num_classes));
+        }
+        if let Some(i) = self.hidden.iter().position(|&h| h == 0) {
+            return Err(format!("{path}.hidden[{i}] must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// The MLP: `fc1 … fcN` hidden layers, then the `head` layer.
+pub struct Mlp {
+    cfg: MlpConfig,
+    layers: Vec<Linear>,
+    head: Linear,
+    params: ParamStore,
+}
+
+impl Mlp {
+    /// Builds the MLP; parameters are named `fc1.weight`, …, `head.weight`.
+    pub fn new(cfg: MlpConfig, pb: &ParamBuilder) -> Result<Self> {
+        let mut layers = Vec::new();
+        let mut d = cfg.input_dim;
+        for (i, &h) in cfg.hidden.iter().enumerate() {
+            layers.push(Linear::new(&pb.pp(format!("fc{}", i + 1)), d, h, true)?);
+            d = h;
+        }
+        let head = Linear::new(&pb.pp("head").head(), d, cfg.num_classes, true)?;
+        let params = pb.clone().finish().0;
+        Ok(Mlp { cfg, layers, head, params })
+    }
+
+    /// Logits for `(B, ...)` inputs (flattened to `(B, input_dim)`).
+    pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
+        let mut h = x.flatten_from(1)?;
+        for l in &self.layers {
+            h = self.cfg.activation.apply(&l.forward(&h)?)?;
+        }
+        self.head.forward(&h)
+    }
+}
+
+impl Model for Mlp {
+    fn forward_t(&self, batch: &Batch, _mode: &mut Mode) -> Result<StepOutput> {
+        let Inputs::Dense(x) = &batch.inputs else {
+            espalier_core::bail!("the MLP takes dense inputs, not token sequences");
+        };
+        let logits = self.logits(x)?;
+        Ok(StepOutput {
+            loss: loss::cross_entropy(&logits, &batch.labels)?,
+            logits,
+            labels: batch.labels.clone(),
+        })
+    }
+    fn params(&self) -> &ParamStore {
+        &self.params
+    }
+    fn config(&self) -> ModelConfig {
+        ModelConfig::Mlp(self.cfg.clone())
+    }
+}
