@@ -1,1 +1,17 @@
-//! placeholder
+//! The training loop (the only one in Espalier), its optimizers, learning
+//! rate schedules, gradient clipping, pluggable [`Regularizer`]s and
+//! evaluation.
+//!
+//! One step, in this order: forward → loss (+ penalties) → backward →
+//! regularizer gradient adjustments → gradient clipping → optimizer step →
+//! re-apply masks → hooks.
+
+pub mod lr;
+pub mod optim;
+pub mod regularize;
+pub mod trainer;
+
+pub use lr::LrSchedule;
+pub use optim::{Optimizer, OptimizerConfig};
+pub use regularize::{Regularizer, RegularizerConfig, StepInfo};
+pub use trainer::{evaluate, EpochStats, EvalStats, Trainer, TrainerOptions};

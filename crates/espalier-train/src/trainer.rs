@@ -1,0 +1,243 @@
+//! The training loop and evaluation.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, D};
+use espalier_core::{Metric, Result, Rng};
+use espalier_data::{Batcher, Dataset};
+use espalier_models::{Mode, Model};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use crate::{LrSchedule, Optimizer, Regularizer, StepInfo};
+
+/// Settings of the loop that are not the optimizer's.
+#[derive(Clone, Debug)]
+pub struct TrainerOptions {
+    /// Training batch size.
+    pub batch_size: usize,
+    /// Clip the global gradient norm to this value.
+    pub clip_grad_norm: Option<f64>,
+    /// Learning-rate schedule within a phase.
+    pub lr_schedule: LrSchedule,
+    /// The run's seed (shuffling and dropout streams derive from it).
+    pub seed: u64,
+    /// Draw a progress bar on a terminal.
+    pub progress: bool,
+}
+
+/// What one training epoch measured.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EpochStats {
+    /// Mean training loss.
+    pub loss: f64,
+    /// Training accuracy (percent; classification only).
+    pub accuracy: Option<f64>,
+    /// Optimizer steps taken.
+    pub steps: usize,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+    /// Learning rate at the last step.
+    pub lr: f64,
+}
+
+/// What an evaluation measured.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EvalStats {
+    /// Mean loss.
+    pub loss: f64,
+    /// Metric values (percent).
+    pub metrics: Vec<(Metric, f64)>,
+}
+
+impl EvalStats {
+    /// The value of `m`, if computed.
+    pub fn get(&self, m: Metric) -> Option<f64> {
+        self.metrics.iter().find(|(k, _)| *k == m).map(|(_, v)| *v)
+    }
+}
+
+/// Where in a phase (dense training or one retraining round) an epoch is;
+/// learning-rate schedules restart with each phase.
+#[derive(Clone, Copy, Debug)]
+pub struct PhasePos {
+    /// Epoch index within the phase (0-based).
+    pub epoch_in_phase: usize,
+    /// Epochs in the phase.
+    pub epochs_in_phase: usize,
+}
+
+/// Called after each optimizer step (gradual pruning hooks in here).
+pub type StepHook<'a> = dyn FnMut(&dyn Model, &StepInfo, usize, usize) -> Result<()> + 'a;
+
+/// The one training loop.
+pub struct Trainer {
+    /// The optimizer.
+    pub optimizer: Box<dyn Optimizer>,
+    /// Regularizers, in order.
+    pub regularizers: Vec<Box<dyn Regularizer>>,
+    /// Loop settings.
+    pub opts: TrainerOptions,
+    /// Optimizer steps taken over the whole run.
+    pub global_step: u64,
+}
+
+fn progress_bar(n: usize, label: String, enabled: bool) -> ProgressBar {
+    if !enabled {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(n as u64);
+    pb.set_style(
+        ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {per_sec} ETA {eta} {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    pb.set_prefix(label);
+    pb
+}
+
+fn predictions(logits: &Tensor) -> Result<Vec<f64>> {
+    Ok(if logits.rank() == 2 {
+        logits.argmax(D::Minus1)?.to_dtype(DType::F64)?.to_vec1::<f64>()?
+    } else {
+        logits.to_dtype(DType::F64)?.to_vec1::<f64>()?
+    })
+}
+
+impl Trainer {
+    /// Trains `model` for one epoch over `data`. `epoch` is the run-wide
+    /// epoch index (it seeds the shuffle and the dropout streams).
+    pub fn train_epoch(
+        &mut self,
+        model: &dyn Model,
+        data: &dyn Dataset,
+        epoch: usize,
+        phase: PhasePos,
+        device: &Device,
+        mut hook: Option<&mut StepHook>,
+    ) -> Result<EpochStats> {
+        let start = Instant::now();
+        let batcher = Batcher {
+            batch_size: self.opts.batch_size,
+            shuffle: true,
+            drop_last: false,
+            seed: self.opts.seed,
+        };
+        let plan = batcher.plan(data.len(), epoch as u64);
+        let spe = plan.len();
+        let total = spe * phase.epochs_in_phase;
+        let params = model.params();
+        let bar = progress_bar(spe, format!("epoch {epoch}"), self.opts.progress);
+        let (mut loss_sum, mut n_seen, mut correct, mut classif) = (0.0, 0usize, 0usize, true);
+        let mut lr = self.optimizer.base_lr();
+        for (i, idx) in plan.iter().enumerate() {
+            let batch = data.batch(idx, device)?;
+            let mut rng = Rng::derive(self.opts.seed, "dropout", &[epoch as u64, i as u64]);
+            let out = model.forward_t(&batch, &mut Mode::Train(&mut rng))?;
+            let info = StepInfo { epoch, global_step: self.global_step };
+            let mut loss = out.loss.clone();
+            for r in &self.regularizers {
+                if let Some(p) = r.penalty(params, &info)? {
+                    loss = (loss + p)?;
+                }
+            }
+            let mut grads = loss.backward()?;
+            for r in &mut self.regularizers {
+                r.adjust_grads(params, &mut grads, &info)?;
+            }
+            if let Some(max) = self.opts.clip_grad_norm {
+                clip_grad_norm(params, &mut grads, max)?;
+            }
+            let step_in_phase = phase.epoch_in_phase * spe + i;
+            lr = self.optimizer.base_lr() * self.opts.lr_schedule.factor(step_in_phase, total, spe);
+            self.optimizer.step(&grads, lr)?;
+            params.enforce_masks()?;
+            self.global_step += 1;
+            let info = StepInfo { epoch, global_step: self.global_step };
+            for r in &mut self.regularizers {
+                r.on_step(params, &info)?;
+            }
+            if let Some(h) = hook.as_mut() {
+                h(model, &info, i, spe)?;
+            }
+            let b = batch.len();
+            loss_sum += out.loss.to_dtype(DType::F64)?.to_scalar::<f64>()? * b as f64;
+            n_seen += b;
+            if out.logits.rank() == 2 {
+                let pred = predictions(&out.logits)?;
+                let gold = out.labels.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+                correct += pred.iter().zip(&gold).filter(|(p, g)| p == g).count();
+            } else {
+                classif = false;
+            }
+            bar.inc(1);
+            if i % 20 == 0 {
+                bar.set_message(format!("loss {:.4}", loss_sum / n_seen as f64));
+            }
+        }
+        bar.finish_and_clear();
+        let info = StepInfo { epoch, global_step: self.global_step };
+        for r in &mut self.regularizers {
+            r.on_epoch(params, &info)?;
+        }
+        Ok(EpochStats {
+            loss: loss_sum / n_seen.max(1) as f64,
+            accuracy: classif.then(|| 100.0 * correct as f64 / n_seen.max(1) as f64),
+            steps: spe,
+            seconds: start.elapsed().as_secs_f64(),
+            lr,
+        })
+    }
+}
+
+/// Scales all gradients so that their global L2 norm is at most `max`
+/// (PyTorch's `clip_grad_norm_`). Returns the norm before clipping.
+pub fn clip_grad_norm(
+    params: &espalier_core::ParamStore,
+    grads: &mut candle_core::backprop::GradStore,
+    max: f64,
+) -> Result<f64> {
+    let mut sq = 0.0;
+    for p in params.trainable() {
+        if let Some(g) = grads.get(p.tensor()) {
+            sq += g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        }
+    }
+    let norm = sq.sqrt();
+    if norm > max {
+        let scale = max / (norm + 1e-6);
+        for p in params.trainable() {
+            if let Some(g) = grads.get(p.tensor()) {
+                let g = (g * scale)?;
+                grads.insert(p.tensor(), g);
+            }
+        }
+    }
+    Ok(norm)
+}
+
+/// Evaluates `model` on `data` in file order; `metrics` are computed on the
+/// argmax of the logits (classification) or the raw outputs (regression).
+pub fn evaluate(
+    model: &dyn Model,
+    data: &dyn Dataset,
+    batch_size: usize,
+    device: &Device,
+    metrics: &[Metric],
+) -> Result<EvalStats> {
+    let batcher = Batcher { batch_size, shuffle: false, drop_last: false, seed: 0 };
+    let (mut loss_sum, mut n) = (0.0, 0usize);
+    let (mut pred, mut gold) = (Vec::new(), Vec::new());
+    for idx in batcher.plan(data.len(), 0) {
+        let batch = data.batch(&idx, device)?;
+        let out = model.forward_t(&batch, &mut Mode::Eval)?;
+        loss_sum += out.loss.to_dtype(DType::F64)?.to_scalar::<f64>()? * batch.len() as f64;
+        n += batch.len();
+        pred.extend(predictions(&out.logits)?);
+        gold.extend(out.labels.to_dtype(DType::F64)?.to_vec1::<f64>()?);
+    }
+    Ok(EvalStats {
+        loss: loss_sum / n.max(1) as f64,
+        metrics: metrics.iter().map(|&m| (m, m.compute(&pred, &gold))).collect(),
+    })
+}
