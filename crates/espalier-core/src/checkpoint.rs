@@ -22,15 +22,15 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const MASK_PREFIX: &str = "__mask__.";
 /// Key prefix of optimizer state inside a checkpoint.
 pub const OPTIM_PREFIX: &str = "__optim__.";
+/// Key prefix of the rewind snapshot inside a checkpoint.
+pub const REWIND_PREFIX: &str = "__rewind__.";
 const HEADER_KEY: &str = "espalier";
 
 /// Writes `bytes` to `path` atomically (temporary file, fsync, rename).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| Error::msg(format!("{}: not a file path", path.display())))?;
+    let file_name = path.file_name().ok_or_else(|| Error::msg(format!("{}: not a file path", path.display())))?;
     let tmp = dir.join(format!(".{}.tmp-{}", file_name.to_string_lossy(), std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
@@ -56,13 +56,9 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// The model parameters (keys without the mask/optimizer prefixes).
+    /// The model parameters (every key without a `__…__.` prefix).
     pub fn params(&self) -> BTreeMap<String, Tensor> {
-        self.tensors
-            .iter()
-            .filter(|(k, _)| !k.starts_with(MASK_PREFIX) && !k.starts_with(OPTIM_PREFIX))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
+        self.tensors.iter().filter(|(k, _)| !k.starts_with("__")).map(|(k, v)| (k.clone(), v.clone())).collect()
     }
     /// The masks, by parameter name.
     pub fn masks(&self) -> BTreeMap<String, Tensor> {
@@ -72,11 +68,13 @@ impl Checkpoint {
     pub fn optim(&self) -> BTreeMap<String, Tensor> {
         self.with_prefix(OPTIM_PREFIX)
     }
-    fn with_prefix(&self, prefix: &str) -> BTreeMap<String, Tensor> {
-        self.tensors
-            .iter()
-            .filter_map(|(k, v)| k.strip_prefix(prefix).map(|k| (k.to_string(), v.clone())))
-            .collect()
+    /// The rewind snapshot, by parameter name.
+    pub fn rewind(&self) -> BTreeMap<String, Tensor> {
+        self.with_prefix(REWIND_PREFIX)
+    }
+    /// Tensors under `prefix`, with the prefix removed.
+    pub fn with_prefix(&self, prefix: &str) -> BTreeMap<String, Tensor> {
+        self.tensors.iter().filter_map(|(k, v)| k.strip_prefix(prefix).map(|k| (k.to_string(), v.clone()))).collect()
     }
 }
 
@@ -89,10 +87,8 @@ pub fn save(path: &Path, tensors: &BTreeMap<String, Tensor>, header: &serde_json
     }
     info.insert(HEADER_KEY.to_string(), h.to_string());
     // Contiguous copies: safetensors writes raw row-major bytes.
-    let owned: Vec<(String, Tensor)> = tensors
-        .iter()
-        .map(|(k, t)| Ok((k.clone(), t.contiguous()?)))
-        .collect::<Result<_>>()?;
+    let owned: Vec<(String, Tensor)> =
+        tensors.iter().map(|(k, t)| Ok((k.clone(), t.contiguous()?))).collect::<Result<_>>()?;
     let bytes = safetensors::serialize(owned.iter().map(|(k, t)| (k.as_str(), t)), Some(info))
         .map_err(|e| Error::format(path, format!("cannot serialize checkpoint: {e}")))?;
     write_atomic(path, &bytes)
@@ -101,20 +97,17 @@ pub fn save(path: &Path, tensors: &BTreeMap<String, Tensor>, header: &serde_json
 /// Loads a safetensors file (with or without an Espalier header) onto `device`.
 pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
-        Error::format(path, format!("not a valid safetensors file (truncated or corrupt?): {e}"))
-    })?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| Error::format(path, format!("not a valid safetensors file (truncated or corrupt?): {e}")))?;
     let header = match meta.metadata().as_ref().and_then(|m| m.get(HEADER_KEY)) {
-        Some(s) => serde_json::from_str(s)
-            .map_err(|e| Error::format(path, format!("invalid `espalier` header: {e}")))?,
+        Some(s) => {
+            serde_json::from_str(s).map_err(|e| Error::format(path, format!("invalid `espalier` header: {e}")))?
+        }
         None => serde_json::Value::Null,
     };
     let tensors = candle_core::safetensors::load_buffer(&bytes, device)
         .map_err(|e| Error::format(path, format!("cannot read tensors: {e}")))?;
-    Ok(Checkpoint {
-        tensors: tensors.into_iter().collect(),
-        header,
-    })
+    Ok(Checkpoint { tensors: tensors.into_iter().collect(), header })
 }
 
 #[cfg(test)]

@@ -24,12 +24,7 @@ pub enum Error {
 
     /// A tensor has the wrong shape for the parameter it should fill.
     #[error("parameter `{name}`: expected shape {expected:?}, found {found:?}{}", context.as_deref().map(|c| format!(" ({c})")).unwrap_or_default())]
-    Shape {
-        name: String,
-        expected: Vec<usize>,
-        found: Vec<usize>,
-        context: Option<String>,
-    },
+    Shape { name: String, expected: Vec<usize>, found: Vec<usize>, context: Option<String> },
 
     /// A parameter, mask or tensor name that does not exist.
     #[error("unknown parameter `{name}`{}", hint.as_deref().map(|h| format!(": {h}")).unwrap_or_default())]
@@ -43,18 +38,12 @@ pub enum Error {
 impl Error {
     /// Wraps an I/O error with the path it concerns.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Io { path: path.into(), source }
     }
 
     /// A format error for `path`.
     pub fn format(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
-        Error::Format {
-            path: path.into(),
-            msg: msg.into(),
-        }
+        Error::Format { path: path.into(), msg: msg.into() }
     }
 
     /// A plain message.

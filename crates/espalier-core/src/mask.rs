@@ -40,12 +40,7 @@ impl SparsityReport {
                 Some(m) => m.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()? as usize,
                 None => p.numel(),
             };
-            layers.push(LayerSparsity {
-                name: p.name().to_string(),
-                dims: p.dims(),
-                numel: p.numel(),
-                kept,
-            });
+            layers.push(LayerSparsity { name: p.name().to_string(), dims: p.dims(), numel: p.numel(), kept });
         }
         Ok(SparsityReport { layers })
     }

@@ -124,9 +124,7 @@ impl Param {
                     context: Some("mask".into()),
                 });
             }
-            let m = m
-                .to_dtype(self.0.var.dtype())?
-                .to_device(self.0.var.device())?;
+            let m = m.to_dtype(self.0.var.dtype())?.to_device(self.0.var.device())?;
             self.0.var.set(&self.0.var.as_tensor().mul(&m)?)?;
             *self.0.mask.write().expect("mask lock") = Some(m);
         } else {
@@ -151,9 +149,7 @@ impl Param {
                 context: None,
             });
         }
-        let t = t
-            .to_dtype(self.0.var.dtype())?
-            .to_device(self.0.var.device())?;
+        let t = t.to_dtype(self.0.var.dtype())?.to_device(self.0.var.device())?;
         self.0.var.set(&t)?;
         Ok(())
     }
@@ -196,21 +192,14 @@ impl ParamStore {
     }
     /// Total number of scalar values in trainable parameters.
     pub fn numel(&self) -> usize {
-        self.params
-            .iter()
-            .filter(|p| p.trainable())
-            .map(|p| p.numel())
-            .sum()
+        self.params.iter().filter(|p| p.trainable()).map(|p| p.numel()).sum()
     }
     /// The parameter named `name`.
     pub fn get(&self, name: &str) -> Result<&Param> {
         self.index
             .get(name)
             .map(|&i| &self.params[i])
-            .ok_or_else(|| Error::UnknownParam {
-                name: name.to_string(),
-                hint: None,
-            })
+            .ok_or_else(|| Error::UnknownParam { name: name.to_string(), hint: None })
     }
     /// The trainable parameters.
     pub fn trainable(&self) -> impl Iterator<Item = &Param> {
@@ -218,19 +207,13 @@ impl ParamStore {
     }
     /// The device of the parameters (CPU for an empty store).
     pub fn device(&self) -> Device {
-        self.params
-            .first()
-            .map(|p| p.tensor().device().clone())
-            .unwrap_or(Device::Cpu)
+        self.params.first().map(|p| p.tensor().device().clone()).unwrap_or(Device::Cpu)
     }
 
     /// A snapshot of every value (a deep copy: later training does not
     /// change it).
     pub fn snapshot(&self) -> Result<BTreeMap<String, Tensor>> {
-        self.params
-            .iter()
-            .map(|p| Ok((p.name().to_string(), p.tensor().copy()?)))
-            .collect()
+        self.params.iter().map(|p| Ok((p.name().to_string(), p.tensor().copy()?))).collect()
     }
     /// Overwrites values from `tensors`; every parameter must be present
     /// with its shape.
@@ -255,10 +238,7 @@ impl ParamStore {
 
     /// The masks that are set, by parameter name.
     pub fn masks(&self) -> BTreeMap<String, Tensor> {
-        self.params
-            .iter()
-            .filter_map(|p| p.mask().map(|m| (p.name().to_string(), m)))
-            .collect()
+        self.params.iter().filter_map(|p| p.mask().map(|m| (p.name().to_string(), m))).collect()
     }
     /// Replaces all masks: parameters absent from `masks` become unmasked.
     pub fn set_masks(&self, masks: &BTreeMap<String, Tensor>) -> Result<()> {
@@ -284,10 +264,7 @@ enum Source {
     /// Draw fresh values from `Rng::derive(seed, name)`.
     Init { seed: u64 },
     /// Take them from loaded tensors (`context` names the file for errors).
-    Tensors {
-        tensors: BTreeMap<String, Tensor>,
-        context: String,
-    },
+    Tensors { tensors: BTreeMap<String, Tensor>, context: String },
 }
 
 struct BuilderState {
@@ -320,23 +297,12 @@ impl ParamBuilder {
         dtype: DType,
         device: &Device,
     ) -> Self {
-        Self::new(
-            Source::Tensors {
-                tensors,
-                context: context.into(),
-            },
-            dtype,
-            device,
-        )
+        Self::new(Source::Tensors { tensors, context: context.into() }, dtype, device)
     }
 
     fn new(source: Source, dtype: DType, device: &Device) -> Self {
         ParamBuilder {
-            state: Arc::new(Mutex::new(BuilderState {
-                store: ParamStore::default(),
-                source,
-                used: Vec::new(),
-            })),
+            state: Arc::new(Mutex::new(BuilderState { store: ParamStore::default(), source, used: Vec::new() })),
             prefix: String::new(),
             head: false,
             device: device.clone(),
@@ -384,8 +350,7 @@ impl ParamBuilder {
             Source::Init { seed } => {
                 let mut rng = Rng::derive(*seed, &full, &[]);
                 let n: usize = dims.iter().product();
-                Tensor::from_vec(init.sample(n, &mut rng), dims, &self.device)?
-                    .to_dtype(self.dtype)?
+                Tensor::from_vec(init.sample(n, &mut rng), dims, &self.device)?.to_dtype(self.dtype)?
             }
             Source::Tensors { tensors, context } => {
                 let t = tensors.get(&full).ok_or_else(|| Error::UnknownParam {
@@ -422,11 +387,7 @@ impl ParamBuilder {
         let st = self.state.lock().expect("builder lock");
         let unused = match &st.source {
             Source::Init { .. } => Vec::new(),
-            Source::Tensors { tensors, .. } => tensors
-                .keys()
-                .filter(|k| !st.used.contains(k))
-                .cloned()
-                .collect(),
+            Source::Tensors { tensors, .. } => tensors.keys().filter(|k| !st.used.contains(k)).cloned().collect(),
         };
         (st.store.clone(), unused)
     }

@@ -66,7 +66,7 @@ fn glob_match(p: &[u8], s: &[u8]) -> bool {
 }
 
 /// The serialisable form of a selector, as written in experiment configs.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SelectorSpec {
     /// Patterns added to the default set.
@@ -84,6 +84,12 @@ fn yes() -> bool {
     true
 }
 
+impl Default for SelectorSpec {
+    fn default() -> Self {
+        SelectorSpec { include: Vec::new(), exclude: Vec::new(), defaults: true }
+    }
+}
+
 /// A compiled selection rule.
 #[derive(Clone, Debug)]
 pub struct Selector {
@@ -94,11 +100,7 @@ pub struct Selector {
 
 impl Default for Selector {
     fn default() -> Self {
-        Selector {
-            defaults: true,
-            include: Vec::new(),
-            exclude: Vec::new(),
-        }
+        Selector { defaults: true, include: Vec::new(), exclude: Vec::new() }
     }
 }
 

@@ -5,8 +5,11 @@
 //! Shuffling uses `Rng::derive(seed, "shuffle", [epoch])`, so epoch `e` sees
 //! the same order whether or not the run was interrupted before it.
 
+pub mod glue;
 pub mod mnist;
 pub mod root;
+pub mod tokenize;
+pub mod xnli;
 
 use candle_core::{Device, Tensor};
 use espalier_core::{Result, Rng};
@@ -77,17 +80,10 @@ pub struct Batcher {
 impl Batcher {
     /// The index lists of every batch of `epoch`.
     pub fn plan(&self, n: usize, epoch: u64) -> Vec<Vec<usize>> {
-        let order: Vec<usize> = if self.shuffle {
-            Rng::derive(self.seed, "shuffle", &[epoch]).permutation(n)
-        } else {
-            (0..n).collect()
-        };
+        let order: Vec<usize> =
+            if self.shuffle { Rng::derive(self.seed, "shuffle", &[epoch]).permutation(n) } else { (0..n).collect() };
         let bs = self.batch_size.max(1);
-        order
-            .chunks(bs)
-            .filter(|c| !self.drop_last || c.len() == bs)
-            .map(|c| c.to_vec())
-            .collect()
+        order.chunks(bs).filter(|c| !self.drop_last || c.len() == bs).map(|c| c.to_vec()).collect()
     }
 
     /// Number of batches per epoch.
@@ -114,10 +110,7 @@ impl TensorDataset {
     /// The first `n` examples (or all, if fewer).
     pub fn take(&self, n: usize) -> Result<Self> {
         let n = n.min(self.len());
-        Ok(TensorDataset {
-            inputs: self.inputs.narrow(0, 0, n)?,
-            labels: self.labels.narrow(0, 0, n)?,
-        })
+        Ok(TensorDataset { inputs: self.inputs.narrow(0, 0, n)?, labels: self.labels.narrow(0, 0, n)? })
     }
 }
 

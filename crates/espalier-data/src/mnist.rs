@@ -83,9 +83,8 @@ fn parse_idx(b: &[u8]) -> std::result::Result<Idx, String> {
     if b.len() < header {
         return Err(format!("truncated header: {} bytes, expected {header}", b.len()));
     }
-    let dims: Vec<usize> = (0..nd)
-        .map(|i| u32::from_be_bytes(b[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize)
-        .collect();
+    let dims: Vec<usize> =
+        (0..nd).map(|i| u32::from_be_bytes(b[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize).collect();
     let n: usize = dims.iter().product();
     let have = b.len() - header;
     if have < n {
@@ -127,7 +126,10 @@ pub fn load(dir: &Path, split: Split, flavor: Flavor) -> Result<TensorDataset> {
     let images = read_idx(&img_path)?;
     let labels = read_idx(&lbl_path)?;
     if images.dims.len() != 3 {
-        return Err(Error::format(&img_path, format!("expected 3 dimensions (N, rows, cols), found {:?}", images.dims)));
+        return Err(Error::format(
+            &img_path,
+            format!("expected 3 dimensions (N, rows, cols), found {:?}", images.dims),
+        ));
     }
     if labels.dims.len() != 1 {
         return Err(Error::format(&lbl_path, format!("expected 1 dimension (N), found {:?}", labels.dims)));

@@ -22,11 +22,7 @@ impl Linear {
     pub fn new(pb: &ParamBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
         let init = Init::KaimingUniform { fan_in: in_dim };
         let weight = pb.param("weight", &[out_dim, in_dim], ParamKind::Weight, init)?;
-        let bias = if bias {
-            Some(pb.param("bias", &[out_dim], ParamKind::Bias, init)?)
-        } else {
-            None
-        };
+        let bias = if bias { Some(pb.param("bias", &[out_dim], ParamKind::Bias, init)?) } else { None };
         Ok(Linear { weight, bias })
     }
 
@@ -62,14 +58,18 @@ pub struct Conv2d {
 
 impl Conv2d {
     /// Declares a `k × k` convolution with PyTorch's default init.
-    pub fn new(pb: &ParamBuilder, cin: usize, cout: usize, k: usize, stride: usize, padding: usize, bias: bool) -> Result<Self> {
+    pub fn new(
+        pb: &ParamBuilder,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        padding: usize,
+        bias: bool,
+    ) -> Result<Self> {
         let init = Init::KaimingUniform { fan_in: cin * k * k };
         let weight = pb.param("weight", &[cout, cin, k, k], ParamKind::Weight, init)?;
-        let bias = if bias {
-            Some(pb.param("bias", &[cout], ParamKind::Bias, init)?)
-        } else {
-            None
-        };
+        let bias = if bias { Some(pb.param("bias", &[cout], ParamKind::Bias, init)?) } else { None };
         Ok(Conv2d { weight, bias, padding, stride })
     }
 
@@ -110,9 +110,7 @@ impl LayerNorm {
         let xc = x.broadcast_sub(&mean)?;
         let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
         let xn = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        Ok(xn
-            .broadcast_mul(self.weight.tensor())?
-            .broadcast_add(self.bias.tensor())?)
+        Ok(xn.broadcast_mul(self.weight.tensor())?.broadcast_add(self.bias.tensor())?)
     }
 }
 
@@ -123,9 +121,7 @@ pub fn dropout(x: &Tensor, p: f64, rng: Option<&mut Rng>) -> Result<Tensor> {
         return Ok(x.clone());
     }
     let scale = (1.0 / (1.0 - p)) as f32;
-    let keep: Vec<f32> = (0..x.elem_count())
-        .map(|_| if rng.uniform() >= p { scale } else { 0.0 })
-        .collect();
+    let keep: Vec<f32> = (0..x.elem_count()).map(|_| if rng.uniform() >= p { scale } else { 0.0 }).collect();
     let m = Tensor::from_vec(keep, x.shape(), x.device())?.to_dtype(x.dtype())?;
     Ok(x.mul(&m)?)
 }
@@ -140,9 +136,7 @@ pub struct Embedding {
 impl Embedding {
     /// Declares `weight` with N(0, std²) init.
     pub fn new(pb: &ParamBuilder, vocab: usize, dim: usize, std: f64) -> Result<Self> {
-        Ok(Embedding {
-            weight: pb.param("weight", &[vocab, dim], ParamKind::Embedding, Init::Normal { std })?,
-        })
+        Ok(Embedding { weight: pb.param("weight", &[vocab, dim], ParamKind::Embedding, Init::Normal { std })? })
     }
 
     /// Looks up u32 ids of any shape.

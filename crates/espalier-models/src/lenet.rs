@@ -95,11 +95,7 @@ impl Model for LeNet5 {
         let h = self.fc1.forward(&h)?.relu()?;
         let h = self.fc2.forward(&h)?.relu()?;
         let logits = self.head.forward(&h)?;
-        Ok(StepOutput {
-            loss: loss::cross_entropy(&logits, &batch.labels)?,
-            logits,
-            labels: batch.labels.clone(),
-        })
+        Ok(StepOutput { loss: loss::cross_entropy(&logits, &batch.labels)?, logits, labels: batch.labels.clone() })
     }
     fn params(&self) -> &ParamStore {
         &self.params

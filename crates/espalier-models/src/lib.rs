@@ -5,6 +5,7 @@
 //! the forward pass, and describes itself by a serde [`ModelConfig`] that a
 //! checkpoint header records, so a checkpoint alone rebuilds the model.
 
+pub mod bert;
 pub mod layers;
 pub mod lenet;
 pub mod loss;
@@ -15,6 +16,7 @@ use espalier_core::{ParamBuilder, ParamStore, Result, Rng};
 use espalier_data::Batch;
 use serde::{Deserialize, Serialize};
 
+pub use bert::{Bert, BertConfig, BertTask};
 pub use lenet::{LeNet5, LeNet5Config};
 pub use mlp::{Activation, Mlp, MlpConfig};
 
@@ -62,6 +64,9 @@ pub enum ModelConfig {
     Mlp(MlpConfig),
     /// LeNet-5 (LeCun et al. 1998), conv 6 → conv 16 → 120 → 84 → classes.
     Lenet5(LeNet5Config),
+    /// BERT (Devlin et al. 2019) with a classification or regression head;
+    /// per-layer head counts and feed-forward widths for pruned models.
+    Bert(BertConfig),
 }
 
 impl ModelConfig {
@@ -70,6 +75,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Mlp(c) => c.validate(path),
             ModelConfig::Lenet5(c) => c.validate(path),
+            ModelConfig::Bert(c) => c.validate(path),
         }
     }
 
@@ -78,6 +84,7 @@ impl ModelConfig {
         Ok(match self {
             ModelConfig::Mlp(c) => Box::new(Mlp::new(c.clone(), pb)?),
             ModelConfig::Lenet5(c) => Box::new(LeNet5::new(c.clone(), pb)?),
+            ModelConfig::Bert(c) => Box::new(Bert::new(c.clone(), pb)?),
         })
     }
 

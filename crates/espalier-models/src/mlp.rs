@@ -63,12 +63,7 @@ fn default_classes() -> usize {
 impl MlpConfig {
     /// LeNet-300-100.
     pub fn lenet_300_100() -> Self {
-        MlpConfig {
-            input_dim: 784,
-            hidden: vec![300, 100],
-            num_classes: 10,
-            activation: Activation::Relu,
-        }
+        MlpConfig { input_dim: 784, hidden: vec![300, 100], num_classes: 10, activation: Activation::Relu }
     }
 
     pub(crate) fn validate(&self, path: &str) -> std::result::Result<(), String> {
@@ -123,11 +118,7 @@ impl Model for Mlp {
             espalier_core::bail!("the MLP takes dense inputs, not token sequences");
         };
         let logits = self.logits(x)?;
-        Ok(StepOutput {
-            loss: loss::cross_entropy(&logits, &batch.labels)?,
-            logits,
-            labels: batch.labels.clone(),
-        })
+        Ok(StepOutput { loss: loss::cross_entropy(&logits, &batch.labels)?, logits, labels: batch.labels.clone() })
     }
     fn params(&self) -> &ParamStore {
         &self.params

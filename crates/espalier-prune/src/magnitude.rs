@@ -80,10 +80,7 @@ pub fn masks_for(
         espalier_core::bail!("no parameter is selected for pruning (check prune.params include/exclude)");
     }
     let mut rng = Rng::derive(seed, "prune", &[(sparsity * 1e6) as u64]);
-    let all: Vec<Vec<f32>> = selected
-        .iter()
-        .map(|p| scores(p, importance, &mut rng))
-        .collect::<Result<_>>()?;
+    let all: Vec<Vec<f32>> = selected.iter().map(|p| scores(p, importance, &mut rng)).collect::<Result<_>>()?;
     let mut keep: Vec<Vec<f32>> = all.iter().map(|s| vec![1f32; s.len()]).collect();
     match scope {
         Scope::Global => {
@@ -155,7 +152,8 @@ mod tests {
         // the 25 survivors are the 25 largest |w| of the original layer
         let mut sorted: Vec<f32> = orig.iter().map(|x| x.abs()).collect();
         sorted.sort_by(|a, b| b.total_cmp(a));
-        let kept_min = orig.iter().zip(&after).filter(|(_, m)| **m == 1.0).map(|(x, _)| x.abs()).fold(f32::MAX, f32::min);
+        let kept_min =
+            orig.iter().zip(&after).filter(|(_, m)| **m == 1.0).map(|(x, _)| x.abs()).fold(f32::MAX, f32::min);
         assert_eq!(kept_min, sorted[24]);
         Ok(())
     }

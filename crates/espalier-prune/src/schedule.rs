@@ -217,7 +217,9 @@ impl ScheduleConfig {
                     return Err(format!("{path}.rate must be in (0, 1), found {rate}"));
                 }
                 match (rounds, target_sparsity) {
-                    (Some(_), Some(_)) => return Err(format!("{path}: give either rounds or target_sparsity, not both")),
+                    (Some(_), Some(_)) => {
+                        return Err(format!("{path}: give either rounds or target_sparsity, not both"))
+                    }
                     (None, None) => return Err(format!("{path}: give rounds or target_sparsity")),
                     (Some(0), _) => return Err(format!("{path}.rounds must be at least 1")),
                     (_, Some(t)) => frac("target_sparsity", *t)?,
@@ -400,7 +402,8 @@ mod tests {
 
     #[test]
     fn invalid_values_are_named() {
-        let e = ScheduleConfig::OneShot { sparsity: 1.5, finetune_epochs: 0 }.validate("prune.schedule", 1).unwrap_err();
+        let e =
+            ScheduleConfig::OneShot { sparsity: 1.5, finetune_epochs: 0 }.validate("prune.schedule", 1).unwrap_err();
         assert!(e.contains("prune.schedule.sparsity") && e.contains("1.5"), "{e}");
         assert!(Rewind::parse("epoch:x").is_err());
         assert_eq!(Rewind::parse("epoch:2"), Ok(Rewind::Epoch(2)));

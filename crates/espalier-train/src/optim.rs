@@ -129,22 +129,12 @@ impl OptimizerConfig {
             })
             .collect();
         Ok(match *self {
-            OptimizerConfig::Sgd { lr, momentum, nesterov, weight_decay, .. } => Box::new(Sgd {
-                lr,
-                momentum,
-                nesterov,
-                weight_decay,
-                slots,
-            }),
-            OptimizerConfig::Adamw { lr, beta1, beta2, eps, weight_decay, .. } => Box::new(AdamW {
-                lr,
-                beta1,
-                beta2,
-                eps,
-                weight_decay,
-                step: 0,
-                slots,
-            }),
+            OptimizerConfig::Sgd { lr, momentum, nesterov, weight_decay, .. } => {
+                Box::new(Sgd { lr, momentum, nesterov, weight_decay, slots })
+            }
+            OptimizerConfig::Adamw { lr, beta1, beta2, eps, weight_decay, .. } => {
+                Box::new(AdamW { lr, beta1, beta2, eps, weight_decay, step: 0, slots })
+            }
         })
     }
 }
@@ -187,10 +177,7 @@ fn save_slots(slots: &[Slot], names: &[&str]) -> BTreeMap<String, Tensor> {
 
 fn load_slots(slots: &mut [Slot], names: &[&str], state: &BTreeMap<String, Tensor>) -> Result<()> {
     for s in slots.iter_mut() {
-        let found: Vec<Option<&Tensor>> = names
-            .iter()
-            .map(|n| state.get(&format!("{}.{n}", s.param.name())))
-            .collect();
+        let found: Vec<Option<&Tensor>> = names.iter().map(|n| state.get(&format!("{}.{n}", s.param.name()))).collect();
         if found.iter().all(|t| t.is_none()) {
             s.state.clear();
             continue;
@@ -235,11 +222,7 @@ impl Optimizer for Sgd {
         for s in &mut self.slots {
             let Some(g) = grad_of(grads, &s.param) else { continue };
             let w = s.param.tensor();
-            let mut g = if s.decay && self.weight_decay > 0.0 {
-                (g + (w * self.weight_decay)?)?
-            } else {
-                g.clone()
-            };
+            let mut g = if s.decay && self.weight_decay > 0.0 { (g + (w * self.weight_decay)?)? } else { g.clone() };
             if self.momentum > 0.0 {
                 let buf = match s.state.first() {
                     Some(b) => ((b * self.momentum)? + &g)?,
@@ -293,11 +276,7 @@ impl Optimizer for AdamW {
             let m = ((m * self.beta1)? + (g * (1.0 - self.beta1))?)?;
             let v = ((v * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
             let w = s.param.tensor();
-            let w = if s.decay && self.weight_decay > 0.0 {
-                (w * (1.0 - lr * self.weight_decay))?
-            } else {
-                w.clone()
-            };
+            let w = if s.decay && self.weight_decay > 0.0 { (w * (1.0 - lr * self.weight_decay))? } else { w.clone() };
             let denom = ((&v / bc2)?.sqrt()? + self.eps)?;
             let upd = ((&m / bc1)? / denom)?;
             s.param.var().set(&(w - (upd * lr)?)?)?;
@@ -363,7 +342,14 @@ mod tests {
     #[test]
     fn adamw_first_step_and_state_roundtrip() -> Result<()> {
         let ps = store()?;
-        let cfg = OptimizerConfig::Adamw { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1, no_decay: vec![] };
+        let cfg = OptimizerConfig::Adamw {
+            lr: 0.01,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            no_decay: vec![],
+        };
         let mut opt = cfg.build(&ps)?;
         let loss = (ps.get("w")?.tensor() * 3.0)?.sum_all()?;
         opt.step(&loss.backward()?, 0.01)?;

@@ -80,16 +80,12 @@ impl RegularizerConfig {
     /// Builds the regularizer.
     pub fn build(&self) -> Result<Box<dyn Regularizer>> {
         Ok(match self {
-            RegularizerConfig::L1 { lambda, params } => Box::new(Norm {
-                l1: true,
-                lambda: *lambda,
-                selector: Selector::new(params)?,
-            }),
-            RegularizerConfig::L2 { lambda, params } => Box::new(Norm {
-                l1: false,
-                lambda: *lambda,
-                selector: Selector::new(params)?,
-            }),
+            RegularizerConfig::L1 { lambda, params } => {
+                Box::new(Norm { l1: true, lambda: *lambda, selector: Selector::new(params)? })
+            }
+            RegularizerConfig::L2 { lambda, params } => {
+                Box::new(Norm { l1: false, lambda: *lambda, selector: Selector::new(params)? })
+            }
         })
     }
 }

@@ -117,12 +117,8 @@ impl Trainer {
         mut hook: Option<&mut StepHook>,
     ) -> Result<EpochStats> {
         let start = Instant::now();
-        let batcher = Batcher {
-            batch_size: self.opts.batch_size,
-            shuffle: true,
-            drop_last: false,
-            seed: self.opts.seed,
-        };
+        let batcher =
+            Batcher { batch_size: self.opts.batch_size, shuffle: true, drop_last: false, seed: self.opts.seed };
         let plan = batcher.plan(data.len(), epoch as u64);
         let spe = plan.len();
         let total = spe * phase.epochs_in_phase;

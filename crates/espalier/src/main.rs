@@ -1,1 +1,149 @@
-fn main() {}
+//! The `espalier` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use espalier::config::{self, ConfigError};
+use espalier::run::{self, RunOptions};
+use espalier_data::DataRoot;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Espalier: train a model, prune it into shape, and report.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Data root (else $ESPALIER_DATA, else `data/`).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// Only warnings and errors; no progress bars.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run (or resume) an experiment config.
+    Run {
+        /// The experiment config (TOML).
+        config: PathBuf,
+        /// Override a key: `--set train.epochs=3` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Run directory (default: runs/<name or config stem>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Stop after this many epochs; running again resumes.
+        #[arg(long)]
+        max_epochs: Option<usize>,
+    },
+    /// Validate a config and print it resolved, without running it.
+    Check {
+        /// The experiment config (TOML).
+        config: PathBuf,
+        /// Override a key (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+    },
+    /// Evaluate the model of a run directory on its test set.
+    Eval {
+        /// A run directory.
+        run_dir: PathBuf,
+    },
+    /// Time training epochs (median over repeats).
+    Bench {
+        /// MNIST directory under the data root.
+        #[arg(long, default_value = "mnist")]
+        mnist: String,
+        /// Batch size.
+        #[arg(long, default_value_t = 128)]
+        batch_size: usize,
+        /// Timed epochs per workload (after one warm-up).
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+        /// Also write the results as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = if cli.quiet { "warn" } else { "info" };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ESPALIER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    match real_main(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if e.chain().any(|c| c.is::<ConfigError>()) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<()> {
+    let data_root = DataRoot::resolve(cli.data_dir.as_deref());
+    let progress = !cli.quiet;
+    match cli.command {
+        Command::Run { config, sets, out, max_epochs } => {
+            let exp = config::load(&config, &sets)?;
+            let name = exp
+                .name
+                .clone()
+                .or_else(|| config.file_stem().map(|s| s.to_string_lossy().into_owned()))
+                .unwrap_or_else(|| "run".into());
+            let out = out.unwrap_or_else(|| PathBuf::from("runs").join(name));
+            let opts = RunOptions { out: out.clone(), data_root, progress, max_epochs };
+            match run::run(&exp, &opts)? {
+                Some(summary) => {
+                    println!("{}", run::rounds_table(&summary));
+                    println!("run directory: {}", out.display());
+                }
+                None => println!("stopped early; resume with the same command (run directory: {})", out.display()),
+            }
+        }
+        Command::Check { config, sets } => {
+            let exp = config::load(&config, &sets)?;
+            print!("{}", toml::to_string_pretty(&exp)?);
+        }
+        Command::Eval { run_dir } => {
+            let (eval, sparsity) = run::eval_run(&run_dir, &data_root)?;
+            print!("{}", sparsity.table());
+            println!("test loss {:.4}", eval.loss);
+            for (m, v) in &eval.metrics {
+                println!("{} {:.2}", m.name(), v);
+            }
+        }
+        Command::Bench { mnist, batch_size, repeats, json } => {
+            let results = espalier::bench::mnist_epochs(&data_root, &mnist, batch_size, repeats.max(1))?;
+            println!(
+                "{:<30} {:>8} {:>10} {:>8} {:>8} {:>12}",
+                "workload", "repeats", "median s", "min s", "max s", "examples/s"
+            );
+            for r in &results {
+                println!(
+                    "{:<30} {:>8} {:>10.3} {:>8.3} {:>8.3} {:>12.0}",
+                    r.workload, r.repeats, r.median_s, r.min_s, r.max_s, r.examples_per_s
+                );
+            }
+            if let Some(p) = json {
+                espalier_core::checkpoint::write_atomic(&p, serde_json::to_string_pretty(&results)?.as_bytes())?;
+            }
+        }
+    }
+    Ok(())
+}

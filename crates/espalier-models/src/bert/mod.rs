@@ -1,0 +1,365 @@
+//! BERT (Devlin et al. 2019, "BERT: Pre-training of Deep Bidirectional
+//! Transformers for Language Understanding"), trainable and prunable, with
+//! Hugging Face's parameter names and checkpoint layout.
+//!
+//! The computation is the Transformer encoder of Vaswani et al. (2017) as
+//! BERT uses it (post-LayerNorm), following HF `modeling_bert.py`:
+//!
+//! - embeddings: `LN(word[ids] + position[0..T] + token_type[tt])`, dropout;
+//! - per layer, self-attention with `h` heads of size `d = H / A`:
+//!   `softmax(QKᵀ/√d + bias) V` with `bias = (1 − mask)·min_f32`, attention
+//!   dropout, then `LN(x + dropout(Wₒ ctx + bₒ))`;
+//! - feed-forward: `LN(a + dropout(W₂ GELU(W₁ a + b₁) + b₂))`;
+//! - pooler `tanh(W_p h_[CLS] + b_p)`, dropout, `classifier`.
+//!
+//! Structural pruning is represented by per-layer widths
+//! ([`BertConfig::heads_per_layer`], [`BertConfig::ffn_per_layer`]). A layer
+//! with 0 heads (or 0 feed-forward units) has no Q/K/V and no `Wₒ` (no `W₁`,
+//! `W₂`): its sublayer computes nothing and only the residual path remains,
+//! `LN(x + bₒ)` (`LN(a + b₂)`). The output bias and LayerNorm stay because
+//! they are what a fully masked sublayer still computes, so shrinking a
+//! masked model is exact (as HF's `prune_heads` does).
+//!
+//! Parameter names are HF's without the `bert.` prefix
+//! (`embeddings.word_embeddings.weight`,
+//! `encoder.layer.3.attention.self.query.weight`, `pooler.dense.weight`,
+//! `classifier.weight`); the classifier is the task head (excluded from
+//! pruning). [`Bert::save_pretrained`] writes HF's
+//! `BertForSequenceClassification` layout (`bert.` + name, `classifier.*`);
+//! [`Bert::from_pretrained`] reads it, a bare `BertModel` (no prefix, e.g.
+//! sentence-transformers' MiniLM), old `gamma`/`beta` LayerNorm names,
+//! `model.safetensors` (also sharded) or `pytorch_model.bin`.
+//!
+//! Softmax and LayerNorm are composed from basic ops (candle's fused
+//! versions have no backward), and dropout masks come from the project's
+//! seeded [`Rng`] in [`Mode::Train`] only.
+
+pub mod config;
+pub mod hub;
+mod io;
+
+use candle_core::{DType, Device, Tensor, D};
+use espalier_core::init::Init;
+use espalier_core::{Param, ParamBuilder, ParamKind, ParamStore, Result, Rng};
+use espalier_data::{Batch, Inputs};
+
+use crate::layers::{dropout, Embedding, LayerNorm, Linear};
+use crate::{loss, Mode, Model, ModelConfig, StepOutput};
+
+pub use config::{BertConfig, BertTask, HiddenAct};
+pub use io::{normalize_hf_names, CONFIG_FILE, PYTORCH_FILE, SAFETENSORS_FILE, SAFETENSORS_INDEX_FILE};
+
+/// A dense layer with HF's init: W ~ N(0, σ²), b = 0.
+fn dense(pb: &ParamBuilder, in_dim: usize, out_dim: usize, std: f64) -> Result<Linear> {
+    let weight = pb.param("weight", &[out_dim, in_dim], ParamKind::Weight, Init::Normal { std })?;
+    let bias = pb.param("bias", &[out_dim], ParamKind::Bias, Init::Const(0.0))?;
+    Ok(Linear { weight, bias: Some(bias) })
+}
+
+/// Softmax over the last dimension from basic ops (differentiable; the max
+/// is detached, softmax being invariant to it).
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+}
+
+/// The additive attention bias `(1 − mask)·min` of shape `(B, 1, 1, T)`
+/// from a `(B, T)` 0/1 mask (HF's extended attention mask).
+pub fn attention_bias(mask: &Tensor, dtype: DType) -> Result<Tensor> {
+    let (b, t) = mask.dims2()?;
+    let min = match dtype {
+        DType::F16 => -65504.0,
+        DType::BF16 => -3.3895313892515355e38,
+        DType::F64 => f64::MIN,
+        _ => f32::MIN as f64,
+    };
+    let m = mask.to_dtype(dtype)?;
+    Ok((m.ones_like()? - m)?.affine(min, 0.0)?.reshape((b, 1, 1, t))?)
+}
+
+/// Word, position and token-type embeddings, LayerNorm.
+#[derive(Clone, Debug)]
+pub struct BertEmbeddings {
+    /// `word_embeddings`.
+    pub word: Embedding,
+    /// `position_embeddings`.
+    pub position: Embedding,
+    /// `token_type_embeddings`.
+    pub token_type: Embedding,
+    /// `LayerNorm`.
+    pub norm: LayerNorm,
+}
+
+/// A sublayer's output projection, dropout, residual and LayerNorm. With a
+/// width of 0 the weight is absent and only the bias remains.
+#[derive(Clone, Debug)]
+pub struct ResidualOut {
+    /// `dense.weight` `(H, width)`, absent when the width is 0.
+    pub weight: Option<Param>,
+    /// `dense.bias` `(H,)`.
+    pub bias: Param,
+    /// `LayerNorm`.
+    pub norm: LayerNorm,
+}
+
+impl ResidualOut {
+    fn new(pb: &ParamBuilder, width: usize, hidden: usize, std: f64, eps: f64) -> Result<Self> {
+        let d = pb.pp("dense");
+        let weight = if width > 0 {
+            Some(d.param("weight", &[hidden, width], ParamKind::Weight, Init::Normal { std })?)
+        } else {
+            None
+        };
+        let bias = d.param("bias", &[hidden], ParamKind::Bias, Init::Const(0.0))?;
+        Ok(ResidualOut { weight, bias, norm: LayerNorm::new(&pb.pp("LayerNorm"), hidden, eps)? })
+    }
+
+    /// `LN(residual + dropout(W inner + b))`, or `LN(residual + dropout(b))`
+    /// when the sublayer is empty.
+    fn forward(&self, inner: Option<&Tensor>, residual: &Tensor, p: f64, rng: Option<&mut Rng>) -> Result<Tensor> {
+        let y = match (inner, &self.weight) {
+            (Some(h), Some(w)) => Linear { weight: w.clone(), bias: Some(self.bias.clone()) }.forward(h)?,
+            _ => self.bias.effective()?.broadcast_as(residual.shape())?,
+        };
+        let y = dropout(&y, p, rng)?;
+        self.norm.forward(&(y + residual)?)
+    }
+}
+
+/// Multi-head self-attention with `heads` heads (Q, K, V absent when 0).
+#[derive(Clone, Debug)]
+pub struct BertAttention {
+    /// Number of heads of this layer.
+    pub heads: usize,
+    /// Size of each head.
+    pub head_size: usize,
+    /// `self.query`, `self.key`, `self.value`.
+    pub qkv: Option<[Linear; 3]>,
+    /// `output`.
+    pub output: ResidualOut,
+}
+
+/// Intermediate dense + activation and its output projection.
+#[derive(Clone, Debug)]
+pub struct BertFeedForward {
+    /// Number of feed-forward units of this layer.
+    pub width: usize,
+    /// `intermediate.dense`, absent when the width is 0.
+    pub intermediate: Option<Linear>,
+    /// `output`.
+    pub output: ResidualOut,
+}
+
+/// One encoder layer.
+#[derive(Clone, Debug)]
+pub struct BertLayer {
+    /// Self-attention block.
+    pub attention: BertAttention,
+    /// Feed-forward block.
+    pub ffn: BertFeedForward,
+}
+
+/// BERT with a sequence-classification (or regression) head.
+pub struct Bert {
+    cfg: BertConfig,
+    /// Embeddings.
+    pub embeddings: BertEmbeddings,
+    /// Encoder layers.
+    pub layers: Vec<BertLayer>,
+    /// `pooler.dense`.
+    pub pooler: Linear,
+    /// `classifier` (the task head).
+    pub classifier: Linear,
+    params: ParamStore,
+}
+
+impl std::fmt::Debug for Bert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bert").field("config", &self.cfg).finish_non_exhaustive()
+    }
+}
+
+impl Bert {
+    /// Builds the model, declaring HF-named parameters through `pb` (seeded
+    /// N(0, initializer_range²) init, or loaded tensors).
+    pub fn new(cfg: BertConfig, pb: &ParamBuilder) -> Result<Self> {
+        cfg.validate("model").map_err(espalier_core::Error::Msg)?;
+        let h = cfg.hidden_size;
+        let std = cfg.initializer_range;
+        let eps = cfg.layer_norm_eps;
+        let e = pb.pp("embeddings");
+        let embeddings = BertEmbeddings {
+            word: Embedding::new(&e.pp("word_embeddings"), cfg.vocab_size, h, std)?,
+            position: Embedding::new(&e.pp("position_embeddings"), cfg.max_position_embeddings, h, std)?,
+            token_type: Embedding::new(&e.pp("token_type_embeddings"), cfg.type_vocab_size, h, std)?,
+            norm: LayerNorm::new(&e.pp("LayerNorm"), h, eps)?,
+        };
+        let hs = cfg.head_size();
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for l in 0..cfg.num_hidden_layers {
+            let lp = pb.pp("encoder.layer").pp(l);
+            let heads = cfg.heads(l);
+            let ap = lp.pp("attention");
+            let qkv = if heads > 0 {
+                let sp = ap.pp("self");
+                Some([
+                    dense(&sp.pp("query"), h, heads * hs, std)?,
+                    dense(&sp.pp("key"), h, heads * hs, std)?,
+                    dense(&sp.pp("value"), h, heads * hs, std)?,
+                ])
+            } else {
+                None
+            };
+            let attention = BertAttention {
+                heads,
+                head_size: hs,
+                qkv,
+                output: ResidualOut::new(&ap.pp("output"), heads * hs, h, std, eps)?,
+            };
+            let width = cfg.ffn(l);
+            let intermediate = if width > 0 { Some(dense(&lp.pp("intermediate.dense"), h, width, std)?) } else { None };
+            let ffn = BertFeedForward {
+                width,
+                intermediate,
+                output: ResidualOut::new(&lp.pp("output"), width, h, std, eps)?,
+            };
+            layers.push(BertLayer { attention, ffn });
+        }
+        let pooler = dense(&pb.pp("pooler.dense"), h, h, std)?;
+        let classifier = dense(&pb.pp("classifier").head(), h, cfg.task.num_outputs(), std)?;
+        let params = pb.clone().finish().0;
+        Ok(Bert { cfg, embeddings, layers, pooler, classifier, params })
+    }
+
+    /// A freshly initialised model from `seed`.
+    pub fn init(cfg: BertConfig, seed: u64, device: &Device) -> Result<Self> {
+        Self::new(cfg, &ParamBuilder::from_seed(seed, DType::F32, device))
+    }
+
+    /// The configuration.
+    pub fn bert_config(&self) -> &BertConfig {
+        &self.cfg
+    }
+
+    fn embed(&self, input_ids: &Tensor, token_type_ids: &Tensor, rng: Option<&mut Rng>) -> Result<Tensor> {
+        let (_, t) = input_ids.dims2()?;
+        if t > self.cfg.max_position_embeddings {
+            espalier_core::bail!(
+                "sequence length {t} exceeds max_position_embeddings ({})",
+                self.cfg.max_position_embeddings
+            );
+        }
+        let e = &self.embeddings;
+        let pos = Tensor::arange(0u32, t as u32, input_ids.device())?;
+        let x = e
+            .word
+            .forward(input_ids)?
+            .add(&e.token_type.forward(token_type_ids)?)?
+            .broadcast_add(&e.position.forward(&pos)?)?;
+        let x = e.norm.forward(&x)?;
+        dropout(&x, self.cfg.hidden_dropout_prob, rng)
+    }
+
+    fn attention(&self, a: &BertAttention, x: &Tensor, bias: &Tensor, mut rng: Option<&mut Rng>) -> Result<Tensor> {
+        let p = self.cfg.hidden_dropout_prob;
+        let Some([q, k, v]) = &a.qkv else {
+            return a.output.forward(None, x, p, rng);
+        };
+        let (b, t, _) = x.dims3()?;
+        let (nh, d) = (a.heads, a.head_size);
+        let split =
+            |l: &Linear| -> Result<Tensor> { Ok(l.forward(x)?.reshape((b, t, nh, d))?.transpose(1, 2)?.contiguous()?) };
+        let (q, k, v) = (split(q)?, split(k)?, split(v)?);
+        let scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?.broadcast_add(bias)?;
+        let probs = softmax_last_dim(&scores)?;
+        let probs = dropout(&probs, self.cfg.attention_probs_dropout_prob, rng.as_deref_mut())?;
+        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, nh * d))?;
+        a.output.forward(Some(&ctx), x, p, rng)
+    }
+
+    fn feed_forward(&self, f: &BertFeedForward, x: &Tensor, rng: Option<&mut Rng>) -> Result<Tensor> {
+        let p = self.cfg.hidden_dropout_prob;
+        let Some(inter) = &f.intermediate else {
+            return f.output.forward(None, x, p, rng);
+        };
+        let h = inter.forward(x)?;
+        let h = match self.cfg.hidden_act {
+            HiddenAct::Gelu => h.gelu_erf()?,
+            HiddenAct::GeluTanh => h.gelu()?,
+            HiddenAct::Relu => h.relu()?,
+        };
+        f.output.forward(Some(&h), x, p, rng)
+    }
+
+    /// The final hidden states `(B, T, H)` (what HF's `BertModel` returns as
+    /// `last_hidden_state`). `input_ids` and `token_type_ids` are `(B, T)`
+    /// u32, `attention_mask` `(B, T)` with 1 for real tokens. Dropout is
+    /// applied when `rng` is given.
+    pub fn encode(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        attention_mask: &Tensor,
+        mut rng: Option<&mut Rng>,
+    ) -> Result<Tensor> {
+        let mut x = self.embed(input_ids, token_type_ids, rng.as_deref_mut())?;
+        let bias = attention_bias(attention_mask, x.dtype())?;
+        for layer in &self.layers {
+            x = self.attention(&layer.attention, &x, &bias, rng.as_deref_mut())?;
+            x = self.feed_forward(&layer.ffn, &x, rng.as_deref_mut())?;
+        }
+        Ok(x)
+    }
+
+    /// The pooled `[CLS]` representation `tanh(W_p h₀ + b_p)`, `(B, H)`.
+    pub fn pool(&self, hidden: &Tensor) -> Result<Tensor> {
+        Ok(self.pooler.forward(&hidden.narrow(1, 0, 1)?.squeeze(1)?)?.tanh()?)
+    }
+
+    /// Task outputs: `(B, num_labels)` logits, or `(B,)` for regression.
+    pub fn logits(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        attention_mask: &Tensor,
+        mut rng: Option<&mut Rng>,
+    ) -> Result<Tensor> {
+        let hidden = self.encode(input_ids, token_type_ids, attention_mask, rng.as_deref_mut())?;
+        let pooled = dropout(&self.pool(&hidden)?, self.cfg.classifier_dropout_prob(), rng)?;
+        let out = self.classifier.forward(&pooled)?;
+        Ok(match self.cfg.task {
+            BertTask::Regression => out.squeeze(1)?,
+            BertTask::Classification { .. } => out,
+        })
+    }
+
+    /// Logits of a token batch.
+    pub fn batch_logits(&self, batch: &Batch, mode: &mut Mode) -> Result<Tensor> {
+        let Inputs::Tokens { input_ids, token_type_ids, attention_mask } = &batch.inputs else {
+            espalier_core::bail!("BERT takes token sequences, not dense inputs");
+        };
+        let rng = match mode {
+            Mode::Train(r) => Some(&mut **r),
+            Mode::Eval => None,
+        };
+        self.logits(input_ids, token_type_ids, attention_mask, rng)
+    }
+}
+
+impl Model for Bert {
+    fn forward_t(&self, batch: &Batch, mode: &mut Mode) -> Result<StepOutput> {
+        let logits = self.batch_logits(batch, mode)?;
+        let loss = match self.cfg.task {
+            BertTask::Classification { .. } => loss::cross_entropy(&logits, &batch.labels)?,
+            BertTask::Regression => loss::mse(&logits, &batch.labels)?,
+        };
+        Ok(StepOutput { loss, logits, labels: batch.labels.clone() })
+    }
+    fn params(&self) -> &ParamStore {
+        &self.params
+    }
+    fn config(&self) -> ModelConfig {
+        ModelConfig::Bert(self.cfg.clone())
+    }
+}

@@ -1,0 +1,125 @@
+//! `espalier bench`: timed training epochs, reported as medians.
+//!
+//! The workload of the foundation: one MNIST epoch of LeNet-300-100 at
+//! batch 128, with AdamW and with SGD (momentum), timed back to back in one
+//! process after a warm-up epoch. Machines are noisy: compare medians and
+//! ratios from one invocation, not single runs.
+
+use std::time::Instant;
+
+use candle_core::Device;
+use espalier_data::mnist::{self, Flavor, Split};
+use espalier_data::DataRoot;
+use espalier_models::{MlpConfig, ModelConfig};
+use espalier_train::trainer::PhasePos;
+use espalier_train::{LrSchedule, OptimizerConfig, Trainer, TrainerOptions};
+use serde::Serialize;
+
+/// One benchmark result.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchResult {
+    /// Workload name.
+    pub workload: String,
+    /// Examples per epoch.
+    pub examples: usize,
+    /// Timed repetitions.
+    pub repeats: usize,
+    /// Median seconds per epoch.
+    pub median_s: f64,
+    /// Fastest epoch.
+    pub min_s: f64,
+    /// Slowest epoch.
+    pub max_s: f64,
+    /// Training examples per second at the median.
+    pub examples_per_s: f64,
+}
+
+/// Median of a non-empty slice.
+pub fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+/// Times MNIST epochs of LeNet-300-100 (batch `batch_size`) with each
+/// optimizer, interleaved so that drift of the machine hits both alike.
+pub fn mnist_epochs(
+    root: &DataRoot,
+    path: &str,
+    batch_size: usize,
+    repeats: usize,
+) -> anyhow::Result<Vec<BenchResult>> {
+    let dir = root.join(path);
+    let data = mnist::load(&dir, Split::Train, Flavor::Mnist)
+        .map_err(|e| anyhow::anyhow!("{e} (bench reads MNIST from the data root: --data-dir)"))?;
+    let device = Device::Cpu;
+    let model = ModelConfig::Mlp(MlpConfig::lenet_300_100()).init(0, &device)?;
+    let optimizers = [
+        (
+            "lenet300-mnist-epoch-adamw",
+            OptimizerConfig::Adamw {
+                lr: 1e-3,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 1e-4,
+                no_decay: vec![],
+            },
+        ),
+        (
+            "lenet300-mnist-epoch-sgd",
+            OptimizerConfig::Sgd { lr: 0.05, momentum: 0.9, nesterov: false, weight_decay: 1e-4, no_decay: vec![] },
+        ),
+    ];
+    let mut trainers: Vec<Trainer> = optimizers
+        .iter()
+        .map(|(_, o)| {
+            Ok(Trainer {
+                optimizer: o.build(model.params())?,
+                regularizers: vec![],
+                opts: TrainerOptions {
+                    batch_size,
+                    clip_grad_norm: None,
+                    lr_schedule: LrSchedule::Constant,
+                    seed: 0,
+                    progress: false,
+                },
+                global_step: 0,
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let pos = PhasePos { epoch_in_phase: 0, epochs_in_phase: 1 };
+    let mut times = vec![Vec::new(); trainers.len()];
+    for rep in 0..=repeats {
+        for (i, t) in trainers.iter_mut().enumerate() {
+            let start = Instant::now();
+            t.train_epoch(model.as_ref(), &data, rep, pos, &device, None)?;
+            let s = start.elapsed().as_secs_f64();
+            if rep > 0 {
+                times[i].push(s);
+            }
+            tracing::info!(workload = optimizers[i].0, rep, seconds = format!("{s:.3}"), "epoch");
+        }
+    }
+    Ok(optimizers
+        .iter()
+        .zip(times)
+        .map(|((name, _), t)| {
+            let med = median(&t);
+            BenchResult {
+                workload: name.to_string(),
+                examples: espalier_data::Dataset::len(&data),
+                repeats,
+                median_s: med,
+                min_s: t.iter().cloned().fold(f64::MAX, f64::min),
+                max_s: t.iter().cloned().fold(0.0, f64::max),
+                examples_per_s: espalier_data::Dataset::len(&data) as f64 / med,
+            }
+        })
+        .collect())
+}

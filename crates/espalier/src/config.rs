@@ -1,0 +1,295 @@
+//! Experiment configs: TOML → validated [`Experiment`], before any tensor
+//! is allocated.
+//!
+//! Every table denies unknown keys; values are checked by each piece's
+//! `validate`; every error names the file and the key path (`train.optimizer.lr`)
+//! and says what is allowed. `--set key.path=value` overrides are applied to
+//! the TOML tree before validation, so they are checked the same way.
+
+use std::path::{Path, PathBuf};
+
+use espalier_core::select::SelectorSpec;
+use espalier_core::Selector;
+use espalier_models::ModelConfig;
+use espalier_prune::{Importance, ScheduleConfig, Scope};
+use espalier_train::{LrSchedule, OptimizerConfig, RegularizerConfig};
+use serde::{Deserialize, Serialize};
+
+/// A config error: bad syntax, an unknown key, a wrong type, an impossible
+/// value. The binary exits with code 2 on these.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for ConfigError {}
+
+/// The whole experiment.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Experiment {
+    /// Run name (default: the config file's stem); the run directory is
+    /// `runs/<name>` unless `--out` says otherwise.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Seed of every random draw (init, shuffling, dropout, random pruning).
+    #[serde(default)]
+    pub seed: u64,
+    /// `cpu`, `cuda` or `cuda:N`.
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// The dataset.
+    pub data: DataConfig,
+    /// The model.
+    pub model: ModelConfig,
+    /// Training.
+    pub train: TrainConfig,
+    /// Pruning (absent: dense training only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune: Option<PruneConfig>,
+}
+
+fn default_device() -> String {
+    "cpu".into()
+}
+
+/// Datasets, tagged by `dataset`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "dataset", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DataConfig {
+    /// MNIST (IDX files, raw or .gz).
+    Mnist(IdxData),
+    /// Fashion-MNIST (same format).
+    FashionMnist(IdxData),
+}
+
+/// Where IDX files are and how much of them to use.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IdxData {
+    /// Directory of the four IDX files, relative to the data root
+    /// (default: `mnist` or `fashion-mnist`).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Use only the first N training examples.
+    #[serde(default)]
+    pub limit_train: Option<usize>,
+    /// Use only the first N test examples.
+    #[serde(default)]
+    pub limit_test: Option<usize>,
+}
+
+/// The training loop's settings.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Epochs of dense training (round 0).
+    pub epochs: usize,
+    /// Training batch size.
+    pub batch_size: usize,
+    /// Evaluation batch size.
+    #[serde(default = "default_eval_batch")]
+    pub eval_batch_size: usize,
+    /// The optimizer.
+    pub optimizer: OptimizerConfig,
+    /// Learning-rate schedule, restarted in every phase/round.
+    #[serde(default)]
+    pub lr_schedule: LrSchedule,
+    /// Clip the global gradient norm.
+    #[serde(default)]
+    pub clip_grad_norm: Option<f64>,
+    /// Extra terms of the objective.
+    #[serde(default)]
+    pub regularizers: Vec<RegularizerConfig>,
+}
+
+fn default_eval_batch() -> usize {
+    1000
+}
+
+/// What to prune, by which criterion, on which schedule.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PruneConfig {
+    /// Importance criterion.
+    #[serde(default)]
+    pub importance: Importance,
+    /// Global or per-layer threshold.
+    #[serde(default)]
+    pub scope: Scope,
+    /// Which parameters are pruned (default: weights outside the head).
+    #[serde(default)]
+    pub params: SelectorSpec,
+    /// When to prune.
+    pub schedule: ScheduleConfig,
+}
+
+/// Reads `path`, applies `--set` overrides, and validates.
+pub fn load(path: &Path, sets: &[String]) -> Result<Experiment, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("{}: cannot read config: {e}", path.display())))?;
+    parse(&text, sets).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
+}
+
+/// Parses and validates config text (errors without the file name).
+pub fn parse(text: &str, sets: &[String]) -> Result<Experiment, ConfigError> {
+    let mut root: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError(format!("invalid TOML: {e}")))?;
+    for s in sets {
+        apply_set(&mut root, s)?;
+    }
+    let exp: Experiment = serde_path_to_error::deserialize(toml::Value::Table(root)).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." || path.is_empty() {
+            ConfigError(e.into_inner().to_string())
+        } else {
+            ConfigError(format!("key `{path}`: {}", e.into_inner()))
+        }
+    })?;
+    exp.validate().map_err(ConfigError)?;
+    Ok(exp)
+}
+
+/// Applies one `key.path=value` override; the value is read as TOML (a
+/// number, bool, array, inline table or quoted string) or else as a bare
+/// string.
+pub fn apply_set(root: &mut toml::Table, set: &str) -> Result<(), ConfigError> {
+    let (key, raw) =
+        set.split_once('=').ok_or_else(|| ConfigError(format!("--set `{set}`: expected key.path=value")))?;
+    let value = match format!("v = {raw}").parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").expect("parsed key"),
+        Err(_) => toml::Value::String(raw.to_string()),
+    };
+    let parts: Vec<&str> = key.trim().split('.').collect();
+    let mut table = root;
+    for (i, part) in parts.iter().enumerate() {
+        if i + 1 == parts.len() {
+            table.insert(part.to_string(), value);
+            return Ok(());
+        }
+        let entry = table.entry(part.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = entry
+            .as_table_mut()
+            .ok_or_else(|| ConfigError(format!("--set `{set}`: `{}` is not a table", parts[..=i].join("."))))?;
+    }
+    Ok(())
+}
+
+impl Experiment {
+    /// Checks every value a type cannot; messages name the key path.
+    pub fn validate(&self) -> Result<(), String> {
+        parse_device_name(&self.device).map_err(|e| format!("key `device`: {e}"))?;
+        self.model.validate("model")?;
+        let t = &self.train;
+        if t.batch_size == 0 {
+            return Err("key `train.batch_size` must be at least 1".into());
+        }
+        if t.eval_batch_size == 0 {
+            return Err("key `train.eval_batch_size` must be at least 1".into());
+        }
+        t.optimizer.validate("train.optimizer")?;
+        t.lr_schedule.validate("train.lr_schedule")?;
+        if let Some(c) = t.clip_grad_norm {
+            if !(c > 0.0 && c.is_finite()) {
+                return Err(format!("key `train.clip_grad_norm` must be > 0, found {c}"));
+            }
+        }
+        for (i, r) in t.regularizers.iter().enumerate() {
+            r.validate(&format!("train.regularizers[{i}]"))?;
+        }
+        if let Some(p) = &self.prune {
+            Selector::new(&p.params).map_err(|e| format!("key `prune.params`: {e}"))?;
+            p.schedule.validate("prune.schedule", t.epochs)?;
+        }
+        if let (Some(name), _) = (&self.name, ()) {
+            if name.is_empty() || name.contains(['/', '\\']) || name == "." || name == ".." {
+                return Err(format!("key `name` must be a plain directory name, found `{name}`"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks a device name (`cpu`, `cuda`, `cuda:N`).
+pub fn parse_device_name(s: &str) -> Result<Option<usize>, String> {
+    match s {
+        "cpu" => Ok(None),
+        "cuda" => Ok(Some(0)),
+        _ => s
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .map(Some)
+            .ok_or_else(|| format!("unknown device `{s}`: expected `cpu`, `cuda` or `cuda:N`")),
+    }
+}
+
+/// The candle device for a validated device name.
+pub fn device(s: &str) -> anyhow::Result<candle_core::Device> {
+    match parse_device_name(s).map_err(anyhow::Error::msg)? {
+        None => Ok(candle_core::Device::Cpu),
+        Some(i) => {
+            if !cfg!(feature = "cuda") {
+                anyhow::bail!(
+                    "device `{s}` needs a build with the `cuda` feature (cargo build --release --features cuda)"
+                );
+            }
+            candle_core::Device::new_cuda(i).map_err(|e| anyhow::anyhow!("cannot open CUDA device {i}: {e}"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+        seed = 1
+        [data]
+        dataset = "mnist"
+        path = "mnist-subset"
+        [model]
+        kind = "mlp"
+        hidden = [300, 100]
+        [train]
+        epochs = 2
+        batch_size = 64
+        optimizer = { kind = "adamw", lr = 1e-3 }
+        [prune]
+        schedule = { kind = "imp", rounds = 3, epochs_per_round = 1 }
+    "#;
+
+    #[test]
+    fn parses_and_overrides() {
+        let e = parse(BASE, &["train.epochs=5".into(), "prune.schedule.rewind=init".into()]).unwrap();
+        assert_eq!(e.train.epochs, 5);
+        assert_eq!(
+            e.prune.unwrap().schedule,
+            ScheduleConfig::Imp {
+                rate: 0.2,
+                rounds: Some(3),
+                target_sparsity: None,
+                epochs_per_round: 1,
+                rewind: espalier_prune::Rewind::Init,
+                reset_optimizer: true
+            }
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = parse(&BASE.replace("seed = 1", "seed = 1\nsede = 2"), &[]).unwrap_err().0;
+        assert!(e.contains("sede"), "{e}");
+        let e = parse(BASE, &["train.batch_size=\"x\"".into()]).unwrap_err().0;
+        assert!(e.contains("train.batch_size"), "{e}");
+        let e = parse(BASE, &["prune.schedule={kind=\"one_shot\", sparsity=1.5}".into()]).unwrap_err().0;
+        assert!(e.contains("prune.schedule.sparsity") && e.contains("[0, 1)"), "{e}");
+        let e = parse(BASE, &["train.optimizer.lr=-1".into()]).unwrap_err().0;
+        assert!(e.contains("train.optimizer.lr"), "{e}");
+        let e = parse(BASE, &["model.hiden=[3]".into()]).unwrap_err().0;
+        assert!(e.contains("hiden"), "{e}");
+        let e = parse(BASE, &["device=\"tpu\"".into()]).unwrap_err().0;
+        assert!(e.contains("device") && e.contains("cuda:N"), "{e}");
+    }
+}

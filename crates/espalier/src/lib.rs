@@ -1,0 +1,7 @@
+//! The `espalier` command: experiment config → validated plan → run
+//! directory with metrics, checkpoints and a report.
+
+pub mod bench;
+pub mod config;
+pub mod data;
+pub mod run;

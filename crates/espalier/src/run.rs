@@ -1,0 +1,534 @@
+//! Carrying out an experiment: the run directory, the epoch loop that
+//! executes the pruning plan's actions, checkpoints, resume, and reports.
+//!
+//! A run directory holds `config.toml` (the resolved experiment),
+//! `checkpoint.safetensors` (weights, masks, optimizer state and rewind
+//! snapshot after the last completed epoch; the header records the model
+//! config and the run's history), `metrics.jsonl` (a line per epoch and per
+//! round), and at the end `model.safetensors`, `summary.json`, `report.md`
+//! and `results.csv`. Every file is written atomically. Running the same
+//! config into an existing run directory resumes after the last completed
+//! epoch and ends with the same numbers as an uninterrupted run.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use candle_core::{Device, Tensor};
+use espalier_core::checkpoint::{self, MASK_PREFIX, OPTIM_PREFIX, REWIND_PREFIX};
+use espalier_core::{Selector, SparsityReport};
+use espalier_data::DataRoot;
+use espalier_models::{Model, ModelConfig};
+use espalier_prune::{masks_for, Action, Plan, ScheduleConfig};
+use espalier_train::trainer::PhasePos;
+use espalier_train::{evaluate, EvalStats, Trainer, TrainerOptions};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{self, ConfigError, DataConfig, Experiment};
+use crate::data::{self, Data};
+
+/// How to run (what is not part of the experiment itself).
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// The run directory.
+    pub out: PathBuf,
+    /// Where datasets are found.
+    pub data_root: DataRoot,
+    /// Draw progress bars.
+    pub progress: bool,
+    /// Stop after this many epochs in this invocation (the run stays
+    /// resumable); for time-boxed sessions and tests of resumption.
+    pub max_epochs: Option<usize>,
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Record {
+    /// After a training epoch.
+    Epoch {
+        /// Run-wide epoch index.
+        epoch: usize,
+        /// Pruning round (0 = dense).
+        round: usize,
+        /// Sparsity of the prunable weights.
+        sparsity: f64,
+        /// Mean training loss.
+        train_loss: f64,
+        /// Training accuracy (classification).
+        train_accuracy: Option<f64>,
+        /// Learning rate at the epoch's last step.
+        lr: f64,
+        /// Evaluation loss.
+        test_loss: f64,
+        /// Evaluation metrics (percent).
+        metrics: BTreeMap<String, f64>,
+        /// Training seconds.
+        seconds: f64,
+    },
+    /// At the end of a round (dense training is round 0).
+    Round {
+        /// Round.
+        round: usize,
+        /// Sparsity of the prunable weights.
+        sparsity: f64,
+        /// Prunable weights kept.
+        kept: usize,
+        /// Prunable weights in all.
+        prunable: usize,
+        /// Evaluation loss.
+        test_loss: f64,
+        /// Evaluation metrics (percent).
+        metrics: BTreeMap<String, f64>,
+    },
+}
+
+/// The result of a finished run (`summary.json`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Summary {
+    /// Run name.
+    pub name: String,
+    /// Model kind.
+    pub model: String,
+    /// Dataset.
+    pub data: String,
+    /// Pruning method, e.g. `imp-magnitude-global-rewind-init`.
+    pub method: String,
+    /// Seed.
+    pub seed: u64,
+    /// Primary metric name.
+    pub metric: String,
+    /// One row per round.
+    pub rounds: Vec<Record>,
+    /// Per-layer sparsity at the end.
+    pub sparsity: SparsityReport,
+    /// Trainable parameters of the model.
+    pub parameters: usize,
+}
+
+/// What the run loop carries between epochs (and across a resume).
+struct State {
+    next_epoch: usize,
+    global_step: u64,
+    history: Vec<Record>,
+    rewind: Option<BTreeMap<String, Tensor>>,
+}
+
+/// Short names for reports.
+pub fn model_name(m: &ModelConfig) -> String {
+    match m {
+        ModelConfig::Mlp(c) if c.hidden == [300, 100] && c.input_dim == 784 => "lenet-300-100".into(),
+        ModelConfig::Mlp(c) => format!("mlp-{}", c.hidden.iter().map(|h| h.to_string()).collect::<Vec<_>>().join("-")),
+        ModelConfig::Lenet5(_) => "lenet-5".into(),
+        #[allow(unreachable_patterns)]
+        other => {
+            serde_json::to_value(other).ok().and_then(|v| v["kind"].as_str().map(String::from)).unwrap_or_default()
+        }
+    }
+}
+
+fn data_name(d: &DataConfig) -> String {
+    match d {
+        DataConfig::Mnist(_) => "mnist".into(),
+        DataConfig::FashionMnist(_) => "fashion-mnist".into(),
+    }
+}
+
+/// A name for the pruning method of `exp`.
+pub fn method_name(exp: &Experiment) -> String {
+    let Some(p) = &exp.prune else { return "dense".into() };
+    let imp = serde_json::to_value(p.importance).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+    let scope = serde_json::to_value(p.scope).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+    match &p.schedule {
+        ScheduleConfig::OneShot { .. } => format!("one-shot-{imp}-{scope}"),
+        ScheduleConfig::Imp { rewind, .. } => {
+            let rw = serde_json::to_value(rewind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+            if rw == "none" {
+                format!("imp-{imp}-{scope}")
+            } else {
+                format!("imp-{imp}-{scope}-rewind-{}", rw.replace(':', ""))
+            }
+        }
+        ScheduleConfig::Gradual { .. } => format!("gradual-{imp}-{scope}"),
+    }
+}
+
+fn metrics_map(e: &EvalStats) -> BTreeMap<String, f64> {
+    e.metrics.iter().map(|(m, v)| (m.name().to_string(), *v)).collect()
+}
+
+/// Prepares the run directory: a new one gets `config.toml`; an existing
+/// one must hold the same experiment (else nothing is touched).
+fn prepare_dir(exp: &Experiment, out: &Path) -> anyhow::Result<()> {
+    let cfg_path = out.join("config.toml");
+    if cfg_path.exists() {
+        let old = config::load(&cfg_path, &[])
+            .map_err(|e| ConfigError(format!("{e} (the run directory {} cannot be resumed)", out.display())))?;
+        if &old != exp {
+            return Err(ConfigError(format!(
+                "run directory {} holds a different experiment (see its config.toml); choose another --out or remove it",
+                out.display()
+            ))
+            .into());
+        }
+        return Ok(());
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating run directory {}", out.display()))?;
+    let text = toml::to_string_pretty(exp).context("serializing the resolved config")?;
+    let header = format!(
+        "# Resolved experiment config written by espalier {} (defaults filled in).\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    checkpoint::write_atomic(&cfg_path, format!("{header}{text}").as_bytes())?;
+    Ok(())
+}
+
+fn save_checkpoint(path: &Path, model: &dyn Model, trainer: &Trainer, state: &State) -> anyhow::Result<()> {
+    let params = model.params();
+    let mut tensors = params.snapshot()?;
+    for (k, v) in params.masks() {
+        tensors.insert(format!("{MASK_PREFIX}{k}"), v);
+    }
+    for (k, v) in trainer.optimizer.state() {
+        tensors.insert(format!("{OPTIM_PREFIX}{k}"), v);
+    }
+    if let Some(rw) = &state.rewind {
+        for (k, v) in rw {
+            tensors.insert(format!("{REWIND_PREFIX}{k}"), v.clone());
+        }
+    }
+    let header = serde_json::json!({
+        "model": model.config(),
+        "next_epoch": state.next_epoch,
+        "global_step": state.global_step,
+        "history": state.history,
+        "espalier_version": env!("CARGO_PKG_VERSION"),
+    });
+    checkpoint::save(path, &tensors, &header)?;
+    Ok(())
+}
+
+fn restore(path: &Path, model: &dyn Model, trainer: &mut Trainer, device: &Device) -> anyhow::Result<State> {
+    let ck = checkpoint::load(path, device)?;
+    let header_model: ModelConfig = serde_json::from_value(ck.header["model"].clone())
+        .with_context(|| format!("{}: header has no valid model config", path.display()))?;
+    if header_model != model.config() {
+        bail!("{}: checkpoint is of another model ({header_model:?})", path.display());
+    }
+    let ctx = path.display().to_string();
+    model.params().load(&ck.params(), &ctx)?;
+    model.params().set_masks(&ck.masks())?;
+    trainer.optimizer.load_state(&ck.optim())?;
+    let rewind = ck.rewind();
+    let history: Vec<Record> = serde_json::from_value(ck.header["history"].clone())
+        .with_context(|| format!("{}: invalid history in header", path.display()))?;
+    let next_epoch = ck.header["next_epoch"].as_u64().context("checkpoint header lacks next_epoch")? as usize;
+    let global_step = ck.header["global_step"].as_u64().context("checkpoint header lacks global_step")?;
+    trainer.global_step = global_step;
+    Ok(State { next_epoch, global_step, history, rewind: (!rewind.is_empty()).then_some(rewind) })
+}
+
+fn write_metrics(out: &Path, history: &[Record]) -> anyhow::Result<()> {
+    let mut s = String::new();
+    for r in history {
+        s += &serde_json::to_string(r)?;
+        s.push('\n');
+    }
+    checkpoint::write_atomic(&out.join("metrics.jsonl"), s.as_bytes())?;
+    Ok(())
+}
+
+/// Runs (or resumes) `exp` into `opts.out`. Returns `None` when stopped
+/// early by `max_epochs`.
+pub fn run(exp: &Experiment, opts: &RunOptions) -> anyhow::Result<Option<Summary>> {
+    let device = config::device(&exp.device)?;
+    // Input problems (a missing or truncated data file) are reported before
+    // the run directory is created or touched.
+    let data = data::load(&exp.data, &opts.data_root).map_err(|e| ConfigError(format!("{e:#}")))?;
+    prepare_dir(exp, &opts.out)?;
+    let model = exp.model.init(exp.seed, &device)?;
+    let selector = match &exp.prune {
+        Some(p) => Selector::new(&p.params)?,
+        None => Selector::default(),
+    };
+    let mut trainer = Trainer {
+        optimizer: exp.train.optimizer.build(model.params())?,
+        regularizers: exp.train.regularizers.iter().map(|r| r.build()).collect::<Result<_, _>>()?,
+        opts: TrainerOptions {
+            batch_size: exp.train.batch_size,
+            clip_grad_norm: exp.train.clip_grad_norm,
+            lr_schedule: exp.train.lr_schedule.clone(),
+            seed: exp.seed,
+            progress: opts.progress,
+        },
+        global_step: 0,
+    };
+    let plan = match &exp.prune {
+        Some(p) => p.schedule.plan(exp.train.epochs),
+        None => Plan::dense(exp.train.epochs),
+    };
+    let ck_path = opts.out.join("checkpoint.safetensors");
+    let mut state = if ck_path.exists() {
+        let st = restore(&ck_path, model.as_ref(), &mut trainer, &device)?;
+        tracing::info!(epoch = st.next_epoch, "resuming {}", opts.out.display());
+        st
+    } else {
+        State { next_epoch: 0, global_step: 0, history: Vec::new(), rewind: None }
+    };
+    let summary_path = opts.out.join("summary.json");
+    let total = plan.total_epochs();
+    if state.next_epoch >= total && summary_path.exists() {
+        let s: Summary = serde_json::from_slice(&std::fs::read(&summary_path)?)
+            .with_context(|| format!("reading {}", summary_path.display()))?;
+        tracing::info!("{} is complete; nothing to do", opts.out.display());
+        return Ok(Some(s));
+    }
+    tracing::info!(
+        model = %model_name(&exp.model),
+        params = model.params().numel(),
+        data = %data.source.display(),
+        train = data.train.len(),
+        test = data.test.len(),
+        epochs = total,
+        "run {}",
+        opts.out.display()
+    );
+    let prune = exp.prune.as_ref();
+    let act =
+        |actions: Vec<Action>, model: &dyn Model, trainer: &mut Trainer, state: &mut State| -> anyhow::Result<()> {
+            for a in actions {
+                match a {
+                    Action::SaveRewindPoint => state.rewind = Some(model.params().snapshot()?),
+                    Action::Prune { sparsity } => {
+                        let p = prune.expect("prune actions come from a prune config");
+                        let masks = masks_for(model.params(), &selector, p.importance, p.scope, sparsity, exp.seed)?;
+                        model.params().set_masks(&masks)?;
+                        tracing::info!(sparsity, "pruned");
+                    }
+                    Action::Rewind => {
+                        let snap = state.rewind.as_ref().context("rewind requested before a rewind point was saved")?;
+                        model.params().load(snap, "rewind snapshot")?;
+                        model.params().enforce_masks()?;
+                    }
+                    Action::ResetOptimizer => trainer.optimizer.reset(),
+                }
+            }
+            Ok(())
+        };
+    let started = Instant::now();
+    let mut done_here = 0;
+    while state.next_epoch < total {
+        if opts.max_epochs.is_some_and(|m| done_here >= m) {
+            tracing::info!(epoch = state.next_epoch, "stopping early (--max-epochs); run again to resume");
+            return Ok(None);
+        }
+        let epoch = state.next_epoch;
+        act(plan.actions_before(epoch), model.as_ref(), &mut trainer, &mut state)?;
+        let (pi, e_in) = plan.locate(epoch).expect("epoch inside the plan");
+        let phase = &plan.phases[pi];
+        let pos = PhasePos { epoch_in_phase: e_in, epochs_in_phase: phase.epochs };
+        let stats = match plan.gradual {
+            Some(cubic) => {
+                let p = prune.expect("gradual plans come from a prune config");
+                let mut hook = |m: &dyn Model, _: &espalier_train::StepInfo, step: usize, spe: usize| {
+                    if let Some(s) = cubic.target(epoch, step, spe) {
+                        let masks = masks_for(m.params(), &selector, p.importance, p.scope, s, exp.seed)?;
+                        m.params().set_masks(&masks)?;
+                    }
+                    Ok(())
+                };
+                trainer.train_epoch(model.as_ref(), data.train.as_ref(), epoch, pos, &device, Some(&mut hook))?
+            }
+            None => trainer.train_epoch(model.as_ref(), data.train.as_ref(), epoch, pos, &device, None)?,
+        };
+        let eval = evaluate(model.as_ref(), data.test.as_ref(), exp.train.eval_batch_size, &device, &data.metrics)?;
+        let sp = SparsityReport::of(model.params(), &selector)?;
+        let primary = data.metrics[0];
+        tracing::info!(
+            epoch,
+            round = phase.round,
+            sparsity = format!("{:.4}", sp.sparsity()),
+            train_loss = format!("{:.4}", stats.loss),
+            test_loss = format!("{:.4}", eval.loss),
+            "{} {:.2} ({:.1}s)",
+            primary.name(),
+            eval.get(primary).unwrap_or(f64::NAN),
+            stats.seconds
+        );
+        state.history.push(Record::Epoch {
+            epoch,
+            round: phase.round,
+            sparsity: sp.sparsity(),
+            train_loss: stats.loss,
+            train_accuracy: stats.accuracy,
+            lr: stats.lr,
+            test_loss: eval.loss,
+            metrics: metrics_map(&eval),
+            seconds: stats.seconds,
+        });
+        if e_in + 1 == phase.epochs {
+            state.history.push(round_record(phase.round, &sp, &eval));
+        }
+        state.next_epoch += 1;
+        state.global_step = trainer.global_step;
+        done_here += 1;
+        save_checkpoint(&ck_path, model.as_ref(), &trainer, &state)?;
+        write_metrics(&opts.out, &state.history)?;
+    }
+    // Phases without epochs at the end (one-shot pruning with no fine-tuning).
+    let tail = plan.actions_before(total);
+    let final_round = plan.phases.last().map(|p| p.round).unwrap_or(0);
+    let has_final_round =
+        state.history.iter().any(|r| matches!(r, Record::Round { round, .. } if *round == final_round));
+    if !has_final_round {
+        act(tail, model.as_ref(), &mut trainer, &mut state)?;
+        let eval = evaluate(model.as_ref(), data.test.as_ref(), exp.train.eval_batch_size, &device, &data.metrics)?;
+        let sp = SparsityReport::of(model.params(), &selector)?;
+        state.history.push(round_record(final_round, &sp, &eval));
+        save_checkpoint(&ck_path, model.as_ref(), &trainer, &state)?;
+        write_metrics(&opts.out, &state.history)?;
+    }
+    let summary = finish(exp, opts, model.as_ref(), &data, &selector, &state)?;
+    tracing::info!("finished in {:.1}s", started.elapsed().as_secs_f64());
+    Ok(Some(summary))
+}
+
+fn round_record(round: usize, sp: &SparsityReport, eval: &EvalStats) -> Record {
+    Record::Round {
+        round,
+        sparsity: sp.sparsity(),
+        kept: sp.kept(),
+        prunable: sp.numel(),
+        test_loss: eval.loss,
+        metrics: metrics_map(eval),
+    }
+}
+
+fn finish(
+    exp: &Experiment,
+    opts: &RunOptions,
+    model: &dyn Model,
+    data: &Data,
+    selector: &Selector,
+    state: &State,
+) -> anyhow::Result<Summary> {
+    let name = opts.out.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let summary = Summary {
+        name,
+        model: model_name(&exp.model),
+        data: data_name(&exp.data),
+        method: method_name(exp),
+        seed: exp.seed,
+        metric: data.metrics[0].name().to_string(),
+        rounds: state.history.iter().filter(|r| matches!(r, Record::Round { .. })).cloned().collect(),
+        sparsity: SparsityReport::of(model.params(), selector)?,
+        parameters: model.params().numel(),
+    };
+    // The final model: weights and masks, rebuildable from the header alone.
+    let params = model.params();
+    let mut tensors = params.snapshot()?;
+    for (k, v) in params.masks() {
+        tensors.insert(format!("{MASK_PREFIX}{k}"), v);
+    }
+    checkpoint::save(
+        &opts.out.join("model.safetensors"),
+        &tensors,
+        &serde_json::json!({ "model": model.config(), "sparsity": summary.sparsity.sparsity() }),
+    )?;
+    checkpoint::write_atomic(&opts.out.join("report.md"), report_markdown(&summary).as_bytes())?;
+    checkpoint::write_atomic(&opts.out.join("results.csv"), results_csv(&summary).as_bytes())?;
+    checkpoint::write_atomic(&opts.out.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
+    Ok(summary)
+}
+
+/// The table printed at the end of a run: round, sparsity, metric.
+pub fn rounds_table(s: &Summary) -> String {
+    let mut out = format!("{:>5}  {:>9}  {:>9}  {:>10}\n", "round", "sparsity", "weights", s.metric);
+    for r in &s.rounds {
+        if let Record::Round { round, sparsity, metrics, .. } = r {
+            out += &format!(
+                "{:>5}  {:>8.2}%  {:>8.2}%  {:>10.2}\n",
+                round,
+                100.0 * sparsity,
+                100.0 * (1.0 - sparsity),
+                metrics.get(&s.metric).copied().unwrap_or(f64::NAN)
+            );
+        }
+    }
+    out
+}
+
+/// The markdown report of a run.
+pub fn report_markdown(s: &Summary) -> String {
+    let mut md = format!(
+        "# {}\n\n{} on {}, method `{}`, seed {}, {} parameters.\n\n| round | sparsity | weights left | {} |\n|---:|---:|---:|---:|\n",
+        s.name, s.model, s.data, s.method, s.seed, s.parameters, s.metric
+    );
+    for r in &s.rounds {
+        if let Record::Round { round, sparsity, metrics, .. } = r {
+            md += &format!(
+                "| {round} | {:.2}% | {:.2}% | {:.2} |\n",
+                100.0 * sparsity,
+                100.0 * (1.0 - sparsity),
+                metrics.get(&s.metric).copied().unwrap_or(f64::NAN)
+            );
+        }
+    }
+    md += "\nPer-layer sparsity at the end:\n\n```\n";
+    md += &s.sparsity.table();
+    md += "```\n";
+    md
+}
+
+/// One CSV row per round: model, data, method, sparsity, metric, value, seed.
+pub fn results_csv(s: &Summary) -> String {
+    let mut csv = String::from("model,data,method,sparsity,metric,value,seed\n");
+    for r in &s.rounds {
+        if let Record::Round { sparsity, metrics, .. } = r {
+            for (m, v) in metrics {
+                csv += &format!("{},{},{},{:.6},{},{:.4},{}\n", s.model, s.data, s.method, sparsity, m, v, s.seed);
+            }
+        }
+    }
+    csv
+}
+
+/// Evaluates the model saved in a run directory on its test set.
+pub fn eval_run(dir: &Path, data_root: &DataRoot) -> anyhow::Result<(EvalStats, SparsityReport)> {
+    let exp = config::load(&dir.join("config.toml"), &[])?;
+    let device = config::device(&exp.device)?;
+    let path = ["model.safetensors", "checkpoint.safetensors"]
+        .iter()
+        .map(|f| dir.join(f))
+        .find(|p| p.exists())
+        .with_context(|| format!("{}: no model.safetensors or checkpoint.safetensors", dir.display()))?;
+    let (model, _) = load_model(&path, &device)?;
+    let data = data::load(&exp.data, data_root)?;
+    let selector = match &exp.prune {
+        Some(p) => Selector::new(&p.params)?,
+        None => Selector::default(),
+    };
+    let eval = evaluate(model.as_ref(), data.test.as_ref(), exp.train.eval_batch_size, &device, &data.metrics)?;
+    Ok((eval, SparsityReport::of(model.params(), &selector)?))
+}
+
+/// Rebuilds a model from a checkpoint file alone (config from its header).
+pub fn load_model(path: &Path, device: &Device) -> anyhow::Result<(Box<dyn Model>, serde_json::Value)> {
+    let ck = checkpoint::load(path, device)?;
+    let cfg: ModelConfig = serde_json::from_value(ck.header["model"].clone())
+        .with_context(|| format!("{}: header has no valid model config", path.display()))?;
+    let pb = espalier_core::ParamBuilder::from_tensors(
+        ck.params(),
+        path.display().to_string(),
+        candle_core::DType::F32,
+        device,
+    );
+    let model = cfg.build(&pb)?;
+    let (_, unused) = pb.finish();
+    if !unused.is_empty() {
+        bail!("{}: tensors not used by the {:?} model: {}", path.display(), model_name(&cfg), unused.join(", "));
+    }
+    model.params().set_masks(&ck.masks())?;
+    Ok((model, ck.header))
+}
