@@ -1,1 +1,313 @@
+//! End-to-end tests of the `espalier` binary on the embedded MNIST subset
+//! (`data/mnist-subset`, real IDX files): determinism, resumption after an
+//! interruption, and the handling of bad input.
 
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+fn data_dir() -> PathBuf {
+    let d = root().join("data");
+    assert!(
+        d.join("mnist-subset/train-images-idx3-ubyte.gz").is_file(),
+        "the embedded MNIST subset is missing from {}",
+        d.display()
+    );
+    d
+}
+
+/// A small but real experiment: 2,000 training images, 500 test images,
+/// LeNet-300-100, 2 dense epochs, then 2 IMP rounds of 1 epoch.
+const SMALL: &str = r#"
+seed = 3
+[data]
+dataset = "mnist"
+path = "mnist-subset"
+limit_train = 2000
+limit_test = 500
+[model]
+kind = "mlp"
+hidden = [300, 100]
+[train]
+epochs = 2
+batch_size = 64
+optimizer = { kind = "adamw", lr = 1e-3, weight_decay = 1e-4 }
+lr_schedule = { kind = "cosine" }
+[prune.schedule]
+kind = "imp"
+rounds = 2
+epochs_per_round = 1
+rewind = "epoch:1"
+"#;
+
+fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn espalier(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_espalier"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir())
+        .arg("--quiet")
+        .output()
+        .expect("run espalier")
+}
+
+fn ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "espalier failed: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// metrics.jsonl without the wall-clock fields.
+fn metrics(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("seconds");
+            v
+        })
+        .collect()
+}
+
+fn run_dir(tmp: &Path, name: &str) -> PathBuf {
+    tmp.join(name)
+}
+
+#[test]
+fn same_seed_gives_identical_metrics_and_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), "small.toml", SMALL);
+    let (a, b) = (run_dir(tmp.path(), "a"), run_dir(tmp.path(), "b"));
+    for d in [&a, &b] {
+        ok(&espalier(&["run", cfg.to_str().unwrap(), "--out", d.to_str().unwrap()]));
+    }
+    let (ma, mb) = (metrics(&a), metrics(&b));
+    assert_eq!(ma.len(), 4 + 3, "4 epochs and 3 round lines");
+    assert_eq!(ma, mb);
+    assert_eq!(std::fs::read(a.join("model.safetensors")).unwrap(), std::fs::read(b.join("model.safetensors")).unwrap());
+    // The run learned something and pruned what the plan says.
+    let last = ma.last().unwrap();
+    assert_eq!(last["type"], "round");
+    assert!((last["sparsity"].as_f64().unwrap() - 0.36).abs() < 1e-3, "{last}");
+    assert!(last["metrics"]["accuracy"].as_f64().unwrap() > 80.0, "{last}");
+    for f in ["config.toml", "summary.json", "report.md", "results.csv", "checkpoint.safetensors"] {
+        assert!(a.join(f).is_file(), "{f} missing");
+    }
+    let csv = std::fs::read_to_string(a.join("results.csv")).unwrap();
+    assert!(csv.starts_with("model,data,method,sparsity,metric,value,seed\n"));
+    assert_eq!(csv.lines().count(), 1 + 3);
+    // A different seed gives different numbers.
+    let c = run_dir(tmp.path(), "c");
+    ok(&espalier(&["run", cfg.to_str().unwrap(), "--out", c.to_str().unwrap(), "--set", "seed=4"]));
+    assert_ne!(metrics(&c), ma);
+}
+
+#[test]
+fn interrupted_runs_resume_to_the_same_numbers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), "small.toml", SMALL);
+    let full = run_dir(tmp.path(), "full");
+    ok(&espalier(&["run", cfg.to_str().unwrap(), "--out", full.to_str().unwrap()]));
+
+    // Stopped after 1 epoch (inside the dense phase, before the rewind point),
+    // then after 2 more (inside round 1), then to the end.
+    let parts = run_dir(tmp.path(), "parts");
+    let p = parts.to_str().unwrap();
+    ok(&espalier(&["run", cfg.to_str().unwrap(), "--out", p, "--max-epochs", "1"]));
+    assert!(!parts.join("summary.json").exists());
+    assert_eq!(metrics(&parts).len(), 1);
+    ok(&espalier(&["run", cfg.to_str().unwrap(), "--out", p, "--max-epochs", "2"]));
+    ok(&espalier(&["run", cfg.to_str().unwrap(), "--out", p]));
+    assert_eq!(metrics(&parts), metrics(&full));
+    assert_eq!(
+        std::fs::read(parts.join("model.safetensors")).unwrap(),
+        std::fs::read(full.join("model.safetensors")).unwrap()
+    );
+}
+
+#[test]
+fn a_killed_run_resumes_to_the_same_numbers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), "k.toml", &SMALL.replace("limit_train = 2000", "limit_train = 6000"));
+    let full = run_dir(tmp.path(), "full");
+    ok(&espalier(&["run", cfg.to_str().unwrap(), "--out", full.to_str().unwrap()]));
+
+    let killed = run_dir(tmp.path(), "killed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_espalier"))
+        .args(["run", cfg.to_str().unwrap(), "--out", killed.to_str().unwrap(), "--quiet", "--data-dir"])
+        .arg(data_dir())
+        .spawn()
+        .unwrap();
+    // metrics.jsonl is written right after the first epoch's checkpoint.
+    let first = killed.join("metrics.jsonl");
+    let t0 = std::time::Instant::now();
+    while !first.exists() {
+        assert!(t0.elapsed().as_secs() < 120, "no checkpoint after 120 s");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL, mid-epoch
+    child.wait().unwrap();
+    assert!(!killed.join("summary.json").exists(), "the run finished before it could be killed");
+    let done_before = metrics(&killed).len();
+    assert!(done_before < metrics(&full).len());
+    ok(&espalier(&["run", cfg.to_str().unwrap(), "--out", killed.to_str().unwrap()]));
+    assert_eq!(metrics(&killed), metrics(&full));
+}
+
+#[test]
+fn eval_reloads_the_saved_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), "small.toml", SMALL);
+    let d = run_dir(tmp.path(), "r");
+    ok(&espalier(&["run", cfg.to_str().unwrap(), "--out", d.to_str().unwrap()]));
+    let out = espalier(&["eval", d.to_str().unwrap()]);
+    ok(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = metrics(&d).pop().unwrap();
+    let acc = last["metrics"]["accuracy"].as_f64().unwrap();
+    assert!(text.contains(&format!("accuracy {acc:.2}")), "eval printed:\n{text}\nexpected accuracy {acc:.2}");
+    assert!(text.contains("36.00%"), "{text}");
+}
+
+/// Every file of a directory with its bytes, to prove nothing was touched.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            let b = std::fs::read(&p).unwrap();
+            (p, b)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn config_errors_name_the_key_exit_2_and_create_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases = [
+        (SMALL.replace("seed = 3", "seed = 3\nsede = 4"), "sede"),
+        (SMALL.replace("rounds = 2", "rounds = 2\nbogus = 1"), "bogus"),
+        (SMALL.replace("batch_size = 64", "batch_size = \"many\""), "train.batch_size"),
+        (
+            SMALL.replace("kind = \"imp\"\nrounds = 2\nepochs_per_round = 1\nrewind = \"epoch:1\"", "kind = \"one_shot\"\nsparsity = 1.5"),
+            "prune.schedule.sparsity",
+        ),
+        (SMALL.replace("rewind = \"epoch:1\"", "rewind = \"epoch:9\""), "prune.schedule.rewind"),
+        (SMALL.replace("lr = 1e-3", "lr = 0"), "train.optimizer.lr"),
+        (SMALL.replace("kind = \"adamw\"", "kind = \"adam\""), "adamw"),
+    ];
+    for (i, (text, needle)) in cases.iter().enumerate() {
+        let cfg = write_config(tmp.path(), &format!("bad{i}.toml"), text);
+        let out_dir = tmp.path().join(format!("out{i}"));
+        let out = espalier(&["run", cfg.to_str().unwrap(), "--out", out_dir.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "case {i}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains(needle), "case {i}: expected `{needle}` in:\n{err}");
+        assert!(err.contains(&format!("bad{i}.toml")), "case {i}: the file is not named:\n{err}");
+        assert!(!out_dir.exists(), "case {i}: a run directory was created");
+    }
+}
+
+#[test]
+fn missing_and_truncated_data_files_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), "small.toml", SMALL);
+    // Missing: an empty data root.
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out_dir = tmp.path().join("r1");
+    let out = Command::new(env!("CARGO_BIN_EXE_espalier"))
+        .args(["run", cfg.to_str().unwrap(), "--out", out_dir.to_str().unwrap(), "--quiet", "--data-dir"])
+        .arg(&empty)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("train-images-idx3-ubyte"), "{}", stderr(&out));
+    assert!(!out_dir.exists());
+
+    // Truncated: a copy of the subset whose training images lose their tail.
+    let cut = tmp.path().join("cut/mnist-subset");
+    std::fs::create_dir_all(&cut).unwrap();
+    for e in std::fs::read_dir(data_dir().join("mnist-subset")).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, cut.join(p.file_name().unwrap())).unwrap();
+    }
+    let img = cut.join("train-images-idx3-ubyte.gz");
+    let bytes = std::fs::read(&img).unwrap();
+    std::fs::write(&img, &bytes[..bytes.len() / 3]).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_espalier"))
+        .args(["run", cfg.to_str().unwrap(), "--out", out_dir.to_str().unwrap(), "--quiet", "--data-dir"])
+        .arg(tmp.path().join("cut"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("train-images-idx3-ubyte.gz") && err.contains("truncated"), "{err}");
+    assert!(!out_dir.exists());
+}
+
+#[test]
+fn a_mismatched_checkpoint_or_config_damages_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), "small.toml", SMALL);
+    let a = run_dir(tmp.path(), "a");
+    ok(&espalier(&["run", cfg.to_str().unwrap(), "--out", a.to_str().unwrap(), "--max-epochs", "1"]));
+    let before = snapshot(&a);
+
+    // Another experiment into the same run directory: refused, exit 2.
+    let out = espalier(&["run", cfg.to_str().unwrap(), "--out", a.to_str().unwrap(), "--set", "train.epochs=3"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("different experiment"), "{}", stderr(&out));
+    assert_eq!(snapshot(&a), before);
+
+    // A checkpoint of another shape (hidden [64] instead of [300, 100]).
+    let b = run_dir(tmp.path(), "b");
+    ok(&espalier(&[
+        "run",
+        cfg.to_str().unwrap(),
+        "--out",
+        b.to_str().unwrap(),
+        "--max-epochs",
+        "1",
+        "--set",
+        "model.hidden=[64]",
+    ]));
+    std::fs::copy(b.join("checkpoint.safetensors"), a.join("checkpoint.safetensors")).unwrap();
+    let before = snapshot(&a);
+    let out = espalier(&["run", cfg.to_str().unwrap(), "--out", a.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("checkpoint.safetensors") && err.contains("another model"), "{err}");
+    assert_eq!(snapshot(&a), before);
+
+    // Same config header but tensors of the wrong shape: the error names the tensor.
+    let ck = espalier_core::checkpoint::load(&b.join("checkpoint.safetensors"), &candle_core::Device::Cpu).unwrap();
+    let mut header = ck.header.clone();
+    header["model"]["hidden"] = serde_json::json!([300, 100]);
+    espalier_core::checkpoint::save(&a.join("checkpoint.safetensors"), &ck.tensors, &header).unwrap();
+    let before = snapshot(&a);
+    let out = espalier(&["run", cfg.to_str().unwrap(), "--out", a.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("fc1.weight") && err.contains("[300, 784]") && err.contains("[64, 784]"), "{err}");
+    assert_eq!(snapshot(&a), before);
+}
