@@ -101,7 +101,10 @@ fn same_seed_gives_identical_metrics_and_weights() {
     let (ma, mb) = (metrics(&a), metrics(&b));
     assert_eq!(ma.len(), 4 + 3, "4 epochs and 3 round lines");
     assert_eq!(ma, mb);
-    assert_eq!(std::fs::read(a.join("model.safetensors")).unwrap(), std::fs::read(b.join("model.safetensors")).unwrap());
+    assert_eq!(
+        std::fs::read(a.join("model.safetensors")).unwrap(),
+        std::fs::read(b.join("model.safetensors")).unwrap()
+    );
     // The run learned something and pruned what the plan says.
     let last = ma.last().unwrap();
     assert_eq!(last["type"], "round");
@@ -208,7 +211,10 @@ fn config_errors_name_the_key_exit_2_and_create_nothing() {
         (SMALL.replace("rounds = 2", "rounds = 2\nbogus = 1"), "bogus"),
         (SMALL.replace("batch_size = 64", "batch_size = \"many\""), "train.batch_size"),
         (
-            SMALL.replace("kind = \"imp\"\nrounds = 2\nepochs_per_round = 1\nrewind = \"epoch:1\"", "kind = \"one_shot\"\nsparsity = 1.5"),
+            SMALL.replace(
+                "kind = \"imp\"\nrounds = 2\nepochs_per_round = 1\nrewind = \"epoch:1\"",
+                "kind = \"one_shot\"\nsparsity = 1.5",
+            ),
             "prune.schedule.sparsity",
         ),
         (SMALL.replace("rewind = \"epoch:1\"", "rewind = \"epoch:9\""), "prune.schedule.rewind"),
@@ -310,4 +316,37 @@ fn a_mismatched_checkpoint_or_config_damages_nothing() {
     let err = stderr(&out);
     assert!(err.contains("fc1.weight") && err.contains("[300, 784]") && err.contains("[64, 784]"), "{err}");
     assert_eq!(snapshot(&a), before);
+}
+
+/// One epoch on full MNIST from ../shared reaches a sane accuracy.
+#[test]
+#[cfg_attr(not(feature = "shared-data"), ignore = "needs ../shared; run with --features shared-data")]
+fn shared_full_mnist_one_epoch() {
+    let shared = root().join("../shared/data");
+    assert!(
+        shared.join("mnist/train-images-idx3-ubyte.gz").is_file(),
+        "full MNIST not found under {}",
+        shared.display()
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        tmp.path(),
+        "full.toml",
+        &SMALL
+            .replace("path = \"mnist-subset\"\nlimit_train = 2000\nlimit_test = 500", "path = \"mnist\"")
+            .replace("epochs = 2", "epochs = 1")
+            .replace("batch_size = 64", "batch_size = 128")
+            .replace("rounds = 2", "rounds = 1")
+            .replace("rewind = \"epoch:1\"", "rewind = \"init\""),
+    );
+    let d = tmp.path().join("r");
+    let out = Command::new(env!("CARGO_BIN_EXE_espalier"))
+        .args(["run", cfg.to_str().unwrap(), "--out", d.to_str().unwrap(), "--quiet", "--data-dir"])
+        .arg(&shared)
+        .output()
+        .unwrap();
+    ok(&out);
+    let m = metrics(&d);
+    let dense = m.iter().find(|r| r["type"] == "round" && r["round"] == 0).unwrap();
+    assert!(dense["metrics"]["accuracy"].as_f64().unwrap() > 95.0, "{dense}");
 }

@@ -250,7 +250,7 @@ impl GlueTask {
         match self {
             GlueTask::Cola => &[Metric::Mcc],
             GlueTask::Mrpc | GlueTask::Qqp => &[Metric::F1, Metric::Accuracy],
-            GlueTask::Stsb => &[Metric::Spearman, Metric::Pearson],
+            GlueTask::Stsb => &[Metric::Pearson, Metric::Spearman],
             _ => &[Metric::Accuracy],
         }
     }

@@ -97,6 +97,32 @@ impl Batcher {
     }
 }
 
+/// The first `n` examples of another dataset.
+pub struct Prefix {
+    inner: std::sync::Arc<dyn Dataset>,
+    n: usize,
+}
+
+impl Prefix {
+    /// The first `n` examples of `inner` (all of them if it has fewer).
+    pub fn new(inner: std::sync::Arc<dyn Dataset>, n: usize) -> Self {
+        let n = n.min(inner.len());
+        Prefix { inner, n }
+    }
+}
+
+impl Dataset for Prefix {
+    fn len(&self) -> usize {
+        self.n
+    }
+    fn batch(&self, indices: &[usize], device: &Device) -> Result<Batch> {
+        if let Some(&i) = indices.iter().find(|&&i| i >= self.n) {
+            espalier_core::bail!("example {i} is outside the first {} examples", self.n);
+        }
+        self.inner.batch(indices, device)
+    }
+}
+
 /// A dataset held as two tensors: inputs `(N, ...)` and labels `(N,)`.
 #[derive(Clone, Debug)]
 pub struct TensorDataset {

@@ -219,4 +219,22 @@ mod tests {
         let e = load(d.path(), Split::Test, Flavor::Mnist).unwrap_err().to_string();
         assert!(e.contains("t10k-images-idx3-ubyte.gz"), "{e}");
     }
+
+    /// Full MNIST from ../shared: canonical sizes and training label counts.
+    #[test]
+    #[cfg_attr(not(feature = "shared-data"), ignore = "needs ../shared; run with --features shared-data")]
+    fn shared_full_mnist_has_canonical_counts() -> Result<()> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/mnist");
+        assert!(dir.is_dir(), "full MNIST not found at {}", dir.display());
+        let train = load(&dir, Split::Train, Flavor::Mnist)?;
+        let test = load(&dir, Split::Test, Flavor::Mnist)?;
+        assert_eq!(train.inputs.dims(), &[60_000, 1, 28, 28]);
+        assert_eq!(test.inputs.dims(), &[10_000, 1, 28, 28]);
+        let mut counts = [0usize; 10];
+        for l in train.labels.to_vec1::<u32>()? {
+            counts[l as usize] += 1;
+        }
+        assert_eq!(counts, [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]);
+        Ok(())
+    }
 }

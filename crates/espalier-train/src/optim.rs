@@ -6,11 +6,17 @@
 //! Candle's own `SGD` has no momentum and its `AdamW` one decay for all
 //! parameters, hence these. State is kept as tensors by `<param>.<slot>` so a
 //! checkpoint can carry it and a resumed run continues bit for bit.
+//!
+//! On the CPU, when a parameter, its gradient and its state are contiguous
+//! f32 tensors, the whole update is one pass over the slices, in place (see
+//! [`fused`]); otherwise (other devices or dtypes) it is composed from tensor
+//! ops. Both compute the same f32 operations in the same order.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use candle_core::backprop::GradStore;
-use candle_core::{Device, Tensor};
+use candle_core::{CpuStorage, DType, Device, InplaceOp1, InplaceOp2, Layout, Storage, Tensor};
 use espalier_core::select::Pattern;
 use espalier_core::{Error, Param, ParamKind, ParamStore, Result};
 use serde::{Deserialize, Serialize};
@@ -115,6 +121,11 @@ impl OptimizerConfig {
 
     /// Builds the optimizer over the trainable parameters of `params`.
     pub fn build(&self, params: &ParamStore) -> Result<Box<dyn Optimizer>> {
+        self.build_with(params, true)
+    }
+
+    /// [`OptimizerConfig::build`], with the fused CPU path on or off.
+    fn build_with(&self, params: &ParamStore, fused: bool) -> Result<Box<dyn Optimizer>> {
         let no_decay = match self {
             OptimizerConfig::Sgd { no_decay, .. } | OptimizerConfig::Adamw { no_decay, .. } => no_decay,
         };
@@ -130,10 +141,10 @@ impl OptimizerConfig {
             .collect();
         Ok(match *self {
             OptimizerConfig::Sgd { lr, momentum, nesterov, weight_decay, .. } => {
-                Box::new(Sgd { lr, momentum, nesterov, weight_decay, slots })
+                Box::new(Sgd { lr, momentum, nesterov, weight_decay, slots, fused })
             }
             OptimizerConfig::Adamw { lr, beta1, beta2, eps, weight_decay, .. } => {
-                Box::new(AdamW { lr, beta1, beta2, eps, weight_decay, step: 0, slots })
+                Box::new(AdamW { lr, beta1, beta2, eps, weight_decay, step: 0, slots, fused })
             }
         })
     }
@@ -165,11 +176,17 @@ fn grad_of<'a>(grads: &'a GradStore, p: &Param) -> Option<&'a Tensor> {
     grads.get(p.tensor())
 }
 
+/// A copy of `t` that shares no storage with it: the fused path updates
+/// state in place, so state handed out or taken in must not be shared.
+fn owned(t: &Tensor) -> Result<Tensor> {
+    Ok(if t.is_contiguous() { t.copy()? } else { t.contiguous()? })
+}
+
 fn save_slots(slots: &[Slot], names: &[&str]) -> BTreeMap<String, Tensor> {
     let mut out = BTreeMap::new();
     for s in slots {
         for (t, n) in s.state.iter().zip(names) {
-            out.insert(format!("{}.{n}", s.param.name()), t.clone());
+            out.insert(format!("{}.{n}", s.param.name()), owned(t).expect("copying optimizer state"));
         }
     }
     out
@@ -193,7 +210,7 @@ fn load_slots(slots: &mut [Slot], names: &[&str], state: &BTreeMap<String, Tenso
                     context: Some("optimizer state".into()),
                 });
             }
-            st.push(t.to_device(s.param.tensor().device())?);
+            st.push(owned(&t.to_device(s.param.tensor().device())?)?);
         }
         s.state = st;
     }
@@ -212,6 +229,8 @@ pub struct Sgd {
     nesterov: bool,
     weight_decay: f64,
     slots: Vec<Slot>,
+    /// Take the fused CPU path where it applies (off only to test it).
+    fused: bool,
 }
 
 impl Optimizer for Sgd {
@@ -221,12 +240,23 @@ impl Optimizer for Sgd {
     fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
         for s in &mut self.slots {
             let Some(g) = grad_of(grads, &s.param) else { continue };
+            let wd = if s.decay { self.weight_decay } else { 0.0 };
+            let h = fused::SgdHyper {
+                lr: lr as f32,
+                weight_decay: wd as f32,
+                momentum: self.momentum as f32,
+                nesterov: self.nesterov,
+            };
+            if self.fused && fused::sgd(s.param.tensor(), g, &mut s.state, &h)? {
+                continue;
+            }
             let w = s.param.tensor();
-            let mut g = if s.decay && self.weight_decay > 0.0 { (g + (w * self.weight_decay)?)? } else { g.clone() };
+            let mut g = if wd > 0.0 { (g + (w * wd)?)? } else { g.clone() };
             if self.momentum > 0.0 {
                 let buf = match s.state.first() {
                     Some(b) => ((b * self.momentum)? + &g)?,
-                    None => g.clone(),
+                    // A copy: the buffer is updated in place by the fused path.
+                    None => owned(&g)?,
                 };
                 g = if self.nesterov { (&g + (&buf * self.momentum)?)? } else { buf.clone() };
                 s.state = vec![buf];
@@ -256,6 +286,8 @@ pub struct AdamW {
     weight_decay: f64,
     step: u64,
     slots: Vec<Slot>,
+    /// Take the fused CPU path where it applies (off only to test it).
+    fused: bool,
 }
 
 impl Optimizer for AdamW {
@@ -269,6 +301,21 @@ impl Optimizer for AdamW {
         let bc2 = 1.0 - self.beta2.powi(t);
         for s in &mut self.slots {
             let Some(g) = grad_of(grads, &s.param) else { continue };
+            let decay = if s.decay && self.weight_decay > 0.0 { 1.0 - lr * self.weight_decay } else { 1.0 };
+            let h = fused::AdamHyper {
+                lr: lr as f32,
+                beta1: self.beta1 as f32,
+                beta2: self.beta2 as f32,
+                one_minus_beta1: (1.0 - self.beta1) as f32,
+                one_minus_beta2: (1.0 - self.beta2) as f32,
+                inv_bc1: (1.0 / bc1) as f32,
+                inv_bc2: (1.0 / bc2) as f32,
+                eps: self.eps as f32,
+                decay: decay as f32,
+            };
+            if self.fused && fused::adamw(s.param.tensor(), g, &mut s.state, &h)? {
+                continue;
+            }
             let (m, v) = match s.state.as_slice() {
                 [m, v] => (m.clone(), v.clone()),
                 _ => (g.zeros_like()?, g.zeros_like()?),
@@ -276,7 +323,7 @@ impl Optimizer for AdamW {
             let m = ((m * self.beta1)? + (g * (1.0 - self.beta1))?)?;
             let v = ((v * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
             let w = s.param.tensor();
-            let w = if s.decay && self.weight_decay > 0.0 { (w * (1.0 - lr * self.weight_decay))? } else { w.clone() };
+            let w = if decay != 1.0 { (w * decay)? } else { w.clone() };
             let denom = ((&v / bc2)?.sqrt()? + self.eps)?;
             let upd = ((&m / bc1)? / denom)?;
             s.param.var().set(&(w - (upd * lr)?)?)?;
@@ -300,6 +347,252 @@ impl Optimizer for AdamW {
     fn reset(&mut self) {
         self.step = 0;
         self.slots.iter_mut().for_each(|s| s.state.clear());
+    }
+}
+
+/// The fused CPU updates: one pass over contiguous f32 slices, in place.
+///
+/// Soundness: every slice is borrowed from storage under candle's own lock
+/// for it. The parameter is written through `Tensor::inplace_op2`, which
+/// holds the parameter's write lock and the gradient's read lock; inside it
+/// each state tensor is written through a nested `Tensor::inplace_op1`, under
+/// its write lock. Nothing is cast from `&` to `&mut`; the closures reach the
+/// outer slices through the op's `RefCell`. The locks are taken in the order
+/// parameter, state, so no two steps can deadlock, and the tensors are
+/// checked to be pairwise distinct storages first (a write lock taken twice
+/// would deadlock), else the caller falls back to tensor ops.
+///
+/// The arithmetic is the fallback's, operation for operation, in f32 (candle
+/// computes `t * s` for an f64 scalar `s` as `t · (s as f32) + 0`).
+pub(crate) mod fused {
+    use super::*;
+
+    type CResult<T> = candle_core::Result<T>;
+
+    /// SGD scalars, as f32.
+    pub struct SgdHyper {
+        pub lr: f32,
+        /// 0 where the parameter is exempt.
+        pub weight_decay: f32,
+        pub momentum: f32,
+        pub nesterov: bool,
+    }
+
+    /// AdamW scalars for one step, as f32.
+    pub struct AdamHyper {
+        pub lr: f32,
+        pub beta1: f32,
+        pub beta2: f32,
+        pub one_minus_beta1: f32,
+        pub one_minus_beta2: f32,
+        /// 1 / (1 − β₁ᵗ).
+        pub inv_bc1: f32,
+        /// 1 / (1 − β₂ᵗ).
+        pub inv_bc2: f32,
+        pub eps: f32,
+        /// 1 − ηλ, or 1 where the parameter is exempt.
+        pub decay: f32,
+    }
+
+    /// Whether `t` is a contiguous f32 tensor on the CPU.
+    fn fusable(t: &Tensor) -> bool {
+        t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous()
+    }
+
+    /// The address of `t`'s storage (equal for tensors that share it).
+    fn storage_addr(t: &Tensor) -> usize {
+        let (s, _) = t.storage_and_layout();
+        &*s as *const Storage as usize
+    }
+
+    fn distinct(ts: &[&Tensor]) -> bool {
+        let addrs: Vec<usize> = ts.iter().map(|t| storage_addr(t)).collect();
+        addrs.iter().enumerate().all(|(i, a)| !addrs[..i].contains(a))
+    }
+
+    /// The gradient as a contiguous f32 CPU tensor of `w`'s shape, if it can be.
+    fn prepare_grad(w: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        if !fusable(w) || !g.device().is_cpu() || g.dtype() != DType::F32 || g.dims() != w.dims() {
+            return Ok(None);
+        }
+        Ok(Some(if g.is_contiguous() { g.clone() } else { g.contiguous()? }))
+    }
+
+    /// Whether `state` holds `n` usable tensors for `w` (empty = first step).
+    fn state_ready(w: &Tensor, g: &Tensor, state: &[Tensor], n: usize) -> bool {
+        if state.is_empty() {
+            return true;
+        }
+        state.len() == n && state.iter().all(|t| fusable(t) && t.dims() == w.dims()) && {
+            let mut all = vec![w, g];
+            all.extend(state.iter());
+            distinct(&all)
+        }
+    }
+
+    fn slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout, name: &str) -> CResult<&'a mut [f32]> {
+        match (s, l.contiguous_offsets()) {
+            (CpuStorage::F32(v), Some((a, b))) => Ok(&mut v[a..b]),
+            _ => Err(candle_core::Error::Msg(format!("{name}: expected a contiguous f32 tensor"))),
+        }
+    }
+
+    fn slice<'a>(s: &'a CpuStorage, l: &Layout, name: &str) -> CResult<&'a [f32]> {
+        match (s, l.contiguous_offsets()) {
+            (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+            _ => Err(candle_core::Error::Msg(format!("{name}: expected a contiguous f32 tensor"))),
+        }
+    }
+
+    /// Runs a closure on a tensor's elements, mutably, under its write lock.
+    struct WithMut<F>(RefCell<Option<F>>);
+
+    impl<F: FnOnce(&mut [f32]) -> CResult<()>> InplaceOp1 for WithMut<F> {
+        fn name(&self) -> &'static str {
+            "espalier-optim-state"
+        }
+        fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> CResult<()> {
+            let f = self.0.borrow_mut().take().expect("the op runs once");
+            f(slice_mut(s, l, "optimizer state")?)
+        }
+    }
+
+    fn with_mut(t: &Tensor, f: impl FnOnce(&mut [f32]) -> CResult<()>) -> CResult<()> {
+        t.inplace_op1(&WithMut(RefCell::new(Some(f))))
+    }
+
+    /// Runs a closure on a parameter's elements (mutably) and its gradient's.
+    struct WithParam<F>(RefCell<Option<F>>);
+
+    impl<F: FnOnce(&mut [f32], &[f32]) -> CResult<()>> InplaceOp2 for WithParam<F> {
+        fn name(&self) -> &'static str {
+            "espalier-optim-param"
+        }
+        fn cpu_fwd(&self, w: &mut CpuStorage, wl: &Layout, g: &CpuStorage, gl: &Layout) -> CResult<()> {
+            let f = self.0.borrow_mut().take().expect("the op runs once");
+            f(slice_mut(w, wl, "parameter")?, slice(g, gl, "gradient")?)
+        }
+    }
+
+    fn with_param(w: &Tensor, g: &Tensor, f: impl FnOnce(&mut [f32], &[f32]) -> CResult<()>) -> CResult<()> {
+        w.inplace_op2(g, &WithParam(RefCell::new(Some(f))))
+    }
+
+    /// One SGD step of `w` in place; `Ok(false)` when the fused path does not
+    /// apply (nothing was changed).
+    pub fn sgd(w: &Tensor, g: &Tensor, state: &mut Vec<Tensor>, h: &SgdHyper) -> Result<bool> {
+        let Some(g) = prepare_grad(w, g)? else { return Ok(false) };
+        if h.momentum == 0.0 {
+            if !distinct(&[w, &g]) {
+                return Ok(false);
+            }
+            with_param(w, &g, |w, g| {
+                sgd_plain(w, g, h);
+                Ok(())
+            })?;
+            return Ok(true);
+        }
+        if !state_ready(w, &g, state, 1) {
+            return Ok(false);
+        }
+        let first = state.is_empty();
+        if first {
+            if !distinct(&[w, &g]) {
+                return Ok(false);
+            }
+            state.push(Tensor::zeros(w.shape(), DType::F32, &Device::Cpu)?);
+        }
+        let b = &state[0];
+        with_param(w, &g, |w, g| {
+            with_mut(b, |b| {
+                sgd_momentum(w, g, b, first, h);
+                Ok(())
+            })
+        })?;
+        Ok(true)
+    }
+
+    fn sgd_plain(w: &mut [f32], g: &[f32], h: &SgdHyper) {
+        let (lr, wd) = (h.lr, h.weight_decay);
+        if wd > 0.0 {
+            for (w, &g) in w.iter_mut().zip(g) {
+                *w -= (g + *w * wd) * lr;
+            }
+        } else {
+            for (w, &g) in w.iter_mut().zip(g) {
+                *w -= g * lr;
+            }
+        }
+    }
+
+    /// d = ∇ + λw; b = μb + d (b₀ = d); d = d + μb (Nesterov) or b; w −= ηd.
+    fn sgd_momentum(w: &mut [f32], g: &[f32], b: &mut [f32], first: bool, h: &SgdHyper) {
+        // Monomorphised per case so that each loop is branch-free and vectorises.
+        #[inline(always)]
+        fn run<const DECAY: bool, const FIRST: bool, const NESTEROV: bool>(
+            w: &mut [f32],
+            g: &[f32],
+            b: &mut [f32],
+            h: &SgdHyper,
+        ) {
+            let (lr, wd, mu) = (h.lr, h.weight_decay, h.momentum);
+            for ((w, &g), b) in w.iter_mut().zip(g).zip(b.iter_mut()) {
+                let d = if DECAY { g + *w * wd } else { g };
+                *b = if FIRST { d } else { *b * mu + d };
+                let d = if NESTEROV { d + *b * mu } else { *b };
+                *w -= d * lr;
+            }
+        }
+        match (h.weight_decay > 0.0, first, h.nesterov) {
+            (false, false, false) => run::<false, false, false>(w, g, b, h),
+            (false, false, true) => run::<false, false, true>(w, g, b, h),
+            (false, true, false) => run::<false, true, false>(w, g, b, h),
+            (false, true, true) => run::<false, true, true>(w, g, b, h),
+            (true, false, false) => run::<true, false, false>(w, g, b, h),
+            (true, false, true) => run::<true, false, true>(w, g, b, h),
+            (true, true, false) => run::<true, true, false>(w, g, b, h),
+            (true, true, true) => run::<true, true, true>(w, g, b, h),
+        }
+    }
+
+    /// One AdamW step of `w` in place; `Ok(false)` when the fused path does
+    /// not apply (nothing was changed).
+    pub fn adamw(w: &Tensor, g: &Tensor, state: &mut Vec<Tensor>, h: &AdamHyper) -> Result<bool> {
+        let Some(g) = prepare_grad(w, g)? else { return Ok(false) };
+        if !state_ready(w, &g, state, 2) {
+            return Ok(false);
+        }
+        if state.is_empty() {
+            if !distinct(&[w, &g]) {
+                return Ok(false);
+            }
+            *state = vec![
+                Tensor::zeros(w.shape(), DType::F32, &Device::Cpu)?,
+                Tensor::zeros(w.shape(), DType::F32, &Device::Cpu)?,
+            ];
+        }
+        let (m, v) = (&state[0], &state[1]);
+        with_param(w, &g, |w, g| {
+            with_mut(m, |m| {
+                with_mut(v, |v| {
+                    adamw_kernel(w, g, m, v, h);
+                    Ok(())
+                })
+            })
+        })?;
+        Ok(true)
+    }
+
+    /// m = β₁m + (1−β₁)g; v = β₂v + (1−β₂)g²; w = w(1 − ηλ) − η (m/bc₁) / (√(v/bc₂) + ε).
+    fn adamw_kernel(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: &AdamHyper) {
+        let AdamHyper { lr, beta1, beta2, one_minus_beta1, one_minus_beta2, inv_bc1, inv_bc2, eps, decay } = *h;
+        for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+            *m = *m * beta1 + g * one_minus_beta1;
+            *v = *v * beta2 + (g * g) * one_minus_beta2;
+            let denom = (*v * inv_bc2).sqrt() + eps;
+            let upd = (*m * inv_bc1) / denom;
+            *w = *w * decay - upd * lr;
+        }
     }
 }
 
@@ -363,6 +656,154 @@ mod tests {
         let mut opt2 = cfg.build(&ps)?;
         opt2.load_state(&st)?;
         assert_eq!(opt2.state()["w.exp_avg_sq"].to_vec1::<f32>()?, st["w.exp_avg_sq"].to_vec1::<f32>()?);
+        Ok(())
+    }
+
+    /// Parameters of three kinds: weights with decay, a weight exempted by
+    /// pattern, a bias (exempt by kind).
+    fn mixed_store() -> Result<ParamStore> {
+        let pb = ParamBuilder::from_seed(3, DType::F32, &Device::Cpu);
+        pb.param("l1.weight", &[16, 24], ParamKind::Weight, Init::Normal { std: 0.5 })?;
+        pb.param("l1.bias", &[16], ParamKind::Bias, Init::Normal { std: 0.5 })?;
+        pb.param("emb.weight", &[8, 16], ParamKind::Weight, Init::Normal { std: 0.5 })?;
+        pb.param("l2.weight", &[24, 8], ParamKind::Weight, Init::Normal { std: 0.5 })?;
+        Ok(pb.finish().0)
+    }
+
+    /// A loss whose gradients change from step to step.
+    fn loss(ps: &ParamStore, step: usize) -> Result<Tensor> {
+        let x = Tensor::new(&[[0.3f32, -1.2, 0.7, 2.0], [1.5, 0.1, -0.4, 0.9]][step % 2], &Device::Cpu)?;
+        let x = (x * (1.0 + 0.2 * step as f64))?.broadcast_as((6, 4))?.reshape((4, 6))?.repeat((1, 4))?; // (4, 24)
+        let h = x.matmul(&ps.get("l1.weight")?.tensor().t()?)?.broadcast_add(ps.get("l1.bias")?.tensor())?;
+        let h = h.tanh()?.matmul(&ps.get("emb.weight")?.tensor().t()?)?; // (4, 8)
+        let y = h.matmul(&ps.get("l2.weight")?.tensor().t()?)?; // (4, 24)
+        Ok((y - x.tanh()?)?.sqr()?.mean_all()?)
+    }
+
+    fn assert_close(a: &Tensor, b: &Tensor, what: &str) -> Result<()> {
+        let (a, b) = (a.flatten_all()?.to_vec1::<f32>()?, b.flatten_all()?.to_vec1::<f32>()?);
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert!(x.is_finite(), "{what}[{i}] = {x}");
+            assert!((x - y).abs() <= 1e-6 * x.abs().max(y.abs()).max(1e-3), "{what}[{i}]: fused {x} vs fallback {y}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn fused_matches_tensor_ops() -> Result<()> {
+        let no_decay = vec!["emb.*".to_string()];
+        let configs = [
+            OptimizerConfig::Sgd {
+                lr: 0.05,
+                momentum: 0.9,
+                nesterov: true,
+                weight_decay: 0.01,
+                no_decay: no_decay.clone(),
+            },
+            OptimizerConfig::Sgd {
+                lr: 0.05,
+                momentum: 0.8,
+                nesterov: false,
+                weight_decay: 0.01,
+                no_decay: no_decay.clone(),
+            },
+            OptimizerConfig::Sgd { lr: 0.05, momentum: 0.0, nesterov: false, weight_decay: 0.1, no_decay: vec![] },
+            OptimizerConfig::Adamw {
+                lr: 0.01,
+                beta1: 0.9,
+                beta2: 0.99,
+                eps: 1e-8,
+                weight_decay: 0.1,
+                no_decay: no_decay.clone(),
+            },
+        ];
+        for cfg in &configs {
+            let (pf, pt) = (mixed_store()?, mixed_store()?);
+            let (mut of, mut ot) = (cfg.build_with(&pf, true)?, cfg.build_with(&pt, false)?);
+            for step in 0..6 {
+                let (mut gf, gt) = (loss(&pf, step)?.backward()?, loss(&pt, step)?.backward()?);
+                // A transposed (non-contiguous) gradient, as a regularizer could leave.
+                let w = pf.get("l2.weight")?;
+                let g = gf.get(w.tensor()).expect("gradient").t()?.contiguous()?.t()?;
+                assert!(!g.is_contiguous());
+                gf.insert(w.tensor(), g);
+                let lr = cfg.lr() * (1.0 - 0.1 * step as f64);
+                of.step(&gf, lr)?;
+                ot.step(&gt, lr)?;
+            }
+            for p in pf.trainable() {
+                assert_close(p.tensor(), pt.get(p.name())?.tensor(), p.name())?;
+            }
+            let (sf, st) = (of.state(), ot.state());
+            assert_eq!(sf.keys().collect::<Vec<_>>(), st.keys().collect::<Vec<_>>());
+            for (k, t) in &sf {
+                assert_close(t, &st[k], k)?;
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn fused_state_is_not_shared() -> Result<()> {
+        let ps = mixed_store()?;
+        let cfg = OptimizerConfig::Adamw {
+            lr: 0.01,
+            beta1: 0.9,
+            beta2: 0.99,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            no_decay: vec![],
+        };
+        let mut opt = cfg.build(&ps)?;
+        opt.step(&loss(&ps, 0)?.backward()?, 0.01)?;
+        let saved = opt.state();
+        let before = saved["l1.weight.exp_avg"].to_vec2::<f32>()?;
+        // A second optimizer resumed from the saved state, and both stepped:
+        // the saved tensors stay as they were.
+        let mut resumed = cfg.build(&ps)?;
+        resumed.load_state(&saved)?;
+        opt.step(&loss(&ps, 1)?.backward()?, 0.01)?;
+        resumed.step(&loss(&ps, 1)?.backward()?, 0.01)?;
+        assert_eq!(saved["l1.weight.exp_avg"].to_vec2::<f32>()?, before);
+        assert_ne!(opt.state()["l1.weight.exp_avg"].to_vec2::<f32>()?, before);
+        Ok(())
+    }
+
+    #[test]
+    fn fused_path_applies_only_where_sound() -> Result<()> {
+        let dev = &Device::Cpu;
+        let h = fused::SgdHyper { lr: 0.1, weight_decay: 0.0, momentum: 0.9, nesterov: false };
+        let w = Tensor::ones(4, DType::F32, dev)?;
+        let g = Tensor::new(&[1f32, 2., 3., 4.], dev)?;
+        let mut state = Vec::new();
+        assert!(fused::sgd(&w, &g, &mut state, &h)?);
+        assert!(fused::sgd(&w, &g, &mut state, &h)?);
+        // b = 0.9·g + g = 1.9g; w = 1 − 0.1·g − 0.1·1.9g = 1 − 0.29g.
+        assert_close(&w, &Tensor::new(&[0.71f32, 0.42, 0.13, -0.16], dev)?, "w")?;
+        assert_close(&state[0], &(&g * 1.9)?, "momentum_buffer")?;
+        // Other dtypes, a gradient that is the parameter, shared state: not fused, untouched.
+        let w64 = w.to_dtype(DType::F64)?;
+        assert!(!fused::sgd(&w64, &g.to_dtype(DType::F64)?, &mut Vec::new(), &h)?);
+        assert!(!fused::sgd(&w, &w.clone(), &mut Vec::new(), &h)?);
+        assert!(!fused::sgd(&w, &g, &mut vec![g.clone()], &h)?);
+        let a = fused::AdamHyper {
+            lr: 0.1,
+            beta1: 0.9,
+            beta2: 0.99,
+            one_minus_beta1: 0.1,
+            one_minus_beta2: 0.01,
+            inv_bc1: 10.0,
+            inv_bc2: 100.0,
+            eps: 1e-8,
+            decay: 1.0,
+        };
+        let m = Tensor::zeros(4, DType::F32, dev)?;
+        assert!(!fused::adamw(&w, &g, &mut vec![m.clone(), m.clone()], &a)?);
+        assert_close(&w, &Tensor::new(&[0.71f32, 0.42, 0.13, -0.16], dev)?, "w untouched")?;
+        // First AdamW step: w −= lr·sign(g).
+        let mut state = Vec::new();
+        assert!(fused::adamw(&w, &g, &mut state, &a)?);
+        assert_close(&w, &Tensor::new(&[0.61f32, 0.32, 0.03, -0.26], dev)?, "w")?;
         Ok(())
     }
 }

@@ -132,7 +132,14 @@ fn a_checkpoint_rebuilds_an_identical_model() -> Result<()> {
             global_step: 0,
         };
         model.params().set_masks(&random_masks(model.as_ref())?)?;
-        trainer.train_epoch(model.as_ref(), &data, 0, PhasePos { epoch_in_phase: 0, epochs_in_phase: 1 }, &Device::Cpu, None)?;
+        trainer.train_epoch(
+            model.as_ref(),
+            &data,
+            0,
+            PhasePos { epoch_in_phase: 0, epochs_in_phase: 1 },
+            &Device::Cpu,
+            None,
+        )?;
         let mut tensors = model.params().snapshot()?;
         for (k, v) in model.params().masks() {
             tensors.insert(format!("{}{k}", checkpoint::MASK_PREFIX), v);

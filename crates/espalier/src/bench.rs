@@ -123,3 +123,87 @@ pub fn mnist_epochs(
         })
         .collect())
 }
+
+/// Random token sequences of a fixed length (all tokens real), for timing.
+struct SyntheticTokens {
+    n: usize,
+    seq_len: usize,
+    vocab: usize,
+}
+
+impl espalier_data::Dataset for SyntheticTokens {
+    fn len(&self) -> usize {
+        self.n
+    }
+    fn batch(&self, indices: &[usize], device: &Device) -> espalier_core::Result<espalier_data::Batch> {
+        let b = indices.len();
+        let mut ids = Vec::with_capacity(b * self.seq_len);
+        for &i in indices {
+            let mut rng = espalier_core::Rng::derive(7, "bench-tokens", &[i as u64]);
+            ids.push(101u32);
+            ids.extend((1..self.seq_len).map(|_| 1000 + rng.below(self.vocab - 1000) as u32));
+        }
+        let input_ids = candle_core::Tensor::from_vec(ids, (b, self.seq_len), device)?;
+        Ok(espalier_data::Batch {
+            inputs: espalier_data::Inputs::Tokens {
+                token_type_ids: input_ids.zeros_like()?,
+                attention_mask: candle_core::Tensor::ones((b, self.seq_len), candle_core::DType::F32, device)?,
+                input_ids,
+            },
+            labels: candle_core::Tensor::from_iter(indices.iter().map(|&i| (i % 2) as u32), device)?,
+        })
+    }
+}
+
+/// Times training steps of a pretrained BERT (sequence classification, 2
+/// labels) at `batch_size` × `seq_len`, AdamW, dropout on: one warm-up step,
+/// then `repeats` timed steps.
+pub fn bert_steps(
+    model_dir: &std::path::Path,
+    batch_size: usize,
+    seq_len: usize,
+    repeats: usize,
+) -> anyhow::Result<BenchResult> {
+    use espalier_models::{Bert, BertTask, Model};
+    let device = Device::Cpu;
+    let model = Bert::from_pretrained(model_dir, Some(BertTask::Classification { num_labels: 2 }), &device)?;
+    let vocab = model.bert_config().vocab_size;
+    let data = SyntheticTokens { n: batch_size * (repeats + 1), seq_len, vocab };
+    let opt =
+        OptimizerConfig::Adamw { lr: 2e-5, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01, no_decay: vec![] };
+    let mut trainer = Trainer {
+        optimizer: opt.build(model.params())?,
+        regularizers: vec![],
+        opts: TrainerOptions {
+            batch_size,
+            clip_grad_norm: Some(1.0),
+            lr_schedule: LrSchedule::Constant,
+            seed: 0,
+            progress: false,
+        },
+        global_step: 0,
+    };
+    let mut times = Vec::new();
+    let mut last = Instant::now();
+    let mut hook = |_: &dyn Model, _: &espalier_train::StepInfo, step: usize, _: usize| {
+        let now = Instant::now();
+        if step > 0 {
+            times.push(now.duration_since(last).as_secs_f64());
+        }
+        tracing::info!(step, seconds = format!("{:.3}", now.duration_since(last).as_secs_f64()), "bert step");
+        last = now;
+        Ok(())
+    };
+    let pos = PhasePos { epoch_in_phase: 0, epochs_in_phase: 1 };
+    trainer.train_epoch(&model, &data, 0, pos, &device, Some(&mut hook))?;
+    let med = median(&times);
+    Ok(BenchResult {
+        workload: format!("bert-step-{}x{}", batch_size, seq_len),
+        examples: batch_size,
+        repeats,
+        median_s: med,
+        min_s: times.iter().cloned().fold(f64::MAX, f64::min),
+        max_s: times.iter().cloned().fold(0.0, f64::max),
+        examples_per_s: batch_size as f64 / med,
+    })
+}

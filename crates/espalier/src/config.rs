@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use espalier_core::select::SelectorSpec;
 use espalier_core::Selector;
+use espalier_data::glue::{GlueTask, Split};
 use espalier_models::ModelConfig;
 use espalier_prune::{Importance, ScheduleConfig, Scope};
 use espalier_train::{LrSchedule, OptimizerConfig, RegularizerConfig};
@@ -43,8 +44,12 @@ pub struct Experiment {
     pub device: String,
     /// The dataset.
     pub data: DataConfig,
-    /// The model.
-    pub model: ModelConfig,
+    /// The model, built from scratch (give this or `pretrained`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelConfig>,
+    /// A pretrained checkpoint to start from (give this or `model`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pretrained: Option<PretrainedConfig>,
     /// Training.
     pub train: TrainConfig,
     /// Pruning (absent: dense training only).
@@ -64,6 +69,60 @@ pub enum DataConfig {
     Mnist(IdxData),
     /// Fashion-MNIST (same format).
     FashionMnist(IdxData),
+    /// A GLUE task in the standard GLUE directory layout.
+    Glue(GlueData),
+}
+
+/// A GLUE task and how to tokenize it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GlueData {
+    /// `cola`, `sst2`, `mrpc`, `stsb`, `qqp`, `mnli`, `mnli-mm`, `qnli`, `rte`, `wnli`.
+    pub task: GlueTask,
+    /// The GLUE root under the data root (default `glue`).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Tokenizer directory (`tokenizer.json` or `vocab.txt`); default: the
+    /// pretrained model's directory.
+    #[serde(default)]
+    pub tokenizer: Option<PathBuf>,
+    /// Longest sequence after tokenization (longer pairs are truncated
+    /// longest-first).
+    #[serde(default = "default_max_len")]
+    pub max_seq_len: usize,
+    /// The split evaluated every epoch: `dev` (default), or `test` where
+    /// it is labelled (MRPC's Microsoft test file).
+    #[serde(default = "default_eval_split")]
+    pub eval_split: String,
+    /// Use only the first N training examples.
+    #[serde(default)]
+    pub limit_train: Option<usize>,
+    /// Use only the first N evaluation examples.
+    #[serde(default)]
+    pub limit_eval: Option<usize>,
+}
+
+fn default_max_len() -> usize {
+    128
+}
+fn default_eval_split() -> String {
+    "dev".into()
+}
+
+/// A pretrained model to fine-tune.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PretrainedConfig {
+    /// A local Hugging Face model directory (`config.json` +
+    /// `model.safetensors`), or a repo id `org/name[@revision]` resolved in
+    /// the local Hub cache (never downloaded).
+    pub path: String,
+    /// Override of the checkpoint's `hidden_dropout_prob`.
+    #[serde(default)]
+    pub hidden_dropout_prob: Option<f64>,
+    /// Override of the checkpoint's `attention_probs_dropout_prob`.
+    #[serde(default)]
+    pub attention_probs_dropout_prob: Option<f64>,
 }
 
 /// Where IDX files are and how much of them to use.
@@ -104,6 +163,10 @@ pub struct TrainConfig {
     /// Extra terms of the objective.
     #[serde(default)]
     pub regularizers: Vec<RegularizerConfig>,
+    /// Keep the weights of the best evaluation epoch of each round in
+    /// `best.safetensors` (the metrics of the best epoch are reported too).
+    #[serde(default)]
+    pub keep_best: bool,
 }
 
 fn default_eval_batch() -> usize {
@@ -181,7 +244,35 @@ impl Experiment {
     /// Checks every value a type cannot; messages name the key path.
     pub fn validate(&self) -> Result<(), String> {
         parse_device_name(&self.device).map_err(|e| format!("key `device`: {e}"))?;
-        self.model.validate("model")?;
+        match (&self.model, &self.pretrained) {
+            (Some(m), None) => m.validate("model")?,
+            (None, Some(p)) => {
+                for (k, v) in [
+                    ("hidden_dropout_prob", p.hidden_dropout_prob),
+                    ("attention_probs_dropout_prob", p.attention_probs_dropout_prob),
+                ] {
+                    if let Some(v) = v {
+                        if !(0.0..1.0).contains(&v) {
+                            return Err(format!("key `pretrained.{k}` must be in [0, 1), found {v}"));
+                        }
+                    }
+                }
+            }
+            (Some(_), Some(_)) => return Err("give either [model] or [pretrained], not both".into()),
+            (None, None) => return Err("missing [model] (a model from scratch) or [pretrained] (a checkpoint)".into()),
+        }
+        if let DataConfig::Glue(g) = &self.data {
+            if g.max_seq_len < 3 {
+                return Err(format!("key `data.max_seq_len` must be at least 3, found {}", g.max_seq_len));
+            }
+            let split: Split = g.eval_split.parse().map_err(|e| format!("key `data.eval_split`: {e}"))?;
+            if split == Split::Train {
+                return Err("key `data.eval_split` must be `dev` or `test`, not `train`".into());
+            }
+            if g.tokenizer.is_none() && self.pretrained.is_none() {
+                return Err("key `data.tokenizer` is required when there is no [pretrained] model".into());
+            }
+        }
         let t = &self.train;
         if t.batch_size == 0 {
             return Err("key `train.batch_size` must be at least 1".into());

@@ -5,10 +5,13 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use espalier_core::Metric;
-use espalier_data::mnist::{self, Flavor, Split};
-use espalier_data::{DataRoot, Dataset};
+use espalier_data::mnist::{self, Flavor};
+use espalier_data::{DataRoot, Dataset, Prefix};
 
-use crate::config::{DataConfig, IdxData};
+use espalier_data::glue::{self, GlueDataset};
+use espalier_data::tokenize::Tokenizer;
+
+use crate::config::{DataConfig, GlueData, IdxData};
 
 /// The train and test sets of an experiment, with the metrics to report.
 pub struct Data {
@@ -22,12 +25,40 @@ pub struct Data {
     pub source: PathBuf,
 }
 
-/// Loads the datasets of `cfg` under `root`.
-pub fn load(cfg: &DataConfig, root: &DataRoot) -> anyhow::Result<Data> {
+/// Loads the datasets of `cfg` under `root`; `model_dir` is the pretrained
+/// model's directory (its tokenizer is the default for text data).
+pub fn load(cfg: &DataConfig, root: &DataRoot, model_dir: Option<&std::path::Path>) -> anyhow::Result<Data> {
     match cfg {
         DataConfig::Mnist(idx) => load_idx(idx, root, Flavor::Mnist, "mnist"),
         DataConfig::FashionMnist(idx) => load_idx(idx, root, Flavor::FashionMnist, "fashion-mnist"),
+        DataConfig::Glue(g) => load_glue(g, root, model_dir),
     }
+}
+
+fn load_glue(g: &GlueData, root: &DataRoot, model_dir: Option<&std::path::Path>) -> anyhow::Result<Data> {
+    let glue_root = root.join(g.path.clone().unwrap_or_else(|| "glue".into()));
+    let tok_dir = g
+        .tokenizer
+        .as_deref()
+        .or(model_dir)
+        .context("GLUE data needs a tokenizer: set data.tokenizer or [pretrained]")?;
+    let tok =
+        Tokenizer::from_dir(tok_dir).with_context(|| format!("loading the tokenizer from {}", tok_dir.display()))?;
+    let eval_split: glue::Split = g.eval_split.parse()?;
+    let hint = || format!("loading GLUE {} from {}", g.task, glue_root.display());
+    let train = GlueDataset::load(&glue_root, g.task, glue::Split::Train, &tok, g.max_seq_len).with_context(hint)?;
+    let test = GlueDataset::load(&glue_root, g.task, eval_split, &tok, g.max_seq_len).with_context(hint)?;
+    if !test.is_labelled() {
+        anyhow::bail!("GLUE {} {eval_split} split has no labels: choose another data.eval_split", g.task);
+    }
+    let limit = |d: Arc<dyn Dataset>, n: Option<usize>| -> Arc<dyn Dataset> {
+        match n {
+            Some(n) => Arc::new(Prefix::new(d, n)),
+            None => d,
+        }
+    };
+    let (train, test) = (limit(Arc::new(train), g.limit_train), limit(Arc::new(test), g.limit_eval));
+    Ok(Data { train, test, metrics: g.task.metrics().to_vec(), source: glue_root.join(g.task.dir_name()) })
 }
 
 fn load_idx(idx: &IdxData, root: &DataRoot, flavor: Flavor, default: &str) -> anyhow::Result<Data> {
@@ -39,8 +70,8 @@ fn load_idx(idx: &IdxData, root: &DataRoot, flavor: Flavor, default: &str) -> an
             root.0.display()
         )
     };
-    let mut train = mnist::load(&dir, Split::Train, flavor).with_context(hint)?;
-    let mut test = mnist::load(&dir, Split::Test, flavor).with_context(hint)?;
+    let mut train = mnist::load(&dir, mnist::Split::Train, flavor).with_context(hint)?;
+    let mut test = mnist::load(&dir, mnist::Split::Test, flavor).with_context(hint)?;
     if let Some(n) = idx.limit_train {
         train = train.take(n)?;
     }

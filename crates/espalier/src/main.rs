@@ -54,8 +54,18 @@ enum Command {
         /// A run directory.
         run_dir: PathBuf,
     },
-    /// Time training epochs (median over repeats).
+    /// Time training (median over repeats): `mnist` epochs of LeNet-300-100
+    /// with AdamW and SGD, or `bert` training steps of a pretrained model.
     Bench {
+        /// `mnist` or `bert`.
+        #[arg(default_value = "mnist")]
+        workload: String,
+        /// The pretrained model for `bert`.
+        #[arg(long, default_value = "../shared/models/all-MiniLM-L6-v2")]
+        model_dir: PathBuf,
+        /// Sequence length for `bert`.
+        #[arg(long, default_value_t = 128)]
+        seq_len: usize,
         /// MNIST directory under the data root.
         #[arg(long, default_value = "mnist")]
         mnist: String,
@@ -128,8 +138,16 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 println!("{} {:.2}", m.name(), v);
             }
         }
-        Command::Bench { mnist, batch_size, repeats, json } => {
-            let results = espalier::bench::mnist_epochs(&data_root, &mnist, batch_size, repeats.max(1))?;
+        Command::Bench { workload, model_dir, seq_len, mnist, batch_size, repeats, json } => {
+            let results = match workload.as_str() {
+                "mnist" => espalier::bench::mnist_epochs(&data_root, &mnist, batch_size, repeats.max(1))?,
+                "bert" => vec![espalier::bench::bert_steps(&model_dir, batch_size, seq_len, repeats.max(1))?],
+                other => {
+                    return Err(
+                        ConfigError(format!("unknown bench workload `{other}`: expected `mnist` or `bert`")).into()
+                    )
+                }
+            };
             println!(
                 "{:<30} {:>8} {:>10} {:>8} {:>8} {:>12}",
                 "workload", "repeats", "median s", "min s", "max s", "examples/s"

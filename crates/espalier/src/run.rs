@@ -19,7 +19,7 @@ use candle_core::{Device, Tensor};
 use espalier_core::checkpoint::{self, MASK_PREFIX, OPTIM_PREFIX, REWIND_PREFIX};
 use espalier_core::{Selector, SparsityReport};
 use espalier_data::DataRoot;
-use espalier_models::{Model, ModelConfig};
+use espalier_models::{Bert, BertTask, Model, ModelConfig};
 use espalier_prune::{masks_for, Action, Plan, ScheduleConfig};
 use espalier_train::trainer::PhasePos;
 use espalier_train::{evaluate, EvalStats, Trainer, TrainerOptions};
@@ -81,7 +81,35 @@ pub enum Record {
         test_loss: f64,
         /// Evaluation metrics (percent).
         metrics: BTreeMap<String, f64>,
+        /// With `train.keep_best`: the round's best epoch by the primary
+        /// metric, and its metrics (weights in `best.safetensors`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        best: Option<BestEpoch>,
     },
+}
+
+/// The best evaluation epoch of a round.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct BestEpoch {
+    /// Run-wide epoch index.
+    pub epoch: usize,
+    /// Its evaluation metrics.
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// The best epoch of `round` so far by `metric`, from the history.
+fn best_in_round(history: &[Record], round: usize, metric: &str) -> Option<BestEpoch> {
+    let mut best: Option<BestEpoch> = None;
+    for r in history {
+        if let Record::Epoch { epoch, round: r_round, metrics, .. } = r {
+            let v = metrics.get(metric).copied().unwrap_or(f64::NEG_INFINITY);
+            let better = best.as_ref().is_none_or(|b| v > b.metrics.get(metric).copied().unwrap_or(f64::NEG_INFINITY));
+            if *r_round == round && better {
+                best = Some(BestEpoch { epoch: *epoch, metrics: metrics.clone() });
+            }
+        }
+    }
+    best
 }
 
 /// The result of a finished run (`summary.json`).
@@ -132,6 +160,7 @@ fn data_name(d: &DataConfig) -> String {
     match d {
         DataConfig::Mnist(_) => "mnist".into(),
         DataConfig::FashionMnist(_) => "fashion-mnist".into(),
+        DataConfig::Glue(g) => format!("glue-{}", g.task.key()),
     }
 }
 
@@ -156,6 +185,45 @@ pub fn method_name(exp: &Experiment) -> String {
 
 fn metrics_map(e: &EvalStats) -> BTreeMap<String, f64> {
     e.metrics.iter().map(|(m, v)| (m.name().to_string(), *v)).collect()
+}
+
+/// The directory of the pretrained model, resolved (local or Hub cache).
+pub fn pretrained_dir(exp: &Experiment) -> anyhow::Result<Option<PathBuf>> {
+    exp.pretrained
+        .as_ref()
+        .map(|p| {
+            espalier_models::bert::hub::resolve_model_dir(&p.path)
+                .with_context(|| format!("key `pretrained.path`: cannot find the model `{}`", p.path))
+        })
+        .transpose()
+}
+
+/// The task head a dataset needs.
+fn bert_task(data: &DataConfig) -> anyhow::Result<BertTask> {
+    match data {
+        DataConfig::Glue(g) if g.task.is_regression() => Ok(BertTask::Regression),
+        DataConfig::Glue(g) => Ok(BertTask::Classification { num_labels: g.task.num_labels() }),
+        other => bail!("a pretrained BERT needs text data, not {}", data_name(other)),
+    }
+}
+
+/// Builds the experiment's model: from scratch (`[model]`) or from a
+/// pretrained checkpoint with a fresh task head for the data (`[pretrained]`).
+pub fn build_model(exp: &Experiment, model_dir: Option<&Path>, device: &Device) -> anyhow::Result<Box<dyn Model>> {
+    if let Some(m) = &exp.model {
+        return Ok(m.init(exp.seed, device)?);
+    }
+    let (p, dir) = exp.pretrained.as_ref().zip(model_dir).context("no model: give [model] or [pretrained]")?;
+    let task = bert_task(&exp.data)?;
+    let mut cfg = Bert::read_config(dir, Some(task))?;
+    if let Some(v) = p.hidden_dropout_prob {
+        cfg.hidden_dropout_prob = v;
+    }
+    if let Some(v) = p.attention_probs_dropout_prob {
+        cfg.attention_probs_dropout_prob = v;
+    }
+    let (tensors, context) = espalier_models::bert::read_weights(dir)?;
+    Ok(Box::new(Bert::from_tensors(cfg, tensors, &context, exp.seed, device)?))
 }
 
 /// Prepares the run directory: a new one gets `config.toml`; an existing
@@ -245,9 +313,11 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> anyhow::Result<Option<Summary
     let device = config::device(&exp.device)?;
     // Input problems (a missing or truncated data file) are reported before
     // the run directory is created or touched.
-    let data = data::load(&exp.data, &opts.data_root).map_err(|e| ConfigError(format!("{e:#}")))?;
+    let model_dir = pretrained_dir(exp).map_err(|e| ConfigError(format!("{e:#}")))?;
+    let data =
+        data::load(&exp.data, &opts.data_root, model_dir.as_deref()).map_err(|e| ConfigError(format!("{e:#}")))?;
+    let model = build_model(exp, model_dir.as_deref(), &device).map_err(|e| ConfigError(format!("{e:#}")))?;
     prepare_dir(exp, &opts.out)?;
-    let model = exp.model.init(exp.seed, &device)?;
     let selector = match &exp.prune {
         Some(p) => Selector::new(&p.params)?,
         None => Selector::default(),
@@ -285,7 +355,7 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> anyhow::Result<Option<Summary
         return Ok(Some(s));
     }
     tracing::info!(
-        model = %model_name(&exp.model),
+        model = %model_name(&model.config()),
         params = model.params().numel(),
         data = %data.source.display(),
         train = data.train.len(),
@@ -367,8 +437,26 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> anyhow::Result<Option<Summary
             metrics: metrics_map(&eval),
             seconds: stats.seconds,
         });
+        let primary_name = primary.name();
+        if exp.train.keep_best {
+            let before = best_in_round(&state.history[..state.history.len() - 1], phase.round, primary_name);
+            let now = eval.get(primary).unwrap_or(f64::NEG_INFINITY);
+            if before.is_none_or(|b| now > b.metrics.get(primary_name).copied().unwrap_or(f64::NEG_INFINITY)) {
+                save_model(
+                    &opts.out.join("best.safetensors"),
+                    model.as_ref(),
+                    serde_json::json!({ "epoch": epoch, "round": phase.round, "metrics": metrics_map(&eval) }),
+                )?;
+            }
+        }
         if e_in + 1 == phase.epochs {
-            state.history.push(round_record(phase.round, &sp, &eval));
+            let mut rec = round_record(phase.round, &sp, &eval);
+            if exp.train.keep_best {
+                if let Record::Round { best, .. } = &mut rec {
+                    *best = best_in_round(&state.history, phase.round, primary_name);
+                }
+            }
+            state.history.push(rec);
         }
         state.next_epoch += 1;
         state.global_step = trainer.global_step;
@@ -402,7 +490,23 @@ fn round_record(round: usize, sp: &SparsityReport, eval: &EvalStats) -> Record {
         prunable: sp.numel(),
         test_loss: eval.loss,
         metrics: metrics_map(eval),
+        best: None,
     }
+}
+
+/// Saves weights and masks with the model config (and `extra`) in the header.
+fn save_model(path: &Path, model: &dyn Model, extra: serde_json::Value) -> anyhow::Result<()> {
+    let params = model.params();
+    let mut tensors = params.snapshot()?;
+    for (k, v) in params.masks() {
+        tensors.insert(format!("{MASK_PREFIX}{k}"), v);
+    }
+    let mut header = serde_json::json!({ "model": model.config() });
+    if let (Some(h), serde_json::Value::Object(e)) = (header.as_object_mut(), extra) {
+        h.extend(e);
+    }
+    checkpoint::save(path, &tensors, &header)?;
+    Ok(())
 }
 
 fn finish(
@@ -416,7 +520,7 @@ fn finish(
     let name = opts.out.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let summary = Summary {
         name,
-        model: model_name(&exp.model),
+        model: model_name(&model.config()),
         data: data_name(&exp.data),
         method: method_name(exp),
         seed: exp.seed,
@@ -426,15 +530,10 @@ fn finish(
         parameters: model.params().numel(),
     };
     // The final model: weights and masks, rebuildable from the header alone.
-    let params = model.params();
-    let mut tensors = params.snapshot()?;
-    for (k, v) in params.masks() {
-        tensors.insert(format!("{MASK_PREFIX}{k}"), v);
-    }
-    checkpoint::save(
+    save_model(
         &opts.out.join("model.safetensors"),
-        &tensors,
-        &serde_json::json!({ "model": model.config(), "sparsity": summary.sparsity.sparsity() }),
+        model,
+        serde_json::json!({ "sparsity": summary.sparsity.sparsity() }),
     )?;
     checkpoint::write_atomic(&opts.out.join("report.md"), report_markdown(&summary).as_bytes())?;
     checkpoint::write_atomic(&opts.out.join("results.csv"), results_csv(&summary).as_bytes())?;
@@ -442,38 +541,62 @@ fn finish(
     Ok(summary)
 }
 
-/// The table printed at the end of a run: round, sparsity, metric.
+/// The table printed at the end of a run: round, sparsity, metric (and the
+/// best epoch's metric with `train.keep_best`).
 pub fn rounds_table(s: &Summary) -> String {
-    let mut out = format!("{:>5}  {:>9}  {:>9}  {:>10}\n", "round", "sparsity", "weights", s.metric);
-    for r in &s.rounds {
-        if let Record::Round { round, sparsity, metrics, .. } = r {
-            out += &format!(
-                "{:>5}  {:>8.2}%  {:>8.2}%  {:>10.2}\n",
-                round,
-                100.0 * sparsity,
-                100.0 * (1.0 - sparsity),
-                metrics.get(&s.metric).copied().unwrap_or(f64::NAN)
-            );
+    let has_best = s.rounds.iter().any(|r| matches!(r, Record::Round { best: Some(_), .. }));
+    let mut out = format!("{:>5}  {:>9}  {:>9}  {:>10}", "round", "sparsity", "weights", s.metric);
+    if has_best {
+        out += &format!("  {:>10}", format!("best {}", s.metric));
+    }
+    out.push('\n');
+    for (round, sparsity, last, best) in round_rows(s) {
+        out += &format!("{round:>5}  {:>8.2}%  {:>8.2}%  {last:>10.2}", 100.0 * sparsity, 100.0 * (1.0 - sparsity));
+        if has_best {
+            out += &format!("  {:>10.2}", best.unwrap_or(f64::NAN));
         }
+        out.push('\n');
     }
     out
 }
 
+/// (round, sparsity, final metric, best-epoch metric) per round.
+fn round_rows(s: &Summary) -> Vec<(usize, f64, f64, Option<f64>)> {
+    s.rounds
+        .iter()
+        .filter_map(|r| match r {
+            Record::Round { round, sparsity, metrics, best, .. } => Some((
+                *round,
+                *sparsity,
+                metrics.get(&s.metric).copied().unwrap_or(f64::NAN),
+                best.as_ref().and_then(|b| b.metrics.get(&s.metric).copied()),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The markdown report of a run.
 pub fn report_markdown(s: &Summary) -> String {
+    let has_best = s.rounds.iter().any(|r| matches!(r, Record::Round { best: Some(_), .. }));
     let mut md = format!(
-        "# {}\n\n{} on {}, method `{}`, seed {}, {} parameters.\n\n| round | sparsity | weights left | {} |\n|---:|---:|---:|---:|\n",
-        s.name, s.model, s.data, s.method, s.seed, s.parameters, s.metric
+        "# {}\n\n{} on {}, method `{}`, seed {}, {} parameters.\n\n| round | sparsity | weights left | {} (last epoch) |{}\n|---:|---:|---:|---:|{}\n",
+        s.name,
+        s.model,
+        s.data,
+        s.method,
+        s.seed,
+        s.parameters,
+        s.metric,
+        if has_best { format!(" {} (best epoch) |", s.metric) } else { String::new() },
+        if has_best { "---:|" } else { "" },
     );
-    for r in &s.rounds {
-        if let Record::Round { round, sparsity, metrics, .. } = r {
-            md += &format!(
-                "| {round} | {:.2}% | {:.2}% | {:.2} |\n",
-                100.0 * sparsity,
-                100.0 * (1.0 - sparsity),
-                metrics.get(&s.metric).copied().unwrap_or(f64::NAN)
-            );
+    for (round, sparsity, last, best) in round_rows(s) {
+        md += &format!("| {round} | {:.2}% | {:.2}% | {last:.2} |", 100.0 * sparsity, 100.0 * (1.0 - sparsity));
+        if has_best {
+            md += &format!(" {:.2} |", best.unwrap_or(f64::NAN));
         }
+        md.push('\n');
     }
     md += "\nPer-layer sparsity at the end:\n\n```\n";
     md += &s.sparsity.table();
@@ -481,13 +604,23 @@ pub fn report_markdown(s: &Summary) -> String {
     md
 }
 
-/// One CSV row per round: model, data, method, sparsity, metric, value, seed.
+/// One CSV row per round and metric: model, data, method, sparsity,
+/// metric, value, seed (the metric of the last epoch; with
+/// `train.keep_best` also `<metric>@best-epoch`).
 pub fn results_csv(s: &Summary) -> String {
     let mut csv = String::from("model,data,method,sparsity,metric,value,seed\n");
     for r in &s.rounds {
-        if let Record::Round { sparsity, metrics, .. } = r {
-            for (m, v) in metrics {
+        if let Record::Round { sparsity, metrics, best, .. } = r {
+            let mut row = |m: &str, v: f64| {
                 csv += &format!("{},{},{},{:.6},{},{:.4},{}\n", s.model, s.data, s.method, sparsity, m, v, s.seed);
+            };
+            for (m, v) in metrics {
+                row(m, *v);
+            }
+            if let Some(b) = best {
+                for (m, v) in &b.metrics {
+                    row(&format!("{m}@best-epoch"), *v);
+                }
             }
         }
     }
@@ -504,7 +637,8 @@ pub fn eval_run(dir: &Path, data_root: &DataRoot) -> anyhow::Result<(EvalStats, 
         .find(|p| p.exists())
         .with_context(|| format!("{}: no model.safetensors or checkpoint.safetensors", dir.display()))?;
     let (model, _) = load_model(&path, &device)?;
-    let data = data::load(&exp.data, data_root)?;
+    let model_dir = pretrained_dir(&exp)?;
+    let data = data::load(&exp.data, data_root, model_dir.as_deref())?;
     let selector = match &exp.prune {
         Some(p) => Selector::new(&p.params)?,
         None => Selector::default(),

@@ -52,7 +52,7 @@ fn read_safetensors(path: &Path) -> Result<BTreeMap<String, Tensor>> {
 }
 
 /// Reads the weights of a model directory and names the file they came from.
-fn read_weights(dir: &Path) -> Result<(BTreeMap<String, Tensor>, String)> {
+pub fn read_weights(dir: &Path) -> Result<(BTreeMap<String, Tensor>, String)> {
     let st = dir.join(SAFETENSORS_FILE);
     if st.is_file() {
         return Ok((read_safetensors(&st)?, st.display().to_string()));

@@ -47,7 +47,7 @@ use crate::layers::{dropout, Embedding, LayerNorm, Linear};
 use crate::{loss, Mode, Model, ModelConfig, StepOutput};
 
 pub use config::{BertConfig, BertTask, HiddenAct};
-pub use io::{normalize_hf_names, CONFIG_FILE, PYTORCH_FILE, SAFETENSORS_FILE, SAFETENSORS_INDEX_FILE};
+pub use io::{normalize_hf_names, read_weights, CONFIG_FILE, PYTORCH_FILE, SAFETENSORS_FILE, SAFETENSORS_INDEX_FILE};
 
 /// A dense layer with HF's init: W ~ N(0, σ²), b = 0.
 fn dense(pb: &ParamBuilder, in_dim: usize, out_dim: usize, std: f64) -> Result<Linear> {
