@@ -49,14 +49,17 @@ fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
     p
 }
 
+/// The binary, single-threaded: the test harness runs several at once on
+/// few cores, and candle's spinning thread pool degrades badly when
+/// processes compete for cores.
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_espalier"));
+    c.env("CANDLE_NUM_THREADS", "1").env("RAYON_NUM_THREADS", "1");
+    c
+}
+
 fn espalier(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_espalier"))
-        .args(args)
-        .arg("--data-dir")
-        .arg(data_dir())
-        .arg("--quiet")
-        .output()
-        .expect("run espalier")
+    bin().args(args).arg("--data-dir").arg(data_dir()).arg("--quiet").output().expect("run espalier")
 }
 
 fn ok(out: &Output) {
@@ -153,7 +156,7 @@ fn a_killed_run_resumes_to_the_same_numbers() {
     ok(&espalier(&["run", cfg.to_str().unwrap(), "--out", full.to_str().unwrap()]));
 
     let killed = run_dir(tmp.path(), "killed");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_espalier"))
+    let mut child = bin()
         .args(["run", cfg.to_str().unwrap(), "--out", killed.to_str().unwrap(), "--quiet", "--data-dir"])
         .arg(data_dir())
         .spawn()
@@ -241,7 +244,7 @@ fn missing_and_truncated_data_files_are_named() {
     let empty = tmp.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
     let out_dir = tmp.path().join("r1");
-    let out = Command::new(env!("CARGO_BIN_EXE_espalier"))
+    let out = bin()
         .args(["run", cfg.to_str().unwrap(), "--out", out_dir.to_str().unwrap(), "--quiet", "--data-dir"])
         .arg(&empty)
         .output()
@@ -260,7 +263,7 @@ fn missing_and_truncated_data_files_are_named() {
     let img = cut.join("train-images-idx3-ubyte.gz");
     let bytes = std::fs::read(&img).unwrap();
     std::fs::write(&img, &bytes[..bytes.len() / 3]).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_espalier"))
+    let out = bin()
         .args(["run", cfg.to_str().unwrap(), "--out", out_dir.to_str().unwrap(), "--quiet", "--data-dir"])
         .arg(tmp.path().join("cut"))
         .output()
@@ -340,7 +343,7 @@ fn shared_full_mnist_one_epoch() {
             .replace("rewind = \"epoch:1\"", "rewind = \"init\""),
     );
     let d = tmp.path().join("r");
-    let out = Command::new(env!("CARGO_BIN_EXE_espalier"))
+    let out = bin()
         .args(["run", cfg.to_str().unwrap(), "--out", d.to_str().unwrap(), "--quiet", "--data-dir"])
         .arg(&shared)
         .output()

@@ -181,7 +181,7 @@ impl Cubic {
         if t <= t0 || t > t1 {
             return None;
         }
-        if (t - t0) % self.every != 0 && t != t1 {
+        if !(t - t0).is_multiple_of(self.every) && t != t1 {
             return None;
         }
         let frac = (t - t0) as f64 / (t1 - t0).max(1) as f64;

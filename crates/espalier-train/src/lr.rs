@@ -4,10 +4,11 @@
 use serde::{Deserialize, Serialize};
 
 /// A learning-rate schedule (multiplies the optimizer's base rate).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum LrSchedule {
     /// The base rate throughout.
+    #[default]
     Constant,
     /// Multiply by `gamma` every `step_epochs` epochs.
     Step {
@@ -29,12 +30,6 @@ pub enum LrSchedule {
         #[serde(default)]
         warmup: f64,
     },
-}
-
-impl Default for LrSchedule {
-    fn default() -> Self {
-        LrSchedule::Constant
-    }
 }
 
 impl LrSchedule {
