@@ -353,3 +353,28 @@ fn shared_full_mnist_one_epoch() {
     let dense = m.iter().find(|r| r["type"] == "round" && r["round"] == 0).unwrap();
     assert!(dense["metrics"]["accuracy"].as_f64().unwrap() > 95.0, "{dense}");
 }
+
+#[test]
+fn gradual_and_one_shot_schedules_reach_their_targets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = SMALL.replace("limit_train = 2000", "limit_train = 1000");
+    let schedule = "kind = \"imp\"\nrounds = 2\nepochs_per_round = 1\nrewind = \"epoch:1\"";
+    for (name, sched, extra, target) in [
+        (
+            "gradual",
+            "kind = \"gradual\"\nfinal_sparsity = 0.8\nstart_epoch = 0\nend_epoch = 2\nevery_steps = 4",
+            "",
+            0.8,
+        ),
+        ("oneshot", "kind = \"one_shot\"\nsparsity = 0.7\nfinetune_epochs = 0", "\n[prune]\nscope = \"layer\"", 0.7),
+    ] {
+        let text = base.replace(schedule, sched).replace("[prune.schedule]", &format!("{extra}\n[prune.schedule]"));
+        let cfg = write_config(tmp.path(), &format!("{name}.toml"), &text);
+        let d = run_dir(tmp.path(), name);
+        ok(&espalier(&["run", cfg.to_str().unwrap(), "--out", d.to_str().unwrap()]));
+        let last = metrics(&d).pop().unwrap();
+        assert_eq!(last["type"], "round", "{name}");
+        assert!((last["sparsity"].as_f64().unwrap() - target).abs() < 1e-3, "{name}: {last}");
+        assert!(last["metrics"]["accuracy"].as_f64().unwrap() > 50.0, "{name}: {last}");
+    }
+}

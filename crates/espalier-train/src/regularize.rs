@@ -117,3 +117,39 @@ impl Regularizer for Norm {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+    use espalier_core::init::Init;
+    use espalier_core::{ParamBuilder, ParamKind};
+
+    #[test]
+    fn l1_and_l2_add_their_exact_gradients_to_selected_weights_only() -> Result<()> {
+        let pb = ParamBuilder::from_seed(0, DType::F32, &Device::Cpu);
+        let w = pb.pp("fc").param("weight", &[4], ParamKind::Weight, Init::Const(0.0))?;
+        let b = pb.pp("fc").param("bias", &[4], ParamKind::Bias, Init::Const(0.5))?;
+        w.set(&Tensor::new(&[2f32, -3., 0.5, -0.25], &Device::Cpu)?)?;
+        w.set_mask(Some(Tensor::new(&[1f32, 1., 1., 0.], &Device::Cpu)?))?;
+        let store = pb.finish().0;
+        for (cfg, expect) in [
+            (RegularizerConfig::L2 { lambda: 0.1, params: SelectorSpec::default() }, [1.2f32, 0.7, 1.05, 1.0]),
+            (RegularizerConfig::L1 { lambda: 0.1, params: SelectorSpec::default() }, [1.1f32, 0.9, 1.1, 1.0]),
+        ] {
+            // loss = sum(w_eff) + sum(b): gradient 1 everywhere (0 for the masked entry of w)
+            let loss = (w.effective()?.sum_all()? + b.tensor().sum_all()?)?;
+            let mut grads = loss.backward()?;
+            cfg.build()?.adjust_grads(&store, &mut grads, &StepInfo::default())?;
+            let gw = grads.get(w.tensor()).unwrap().to_vec1::<f32>()?;
+            let expect: Vec<f32> =
+                expect.iter().zip([1f32, 1., 1., 0.]).map(|(e, m)| if m == 0.0 { 0.0 } else { *e }).collect();
+            for (g, e) in gw.iter().zip(&expect) {
+                assert!((g - e).abs() < 1e-6, "{cfg:?}: {gw:?} vs {expect:?}");
+            }
+            // The bias is not selected by default: its gradient is untouched.
+            assert_eq!(grads.get(b.tensor()).unwrap().to_vec1::<f32>()?, [1.0; 4]);
+        }
+        Ok(())
+    }
+}
