@@ -17,7 +17,9 @@ Recipe (as in configs/glue/*.toml):
   - AdamW lr 2e-5, betas (0.9, 0.999), eps 1e-8, weight decay 0.01 on every
     parameter except biases and LayerNorm weights.
   - linear warmup over round(0.1 * total steps), then linear decay to 0
-    (transformers' get_linear_schedule_with_warmup).
+    (transformers' get_linear_schedule_with_warmup). One known difference:
+    its warmup factor at step s is s/w (the first step runs at lr 0), while
+    Espalier's is (s+1)/w; the decay is the same, (total-s)/(total-w).
   - batch 32 (last batch of an epoch kept, smaller), shuffled every epoch
     with a generator seeded by --seed; 3 epochs; gradient-norm clipping 1.0.
   - evaluation (batch 64) on the eval split after every epoch; the metrics of
@@ -60,6 +62,7 @@ import sys
 import time
 
 import torch
+import transformers
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -308,7 +311,7 @@ def fine_tune(args):
     opt = make_optimizer(model, args.lr, args.weight_decay)
     steps_per_epoch = math.ceil(len(train) / args.batch_size)
     total = steps_per_epoch * args.epochs
-    warmup = round(args.warmup * total)
+    warmup = math.floor(args.warmup * total + 0.5)  # round half up, like Espalier's f64::round
     sched = get_linear_schedule_with_warmup(opt, warmup, total)
     gen = torch.Generator().manual_seed(args.seed)
     log(
@@ -417,6 +420,8 @@ def main():
     p.add_argument("--repeats", type=int, default=5, help="--bench-step: timed steps after 1 warm-up")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    transformers.logging.set_verbosity_error()  # no load report for the fresh classifier head
+    transformers.logging.disable_progress_bar()
     if args.bench_step:
         bench_step(args)
     elif args.task is None:

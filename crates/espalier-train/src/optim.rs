@@ -124,6 +124,12 @@ impl OptimizerConfig {
         self.build_with(params, true)
     }
 
+    /// The optimizer composed from candle tensor ops only (no fused CPU
+    /// path): the baseline that `espalier bench` times the fused path against.
+    pub fn build_reference(&self, params: &ParamStore) -> Result<Box<dyn Optimizer>> {
+        self.build_with(params, false)
+    }
+
     /// [`OptimizerConfig::build`], with the fused CPU path on or off.
     fn build_with(&self, params: &ParamStore, fused: bool) -> Result<Box<dyn Optimizer>> {
         let no_decay = match self {

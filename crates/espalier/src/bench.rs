@@ -59,28 +59,22 @@ pub fn mnist_epochs(
         .map_err(|e| anyhow::anyhow!("{e} (bench reads MNIST from the data root: --data-dir)"))?;
     let device = Device::Cpu;
     let model = ModelConfig::Mlp(MlpConfig::lenet_300_100()).init(0, &device)?;
+    let adamw =
+        OptimizerConfig::Adamw { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 1e-4, no_decay: vec![] };
+    let sgd = OptimizerConfig::Sgd { lr: 0.05, momentum: 0.9, nesterov: false, weight_decay: 1e-4, no_decay: vec![] };
+    // (name, optimizer, fused CPU update?): the reference rows are the same
+    // update composed from candle tensor ops, timed in the same process.
     let optimizers = [
-        (
-            "lenet300-mnist-epoch-adamw",
-            OptimizerConfig::Adamw {
-                lr: 1e-3,
-                beta1: 0.9,
-                beta2: 0.999,
-                eps: 1e-8,
-                weight_decay: 1e-4,
-                no_decay: vec![],
-            },
-        ),
-        (
-            "lenet300-mnist-epoch-sgd",
-            OptimizerConfig::Sgd { lr: 0.05, momentum: 0.9, nesterov: false, weight_decay: 1e-4, no_decay: vec![] },
-        ),
+        ("lenet300-mnist-epoch-adamw", adamw.clone(), true),
+        ("lenet300-mnist-epoch-adamw-reference", adamw, false),
+        ("lenet300-mnist-epoch-sgd", sgd.clone(), true),
+        ("lenet300-mnist-epoch-sgd-reference", sgd, false),
     ];
     let mut trainers: Vec<Trainer> = optimizers
         .iter()
-        .map(|(_, o)| {
+        .map(|(_, o, fused)| {
             Ok(Trainer {
-                optimizer: o.build(model.params())?,
+                optimizer: if *fused { o.build(model.params())? } else { o.build_reference(model.params())? },
                 regularizers: vec![],
                 opts: TrainerOptions {
                     batch_size,
@@ -109,7 +103,7 @@ pub fn mnist_epochs(
     Ok(optimizers
         .iter()
         .zip(times)
-        .map(|((name, _), t)| {
+        .map(|(&(name, _, _), t)| {
             let med = median(&t);
             BenchResult {
                 workload: name.to_string(),
