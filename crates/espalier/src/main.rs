@@ -165,7 +165,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             println!(
-                "{:<30} {:>8} {:>10} {:>8} {:>8} {:>12}",
+                "{:<38} {:>8} {:>10} {:>8} {:>8} {:>12}",
                 "workload", "repeats", "median s", "min s", "max s", "examples/s"
             );
             for r in &results {

@@ -149,10 +149,16 @@ pub fn model_name(m: &ModelConfig) -> String {
         ModelConfig::Mlp(c) if c.hidden == [300, 100] && c.input_dim == 784 => "lenet-300-100".into(),
         ModelConfig::Mlp(c) => format!("mlp-{}", c.hidden.iter().map(|h| h.to_string()).collect::<Vec<_>>().join("-")),
         ModelConfig::Lenet5(_) => "lenet-5".into(),
-        #[allow(unreachable_patterns)]
-        other => {
-            serde_json::to_value(other).ok().and_then(|v| v["kind"].as_str().map(String::from)).unwrap_or_default()
-        }
+        ModelConfig::Bert(c) => format!("bert-L{}-H{}-A{}", c.num_hidden_layers, c.hidden_size, c.num_attention_heads),
+    }
+}
+
+/// The name reports use for the experiment's model: the pretrained
+/// checkpoint's directory or repo name, else [`model_name`].
+pub fn experiment_model_name(exp: &Experiment, model: &ModelConfig) -> String {
+    match &exp.pretrained {
+        Some(p) => p.path.trim_end_matches('/').rsplit(['/', '\\']).next().unwrap_or(&p.path).to_string(),
+        None => model_name(model),
     }
 }
 
@@ -355,7 +361,7 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> anyhow::Result<Option<Summary
         return Ok(Some(s));
     }
     tracing::info!(
-        model = %model_name(&model.config()),
+        model = %experiment_model_name(exp, &model.config()),
         params = model.params().numel(),
         data = %data.source.display(),
         train = data.train.len(),
@@ -520,7 +526,7 @@ fn finish(
     let name = opts.out.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let summary = Summary {
         name,
-        model: model_name(&model.config()),
+        model: experiment_model_name(exp, &model.config()),
         data: data_name(&exp.data),
         method: method_name(exp),
         seed: exp.seed,
