@@ -57,8 +57,8 @@
 //! # Metrics
 //! The official ones: CoLA Matthews correlation; SST-2, MNLI, QNLI, RTE,
 //! WNLI accuracy; MRPC and QQP F1 and accuracy; STS-B Pearson and Spearman.
-//! The primary metric is the one BERT (Devlin et al., 2019, Table 1) reports:
-//! F1 for MRPC/QQP, Spearman for STS-B, otherwise the only one.
+//! The primary metric (the one a single-number report uses): F1 for
+//! MRPC/QQP, Pearson for STS-B, otherwise the only one.
 
 use std::fmt;
 use std::io::BufRead;
@@ -588,83 +588,80 @@ mod tests {
 
     const MNLI_HEAD: &str = "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\tsentence2_parse\tsentence1\tsentence2";
 
-    /// Fixture files in the real GLUE layouts, for every task.
+    /// Fixture files in the real GLUE layouts, for every task; the text is
+    /// invented, not taken from the datasets.
     fn fixture() -> tempfile::TempDir {
         let d = tempfile::tempdir().unwrap();
         let r = d.path();
         write(
             r,
             "CoLA/train.tsv",
-            "gj04\t1\t\tOur friends won't buy this analysis.\ngj04\t0\t*\tThey drank the pub.\n",
+            "tx01\t1\t\tThe red kite circled above the barn.\ntx01\t0\t*\tKite the red barn circled.\n",
         );
-        write(r, "CoLA/dev.tsv", "gj04\t1\t\tThe sailors rode the breeze clear of the rocks.\n");
-        write(r, "CoLA/test.tsv", "index\tsentence\n0\tBill whistled past the house.\n1\tThe car honked.\n");
+        write(r, "CoLA/dev.tsv", "tx02\t1\t\tThe fisherman mended his nets by the harbour.\n");
+        write(r, "CoLA/test.tsv", "index\tsentence\n0\tThe kettle whistled on the stove.\n1\tThe gate creaked.\n");
         write(
             r,
             "SST-2/train.tsv",
-            "sentence\tlabel\nhide new secretions from the parental units \t0\nthe \"best\" film \t1\n",
+            "sentence\tlabel\na dull and plodding tale about a lost umbrella \t0\na \"bright\" little song \t1\n",
         );
-        write(r, "SST-2/dev.tsv", "sentence\tlabel\nit 's a charming and often affecting journey . \t1\n");
-        write(r, "SST-2/test.tsv", "index\tsentence\n0\tuneasy mishmash of styles and genres .\n");
+        write(r, "SST-2/dev.tsv", "sentence\tlabel\nit 's a warm and often funny story about two gardeners . \t1\n");
+        write(r, "SST-2/test.tsv", "index\tsentence\n0\tclumsy blend of colours and moods .\n");
         let mrpc_head = "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n";
         write(
             r,
             "MRPC/train.tsv",
-            &format!("\u{feff}{mrpc_head}1\t702876\t702977\tAmrozi accused his brother, whom he called \"the witness\".\tReferring to him as only \"the witness\", Amrozi accused his brother.\n0\t2108705\t2108831\tYucaipa owned Dominick's.\tYucaipa bought Dominick's in 1995.\n"),
+            &format!("\u{feff}{mrpc_head}1\t1001\t1002\tThe baker thanked her neighbour, whom she called \"the early bird\".\tCalling him only \"the early bird\", the baker thanked her neighbour.\n0\t1003\t1004\tThe museum owned the painting.\tThe museum bought the painting in 1990.\n"),
         );
         write(r, "MRPC/dev.tsv", &format!("\u{feff}{mrpc_head}1\t1\t2\tA b.\tA c.\n"));
         write(
             r,
             "MRPC/test.tsv",
-            "index\t#1 ID\t#2 ID\t#1 String\t#2 String\n0\t1089874\t1089925\tPCCW's chief.\tCurrent chief.\n",
+            "index\t#1 ID\t#2 ID\t#1 String\t#2 String\n0\t1005\t1006\tThe mayor's deputy.\tThe current deputy.\n",
         );
         let sts_head = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2";
         write(
             r,
             "STS-B/train.tsv",
-            &format!("{sts_head}\tscore\n0\tmain-captions\tMSRvid\t2012test\t0001\tnone\tnone\tA plane is taking off.\tAn air plane is taking off.\t5.000\n1\tmain-captions\tMSRvid\t2012test\t0004\tnone\tnone\tA man is playing a large flute.\tA man is playing a flute.\t3.800\n"),
+            &format!("{sts_head}\tscore\n0\tmain-captions\tMSRvid\t2012test\t0007\tnone\tnone\tThe red kite circled above the barn.\tA kite flew in circles over the barn.\t5.000\n1\tmain-captions\tMSRvid\t2012test\t0009\tnone\tnone\tThe baker is slicing fresh bread.\tThe baker is cutting bread.\t3.800\n"),
         );
         write(r, "STS-B/dev.tsv", &format!("{sts_head}\tscore\n0\tmain-news\tx\t2012\t1\tnone\tnone\tA.\tB.\t0.000\n"));
-        write(r, "STS-B/test.tsv", &format!("{sts_head}\n0\tmain-captions\tMSRvid\t2012test\t0024\tnone\tnone\tA girl is styling her hair.\tA girl is brushing her hair.\n"));
+        write(r, "STS-B/test.tsv", &format!("{sts_head}\n0\tmain-captions\tMSRvid\t2012test\t0011\tnone\tnone\tA cat is sleeping on the windowsill.\tA cat is napping by the window.\n"));
         write(
             r,
             "QQP/train.tsv",
-            "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n133273\t213221\t213222\tHow is the life of a math student? Could you describe your own experiences?\tWhich level of prepration is enough for the exam jlpt5?\t0\n402555\t536040\t536041\tHow do I control my horny emotions?\tHow do you control your horniness?\t1\n",
+            "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n1001\t2001\t2002\tHow should basil be kept fresh? Does it belong in the fridge?\tHow long does a bicycle tyre usually last?\t0\n1002\t2003\t2004\tHow do I stop my bread from going stale?\tHow can I keep bread from going stale?\t1\n",
         );
-        write(r, "QQP/dev.tsv", "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n201359\t303345\t303346\tWhy are African-Americans so beautiful?\tWhy are hispanics so beautiful?\t0\n");
-        write(r, "QQP/test.tsv", "id\tquestion1\tquestion2\n0\tWould the idea of Trump and Putin in bed together scare you?\tDo you think that if Donald Trump were elected President, he would be able to restore relations with Putin and Russia?\n");
-        let parses = "( ( Conceptually cream ) skimming )\t( ( Product and ) geography )\t(ROOT (S (NP (JJ Conceptually))))\t(ROOT (S (NP (NN Product))))";
+        write(r, "QQP/dev.tsv", "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n1003\t2005\t2006\tWhy do cats like boxes?\tWhy do dogs like sticks?\t0\n");
+        write(r, "QQP/test.tsv", "id\tquestion1\tquestion2\n0\tWould you rather live by the sea or in the mountains?\tIf you could move anywhere, would you pick a town on the coast or one in the hills?\n");
+        let parses = "( ( The kite ) circled )\t( ( A bird ) flew )\t(ROOT (S (NP (DT The) (NN kite))))\t(ROOT (S (NP (DT A) (NN bird))))";
         write(
             r,
             "MNLI/train.tsv",
-            &format!("{MNLI_HEAD}\tlabel1\tgold_label\n0\t31193\t31193n\tgovernment\t{parses}\tConceptually cream skimming has two basic dimensions - product and geography.\tProduct and geography are what make cream skimming work. \tneutral\tneutral\n1\t101457\t101457e\ttelephone\t{parses}\tyou know during the season and i guess at at your level uh you lose them\tYou lose the things to the following level if the people recall.\tentailment\tentailment\n2\t134793\t134793c\tfiction\t{parses}\tOne of our number will carry out your instructions minutely.\tA member of my team will \"not\" execute your orders.\tcontradiction\tcontradiction\n"),
+            &format!("{MNLI_HEAD}\tlabel1\tgold_label\n0\t1001\t1001n\tgovernment\t{parses}\tThe red kite circled above the barn for most of the morning.\tThe kite was hunting for mice in the field. \tneutral\tneutral\n1\t1002\t1002e\ttelephone\t{parses}\twell you know i think we usually go up to the lake in the summer and uh just fish all day\tWe spend summer days fishing at the lake.\tentailment\tentailment\n2\t1003\t1003c\tfiction\t{parses}\tThe captain will see that the ship is ready by dawn.\tThe captain will \"not\" prepare the ship.\tcontradiction\tcontradiction\n"),
         );
         let five = "\tneutral\tentailment\tneutral\tneutral\tneutral\tneutral";
-        write(r, "MNLI/dev_matched.tsv", &format!("{MNLI_HEAD}\tlabel1\tlabel2\tlabel3\tlabel4\tlabel5\tgold_label\n0\t63735\t63735n\tslate\t{parses}\tThe new rights are nice enough\tEveryone really likes the newest benefits {five}\n"));
-        write(r, "MNLI/dev_mismatched.tsv", &format!("{MNLI_HEAD}\tlabel1\tlabel2\tlabel3\tlabel4\tlabel5\tgold_label\n0\t75290\t75290c\tletters\t{parses}\tYour contribution helped make it possible.\tYour contributions were of no help.\tcontradiction\tcontradiction\tcontradiction\tcontradiction\tcontradiction\tcontradiction\n1\t1\t1e\tletters\t{parses}\tA.\tB.\tentailment\tentailment\tentailment\tentailment\tentailment\tentailment\n"));
+        write(r, "MNLI/dev_matched.tsv", &format!("{MNLI_HEAD}\tlabel1\tlabel2\tlabel3\tlabel4\tlabel5\tgold_label\n0\t1004\t1004n\tslate\t{parses}\tThe new library is pleasant enough\tEveryone in town loves the new library {five}\n"));
+        write(r, "MNLI/dev_mismatched.tsv", &format!("{MNLI_HEAD}\tlabel1\tlabel2\tlabel3\tlabel4\tlabel5\tgold_label\n0\t1005\t1005c\tletters\t{parses}\tYour gift helped us plant the orchard.\tYour gift made no difference to the orchard.\tcontradiction\tcontradiction\tcontradiction\tcontradiction\tcontradiction\tcontradiction\n1\t1\t1e\tletters\t{parses}\tA.\tB.\tentailment\tentailment\tentailment\tentailment\tentailment\tentailment\n"));
         write(
             r,
             "MNLI/test_matched.tsv",
-            &format!("{MNLI_HEAD}\n0\t31493\t31493\ttravel\t{parses}\tHierbas, ans seco.\tThe drink is.\n"),
+            &format!("{MNLI_HEAD}\n0\t1006\t1006\ttravel\t{parses}\tThe old square, quiet at noon.\tThe square is.\n"),
         );
         write(
             r,
             "MNLI/test_mismatched.tsv",
             &format!("{MNLI_HEAD}\n0\t1\t1\tverbatim\t{parses}\tA.\tB.\n1\t2\t2\tverbatim\t{parses}\tC.\tD.\n"),
         );
-        write(r, "QNLI/train.tsv", "index\tquestion\tsentence\tlabel\n0\tWhen did the third Digimon series begin?\tUnlike the two seasons before it, it was darker.\tnot_entailment\n1\tWhich missile batteries often have individual launchers?\tWhen MANPADS is operated by specialists, batteries may have several dozen teams.\tentailment\n");
-        write(r, "QNLI/dev.tsv", "index\tquestion\tsentence\tlabel\n0\tWhat came into force after the new constitution was herald?\tAs of that day, the new constitution came into force.\tentailment\n");
-        write(r, "QNLI/test.tsv", "index\tquestion\tsentence\n0\tWhat organization is devoted to Jihad against Israel?\tFor some decades the Muslim Brotherhood took a \"quiescent\" stance.\n");
-        write(r, "RTE/train.tsv", "index\tsentence1\tsentence2\tlabel\n0\tNo Weapons of Mass Destruction Found in Iraq Yet.\tWeapons of Mass Destruction Found in Iraq.\tnot_entailment\n1\tA place of sorrow became a place of celebration.\tPope Benedict XVI is the new leader.\tentailment\n");
-        write(r, "RTE/dev.tsv", "index\tsentence1\tsentence2\tlabel\n0\tDana Reeve has died.\tChristopher Reeve had an accident.\tnot_entailment\n");
-        write(
-            r,
-            "RTE/test.tsv",
-            "index\tsentence1\tsentence2\n0\tMangla was summoned.\tShukla is related to Mangla.\n",
-        );
-        write(r, "WNLI/train.tsv", "index\tsentence1\tsentence2\tlabel\n0\tI stuck a pin through a carrot. When I pulled the pin out, it had a hole.\tThe carrot had a hole.\t1\n1\tJohn couldn't see the stage with Billy in front of him because he is so short.\tJohn is so short.\t1\n2\tThe police arrested all of the gang members.\tThe police were trying to stop the gang.\t0\n");
-        write(r, "WNLI/dev.tsv", "index\tsentence1\tsentence2\tlabel\n0\tThe drain is clogged with hair. It has to be cleaned.\tThe hair has to be cleaned.\t0\n");
-        write(r, "WNLI/test.tsv", "index\tsentence1\tsentence2\n0\tMaude and Dora had seen the trains rushing across the prairie.\tHorses ran away when Maude and Dora came into sight.\n");
+        write(r, "QNLI/train.tsv", "index\tquestion\tsentence\tlabel\n0\tWhen did the village build its first bridge?\tUnlike the ferry before it, the bridge was made of stone.\tnot_entailment\n1\tWhich birds often nest under bridges?\tSwallows often build their nests under old stone bridges.\tentailment\n");
+        write(r, "QNLI/dev.tsv", "index\tquestion\tsentence\tlabel\n0\tWhat opened after the new road was finished?\tOn that day, the new market opened.\tentailment\n");
+        write(r, "QNLI/test.tsv", "index\tquestion\tsentence\n0\tWhich group looks after the town gardens?\tFor many years the garden club took a \"hands-on\" approach.\n");
+        write(r, "RTE/train.tsv", "index\tsentence1\tsentence2\tlabel\n0\tNo Rain Recorded in the Valley Yet.\tRain Recorded in the Valley.\tnot_entailment\n1\tThe empty lot became a community garden.\tThe lot is now a garden.\tentailment\n");
+        write(r, "RTE/dev.tsv", "index\tsentence1\tsentence2\tlabel\n0\tThe old mill has closed.\tThe mill was sold last year.\tnot_entailment\n");
+        write(r, "RTE/test.tsv", "index\tsentence1\tsentence2\n0\tMarta was invited.\tTomas is related to Marta.\n");
+        write(r, "WNLI/train.tsv", "index\tsentence1\tsentence2\tlabel\n0\tI left the vase on the shelf. When I came back, it had tipped over.\tThe vase had tipped over.\t1\n1\tAnna could not reach the jar over Ben because she is so small.\tAnna is so small.\t1\n2\tThe guards stopped all of the visitors.\tThe guards were trying to greet the visitors.\t0\n");
+        write(r, "WNLI/dev.tsv", "index\tsentence1\tsentence2\tlabel\n0\tThe gutter is full of leaves. It needs sweeping.\tThe leaves need sweeping.\t0\n");
+        write(r, "WNLI/test.tsv", "index\tsentence1\tsentence2\n0\tLena and Omar watched the boats crossing the bay.\tGulls flew off when Lena and Omar came near.\n");
         d
     }
 
@@ -719,36 +716,36 @@ mod tests {
         let d = fixture();
         let r = d.path();
         let cola = read_split(r, GlueTask::Cola, Split::Train).unwrap();
-        assert_eq!(cola[1].text_a, "They drank the pub.");
+        assert_eq!(cola[1].text_a, "Kite the red barn circled.");
         assert_eq!((class(&cola[0]), class(&cola[1])), (1, 0));
         assert_eq!((cola[0].line, cola[1].line), (1, 2));
         let cola_test = read_split(r, GlueTask::Cola, Split::Test).unwrap();
-        assert_eq!((cola_test[0].text_a.as_str(), cola_test[0].line), ("Bill whistled past the house.", 2));
+        assert_eq!((cola_test[0].text_a.as_str(), cola_test[0].line), ("The kettle whistled on the stove.", 2));
 
         // Quotes are kept verbatim; trailing spaces too.
         let sst = read_split(r, GlueTask::Sst2, Split::Train).unwrap();
-        assert_eq!(sst[1].text_a, "the \"best\" film ");
+        assert_eq!(sst[1].text_a, "a \"bright\" little song ");
         assert_eq!(class(&sst[1]), 1);
 
         let mrpc = read_split(r, GlueTask::Mrpc, Split::Train).unwrap();
-        assert_eq!(mrpc[0].text_a, "Amrozi accused his brother, whom he called \"the witness\".");
+        assert_eq!(mrpc[0].text_a, "The baker thanked her neighbour, whom she called \"the early bird\".");
         assert_eq!(
             mrpc[0].text_b.as_deref(),
-            Some("Referring to him as only \"the witness\", Amrozi accused his brother.")
+            Some("Calling him only \"the early bird\", the baker thanked her neighbour.")
         );
         assert_eq!((class(&mrpc[0]), class(&mrpc[1])), (1, 0));
 
         let sts = read_split(r, GlueTask::Stsb, Split::Train).unwrap();
         assert_eq!(sts[1].label, Some(Label::Score(3.8)));
-        assert_eq!(sts[0].text_b.as_deref(), Some("An air plane is taking off."));
+        assert_eq!(sts[0].text_b.as_deref(), Some("A kite flew in circles over the barn."));
 
         let qqp = read_split(r, GlueTask::Qqp, Split::Train).unwrap();
         assert_eq!((class(&qqp[0]), class(&qqp[1])), (0, 1));
-        assert_eq!(qqp[1].text_a, "How do I control my horny emotions?");
+        assert_eq!(qqp[1].text_a, "How do I stop my bread from going stale?");
 
         let mnli = read_split(r, GlueTask::Mnli, Split::Train).unwrap();
         assert_eq!(mnli.iter().map(class).collect::<Vec<_>>(), vec![1, 0, 2]);
-        assert_eq!(mnli[2].text_b.as_deref(), Some("A member of my team will \"not\" execute your orders."));
+        assert_eq!(mnli[2].text_b.as_deref(), Some("The captain will \"not\" prepare the ship."));
         let mm = read_split(r, GlueTask::MnliMismatched, Split::Dev).unwrap();
         assert_eq!(mm.iter().map(class).collect::<Vec<_>>(), vec![2, 0]);
         let m = read_split(r, GlueTask::Mnli, Split::Dev).unwrap();
@@ -756,7 +753,7 @@ mod tests {
 
         let qnli = read_split(r, GlueTask::Qnli, Split::Train).unwrap();
         assert_eq!((class(&qnli[0]), class(&qnli[1])), (1, 0));
-        assert_eq!(qnli[0].text_a, "When did the third Digimon series begin?");
+        assert_eq!(qnli[0].text_a, "When did the village build its first bridge?");
         let rte = read_split(r, GlueTask::Rte, Split::Train).unwrap();
         assert_eq!((class(&rte[0]), class(&rte[1])), (1, 0));
         let wnli = read_split(r, GlueTask::Wnli, Split::Train).unwrap();
@@ -768,18 +765,16 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let r = d.path();
         let head = "\u{feff}Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\r\n";
-        write(r, "MRPC/msr_paraphrase_train.txt", &format!("{head}1\t702876\t702977\tAmrozi accused his brother.\tAmrozi accused him.\r\n0\t2108705\t2108831\tYucaipa owned Dominick's.\tYucaipa bought it.\r\n1\t1\t2\tA \"quoted\" one.\tAnother.\r\n"));
+        write(r, "MRPC/msr_paraphrase_train.txt", &format!("{head}1\t1001\t1002\tThe baker thanked her neighbour.\tThe baker thanked him.\r\n0\t1003\t1004\tThe museum owned the painting.\tThe museum bought it.\r\n1\t1\t2\tA \"quoted\" one.\tAnother.\r\n"));
         write(
             r,
             "MRPC/msr_paraphrase_test.txt",
-            &format!(
-                "{head}1\t1089874\t1089925\tPCCW's chief operating officer.\tCurrent Chief Operating Officer.\r\n"
-            ),
+            &format!("{head}1\t1005\t1006\tThe mayor's chief of staff.\tThe current Chief of Staff.\r\n"),
         );
         let train = read_split(r, GlueTask::Mrpc, Split::Train).unwrap();
         assert_eq!(train.len(), 3);
         assert_eq!(train.iter().map(class).collect::<Vec<_>>(), vec![1, 0, 1]);
-        assert_eq!(train[0].text_b.as_deref(), Some("Amrozi accused him."));
+        assert_eq!(train[0].text_b.as_deref(), Some("The baker thanked him."));
         assert_eq!(train[2].text_a, "A \"quoted\" one.");
         // The Microsoft test file is labelled.
         let test = read_split(r, GlueTask::Mrpc, Split::Test).unwrap();
@@ -852,7 +847,7 @@ mod tests {
         assert_eq!(GlueTask::Cola.metrics(), &[Mcc]);
         assert_eq!(GlueTask::Mrpc.metrics(), &[F1, Accuracy]);
         assert_eq!(GlueTask::Qqp.metrics(), &[F1, Accuracy]);
-        assert_eq!(GlueTask::Stsb.metrics(), &[Spearman, Pearson]);
+        assert_eq!(GlueTask::Stsb.metrics(), &[Pearson, Spearman]);
         for t in
             [GlueTask::Sst2, GlueTask::Mnli, GlueTask::MnliMismatched, GlueTask::Qnli, GlueTask::Rte, GlueTask::Wnli]
         {
@@ -938,7 +933,8 @@ mod tests {
         assert_eq!(cola.iter().filter(|e| class(e) == 1).count(), 6_023);
         let mrpc = read_split(&root, GlueTask::Mrpc, Split::Train).unwrap();
         assert_eq!(mrpc.iter().filter(|e| class(e) == 1).count(), 2_753);
-        assert!(mrpc[0].text_a.starts_with("Amrozi accused his brother"));
+        // The first row follows the BOM header (its sentence has 98 bytes).
+        assert_eq!((mrpc[0].line, mrpc[0].text_a.len()), (2, 98));
         assert!(read_split(&root, GlueTask::Mrpc, Split::Dev).is_err());
     }
 

@@ -789,10 +789,13 @@ mod tests {
         for (a, b) in [
             ("The quick brown fox jumps over the lazy dog.", None),
             (
-                "Amrozi accused his brother, whom he called \"the witness\".",
-                Some("Referring to him as only \"the witness\"..."),
+                "The baker thanked her neighbour, whom she called \"the early bird\".",
+                Some("Calling him only \"the early bird\"..."),
             ),
-            ("Café naïve façade — 東京 [MASK] unaffable", Some("it 's a charming and often affecting journey . ")),
+            (
+                "Café naïve façade — 東京 [MASK] unaffable",
+                Some("it 's a warm and often funny story about two gardeners . "),
+            ),
         ] {
             assert_eq!(tok.encode(a, b, 128).unwrap(), from_vocab.encode(a, b, 128).unwrap(), "{a}");
         }

@@ -362,11 +362,11 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let dev = [
             HEADER.to_string(),
-            row("en", "neutral", "And he said, Mama, I'm home.", "He didn't say a word."),
-            row("fr", "contradiction", "Et il a dit, maman, je suis à la maison.", "Il n'a pas dit un mot."),
-            row("de", "entailment", "und er hat gesagt, Mama ich bin daheim.", "Er sagte, er sei \"zu Hause\"."),
-            row("zh", "neutral", "他说，妈妈，我回来了。", "他一句话也没说。"),
-            row("en", "entailment", "I didn't know what I was going for.", "I was not sure."),
+            row("en", "neutral", "The red kite circled above the barn.", "The kite was hunting mice."),
+            row("fr", "contradiction", "Le chat dort sur le canapé.", "Le chat court dans le jardin."),
+            row("de", "entailment", "Der Zug kam pünktlich am Bahnhof an.", "Der Zug war \"nicht\" verspätet."),
+            row("zh", "neutral", "我们明天去公园散步。", "明天会下雨。"),
+            row("en", "entailment", "She closed every window before the storm.", "The windows were shut."),
         ];
         std::fs::write(dir.join("xnli.dev.tsv"), dev.join("\n") + "\n").unwrap();
         let test = [HEADER.to_string(), row("sw", "contradiction", "Habari.", "Hapana.")];
@@ -379,8 +379,8 @@ mod tests {
         let d = fixture();
         let all = read_split(d.path(), XnliSplit::Dev, None).unwrap();
         assert_eq!(all.len(), 5);
-        assert_eq!(all[2].hypothesis, "Er sagte, er sei \"zu Hause\".");
-        assert_eq!(all[3].premise, "他说，妈妈，我回来了。");
+        assert_eq!(all[2].hypothesis, "Der Zug war \"nicht\" verspätet.");
+        assert_eq!(all[3].premise, "我们明天去公园散步。");
         // MNLI ids: entailment 0, neutral 1, contradiction 2.
         assert_eq!(all.iter().map(|e| e.label).collect::<Vec<_>>(), vec![1, 2, 0, 1, 0]);
         assert_eq!(
@@ -438,7 +438,7 @@ mod tests {
     }
 
     fn tiny_tokenizer(dir: &Path) -> Tokenizer {
-        let vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "and", "he", "said", "mama", "."];
+        let vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "red", "kite", "barn", "."];
         let p = dir.join("vocab.txt");
         std::fs::write(&p, vocab.join("\n")).unwrap();
         Tokenizer::from_vocab(&p, true).unwrap()
@@ -464,7 +464,7 @@ mod tests {
         std::fs::write(
             glue.join("MNLI/train.tsv"),
             format!(
-                "{head}\n0\t1\t1n\tfiction\t(a)\t(b)\t(a)\t(b)\tAnd he said.\tMama.\tcontradiction\tcontradiction\n"
+                "{head}\n0\t1\t1n\tfiction\t(a)\t(b)\t(a)\t(b)\tThe red kite.\tA barn.\tcontradiction\tcontradiction\n"
             ),
         )
         .unwrap();

@@ -126,6 +126,7 @@ impl Trainer {
         let bar = progress_bar(spe, format!("epoch {epoch}"), self.opts.progress);
         let (mut loss_sum, mut n_seen, mut correct, mut classif) = (0.0, 0usize, 0usize, true);
         let mut lr = self.optimizer.base_lr();
+        let mut last_log = Instant::now();
         for (i, idx) in plan.iter().enumerate() {
             let batch = data.batch(idx, device)?;
             let mut rng = Rng::derive(self.opts.seed, "dropout", &[epoch as u64, i as u64]);
@@ -169,6 +170,21 @@ impl Trainer {
             bar.inc(1);
             if i % 20 == 0 {
                 bar.set_message(format!("loss {:.4}", loss_sum / n_seen as f64));
+            }
+            // Without a terminal (logs to a file, CI) the bar is invisible:
+            // report progress in the log once a minute instead.
+            if self.opts.progress && bar.is_hidden() && last_log.elapsed().as_secs() >= 60 {
+                let rate = (i + 1) as f64 / start.elapsed().as_secs_f64();
+                tracing::info!(
+                    epoch,
+                    step = i + 1,
+                    steps = spe,
+                    loss = format!("{:.4}", loss_sum / n_seen as f64),
+                    "{:.2} steps/s, ETA {:.0}s",
+                    rate,
+                    (spe - i - 1) as f64 / rate
+                );
+                last_log = Instant::now();
             }
         }
         bar.finish_and_clear();
