@@ -383,4 +383,30 @@ mod tests {
         let e = parse(BASE, &["device=\"tpu\"".into()]).unwrap_err().0;
         assert!(e.contains("device") && e.contains("cuda:N"), "{e}");
     }
+
+    #[test]
+    fn glue_configs_need_a_tokenizer_and_a_labelled_eval_split() {
+        let glue = r#"
+            [pretrained]
+            path = "models/x"
+            [data]
+            dataset = "glue"
+            task = "rte"
+            [train]
+            epochs = 1
+            batch_size = 8
+            optimizer = { kind = "adamw", lr = 2e-5 }
+        "#;
+        let e = parse(glue, &[]).unwrap();
+        let DataConfig::Glue(g) = &e.data else { panic!("not glue") };
+        assert_eq!((g.max_seq_len, g.eval_split.as_str()), (128, "dev"));
+        let err = parse(glue, &["data.eval_split=\"train\"".into()]).unwrap_err().0;
+        assert!(err.contains("data.eval_split"), "{err}");
+        let err = parse(glue, &["data.task=\"rtee\"".into()]).unwrap_err().0;
+        assert!(err.contains("rtee"), "{err}");
+        let err = parse(&glue.replace("[pretrained]\n            path = \"models/x\"", ""), &[]).unwrap_err().0;
+        assert!(err.contains("[model]") && err.contains("[pretrained]"), "{err}");
+        let err = parse(glue, &["model={kind=\"lenet5\"}".into()]).unwrap_err().0;
+        assert!(err.contains("not both"), "{err}");
+    }
 }
