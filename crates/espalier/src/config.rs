@@ -294,10 +294,10 @@ impl Experiment {
             Selector::new(&p.params).map_err(|e| format!("key `prune.params`: {e}"))?;
             p.schedule.validate("prune.schedule", t.epochs)?;
         }
-        if let (Some(name), _) = (&self.name, ()) {
-            if name.is_empty() || name.contains(['/', '\\']) || name == "." || name == ".." {
-                return Err(format!("key `name` must be a plain directory name, found `{name}`"));
-            }
+        if let Some(name) =
+            self.name.as_deref().filter(|n| n.is_empty() || n.contains(['/', '\\']) || *n == "." || *n == "..")
+        {
+            return Err(format!("key `name` must be a plain directory name, found `{name}`"));
         }
         Ok(())
     }
