@@ -138,7 +138,6 @@ pub struct Summary {
 /// What the run loop carries between epochs (and across a resume).
 struct State {
     next_epoch: usize,
-    global_step: u64,
     history: Vec<Record>,
     rewind: Option<BTreeMap<String, Tensor>>,
 }
@@ -258,12 +257,18 @@ fn prepare_dir(exp: &Experiment, out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn save_checkpoint(path: &Path, model: &dyn Model, trainer: &Trainer, state: &State) -> anyhow::Result<()> {
+/// The model's weights under their names and its masks under `__mask__.`.
+fn weights_and_masks(model: &dyn Model) -> anyhow::Result<BTreeMap<String, Tensor>> {
     let params = model.params();
     let mut tensors = params.snapshot()?;
     for (k, v) in params.masks() {
         tensors.insert(format!("{MASK_PREFIX}{k}"), v);
     }
+    Ok(tensors)
+}
+
+fn save_checkpoint(path: &Path, model: &dyn Model, trainer: &Trainer, state: &State) -> anyhow::Result<()> {
+    let mut tensors = weights_and_masks(model)?;
     for (k, v) in trainer.optimizer.state() {
         tensors.insert(format!("{OPTIM_PREFIX}{k}"), v);
     }
@@ -275,7 +280,7 @@ fn save_checkpoint(path: &Path, model: &dyn Model, trainer: &Trainer, state: &St
     let header = serde_json::json!({
         "model": model.config(),
         "next_epoch": state.next_epoch,
-        "global_step": state.global_step,
+        "global_step": trainer.global_step,
         "history": state.history,
         "espalier_version": env!("CARGO_PKG_VERSION"),
     });
@@ -300,7 +305,7 @@ fn restore(path: &Path, model: &dyn Model, trainer: &mut Trainer, device: &Devic
     let next_epoch = ck.header["next_epoch"].as_u64().context("checkpoint header lacks next_epoch")? as usize;
     let global_step = ck.header["global_step"].as_u64().context("checkpoint header lacks global_step")?;
     trainer.global_step = global_step;
-    Ok(State { next_epoch, global_step, history, rewind: (!rewind.is_empty()).then_some(rewind) })
+    Ok(State { next_epoch, history, rewind: (!rewind.is_empty()).then_some(rewind) })
 }
 
 fn write_metrics(out: &Path, history: &[Record]) -> anyhow::Result<()> {
@@ -350,7 +355,7 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> anyhow::Result<Option<Summary
         tracing::info!(epoch = st.next_epoch, "resuming {}", opts.out.display());
         st
     } else {
-        State { next_epoch: 0, global_step: 0, history: Vec::new(), rewind: None }
+        State { next_epoch: 0, history: Vec::new(), rewind: None }
     };
     let summary_path = opts.out.join("summary.json");
     let total = plan.total_epochs();
@@ -465,7 +470,6 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> anyhow::Result<Option<Summary
             state.history.push(rec);
         }
         state.next_epoch += 1;
-        state.global_step = trainer.global_step;
         done_here += 1;
         save_checkpoint(&ck_path, model.as_ref(), &trainer, &state)?;
         write_metrics(&opts.out, &state.history)?;
@@ -502,11 +506,7 @@ fn round_record(round: usize, sp: &SparsityReport, eval: &EvalStats) -> Record {
 
 /// Saves weights and masks with the model config (and `extra`) in the header.
 fn save_model(path: &Path, model: &dyn Model, extra: serde_json::Value) -> anyhow::Result<()> {
-    let params = model.params();
-    let mut tensors = params.snapshot()?;
-    for (k, v) in params.masks() {
-        tensors.insert(format!("{MASK_PREFIX}{k}"), v);
-    }
+    let tensors = weights_and_masks(model)?;
     let mut header = serde_json::json!({ "model": model.config() });
     if let (Some(h), serde_json::Value::Object(e)) = (header.as_object_mut(), extra) {
         h.extend(e);
