@@ -1,10 +1,9 @@
 //! Building blocks whose weights are masked [`Param`]s.
 //!
-//! Normalisation is composed from basic tensor ops: candle's fused
-//! `LayerNorm` has no backward pass on the CPU, so gradients would silently
-//! stop there.
+//! Normalisation is [`crate::fused::layer_norm`]: candle's own fused
+//! `LayerNorm` has no backward pass, so gradients would silently stop there.
 
-use candle_core::{Module, Tensor, D};
+use candle_core::{Module, Tensor};
 use espalier_core::init::Init;
 use espalier_core::{Param, ParamBuilder, ParamKind, Result, Rng};
 
@@ -83,7 +82,8 @@ impl Conv2d {
     }
 }
 
-/// Layer normalisation over the last dimension, from basic ops.
+/// Layer normalisation over the last dimension (a fused kernel with its own
+/// backward on the CPU, basic ops elsewhere).
 #[derive(Clone, Debug)]
 pub struct LayerNorm {
     /// Scale γ.
@@ -106,11 +106,7 @@ impl LayerNorm {
 
     /// (x − μ)/√(σ² + ε) · γ + β over the last dimension.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let xc = x.broadcast_sub(&mean)?;
-        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-        let xn = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        Ok(xn.broadcast_mul(self.weight.tensor())?.broadcast_add(self.bias.tensor())?)
+        crate::fused::layer_norm(x, self.weight.tensor(), self.bias.tensor(), self.eps)
     }
 }
 

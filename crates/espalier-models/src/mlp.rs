@@ -31,7 +31,7 @@ impl Activation {
             Activation::Relu => x.relu()?,
             Activation::Tanh => x.tanh()?,
             Activation::Sigmoid => candle_nn::ops::sigmoid(x)?,
-            Activation::Gelu => x.gelu_erf()?,
+            Activation::Gelu => crate::fused::gelu(x, crate::fused::Gelu::Erf)?,
         })
     }
 }

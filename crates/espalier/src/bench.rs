@@ -151,53 +151,74 @@ impl espalier_data::Dataset for SyntheticTokens {
 
 /// Times training steps of a pretrained BERT (sequence classification, 2
 /// labels) at `batch_size` × `seq_len`, AdamW, dropout on: one warm-up step,
-/// then `repeats` timed steps.
+/// then `repeats` timed steps with Espalier's fused kernels (LayerNorm,
+/// attention softmax, GELU), each followed by a step with the same ops
+/// composed from candle's basic ops (the `-composed` row), so that drift of
+/// the machine hits both alike.
 pub fn bert_steps(
     model_dir: &std::path::Path,
     batch_size: usize,
     seq_len: usize,
     repeats: usize,
-) -> anyhow::Result<BenchResult> {
-    use espalier_models::{Bert, BertTask, Model};
+) -> anyhow::Result<Vec<BenchResult>> {
+    use espalier_models::{fused, Bert, BertTask, Model};
     let device = Device::Cpu;
     let model = Bert::from_pretrained(model_dir, Some(BertTask::Classification { num_labels: 2 }), &device)?;
     let vocab = model.bert_config().vocab_size;
-    let data = SyntheticTokens { n: batch_size * (repeats + 1), seq_len, vocab };
+    // One batch per "epoch": each `train_epoch` call below is one step.
+    let data = SyntheticTokens { n: batch_size, seq_len, vocab };
     let opt =
         OptimizerConfig::Adamw { lr: 2e-5, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01, no_decay: vec![] };
-    let mut trainer = Trainer {
-        optimizer: opt.build(model.params())?,
-        regularizers: vec![],
-        opts: TrainerOptions {
-            batch_size,
-            clip_grad_norm: Some(1.0),
-            lr_schedule: LrSchedule::Constant,
-            seed: 0,
-            progress: false,
-        },
-        global_step: 0,
-    };
-    let mut times = Vec::new();
-    let mut last = Instant::now();
-    let mut hook = |_: &dyn Model, _: &espalier_train::StepInfo, step: usize, _: usize| {
-        let now = Instant::now();
-        if step > 0 {
-            times.push(now.duration_since(last).as_secs_f64());
-        }
-        tracing::info!(step, seconds = format!("{:.3}", now.duration_since(last).as_secs_f64()), "bert step");
-        last = now;
-        Ok(())
-    };
+    let name = format!("bert-step-{batch_size}x{seq_len}");
+    let variants = [(name.clone(), true), (format!("{name}-composed"), false)];
+    let mut trainers: Vec<Trainer> = variants
+        .iter()
+        .map(|_| {
+            Ok(Trainer {
+                optimizer: opt.build(model.params())?,
+                regularizers: vec![],
+                opts: TrainerOptions {
+                    batch_size,
+                    clip_grad_norm: Some(1.0),
+                    lr_schedule: LrSchedule::Constant,
+                    seed: 0,
+                    progress: false,
+                },
+                global_step: 0,
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
     let pos = PhasePos { epoch_in_phase: 0, epochs_in_phase: 1 };
-    trainer.train_epoch(&model, &data, 0, pos, &device, Some(&mut hook))?;
-    let med = median(&times);
-    Ok(BenchResult {
-        workload: format!("bert-step-{}x{}", batch_size, seq_len),
-        examples: batch_size,
-        repeats,
-        median_s: med,
-        min_s: times.iter().cloned().fold(f64::MAX, f64::min),
-        max_s: times.iter().cloned().fold(0.0, f64::max),
-        examples_per_s: batch_size as f64 / med,
-    })
+    let mut times = vec![Vec::new(); variants.len()];
+    let was = fused::enabled();
+    for rep in 0..=repeats {
+        for (i, t) in trainers.iter_mut().enumerate() {
+            fused::set_enabled(variants[i].1);
+            let start = Instant::now();
+            let res = t.train_epoch(&model, &data, rep, pos, &device, None);
+            let s = start.elapsed().as_secs_f64();
+            fused::set_enabled(was);
+            res?;
+            if rep > 0 {
+                times[i].push(s);
+            }
+            tracing::info!(workload = variants[i].0, rep, seconds = format!("{s:.3}"), "bert step");
+        }
+    }
+    Ok(variants
+        .iter()
+        .zip(times)
+        .map(|((name, _), t)| {
+            let med = median(&t);
+            BenchResult {
+                workload: name.clone(),
+                examples: batch_size,
+                repeats,
+                median_s: med,
+                min_s: t.iter().cloned().fold(f64::MAX, f64::min),
+                max_s: t.iter().cloned().fold(0.0, f64::max),
+                examples_per_s: batch_size as f64 / med,
+            }
+        })
+        .collect())
 }

@@ -157,7 +157,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         Command::Bench { workload, model_dir, seq_len, mnist, batch_size, repeats, json } => {
             let results = match workload.as_str() {
                 "mnist" => espalier::bench::mnist_epochs(&data_root, &mnist, batch_size, repeats.max(1))?,
-                "bert" => vec![espalier::bench::bert_steps(&model_dir, batch_size, seq_len, repeats.max(1))?],
+                "bert" => espalier::bench::bert_steps(&model_dir, batch_size, seq_len, repeats.max(1))?,
                 other => {
                     return Err(
                         ConfigError(format!("unknown bench workload `{other}`: expected `mnist` or `bert`")).into()

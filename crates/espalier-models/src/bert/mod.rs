@@ -30,19 +30,21 @@
 //! sentence-transformers' MiniLM), old `gamma`/`beta` LayerNorm names,
 //! `model.safetensors` (also sharded) or `pytorch_model.bin`.
 //!
-//! Softmax and LayerNorm are composed from basic ops (candle's fused
-//! versions have no backward), and dropout masks come from the project's
-//! seeded [`Rng`] in [`Mode::Train`] only.
+//! LayerNorm, the scaled and masked attention softmax and GELU are
+//! Espalier's fused kernels with their own backward ([`crate::fused`];
+//! candle's fused versions have no backward), and dropout masks come from the
+//! project's seeded [`Rng`] in [`Mode::Train`] only.
 
 pub mod config;
 pub mod hub;
 mod io;
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use espalier_core::init::Init;
 use espalier_core::{Param, ParamBuilder, ParamKind, ParamStore, Result, Rng};
 use espalier_data::{Batch, Inputs};
 
+use crate::fused::{self, Gelu};
 use crate::layers::{dropout, Embedding, LayerNorm, Linear};
 use crate::{loss, Mode, Model, ModelConfig, StepOutput};
 
@@ -54,14 +56,6 @@ fn dense(pb: &ParamBuilder, in_dim: usize, out_dim: usize, std: f64) -> Result<L
     let weight = pb.param("weight", &[out_dim, in_dim], ParamKind::Weight, Init::Normal { std })?;
     let bias = pb.param("bias", &[out_dim], ParamKind::Bias, Init::Const(0.0))?;
     Ok(Linear { weight, bias: Some(bias) })
-}
-
-/// Softmax over the last dimension from basic ops (differentiable; the max
-/// is detached, softmax being invariant to it).
-pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&max)?.exp()?;
-    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
 }
 
 /// The additive attention bias `(1 − mask)·min` of shape `(B, 1, 1, T)`
@@ -271,8 +265,7 @@ impl Bert {
         let split =
             |l: &Linear| -> Result<Tensor> { Ok(l.forward(x)?.reshape((b, t, nh, d))?.transpose(1, 2)?.contiguous()?) };
         let (q, k, v) = (split(q)?, split(k)?, split(v)?);
-        let scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?.broadcast_add(bias)?;
-        let probs = softmax_last_dim(&scores)?;
+        let probs = fused::masked_softmax(&q.matmul(&k.t()?)?, bias, 1.0 / (d as f64).sqrt())?;
         let probs = dropout(&probs, self.cfg.attention_probs_dropout_prob, rng.as_deref_mut())?;
         let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, nh * d))?;
         a.output.forward(Some(&ctx), x, p, rng)
@@ -285,8 +278,8 @@ impl Bert {
         };
         let h = inter.forward(x)?;
         let h = match self.cfg.hidden_act {
-            HiddenAct::Gelu => h.gelu_erf()?,
-            HiddenAct::GeluTanh => h.gelu()?,
+            HiddenAct::Gelu => fused::gelu(&h, Gelu::Erf)?,
+            HiddenAct::GeluTanh => fused::gelu(&h, Gelu::Tanh)?,
             HiddenAct::Relu => h.relu()?,
         };
         f.output.forward(Some(&h), x, p, rng)
