@@ -9,6 +9,7 @@
 
 pub mod checkpoint;
 pub mod error;
+pub mod groups;
 pub mod init;
 pub mod mask;
 pub mod metrics;
@@ -17,6 +18,7 @@ pub mod rng;
 pub mod select;
 
 pub use error::{Error, Result};
+pub use groups::{GroupSet, Keep, Member};
 pub use mask::{LayerSparsity, SparsityReport};
 pub use metrics::Metric;
 pub use params::{Param, ParamBuilder, ParamKind, ParamStore};

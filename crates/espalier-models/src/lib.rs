@@ -13,7 +13,7 @@ pub mod loss;
 pub mod mlp;
 
 use candle_core::{DType, Device, Tensor};
-use espalier_core::{ParamBuilder, ParamStore, Result, Rng};
+use espalier_core::{GroupSet, Keep, ParamBuilder, ParamStore, Result, Rng};
 use espalier_data::Batch;
 use serde::{Deserialize, Serialize};
 
@@ -55,6 +55,43 @@ pub trait Model: Send + Sync {
     fn params(&self) -> &ParamStore;
     /// The configuration that rebuilds this model.
     fn config(&self) -> ModelConfig;
+    /// The coupled groups structured pruning can remove, in forward order
+    /// (none by default).
+    fn group_sets(&self) -> Vec<GroupSet> {
+        Vec::new()
+    }
+    /// The activations of group set `set` on `batch` (evaluation mode):
+    /// `(rows, size·block)`, one row per example (per real token for
+    /// sequence models), the inputs of the set's consumer weight.
+    fn probe(&self, _batch: &Batch, set: &str) -> Result<Tensor> {
+        espalier_core::bail!("this model has no activation probe for group set `{set}`")
+    }
+    /// The configuration of the model with only the units in `keep` (set
+    /// name → kept unit indices); sets not named keep all their units.
+    fn shrunk_config(&self, _keep: &Keep) -> Result<ModelConfig> {
+        espalier_core::bail!("this model cannot be shrunk structurally")
+    }
+}
+
+/// The physically smaller model: every group set's removed units cut out of
+/// its member tensors (masks included), rebuilt from the shrunk config. It
+/// computes what `model` computes with those units masked.
+pub fn shrink(model: &dyn Model, keep: &Keep) -> Result<Box<dyn Model>> {
+    let sets = model.group_sets();
+    for name in keep.keys() {
+        if !sets.iter().any(|s| &s.name == name) {
+            let known: Vec<&str> = sets.iter().map(|s| s.name.as_str()).collect();
+            espalier_core::bail!("no group set `{name}` in this model (it has: {})", known.join(", "));
+        }
+    }
+    let cfg = model.shrunk_config(keep)?;
+    let (weights, masks) = espalier_core::groups::slice_groups(model.params(), &sets, keep)?;
+    let device = model.params().device();
+    let dtype = model.params().iter().next().map(|p| p.tensor().dtype()).unwrap_or(DType::F32);
+    let pb = ParamBuilder::from_tensors(weights, "shrunk model", dtype, &device);
+    let small = cfg.build(&pb)?;
+    small.params().set_masks(&masks)?;
+    Ok(small)
 }
 
 /// Every model Espalier knows, tagged by `kind` in TOML and JSON.

@@ -2,7 +2,7 @@
 //! (LeCun et al. 1998; the network of Han et al. 2015, Table 1).
 
 use candle_core::Tensor;
-use espalier_core::{ParamBuilder, ParamStore, Result};
+use espalier_core::{GroupSet, Keep, Member, ParamBuilder, ParamStore, Result};
 use espalier_data::{Batch, Inputs};
 use serde::{Deserialize, Serialize};
 
@@ -110,6 +110,15 @@ impl Mlp {
         }
         self.head.forward(&h)
     }
+
+    /// The name of the layer after hidden layer `i` (0-based).
+    fn consumer(&self, i: usize) -> String {
+        if i + 1 < self.layers.len() {
+            format!("fc{}.weight", i + 2)
+        } else {
+            "head.weight".into()
+        }
+    }
 }
 
 impl Model for Mlp {
@@ -125,5 +134,53 @@ impl Model for Mlp {
     }
     fn config(&self) -> ModelConfig {
         ModelConfig::Mlp(self.cfg.clone())
+    }
+    /// Hidden layer `fc{i}`'s neurons: its weight rows and bias, and the
+    /// next layer's weight columns.
+    fn group_sets(&self) -> Vec<GroupSet> {
+        (0..self.layers.len())
+            .map(|i| {
+                let name = format!("fc{}", i + 1);
+                GroupSet {
+                    members: vec![
+                        Member::new(format!("{name}.weight"), 0),
+                        Member::new(format!("{name}.bias"), 0),
+                        Member::new(self.consumer(i), 1),
+                    ],
+                    consumer: Some(self.consumer(i)),
+                    size: self.cfg.hidden[i],
+                    block: 1,
+                    name,
+                }
+            })
+            .collect()
+    }
+    /// `fc{i}`: the activations of hidden layer i, `(B, width)`.
+    fn probe(&self, batch: &Batch, set: &str) -> Result<Tensor> {
+        let Inputs::Dense(x) = &batch.inputs else {
+            espalier_core::bail!("the MLP takes dense inputs, not token sequences");
+        };
+        let depth = set
+            .strip_prefix("fc")
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|&n| (1..=self.layers.len()).contains(&n))
+            .ok_or_else(|| espalier_core::Error::msg(format!("no hidden layer `{set}` in this MLP")))?;
+        let mut h = x.flatten_from(1)?;
+        for l in &self.layers[..depth] {
+            h = self.cfg.activation.apply(&l.forward(&h)?)?;
+        }
+        Ok(h)
+    }
+    fn shrunk_config(&self, keep: &Keep) -> Result<ModelConfig> {
+        let mut cfg = self.cfg.clone();
+        for (i, h) in cfg.hidden.iter_mut().enumerate() {
+            if let Some(units) = keep.get(&format!("fc{}", i + 1)) {
+                if units.is_empty() {
+                    espalier_core::bail!("fc{} would keep no units: an MLP layer cannot have width 0", i + 1);
+                }
+                *h = units.len();
+            }
+        }
+        Ok(ModelConfig::Mlp(cfg))
     }
 }

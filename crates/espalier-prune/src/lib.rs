@@ -8,6 +8,8 @@
 
 pub mod magnitude;
 pub mod schedule;
+pub mod structured;
 
 pub use magnitude::{masks_for, Importance, Scope};
 pub use schedule::{Action, Phase, Plan, Rewind, ScheduleConfig};
+pub use structured::{GroupCriterion, MiEstimator, Selection, StructuredConfig};

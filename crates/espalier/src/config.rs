@@ -12,7 +12,7 @@ use espalier_core::select::SelectorSpec;
 use espalier_core::Selector;
 use espalier_data::glue::{GlueTask, Split};
 use espalier_models::ModelConfig;
-use espalier_prune::{Importance, ScheduleConfig, Scope};
+use espalier_prune::{Importance, ScheduleConfig, Scope, StructuredConfig};
 use espalier_train::{LrSchedule, OptimizerConfig, RegularizerConfig};
 use serde::{Deserialize, Serialize};
 
@@ -50,11 +50,21 @@ pub struct Experiment {
     /// A pretrained checkpoint to start from (give this or `model`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pretrained: Option<PretrainedConfig>,
+    /// An Espalier model to start from: a run directory (its
+    /// `model.safetensors`) or a `.safetensors` file written by Espalier; the
+    /// model config comes from the file's header (instead of `model` or
+    /// `pretrained`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<PathBuf>,
     /// Training.
     pub train: TrainConfig,
     /// Pruning (absent: dense training only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prune: Option<PruneConfig>,
+    /// Structured pruning after the dense epochs: units chosen by a
+    /// criterion, the model physically shrunk, then fine-tuned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub structured: Option<StructuredConfig>,
 }
 
 fn default_device() -> String {
@@ -244,9 +254,10 @@ impl Experiment {
     /// Checks every value a type cannot; messages name the key path.
     pub fn validate(&self) -> Result<(), String> {
         parse_device_name(&self.device).map_err(|e| format!("key `device`: {e}"))?;
-        match (&self.model, &self.pretrained) {
-            (Some(m), None) => m.validate("model")?,
-            (None, Some(p)) => {
+        match (&self.model, &self.pretrained, &self.init_from) {
+            (Some(m), None, None) => m.validate("model")?,
+            (None, None, Some(_)) => {}
+            (None, Some(p), None) => {
                 for (k, v) in [
                     ("hidden_dropout_prob", p.hidden_dropout_prob),
                     ("attention_probs_dropout_prob", p.attention_probs_dropout_prob),
@@ -258,8 +269,14 @@ impl Experiment {
                     }
                 }
             }
-            (Some(_), Some(_)) => return Err("give either [model] or [pretrained], not both".into()),
-            (None, None) => return Err("missing [model] (a model from scratch) or [pretrained] (a checkpoint)".into()),
+            (None, None, None) => {
+                return Err(
+                    "missing [model] (a model from scratch), [pretrained] (a Hugging Face checkpoint) or `init_from` \
+                     (an Espalier model)"
+                        .into(),
+                )
+            }
+            _ => return Err("give only one of [model], [pretrained] and `init_from`".into()),
         }
         if let DataConfig::Glue(g) = &self.data {
             if g.max_seq_len < 3 {
@@ -293,6 +310,12 @@ impl Experiment {
         if let Some(p) = &self.prune {
             Selector::new(&p.params).map_err(|e| format!("key `prune.params`: {e}"))?;
             p.schedule.validate("prune.schedule", t.epochs)?;
+        }
+        if let Some(s) = &self.structured {
+            if self.prune.is_some() {
+                return Err("give [prune] (masks) or [structured] (shrinking), not both".into());
+            }
+            s.validate("structured")?;
         }
         if let Some(name) =
             self.name.as_deref().filter(|n| n.is_empty() || n.contains(['/', '\\']) || *n == "." || *n == "..")
@@ -407,6 +430,6 @@ mod tests {
         let err = parse(&glue.replace("[pretrained]\n            path = \"models/x\"", ""), &[]).unwrap_err().0;
         assert!(err.contains("[model]") && err.contains("[pretrained]"), "{err}");
         let err = parse(glue, &["model={kind=\"lenet5\"}".into()]).unwrap_err().0;
-        assert!(err.contains("not both"), "{err}");
+        assert!(err.contains("only one of"), "{err}");
     }
 }

@@ -18,9 +18,9 @@ use anyhow::{bail, Context};
 use candle_core::{Device, Tensor};
 use espalier_core::checkpoint::{self, MASK_PREFIX, OPTIM_PREFIX, REWIND_PREFIX};
 use espalier_core::{Selector, SparsityReport};
-use espalier_data::DataRoot;
+use espalier_data::{Batch, DataRoot};
 use espalier_models::{Bert, BertTask, Model, ModelConfig};
-use espalier_prune::{masks_for, Action, Plan, ScheduleConfig};
+use espalier_prune::{masks_for, Action, Plan, ScheduleConfig, StructuredConfig};
 use espalier_train::trainer::PhasePos;
 use espalier_train::{evaluate, EvalStats, Trainer, TrainerOptions};
 use serde::{Deserialize, Serialize};
@@ -133,6 +133,30 @@ pub struct Summary {
     pub sparsity: SparsityReport,
     /// Trainable parameters of the model.
     pub parameters: usize,
+    /// The structured pruning step, when the experiment has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub structured: Option<StructuredReport>,
+}
+
+/// What a structured pruning step did (`summary.json`, `report.md`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StructuredReport {
+    /// Criterion.
+    pub method: String,
+    /// Units kept / units before, per group set.
+    pub widths: BTreeMap<String, (usize, usize)>,
+    /// Relative output residual per set (calibration data).
+    pub residual: BTreeMap<String, f64>,
+    /// Seconds spent choosing the units.
+    pub select_seconds: f64,
+    /// Parameters before and after the shrink.
+    pub parameters_before: usize,
+    /// Parameters of the shrunk model.
+    pub parameters_after: usize,
+    /// Metrics of the shrunk model before fine-tuning.
+    pub metrics_before_finetune: BTreeMap<String, f64>,
+    /// Calibration examples.
+    pub calibration: usize,
 }
 
 /// What the run loop carries between epochs (and across a resume).
@@ -171,6 +195,10 @@ fn data_name(d: &DataConfig) -> String {
 
 /// A name for the pruning method of `exp`.
 pub fn method_name(exp: &Experiment) -> String {
+    if let Some(s) = &exp.structured {
+        let m = serde_json::to_value(s.method).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+        return format!("structured-{m}");
+    }
     let Some(p) = &exp.prune else { return "dense".into() };
     let imp = serde_json::to_value(p.importance).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
     let scope = serde_json::to_value(p.scope).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
@@ -217,6 +245,11 @@ fn bert_task(data: &DataConfig) -> anyhow::Result<BertTask> {
 pub fn build_model(exp: &Experiment, model_dir: Option<&Path>, device: &Device) -> anyhow::Result<Box<dyn Model>> {
     if let Some(m) = &exp.model {
         return Ok(m.init(exp.seed, device)?);
+    }
+    if let Some(from) = &exp.init_from {
+        let path = if from.is_dir() { from.join("model.safetensors") } else { from.clone() };
+        let (model, _) = load_model(&path, device).with_context(|| format!("key `init_from`: {}", from.display()))?;
+        return Ok(model);
     }
     let (p, dir) = exp.pretrained.as_ref().zip(model_dir).context("no model: give [model] or [pretrained]")?;
     let task = bert_task(&exp.data)?;
@@ -487,9 +520,126 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> anyhow::Result<Option<Summary
         save_checkpoint(&ck_path, model.as_ref(), &trainer, &state)?;
         write_metrics(&opts.out, &state.history)?;
     }
-    let summary = finish(exp, opts, model.as_ref(), &data, &selector, &state)?;
+    let (model, structured) = match &exp.structured {
+        Some(sc) => {
+            let (small, report) = structured_step(exp, sc, opts, model, &data, &device, &mut state)?;
+            (small, Some(report))
+        }
+        None => (model, None),
+    };
+    let summary = finish(exp, opts, model.as_ref(), &data, &selector, &state, structured)?;
     tracing::info!("finished in {:.1}s", started.elapsed().as_secs_f64());
     Ok(Some(summary))
+}
+
+/// A seeded sample of `n` training examples in batches of `batch_size`.
+fn calibration_batches(
+    data: &Data,
+    n: usize,
+    batch_size: usize,
+    seed: u64,
+    device: &Device,
+) -> anyhow::Result<Vec<Batch>> {
+    let len = data.train.len();
+    let mut idx: Vec<usize> = (0..len).collect();
+    let mut rng = espalier_core::Rng::derive(seed, "calibration", &[]);
+    for i in (1..len).rev() {
+        idx.swap(i, rng.below(i + 1));
+    }
+    idx.truncate(n.min(len));
+    idx.sort_unstable();
+    Ok(idx.chunks(batch_size.max(1)).map(|c| data.train.batch(c, device)).collect::<Result<_, _>>()?)
+}
+
+/// Structured pruning after the dense epochs: choose the units, shrink the
+/// model, evaluate, fine-tune (round 1). Not checkpointed: a run killed in
+/// this step redoes it from the dense checkpoint.
+fn structured_step(
+    exp: &Experiment,
+    sc: &StructuredConfig,
+    opts: &RunOptions,
+    dense: Box<dyn Model>,
+    data: &Data,
+    device: &Device,
+    state: &mut State,
+) -> anyhow::Result<(Box<dyn Model>, StructuredReport)> {
+    // Every method gets calibration data: the output residual is reported
+    // for all of them, so criteria can be compared on it.
+    let calib = calibration_batches(data, sc.calibration.max(1), exp.train.eval_batch_size, exp.seed, device)?;
+    let sel = espalier_prune::structured::select(dense.as_ref(), sc, &calib, exp.seed)?;
+    let small = espalier_models::shrink(dense.as_ref(), &sel.keep)?;
+    let widths = dense
+        .group_sets()
+        .iter()
+        .filter_map(|s| sel.keep.get(&s.name).map(|k| (s.name.clone(), (k.len(), s.size))))
+        .collect();
+    let before = evaluate(small.as_ref(), data.test.as_ref(), exp.train.eval_batch_size, device, &data.metrics)?;
+    let primary = data.metrics[0];
+    tracing::info!(
+        seconds = format!("{:.2}", sel.seconds),
+        params = small.params().numel(),
+        "shrunk; {} {:.2} before fine-tuning",
+        primary.name(),
+        before.get(primary).unwrap_or(f64::NAN)
+    );
+    let (p0, p1) = (dense.params().numel(), small.params().numel());
+    let sparsity = 1.0 - p1 as f64 / p0 as f64;
+    let mut eval = before.clone();
+    if sc.finetune_epochs > 0 {
+        let mut trainer = Trainer {
+            optimizer: exp.train.optimizer.build(small.params())?,
+            regularizers: exp.train.regularizers.iter().map(|r| r.build()).collect::<Result<_, _>>()?,
+            opts: TrainerOptions {
+                batch_size: exp.train.batch_size,
+                clip_grad_norm: exp.train.clip_grad_norm,
+                lr_schedule: exp.train.lr_schedule.clone(),
+                seed: exp.seed,
+                progress: opts.progress,
+            },
+            global_step: 0,
+        };
+        for e in 0..sc.finetune_epochs {
+            let epoch = exp.train.epochs + e;
+            let pos = PhasePos { epoch_in_phase: e, epochs_in_phase: sc.finetune_epochs };
+            let stats = trainer.train_epoch(small.as_ref(), data.train.as_ref(), epoch, pos, device, None)?;
+            eval = evaluate(small.as_ref(), data.test.as_ref(), exp.train.eval_batch_size, device, &data.metrics)?;
+            tracing::info!(epoch, "fine-tune: {} {:.2}", primary.name(), eval.get(primary).unwrap_or(f64::NAN));
+            state.history.push(Record::Epoch {
+                epoch,
+                round: 1,
+                sparsity,
+                train_loss: stats.loss,
+                train_accuracy: stats.accuracy,
+                lr: stats.lr,
+                test_loss: eval.loss,
+                metrics: metrics_map(&eval),
+                seconds: stats.seconds,
+            });
+            write_metrics(&opts.out, &state.history)?;
+        }
+    }
+    state.history.push(Record::Round {
+        round: 1,
+        sparsity,
+        kept: p1,
+        prunable: p0,
+        test_loss: eval.loss,
+        metrics: metrics_map(&eval),
+        best: None,
+    });
+    write_metrics(&opts.out, &state.history)?;
+    let method = method_name(exp);
+    let report = StructuredReport {
+        method,
+        widths,
+        residual: sel.residual,
+        select_seconds: sel.seconds,
+        parameters_before: p0,
+        parameters_after: p1,
+        metrics_before_finetune: metrics_map(&before),
+        calibration: calib.iter().map(|b| b.labels.dims()[0]).sum(),
+    };
+    Ok((small, report))
 }
 
 fn round_record(round: usize, sp: &SparsityReport, eval: &EvalStats) -> Record {
@@ -522,6 +672,7 @@ fn finish(
     data: &Data,
     selector: &Selector,
     state: &State,
+    structured: Option<StructuredReport>,
 ) -> anyhow::Result<Summary> {
     let name = opts.out.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let summary = Summary {
@@ -534,13 +685,14 @@ fn finish(
         rounds: state.history.iter().filter(|r| matches!(r, Record::Round { .. })).cloned().collect(),
         sparsity: SparsityReport::of(model.params(), selector)?,
         parameters: model.params().numel(),
+        structured,
     };
     // The final model: weights and masks, rebuildable from the header alone.
-    save_model(
-        &opts.out.join("model.safetensors"),
-        model,
-        serde_json::json!({ "sparsity": summary.sparsity.sparsity() }),
-    )?;
+    let mut extra = serde_json::json!({ "sparsity": summary.sparsity.sparsity() });
+    if let Some(st) = &summary.structured {
+        extra["structured"] = serde_json::to_value(st)?;
+    }
+    save_model(&opts.out.join("model.safetensors"), model, extra)?;
     checkpoint::write_atomic(&opts.out.join("report.md"), report_markdown(&summary).as_bytes())?;
     checkpoint::write_atomic(&opts.out.join("results.csv"), results_csv(&summary).as_bytes())?;
     checkpoint::write_atomic(&opts.out.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
@@ -604,9 +756,30 @@ pub fn report_markdown(s: &Summary) -> String {
         }
         md.push('\n');
     }
+    if let Some(st) = &s.structured {
+        md += &structured_markdown(st, &s.metric);
+    }
     md += "\nPer-layer sparsity at the end:\n\n```\n";
     md += &s.sparsity.table();
     md += "```\n";
+    md
+}
+
+fn structured_markdown(st: &StructuredReport, metric: &str) -> String {
+    let mut md = format!(
+        "\nStructured pruning (`{}`, {} calibration examples, units chosen in {:.2} s): {} → {} parameters ({:.2}× fewer); {metric} before fine-tuning {:.2}.\n\n| group set | units kept | of | output residual ‖V‖/‖Y‖ |\n|---|---:|---:|---:|\n",
+        st.method,
+        st.calibration,
+        st.select_seconds,
+        st.parameters_before,
+        st.parameters_after,
+        st.parameters_before as f64 / st.parameters_after.max(1) as f64,
+        st.metrics_before_finetune.get(metric).copied().unwrap_or(f64::NAN),
+    );
+    for (name, (kept, of)) in &st.widths {
+        let r = st.residual.get(name).map_or("–".to_string(), |r| format!("{r:.4}"));
+        md += &format!("| {name} | {kept} | {of} | {r} |\n");
+    }
     md
 }
 
