@@ -378,3 +378,51 @@ fn gradual_and_one_shot_schedules_reach_their_targets() {
         assert!(last["metrics"]["accuracy"].as_f64().unwrap() > 50.0, "{name}: {last}");
     }
 }
+
+/// Dense MLP, then a structured step from it (`init_from`): the saved model
+/// is the shrunk one, `eval` reloads it from its own header, and the report
+/// carries the widths.
+#[test]
+fn structured_pruning_shrinks_saves_and_reloads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dense = SMALL
+        .replace("hidden = [300, 100]", "hidden = [64]")
+        .replace("epochs = 2\n", "epochs = 1\n")
+        .split("[prune.schedule]")
+        .next()
+        .unwrap()
+        .to_string();
+    let d = run_dir(tmp.path(), "dense");
+    ok(&espalier(&[
+        "run",
+        write_config(tmp.path(), "dense.toml", &dense).to_str().unwrap(),
+        "--out",
+        d.to_str().unwrap(),
+    ]));
+    let pruned = format!(
+        "seed = 3\ninit_from = {:?}\n[data]\ndataset = \"mnist\"\npath = \"mnist-subset\"\nlimit_train = 2000\nlimit_test = 500\n\
+         [train]\nepochs = 0\nbatch_size = 64\noptimizer = {{ kind = \"adamw\", lr = 1e-3 }}\n\
+         [structured]\nmethod = \"ispasp\"\nkeep = 16\ncalibration = 200\nfinetune_epochs = 1\n",
+        d.to_str().unwrap()
+    );
+    let p = run_dir(tmp.path(), "pruned");
+    ok(&espalier(&[
+        "run",
+        write_config(tmp.path(), "p.toml", &pruned).to_str().unwrap(),
+        "--out",
+        p.to_str().unwrap(),
+    ]));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["structured"]["widths"]["fc1"], serde_json::json!([16, 64]), "{summary}");
+    assert_eq!(summary["method"], "structured-ispasp");
+    // 784·16 + 16 + 16·10 + 10 parameters after the shrink.
+    assert_eq!(summary["parameters"], 784 * 16 + 16 + 16 * 10 + 10);
+    let out = espalier(&["eval", p.to_str().unwrap()]);
+    ok(&out);
+    let acc = metrics(&p).pop().unwrap()["metrics"]["accuracy"].as_f64().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("accuracy {acc:.2}")), "eval printed:\n{text}\nexpected accuracy {acc:.2}");
+    let report = std::fs::read_to_string(p.join("report.md")).unwrap();
+    assert!(report.contains("| fc1 | 16 | 64 |"), "{report}");
+}
