@@ -149,6 +149,8 @@ pub fn model_name(m: &ModelConfig) -> String {
         ModelConfig::Mlp(c) => format!("mlp-{}", c.hidden.iter().map(|h| h.to_string()).collect::<Vec<_>>().join("-")),
         ModelConfig::Lenet5(_) => "lenet-5".into(),
         ModelConfig::Bert(c) => format!("bert-L{}-H{}-A{}", c.num_hidden_layers, c.hidden_size, c.num_attention_heads),
+        ModelConfig::Resnet(c) => format!("resnet-{}", c.depth),
+        ModelConfig::Vgg(c) => format!("vgg-{}{}", c.depth, if c.batch_norm { "-bn" } else { "" }),
     }
 }
 
