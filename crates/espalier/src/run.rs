@@ -168,6 +168,9 @@ fn data_name(d: &DataConfig) -> String {
         DataConfig::Mnist(_) => "mnist".into(),
         DataConfig::FashionMnist(_) => "fashion-mnist".into(),
         DataConfig::Glue(g) => format!("glue-{}", g.task.key()),
+        DataConfig::Cifar10(_) => "cifar10".into(),
+        DataConfig::Cifar100(c) if c.labels == espalier_data::cifar::Labels::Coarse => "cifar100-coarse".into(),
+        DataConfig::Cifar100(_) => "cifar100".into(),
     }
 }
 
