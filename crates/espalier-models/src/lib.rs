@@ -6,6 +6,7 @@
 //! checkpoint header records, so a checkpoint alone rebuilds the model.
 
 pub mod bert;
+pub mod conv;
 pub mod fused;
 pub mod layers;
 pub mod lenet;
