@@ -426,3 +426,112 @@ fn structured_pruning_shrinks_saves_and_reloads() {
     let report = std::fs::read_to_string(p.join("report.md")).unwrap();
     assert!(report.contains("| fc1 | 16 | 64 |"), "{report}");
 }
+
+/// CIFAR-10 binary files with random pixels and labels: 5 training batches
+/// of 16 records and a test batch of 32, under `<root>/cifar-10-batches-bin`.
+fn cifar10_fixture(root: &Path) {
+    let dir = root.join("cifar-10-batches-bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut rng = espalier_core::Rng::new(77);
+    let mut file = |name: &str, n: usize| {
+        let mut bytes = Vec::new();
+        for _ in 0..n {
+            let label = rng.below(10) as u8;
+            bytes.push(label);
+            // A faint class signal on noise, so the images are learnable.
+            bytes.extend((0..3072).map(|i| (rng.below(128) + if i % 10 == label as usize { 120 } else { 0 }) as u8));
+        }
+        std::fs::write(dir.join(name), bytes).unwrap();
+    };
+    for b in 1..=5 {
+        file(&format!("data_batch_{b}.bin"), 16);
+    }
+    file("test_batch.bin", 32);
+}
+
+/// A ResNet-8 on CIFAR-10 fixtures: training with augmentation and BatchNorm,
+/// resumed after an interruption to the same numbers (running statistics
+/// and augmentation included), evaluated again from the saved model.
+const CIFAR_SMALL: &str = r#"
+seed = 5
+[data]
+dataset = "cifar10"
+[model]
+kind = "resnet"
+depth = 8
+[train]
+epochs = 2
+batch_size = 16
+eval_batch_size = 16
+optimizer = { kind = "sgd", lr = 0.05, momentum = 0.9, weight_decay = 5e-4 }
+lr_schedule = { kind = "step", step_epochs = 1, gamma = 0.1 }
+[prune]
+scope = "layer"
+schedule = { kind = "one_shot", sparsity = 0.5, finetune_epochs = 1 }
+"#;
+
+#[test]
+fn cifar_resnet_runs_resumes_and_evaluates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    cifar10_fixture(&data);
+    let cfg = write_config(tmp.path(), "cifar.toml", CIFAR_SMALL);
+    let run = |out: &Path, extra: &[&str]| {
+        let o = bin()
+            .args(["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap(), "--quiet", "--data-dir"])
+            .arg(&data)
+            .args(extra)
+            .output()
+            .unwrap();
+        ok(&o);
+    };
+    let full = run_dir(tmp.path(), "full");
+    run(&full, &[]);
+    let m = metrics(&full);
+    assert_eq!(m.len(), 3 + 2, "3 epochs and 2 round lines");
+    let last = m.last().unwrap();
+    assert!((last["sparsity"].as_f64().unwrap() - 0.5).abs() < 1e-3, "{last}");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(full.join("summary.json")).unwrap()).unwrap();
+    assert_eq!((summary["model"].as_str(), summary["data"].as_str()), (Some("resnet-8"), Some("cifar10")));
+
+    let parts = run_dir(tmp.path(), "parts");
+    run(&parts, &["--max-epochs", "1"]);
+    run(&parts, &[]);
+    assert_eq!(metrics(&parts), m);
+    assert_eq!(
+        std::fs::read(parts.join("model.safetensors")).unwrap(),
+        std::fs::read(full.join("model.safetensors")).unwrap()
+    );
+
+    let out = bin().args(["eval", full.to_str().unwrap(), "--quiet", "--data-dir"]).arg(&data).output().unwrap();
+    ok(&out);
+    let acc = last["metrics"]["accuracy"].as_f64().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("accuracy {acc:.2}")), "eval printed:\n{text}\nexpected accuracy {acc:.2}");
+
+    // A truncated batch file is named, with its byte offset, before anything is written.
+    let p = data.join("cifar-10-batches-bin/data_batch_4.bin");
+    let bytes = std::fs::read(&p).unwrap();
+    std::fs::write(&p, &bytes[..bytes.len() - 10]).unwrap();
+    let fresh = run_dir(tmp.path(), "fresh");
+    let out = bin()
+        .args(["run", cfg.to_str().unwrap(), "--out", fresh.to_str().unwrap(), "--quiet", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("data_batch_4.bin") && err.contains("byte offset 46095"), "{err}");
+    assert!(!fresh.exists());
+}
+
+#[test]
+fn check_accepts_the_vision_configs() {
+    for name in ["resnet20-mnist", "resnet20-fashion-mnist", "resnet56-cifar10-greg", "vgg19-cifar100-greg"] {
+        let path = root().join(format!("configs/vision/{name}.toml"));
+        let out = bin().args(["check", path.to_str().unwrap()]).output().unwrap();
+        ok(&out);
+        assert!(String::from_utf8_lossy(&out.stdout).contains(name), "{name}");
+    }
+}

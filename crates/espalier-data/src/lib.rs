@@ -3,8 +3,12 @@
 //! A [`Dataset`] knows its length and turns a list of example indices into a
 //! [`Batch`] on a device; a [`Batcher`] walks an epoch in a seeded order.
 //! Shuffling uses `Rng::derive(seed, "shuffle", [epoch])`, so epoch `e` sees
-//! the same order whether or not the run was interrupted before it.
+//! the same order whether or not the run was interrupted before it. The
+//! training loop asks for [`Dataset::train_batch`], where datasets with
+//! training-time augmentation (CIFAR's crops and flips) draw it from the seed
+//! and the epoch the same way; evaluation asks for [`Dataset::batch`].
 
+pub mod cifar;
 pub mod glue;
 pub mod mnist;
 pub mod root;
@@ -62,6 +66,14 @@ pub trait Dataset: Send + Sync {
     }
     /// The examples at `indices`, collated into a batch on `device`.
     fn batch(&self, indices: &[usize], device: &Device) -> Result<Batch>;
+    /// The examples at `indices` as a training batch of `epoch`: datasets
+    /// with training-time augmentation draw it from `seed` and `epoch` (per
+    /// example, so a resumed run draws the same); the others return
+    /// [`Dataset::batch`].
+    fn train_batch(&self, indices: &[usize], seed: u64, epoch: u64, device: &Device) -> Result<Batch> {
+        let _ = (seed, epoch);
+        self.batch(indices, device)
+    }
 }
 
 /// Iterates over a dataset in mini-batches.
@@ -120,6 +132,12 @@ impl Dataset for Prefix {
             espalier_core::bail!("example {i} is outside the first {} examples", self.n);
         }
         self.inner.batch(indices, device)
+    }
+    fn train_batch(&self, indices: &[usize], seed: u64, epoch: u64, device: &Device) -> Result<Batch> {
+        if let Some(&i) = indices.iter().find(|&&i| i >= self.n) {
+            espalier_core::bail!("example {i} is outside the first {} examples", self.n);
+        }
+        self.inner.train_batch(indices, seed, epoch, device)
     }
 }
 

@@ -37,7 +37,7 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Storage, Tensor};
 use espalier_core::Result;
 
-type CResult<T> = candle_core::Result<T>;
+pub(crate) type CResult<T> = candle_core::Result<T>;
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
@@ -53,7 +53,7 @@ pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
-fn fusable(t: &Tensor) -> bool {
+pub(crate) fn fusable(t: &Tensor) -> bool {
     enabled() && t.device().is_cpu() && t.dtype() == DType::F32
 }
 
@@ -142,7 +142,7 @@ pub mod reference {
 // ---------------------------------------------------------------------------
 // Plumbing: slices out of CPU storage, parallel loops, SIMD dispatch.
 
-fn cpu_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> CResult<&'a [f32]> {
+pub(crate) fn cpu_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> CResult<&'a [f32]> {
     match (s, l.contiguous_offsets()) {
         (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
         (CpuStorage::F32(_), None) => candle_core::bail!("{op}: expected a contiguous tensor"),
@@ -181,7 +181,7 @@ impl SharedOut {
 
 /// `f(rows, out_rows)` over `n_rows` rows of `row_len` output elements, in
 /// chunks spread over candle's CPU pool; each call gets its own rows of `out`.
-fn par_rows(out: &mut [f32], row_len: usize, f: impl Fn(Range<usize>, &mut [f32]) + Sync) {
+pub(crate) fn par_rows(out: &mut [f32], row_len: usize, f: impl Fn(Range<usize>, &mut [f32]) + Sync) {
     let n_rows = out.len().checked_div(row_len).unwrap_or(0);
     let ptr = SharedOut(out.as_mut_ptr());
     candle_core::utils::barrier_pool().execute_chunked(n_rows, |rows| {

@@ -6,11 +6,16 @@
 //! checkpoint header records, so a checkpoint alone rebuilds the model.
 
 pub mod bert;
+pub mod conv;
 pub mod fused;
 pub mod layers;
 pub mod lenet;
 pub mod loss;
 pub mod mlp;
+pub mod norm;
+pub mod pool;
+pub mod resnet;
+pub mod vgg;
 
 use candle_core::{DType, Device, Tensor};
 use espalier_core::{GroupSet, Keep, ParamBuilder, ParamStore, Result, Rng};
@@ -20,6 +25,9 @@ use serde::{Deserialize, Serialize};
 pub use bert::{Bert, BertConfig, BertTask};
 pub use lenet::{LeNet5, LeNet5Config};
 pub use mlp::{Activation, Mlp, MlpConfig};
+pub use norm::BatchNorm2d;
+pub use resnet::{ResNet, ResNetConfig, ResNetStyle, ShortcutKind, Stem};
+pub use vgg::{Vgg, VggConfig};
 
 /// What a forward pass produced.
 #[derive(Clone, Debug)]
@@ -34,9 +42,10 @@ pub struct StepOutput {
 
 /// Training or evaluation, with the dropout stream in training.
 pub enum Mode<'a> {
-    /// Evaluation: no dropout, batch statistics not updated.
+    /// Evaluation: no dropout; BatchNorm uses (and keeps) its running statistics.
     Eval,
-    /// Training; random draws (dropout) come from this stream.
+    /// Training; random draws (dropout) come from this stream, BatchNorm
+    /// normalises with batch statistics and updates its running ones.
     Train(&'a mut Rng),
 }
 
@@ -105,6 +114,10 @@ pub enum ModelConfig {
     /// BERT (Devlin et al. 2019) with a classification or regression head;
     /// per-layer head counts and feed-forward widths for pruned models.
     Bert(BertConfig),
+    /// ResNet (He et al. 2016): CIFAR (depth 6n + 2) or ImageNet (18–152) style.
+    Resnet(ResNetConfig),
+    /// VGG-11/13/16/19 (Simonyan & Zisserman 2015) with BN, for 32×32 images.
+    Vgg(VggConfig),
 }
 
 impl ModelConfig {
@@ -114,6 +127,8 @@ impl ModelConfig {
             ModelConfig::Mlp(c) => c.validate(path),
             ModelConfig::Lenet5(c) => c.validate(path),
             ModelConfig::Bert(c) => c.validate(path),
+            ModelConfig::Resnet(c) => c.validate(path),
+            ModelConfig::Vgg(c) => c.validate(path),
         }
     }
 
@@ -123,6 +138,8 @@ impl ModelConfig {
             ModelConfig::Mlp(c) => Box::new(Mlp::new(c.clone(), pb)?),
             ModelConfig::Lenet5(c) => Box::new(LeNet5::new(c.clone(), pb)?),
             ModelConfig::Bert(c) => Box::new(Bert::new(c.clone(), pb)?),
+            ModelConfig::Resnet(c) => Box::new(ResNet::new(c.clone(), pb)?),
+            ModelConfig::Vgg(c) => Box::new(Vgg::new(c.clone(), pb)?),
         })
     }
 

@@ -106,7 +106,7 @@ fn predictions(logits: &Tensor) -> Result<Vec<f64>> {
 
 impl Trainer {
     /// Trains `model` for one epoch over `data`. `epoch` is the run-wide
-    /// epoch index (it seeds the shuffle and the dropout streams).
+    /// epoch index (it seeds the shuffle, the augmentation and the dropout streams).
     pub fn train_epoch(
         &mut self,
         model: &dyn Model,
@@ -128,7 +128,7 @@ impl Trainer {
         let mut lr = self.optimizer.base_lr();
         let mut last_log = Instant::now();
         for (i, idx) in plan.iter().enumerate() {
-            let batch = data.batch(idx, device)?;
+            let batch = data.train_batch(idx, self.opts.seed, epoch as u64, device)?;
             let mut rng = Rng::derive(self.opts.seed, "dropout", &[epoch as u64, i as u64]);
             let out = model.forward_t(&batch, &mut Mode::Train(&mut rng))?;
             let info = StepInfo { epoch, global_step: self.global_step };

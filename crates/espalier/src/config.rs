@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use espalier_core::select::SelectorSpec;
 use espalier_core::Selector;
+use espalier_data::cifar::{self, Labels};
 use espalier_data::glue::{GlueTask, Split};
 use espalier_models::ModelConfig;
 use espalier_prune::{Importance, ScheduleConfig, Scope, StructuredConfig};
@@ -81,6 +82,38 @@ pub enum DataConfig {
     FashionMnist(IdxData),
     /// A GLUE task in the standard GLUE directory layout.
     Glue(GlueData),
+    /// CIFAR-10, binary version (`cifar-10-batches-bin`).
+    Cifar10(CifarData),
+    /// CIFAR-100, binary version (`cifar-100-binary`).
+    Cifar100(CifarData),
+}
+
+/// Where the CIFAR binary files are, how much of them to use, and how to
+/// augment the training images.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CifarData {
+    /// Directory of the binary batch files, relative to the data root
+    /// (default: `cifar-10-batches-bin` or `cifar-100-binary`).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Use only the first N training examples.
+    #[serde(default)]
+    pub limit_train: Option<usize>,
+    /// Use only the first N test examples.
+    #[serde(default)]
+    pub limit_test: Option<usize>,
+    /// Random 32×32 crops of the 4-pixel padded image and horizontal flips
+    /// in training (He et al. 2016, §4.2).
+    #[serde(default = "yes")]
+    pub augment: bool,
+    /// CIFAR-100's `fine` (100) or `coarse` (20) classes.
+    #[serde(default)]
+    pub labels: Labels,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A GLUE task and how to tokenize it.
@@ -290,6 +323,12 @@ impl Experiment {
                 return Err("key `data.tokenizer` is required when there is no [pretrained] model".into());
             }
         }
+        if matches!(&self.data, DataConfig::Cifar10(c) if c.labels == Labels::Coarse) {
+            return Err("key `data.labels`: CIFAR-10 has one label; `coarse` is for cifar100".into());
+        }
+        if let Some(m) = &self.model {
+            check_model_fits_data(m, &self.data)?;
+        }
         let t = &self.train;
         if t.batch_size == 0 {
             return Err("key `train.batch_size` must be at least 1".into());
@@ -324,6 +363,40 @@ impl Experiment {
         }
         Ok(())
     }
+}
+
+/// The `(channels, height·width, classes)` of an image dataset.
+fn image_shape(d: &DataConfig) -> Option<(usize, usize, usize)> {
+    match d {
+        DataConfig::Mnist(_) | DataConfig::FashionMnist(_) => Some((1, 28 * 28, 10)),
+        DataConfig::Cifar10(c) => Some((3, 32 * 32, c.labels.num_classes(cifar::Variant::Cifar10))),
+        DataConfig::Cifar100(c) => Some((3, 32 * 32, c.labels.num_classes(cifar::Variant::Cifar100))),
+        DataConfig::Glue(_) => None,
+    }
+}
+
+/// A model built from scratch must take the dataset's images and predict its
+/// classes (else the first batch would fail with a shape error).
+fn check_model_fits_data(m: &ModelConfig, d: &DataConfig) -> Result<(), String> {
+    let Some((channels, pixels, classes)) = image_shape(d) else { return Ok(()) };
+    let data = serde_json::to_value(d).ok().and_then(|v| v["dataset"].as_str().map(String::from)).unwrap_or_default();
+    let (input_key, input, want, classes_found) = match m {
+        ModelConfig::Mlp(c) => ("input_dim", c.input_dim, channels * pixels, c.num_classes),
+        ModelConfig::Lenet5(_) if pixels != 28 * 28 => {
+            return Err(format!("key `model.kind`: lenet5 takes 28×28 images, not the {data} ones"))
+        }
+        ModelConfig::Lenet5(c) => ("in_channels", c.in_channels, channels, c.num_classes),
+        ModelConfig::Resnet(c) => ("in_channels", c.in_channels, channels, c.num_classes),
+        ModelConfig::Vgg(c) => ("in_channels", c.in_channels, channels, c.num_classes),
+        ModelConfig::Bert(_) => return Err(format!("key `model.kind`: bert takes text, not {data} images")),
+    };
+    if input != want {
+        return Err(format!("key `model.{input_key}` is {input}, but {data} images need {want}"));
+    }
+    if classes_found != classes {
+        return Err(format!("key `model.num_classes` is {classes_found}, but {data} has {classes} classes"));
+    }
+    Ok(())
 }
 
 /// Checks a device name (`cpu`, `cuda`, `cuda:N`).
@@ -405,6 +478,76 @@ mod tests {
         assert!(e.contains("hiden"), "{e}");
         let e = parse(BASE, &["device=\"tpu\"".into()]).unwrap_err().0;
         assert!(e.contains("device") && e.contains("cuda:N"), "{e}");
+    }
+
+    const CIFAR: &str = r#"
+        [data]
+        dataset = "cifar100"
+        [model]
+        kind = "resnet"
+        depth = 20
+        num_classes = 100
+        [train]
+        epochs = 2
+        batch_size = 128
+        optimizer = { kind = "sgd", lr = 0.1, momentum = 0.9, weight_decay = 5e-4 }
+    "#;
+
+    #[test]
+    fn cifar_data_and_vision_models() {
+        let e = parse(CIFAR, &[]).unwrap();
+        let DataConfig::Cifar100(c) = &e.data else { panic!("not cifar100: {:?}", e.data) };
+        assert!(c.augment && c.labels == Labels::Fine && c.path.is_none());
+        let e = parse(CIFAR, &["data.dataset=\"cifar10\"".into(), "model.num_classes=10".into()]).unwrap();
+        assert!(matches!(e.data, DataConfig::Cifar10(_)));
+        let err = parse(CIFAR, &["data.dataset=\"cifar1000\"".into()]).unwrap_err().0;
+        assert!(err.contains("cifar1000") && err.contains("cifar10") && err.contains("cifar100"), "{err}");
+        let err = parse(CIFAR, &["data.augmnet=false".into()]).unwrap_err().0;
+        assert!(err.contains("augmnet"), "{err}");
+        let err = parse(CIFAR, &["data.labels=\"medium\"".into()]).unwrap_err().0;
+        assert!(err.contains("`data`") && err.contains("medium") && err.contains("coarse"), "{err}");
+        let err = parse(CIFAR, &["data.augment=1".into()]).unwrap_err().0;
+        assert!(err.contains("`data`") && err.contains("boolean"), "{err}");
+        let err = parse(CIFAR, &["data.dataset=\"cifar10\"".into(), "data.labels=\"coarse\"".into()]).unwrap_err().0;
+        assert!(err.contains("data.labels") && err.contains("cifar100"), "{err}");
+        // The model must fit the data.
+        let err = parse(CIFAR, &["model.num_classes=10".into()]).unwrap_err().0;
+        assert!(err.contains("model.num_classes") && err.contains("100 classes"), "{err}");
+        assert!(parse(CIFAR, &["model.num_classes=20".into(), "data.labels=\"coarse\"".into()]).is_ok());
+        let err = parse(CIFAR, &["model.in_channels=1".into()]).unwrap_err().0;
+        assert!(err.contains("model.in_channels") && err.contains("need 3"), "{err}");
+        let err = parse(CIFAR, &["model.depth=21".into()]).unwrap_err().0;
+        assert!(err.contains("model.depth") && err.contains("6n + 2"), "{err}");
+        let err = parse(CIFAR, &["model={kind=\"vgg\", depth=19}".into()]).unwrap_err().0;
+        assert!(err.contains("model.num_classes") && err.contains("100 classes"), "{err}");
+        let err = parse(CIFAR, &["model={kind=\"lenet5\", num_classes=100, in_channels=3}".into()]).unwrap_err().0;
+        assert!(err.contains("28×28"), "{err}");
+        let err = parse(BASE, &["model={kind=\"resnet\", depth=20}".into()]).unwrap_err().0;
+        assert!(err.contains("model.in_channels") && err.contains("need 1"), "{err}");
+        assert!(parse(BASE, &["model={kind=\"resnet\", depth=20, in_channels=1}".into()]).is_ok());
+    }
+
+    /// Every config shipped under configs/ is accepted (`espalier check`).
+    #[test]
+    fn shipped_configs_are_valid() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let mut stack = vec![root];
+        let mut n = 0;
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let p = entry.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.extension().is_some_and(|e| e == "toml") {
+                    load(&p, &[]).unwrap_or_else(|e| panic!("{e}"));
+                    n += 1;
+                }
+            }
+        }
+        assert!(n >= 4, "found only {n} configs");
+        let vision = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/vision");
+        let e = load(&vision.join("vgg19-cifar100-greg.toml"), &[]).unwrap();
+        assert!(matches!(e.model, Some(ModelConfig::Vgg(_))) && matches!(e.data, DataConfig::Cifar100(_)));
     }
 
     #[test]

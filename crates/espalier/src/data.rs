@@ -5,13 +5,14 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use espalier_core::Metric;
+use espalier_data::cifar::{self, CifarDataset, Variant};
 use espalier_data::mnist::{self, Flavor};
 use espalier_data::{DataRoot, Dataset, Prefix};
 
 use espalier_data::glue::{self, GlueDataset};
 use espalier_data::tokenize::Tokenizer;
 
-use crate::config::{DataConfig, GlueData, IdxData};
+use crate::config::{CifarData, DataConfig, GlueData, IdxData};
 
 /// The train and test sets of an experiment, with the metrics to report.
 pub struct Data {
@@ -32,7 +33,32 @@ pub fn load(cfg: &DataConfig, root: &DataRoot, model_dir: Option<&std::path::Pat
         DataConfig::Mnist(idx) => load_idx(idx, root, Flavor::Mnist, "mnist"),
         DataConfig::FashionMnist(idx) => load_idx(idx, root, Flavor::FashionMnist, "fashion-mnist"),
         DataConfig::Glue(g) => load_glue(g, root, model_dir),
+        DataConfig::Cifar10(c) => load_cifar(c, root, Variant::Cifar10),
+        DataConfig::Cifar100(c) => load_cifar(c, root, Variant::Cifar100),
     }
+}
+
+fn load_cifar(c: &CifarData, root: &DataRoot, variant: Variant) -> anyhow::Result<Data> {
+    let default = variant.default_dir();
+    let dir = root.join(c.path.clone().unwrap_or_else(|| default.into()));
+    let hint = || {
+        format!(
+            "loading {default} from {} (data root {}: set --data-dir or ESPALIER_DATA)",
+            dir.display(),
+            root.0.display()
+        )
+    };
+    let mut train = CifarDataset::load(&dir, variant, cifar::Split::Train, c.labels)
+        .with_context(hint)?
+        .with_augmentation(c.augment);
+    let mut test = CifarDataset::load(&dir, variant, cifar::Split::Test, c.labels).with_context(hint)?;
+    if let Some(n) = c.limit_train {
+        train = train.take(n);
+    }
+    if let Some(n) = c.limit_test {
+        test = test.take(n);
+    }
+    Ok(Data { train: Arc::new(train), test: Arc::new(test), metrics: vec![Metric::Accuracy], source: dir })
 }
 
 fn load_glue(g: &GlueData, root: &DataRoot, model_dir: Option<&std::path::Path>) -> anyhow::Result<Data> {

@@ -173,6 +173,8 @@ pub fn model_name(m: &ModelConfig) -> String {
         ModelConfig::Mlp(c) => format!("mlp-{}", c.hidden.iter().map(|h| h.to_string()).collect::<Vec<_>>().join("-")),
         ModelConfig::Lenet5(_) => "lenet-5".into(),
         ModelConfig::Bert(c) => format!("bert-L{}-H{}-A{}", c.num_hidden_layers, c.hidden_size, c.num_attention_heads),
+        ModelConfig::Resnet(c) => format!("resnet-{}", c.depth),
+        ModelConfig::Vgg(c) => format!("vgg-{}{}", c.depth, if c.batch_norm { "-bn" } else { "" }),
     }
 }
 
@@ -190,6 +192,9 @@ fn data_name(d: &DataConfig) -> String {
         DataConfig::Mnist(_) => "mnist".into(),
         DataConfig::FashionMnist(_) => "fashion-mnist".into(),
         DataConfig::Glue(g) => format!("glue-{}", g.task.key()),
+        DataConfig::Cifar10(_) => "cifar10".into(),
+        DataConfig::Cifar100(c) if c.labels == espalier_data::cifar::Labels::Coarse => "cifar100-coarse".into(),
+        DataConfig::Cifar100(_) => "cifar100".into(),
     }
 }
 

@@ -1,0 +1,361 @@
+//! Residual networks (He et al. 2016, "Deep Residual Learning for Image
+//! Recognition"): every block computes `relu(F(x) + shortcut(x))` (eq. 1;
+//! eq. 2 where the shape changes).
+//!
+//! Two families, chosen by `style`:
+//!
+//! - `cifar` (§4.2): a 3×3 convolution of 16 channels, three stages of `n`
+//!   basic blocks at 16, 32 and 64 channels (the last two start with stride
+//!   2), global average pooling and the classifier; depth `6n + 2`
+//!   (ResNet-20/32/44/56/110). Where the shape changes the shortcut is option
+//!   A by default (§3.3: the identity subsampled by 2 and zero-padded in the
+//!   channels, half the new channels on each side; no parameters) or option
+//!   B (a 1×1 convolution with stride and BN, `shortcut.0`/`shortcut.1`).
+//! - `imagenet` (Table 1): a 7×7/2 convolution of 64 channels and a 3×3/2
+//!   max-pool, four stages at 64, 128, 256 and 512 channels of basic blocks
+//!   (ResNet-18: 2-2-2-2, ResNet-34: 3-4-6-3) or bottleneck blocks of 1×1,
+//!   3×3 and 1×1 (4× wider) convolutions (ResNet-50: 3-4-6-3, 101: 3-4-23-3,
+//!   152: 3-8-36-3), projection shortcuts (B, `downsample.0`/`downsample.1`)
+//!   by default; a bottleneck strides on its 3×3 convolution (torchvision's
+//!   "v1.5"). For small images `stem = "cifar"` replaces the 7×7/2
+//!   convolution and the max-pool by a 3×3/1 convolution.
+//!
+//! Basic block: conv3×3(stride)–BN–ReLU–conv3×3–BN; bottleneck:
+//! conv1×1–BN–ReLU–conv3×3(stride)–BN–ReLU–conv1×1–BN. Convolutions have no
+//! bias and start from He et al. (2015) normal init in fan-out mode, BN from
+//! γ = 1, β = 0, and the classifier `fc` (the head) from PyTorch's default,
+//! as torchvision does. Names follow torchvision: `conv1.weight`,
+//! `bn1.running_mean`, `layer1.0.conv1.weight`, `layer2.0.bn2.bias`, `fc.weight`.
+
+use candle_core::Tensor;
+use espalier_core::{ParamBuilder, ParamStore, Result};
+use espalier_data::{Batch, Inputs};
+use serde::{Deserialize, Serialize};
+
+use crate::layers::{Conv2d, Linear};
+use crate::norm::BatchNorm2d;
+use crate::pool::{global_avg_pool, max_pool2d};
+use crate::{loss, Mode, Model, ModelConfig, StepOutput};
+
+/// Which ResNet family.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ResNetStyle {
+    /// Three stages of basic blocks at 16/32/64 channels, depth 6n + 2.
+    #[default]
+    Cifar,
+    /// Four stages at 64–512 channels, depth 18, 34, 50, 101 or 152.
+    Imagenet,
+}
+
+/// The first layers, before the stages.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Stem {
+    /// 3×3 convolution, stride 1, no pooling.
+    Cifar,
+    /// 7×7 convolution, stride 2, then a 3×3 max-pool with stride 2.
+    Imagenet,
+}
+
+/// Shortcut where a block changes the shape (He et al. 2016, §3.3).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ShortcutKind {
+    /// Identity, subsampled and zero-padded in the channels (no parameters).
+    A,
+    /// 1×1 convolution with stride, then BN (a projection).
+    B,
+}
+
+/// ResNet configuration.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ResNetConfig {
+    /// Number of weighted layers: 6n + 2 for `cifar`; 18, 34, 50, 101 or 152 for `imagenet`.
+    pub depth: usize,
+    /// Family.
+    #[serde(default)]
+    pub style: ResNetStyle,
+    /// The stem (default: the family's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stem: Option<Stem>,
+    /// Shortcut where the shape changes (default: A for `cifar`, B for `imagenet`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shortcut: Option<ShortcutKind>,
+    /// Input channels (3 for CIFAR, 1 for MNIST).
+    #[serde(default = "three")]
+    pub in_channels: usize,
+    /// Output classes.
+    #[serde(default = "ten")]
+    pub num_classes: usize,
+}
+
+fn three() -> usize {
+    3
+}
+fn ten() -> usize {
+    10
+}
+
+/// Basic (two 3×3 convolutions) or bottleneck (1×1, 3×3, 1×1 ×4) blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BlockKind {
+    Basic,
+    Bottleneck,
+}
+
+impl BlockKind {
+    /// Output channels per unit of block width.
+    fn expansion(self) -> usize {
+        match self {
+            BlockKind::Basic => 1,
+            BlockKind::Bottleneck => 4,
+        }
+    }
+}
+
+/// Block kind, blocks per stage and stage widths of a configuration.
+struct Layout {
+    kind: BlockKind,
+    blocks: Vec<usize>,
+    widths: Vec<usize>,
+}
+
+impl ResNetConfig {
+    /// A CIFAR ResNet of depth 6n + 2 (option A shortcuts), 3 input channels, 10 classes.
+    pub fn cifar(depth: usize) -> Self {
+        ResNetConfig { depth, style: ResNetStyle::Cifar, stem: None, shortcut: None, in_channels: 3, num_classes: 10 }
+    }
+
+    /// An ImageNet ResNet (18, 34, 50, 101, 152) with its 7×7 stem, 1000 classes.
+    pub fn imagenet(depth: usize) -> Self {
+        ResNetConfig { style: ResNetStyle::Imagenet, num_classes: 1000, ..Self::cifar(depth) }
+    }
+
+    /// The stem in effect.
+    pub fn stem(&self) -> Stem {
+        self.stem.unwrap_or(match self.style {
+            ResNetStyle::Cifar => Stem::Cifar,
+            ResNetStyle::Imagenet => Stem::Imagenet,
+        })
+    }
+
+    /// The shortcut in effect.
+    pub fn shortcut(&self) -> ShortcutKind {
+        self.shortcut.unwrap_or(match self.style {
+            ResNetStyle::Cifar => ShortcutKind::A,
+            ResNetStyle::Imagenet => ShortcutKind::B,
+        })
+    }
+
+    fn layout(&self) -> std::result::Result<Layout, String> {
+        match self.style {
+            ResNetStyle::Cifar => {
+                if self.depth < 8 || self.depth % 6 != 2 {
+                    return Err(format!(
+                        "a CIFAR ResNet has depth 6n + 2 (20, 32, 44, 56, 110, ...), found {}",
+                        self.depth
+                    ));
+                }
+                let n = (self.depth - 2) / 6;
+                Ok(Layout { kind: BlockKind::Basic, blocks: vec![n; 3], widths: vec![16, 32, 64] })
+            }
+            ResNetStyle::Imagenet => {
+                let (kind, blocks) = match self.depth {
+                    18 => (BlockKind::Basic, vec![2, 2, 2, 2]),
+                    34 => (BlockKind::Basic, vec![3, 4, 6, 3]),
+                    50 => (BlockKind::Bottleneck, vec![3, 4, 6, 3]),
+                    101 => (BlockKind::Bottleneck, vec![3, 4, 23, 3]),
+                    152 => (BlockKind::Bottleneck, vec![3, 8, 36, 3]),
+                    d => return Err(format!("an ImageNet ResNet has depth 18, 34, 50, 101 or 152, found {d}")),
+                };
+                Ok(Layout { kind, blocks, widths: vec![64, 128, 256, 512] })
+            }
+        }
+    }
+
+    pub(crate) fn validate(&self, path: &str) -> std::result::Result<(), String> {
+        self.layout().map_err(|e| format!("{path}.depth: {e}"))?;
+        if self.in_channels == 0 {
+            return Err(format!("{path}.in_channels must be at least 1"));
+        }
+        if self.num_classes < 2 {
+            return Err(format!("{path}.num_classes must be at least 2, found {}", self.num_classes));
+        }
+        Ok(())
+    }
+}
+
+/// A block's shortcut.
+enum Shortcut {
+    /// Same shape: x.
+    Identity,
+    /// Option A: every `stride`-th pixel, `lo` and `hi` zero channels added.
+    Pad { stride: usize, lo: usize, hi: usize },
+    /// Option B: 1×1 convolution with stride, then BN.
+    Projection(Conv2d, BatchNorm2d),
+}
+
+impl Shortcut {
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        match self {
+            Shortcut::Identity => Ok(x.clone()),
+            Shortcut::Pad { stride, lo, hi } => {
+                let (_, _, h, w) = x.dims4()?;
+                let every = |n: usize| Tensor::from_iter((0..n).step_by(*stride).map(|i| i as u32), x.device());
+                let sub =
+                    if *stride > 1 { x.index_select(&every(h)?, 2)?.index_select(&every(w)?, 3)? } else { x.clone() };
+                Ok(sub.pad_with_zeros(1, *lo, *hi)?)
+            }
+            Shortcut::Projection(conv, bn) => bn.forward(&conv.forward(x)?, train),
+        }
+    }
+}
+
+/// A residual block: convolutions with their BNs, and the shortcut.
+struct Block {
+    convs: Vec<(Conv2d, BatchNorm2d)>,
+    shortcut: Shortcut,
+}
+
+/// How a block is built.
+struct BlockSpec {
+    kind: BlockKind,
+    cin: usize,
+    width: usize,
+    stride: usize,
+    shortcut: ShortcutKind,
+    /// `shortcut` (CIFAR) or `downsample` (torchvision).
+    proj_name: &'static str,
+}
+
+impl Block {
+    fn new(pb: &ParamBuilder, s: &BlockSpec) -> Result<Self> {
+        let w = s.width;
+        let shapes = match s.kind {
+            BlockKind::Basic => vec![(s.cin, w, 3, s.stride, 1), (w, w, 3, 1, 1)],
+            BlockKind::Bottleneck => vec![(s.cin, w, 1, 1, 0), (w, w, 3, s.stride, 1), (w, 4 * w, 1, 1, 0)],
+        };
+        let mut convs = Vec::with_capacity(shapes.len());
+        for (i, (cin, cout, k, stride, pad)) in shapes.into_iter().enumerate() {
+            let conv = Conv2d::he(&pb.pp(format!("conv{}", i + 1)), cin, cout, k, stride, pad, false)?;
+            convs.push((conv, BatchNorm2d::new(&pb.pp(format!("bn{}", i + 1)), cout)?));
+        }
+        let cout = w * s.kind.expansion();
+        let shortcut = if s.stride == 1 && s.cin == cout {
+            Shortcut::Identity
+        } else {
+            match s.shortcut {
+                ShortcutKind::A if cout >= s.cin => {
+                    let lo = (cout - s.cin) / 2;
+                    Shortcut::Pad { stride: s.stride, lo, hi: cout - s.cin - lo }
+                }
+                ShortcutKind::A => {
+                    espalier_core::bail!("option A shortcuts cannot narrow {} to {cout} channels", s.cin)
+                }
+                ShortcutKind::B => {
+                    let p = pb.pp(s.proj_name);
+                    let conv = Conv2d::he(&p.pp("0"), s.cin, cout, 1, s.stride, 0, false)?;
+                    Shortcut::Projection(conv, BatchNorm2d::new(&p.pp("1"), cout)?)
+                }
+            }
+        };
+        Ok(Block { convs, shortcut })
+    }
+
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let mut h = x.clone();
+        let last = self.convs.len() - 1;
+        for (i, (conv, bn)) in self.convs.iter().enumerate() {
+            h = bn.forward(&conv.forward(&h)?, train)?;
+            if i < last {
+                h = h.relu()?;
+            }
+        }
+        Ok((h + self.shortcut.forward(x, train)?)?.relu()?)
+    }
+}
+
+/// A ResNet: `conv1`, `bn1`, `layer1` … `layerN`, `fc`.
+pub struct ResNet {
+    cfg: ResNetConfig,
+    conv1: Conv2d,
+    bn1: BatchNorm2d,
+    stem_pool: bool,
+    stages: Vec<Vec<Block>>,
+    fc: Linear,
+    params: ParamStore,
+}
+
+impl ResNet {
+    /// Builds the network described by `cfg`.
+    pub fn new(cfg: ResNetConfig, pb: &ParamBuilder) -> Result<Self> {
+        let layout = cfg.layout().map_err(espalier_core::Error::msg)?;
+        let c0 = layout.widths[0];
+        let (conv1, stem_pool) = match cfg.stem() {
+            Stem::Cifar => (Conv2d::he(&pb.pp("conv1"), cfg.in_channels, c0, 3, 1, 1, false)?, false),
+            Stem::Imagenet => (Conv2d::he(&pb.pp("conv1"), cfg.in_channels, c0, 7, 2, 3, false)?, true),
+        };
+        let bn1 = BatchNorm2d::new(&pb.pp("bn1"), c0)?;
+        let proj_name = match cfg.style {
+            ResNetStyle::Cifar => "shortcut",
+            ResNetStyle::Imagenet => "downsample",
+        };
+        let mut cin = c0;
+        let mut stages = Vec::new();
+        for (s, (&n, &width)) in layout.blocks.iter().zip(&layout.widths).enumerate() {
+            let stage = pb.pp(format!("layer{}", s + 1));
+            let mut blocks = Vec::with_capacity(n);
+            for i in 0..n {
+                let stride = if s > 0 && i == 0 { 2 } else { 1 };
+                let spec = BlockSpec { kind: layout.kind, cin, width, stride, shortcut: cfg.shortcut(), proj_name };
+                blocks.push(Block::new(&stage.pp(i), &spec)?);
+                cin = width * layout.kind.expansion();
+            }
+            stages.push(blocks);
+        }
+        let fc = Linear::new(&pb.pp("fc").head(), cin, cfg.num_classes, true)?;
+        let params = pb.clone().finish().0;
+        Ok(ResNet { cfg, conv1, bn1, stem_pool, stages, fc, params })
+    }
+
+    /// `(B, classes)` logits of `(B, C, H, W)` images.
+    pub fn logits(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        check_images(x, self.cfg.in_channels, "ResNet")?;
+        let mut h = self.bn1.forward(&self.conv1.forward(x)?, train)?.relu()?;
+        if self.stem_pool {
+            h = max_pool2d(&h, 3, 2, 1)?;
+        }
+        for block in self.stages.iter().flatten() {
+            h = block.forward(&h, train)?;
+        }
+        self.fc.forward(&global_avg_pool(&h)?)
+    }
+}
+
+/// Checks that `x` is a `(B, C, H, W)` batch with `channels` channels.
+pub(crate) fn check_images(x: &Tensor, channels: usize, model: &str) -> Result<()> {
+    match x.dims() {
+        [_, c, _, _] if *c == channels => Ok(()),
+        dims => espalier_core::bail!(
+            "{model} takes (batch, {channels}, height, width) images (model.in_channels = {channels}), got {dims:?}"
+        ),
+    }
+}
+
+impl Model for ResNet {
+    fn forward_t(&self, batch: &Batch, mode: &mut Mode) -> Result<StepOutput> {
+        let Inputs::Dense(x) = &batch.inputs else {
+            espalier_core::bail!("ResNet takes image inputs, not token sequences");
+        };
+        let logits = self.logits(x, mode.is_train())?;
+        Ok(StepOutput { loss: loss::cross_entropy(&logits, &batch.labels)?, logits, labels: batch.labels.clone() })
+    }
+    fn params(&self) -> &ParamStore {
+        &self.params
+    }
+    fn config(&self) -> ModelConfig {
+        ModelConfig::Resnet(self.cfg.clone())
+    }
+}
