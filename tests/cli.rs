@@ -425,6 +425,15 @@ fn structured_pruning_shrinks_saves_and_reloads() {
     assert!(text.contains(&format!("accuracy {acc:.2}")), "eval printed:\n{text}\nexpected accuracy {acc:.2}");
     let report = std::fs::read_to_string(p.join("report.md")).unwrap();
     assert!(report.contains("| fc1 | 16 | 64 |"), "{report}");
+    // Latency of the dense (checkpoint) and shrunk (model) networks side by
+    // side; the FLOP ratio of 784-64-10 to 784-16-10 is 4.
+    let out = espalier(&["bench", p.to_str().unwrap(), "--batch-sizes", "8", "--repeats", "2"]);
+    ok(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("4.00x") && text.contains("50890 -> 12730"), "bench printed:\n{text}");
+    // A dense run is not a structured one.
+    let out = espalier(&["bench", d.to_str().unwrap()]);
+    assert!(!out.status.success() && stderr(&out).contains("not a structured run"), "{}", stderr(&out));
 }
 
 /// CIFAR-10 binary files with random pixels and labels: 5 training batches

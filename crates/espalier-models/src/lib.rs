@@ -75,6 +75,12 @@ pub trait Model: Send + Sync {
     fn probe(&self, _batch: &Batch, set: &str) -> Result<Tensor> {
         espalier_core::bail!("this model has no activation probe for group set `{set}`")
     }
+    /// Floating-point operations of one example's forward pass (a
+    /// multiply-add counts 2; sequence models at `seq_len` tokens), or
+    /// `None` when the model does not count them.
+    fn flops(&self, _seq_len: usize) -> Option<f64> {
+        None
+    }
     /// The configuration of the model with only the units in `keep` (set
     /// name → kept unit indices); sets not named keep all their units.
     fn shrunk_config(&self, _keep: &Keep) -> Result<ModelConfig> {

@@ -171,6 +171,13 @@ impl Model for Mlp {
         }
         Ok(h)
     }
+    /// `2·in·out` per layer (head included).
+    fn flops(&self, _seq_len: usize) -> Option<f64> {
+        let mut dims = vec![self.cfg.input_dim];
+        dims.extend(&self.cfg.hidden);
+        dims.push(self.cfg.num_classes);
+        Some(dims.windows(2).map(|w| 2.0 * (w[0] * w[1]) as f64).sum())
+    }
     fn shrunk_config(&self, keep: &Keep) -> Result<ModelConfig> {
         let mut cfg = self.cfg.clone();
         for (i, h) in cfg.hidden.iter_mut().enumerate() {

@@ -260,3 +260,49 @@ fn shrunk_model_equals_masked_model() {
     // The masks did change the function.
     assert!(max_abs_diff(&a, &unmasked) > 1e-4);
 }
+
+/// The generic path: the model's own group sets (heads, feed-forward units),
+/// `mask_groups` on the full model and `shrink` to the smaller one agree
+/// (a layer may lose every head); the probes have one row per real token;
+/// the shrunk model reloads from `save_pretrained`.
+#[test]
+fn group_sets_mask_and_shrink_agree() {
+    use espalier_core::groups::mask_groups;
+    use espalier_core::Keep;
+    let dev = Device::Cpu;
+    let full = Bert::init(config(BertTask::Classification { num_labels: 2 }), 5, &dev).unwrap();
+    let sets = full.group_sets();
+    let names: Vec<&str> = sets.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names.len(), 6, "{names:?}");
+    assert!(names.contains(&"encoder.layer.1.attention.heads") && names.contains(&"encoder.layer.2.intermediate"));
+    let b = batch(4, false, 9);
+    // Two sequences of 6 tokens and two of 4: 20 real tokens.
+    assert_eq!(full.probe(&b, "encoder.layer.1.attention.heads").unwrap().dims(), &[20, 32]);
+    assert_eq!(full.probe(&b, "encoder.layer.2.intermediate").unwrap().dims(), &[20, 64]);
+    assert!(full.probe(&b, "encoder.layer.7.intermediate").is_err());
+    let keep: Keep = BTreeMap::from([
+        ("encoder.layer.0.attention.heads".to_string(), vec![1, 3]),
+        ("encoder.layer.1.attention.heads".to_string(), vec![]),
+        ("encoder.layer.0.intermediate".to_string(), (0..64).filter(|i| i % 3 == 0).collect()),
+        ("encoder.layer.2.intermediate".to_string(), vec![5, 6, 60]),
+    ]);
+    let small = espalier_models::shrink(&full, &keep).unwrap();
+    let ModelConfig::Bert(c) = small.config() else { panic!("not a BERT") };
+    assert_eq!(c.heads_per_layer, Some(vec![2, 0, 4]));
+    assert_eq!(c.ffn_per_layer, Some(vec![22, 64, 3]));
+    mask_groups(full.params(), &sets, &keep).unwrap();
+    let masked = full.forward_t(&b, &mut Mode::Eval).unwrap().logits;
+    let shrunk = small.forward_t(&b, &mut Mode::Eval).unwrap().logits;
+    let d = (masked - &shrunk).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(d < 1e-5, "masked and shrunk BERT differ by {d}");
+    // Save in the Hugging Face layout and reload from the directory alone.
+    let ModelConfig::Bert(cfg) = small.config() else { unreachable!() };
+    let pb = ParamBuilder::from_tensors(small.params().snapshot().unwrap(), "small", DType::F32, &dev);
+    let small = Bert::new(cfg, &pb).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    small.save_pretrained(dir.path()).unwrap();
+    let back = Bert::from_pretrained(dir.path(), None, &dev).unwrap();
+    let again = back.forward_t(&b, &mut Mode::Eval).unwrap().logits;
+    let d = (shrunk - again).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(d < 1e-6, "reloaded BERT differs by {d}");
+}

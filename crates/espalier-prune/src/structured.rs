@@ -220,11 +220,13 @@ pub fn select(model: &dyn Model, cfg: &StructuredConfig, calib: &[Batch], seed: 
                 ispasp(set, h.as_ref().expect("probed"), &a, k, cfg.iterations)?
             }
             GroupCriterion::Mi => {
-                let h = h.as_ref().expect("probed");
-                let cols = columns(h)?;
+                // One row per example: token models' rows are mean-pooled
+                // over each sequence's real tokens.
+                let h = pooled(h.as_ref().expect("probed"), calib)?;
+                let cols = columns(&h)?;
                 let scores = match &above {
                     None => {
-                        let labels = labels(calib)?;
+                        let labels = labels(calib, cfg.bins)?;
                         unit_sums(set, &cols.iter().map(|c| mi_label(c, &labels, cfg.bins)).collect::<Vec<_>>())
                     }
                     Some(up) => unit_sums(set, &mi_against(&cols, up, cfg.estimator, cfg.bins)),
@@ -381,13 +383,44 @@ fn columns(h: &Tensor) -> Result<Vec<Vec<f32>>> {
     Ok(h.t()?.contiguous()?.to_vec2::<f32>()?)
 }
 
-fn labels(calib: &[Batch]) -> Result<Vec<usize>> {
-    let mut out = Vec::new();
+/// Class ids, or quantile bins of regression targets.
+fn labels(calib: &[Batch], bins: usize) -> Result<Vec<usize>> {
+    let mut values = Vec::new();
+    let mut classes = true;
     for b in calib {
-        let l = b.labels.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        out.extend(l.into_iter().map(|v| v.max(0.0).round() as usize));
+        classes &= b.labels.dtype() == DType::U32;
+        values.extend(b.labels.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
     }
-    Ok(out)
+    Ok(if classes { values.into_iter().map(|v| v as usize).collect() } else { bin(&values, bins) })
+}
+
+/// Per-example rows: `h` as it is when it has one row per example, else
+/// (token models, one row per real token) the mean over each sequence's
+/// tokens, in batch order.
+fn pooled(h: &Tensor, calib: &[Batch]) -> Result<Tensor> {
+    let examples: usize = calib.iter().map(|b| b.len()).sum();
+    let rows = h.dims()[0];
+    if rows == examples {
+        return Ok(h.clone());
+    }
+    let mut lengths = Vec::with_capacity(examples);
+    for b in calib {
+        let espalier_data::Inputs::Tokens { attention_mask, .. } = &b.inputs else {
+            bail!("{rows} activation rows for {examples} examples, and the inputs are not token sequences");
+        };
+        let m = attention_mask.to_dtype(DType::F32)?.sum(1)?.to_vec1::<f32>()?;
+        lengths.extend(m.into_iter().map(|v| v.round() as usize));
+    }
+    if lengths.iter().sum::<usize>() != rows {
+        bail!("{rows} activation rows, but the calibration batches hold {} real tokens", lengths.iter().sum::<usize>());
+    }
+    let mut out = Vec::with_capacity(examples);
+    let mut start = 0;
+    for len in lengths {
+        out.push(h.narrow(0, start, len.max(1).min(rows - start))?.mean_keepdim(0)?);
+        start += len;
+    }
+    Ok(Tensor::cat(&out, 0)?)
 }
 
 /// Quantile bin of every value (equal values share a bin).

@@ -34,6 +34,22 @@ pub struct BenchResult {
     pub examples_per_s: f64,
 }
 
+impl BenchResult {
+    /// Median, min and max of `times` (seconds per repetition of `examples`).
+    pub fn from_times(workload: &str, examples: usize, times: &[f64]) -> Self {
+        let med = median(times);
+        BenchResult {
+            workload: workload.to_string(),
+            examples,
+            repeats: times.len(),
+            median_s: med,
+            min_s: times.iter().cloned().fold(f64::MAX, f64::min),
+            max_s: times.iter().cloned().fold(0.0, f64::max),
+            examples_per_s: examples as f64 / med,
+        }
+    }
+}
+
 /// Median of a non-empty slice.
 pub fn median(xs: &[f64]) -> f64 {
     let mut v = xs.to_vec();
@@ -103,18 +119,7 @@ pub fn mnist_epochs(
     Ok(optimizers
         .iter()
         .zip(times)
-        .map(|(&(name, _, _), t)| {
-            let med = median(&t);
-            BenchResult {
-                workload: name.to_string(),
-                examples: espalier_data::Dataset::len(&data),
-                repeats,
-                median_s: med,
-                min_s: t.iter().cloned().fold(f64::MAX, f64::min),
-                max_s: t.iter().cloned().fold(0.0, f64::max),
-                examples_per_s: espalier_data::Dataset::len(&data) as f64 / med,
-            }
-        })
+        .map(|(&(name, _, _), t)| BenchResult::from_times(name, espalier_data::Dataset::len(&data), &t))
         .collect())
 }
 
@@ -205,20 +210,103 @@ pub fn bert_steps(
             tracing::info!(workload = variants[i].0, rep, seconds = format!("{s:.3}"), "bert step");
         }
     }
-    Ok(variants
-        .iter()
-        .zip(times)
-        .map(|((name, _), t)| {
-            let med = median(&t);
-            BenchResult {
-                workload: name.clone(),
-                examples: batch_size,
-                repeats,
-                median_s: med,
-                min_s: t.iter().cloned().fold(f64::MAX, f64::min),
-                max_s: t.iter().cloned().fold(0.0, f64::max),
-                examples_per_s: batch_size as f64 / med,
+    Ok(variants.iter().zip(times).map(|((name, _), t)| BenchResult::from_times(name, batch_size, &t)).collect())
+}
+
+/// Inference latency of a structured run's dense model against its shrunk
+/// model, at one batch size.
+#[derive(Clone, Debug, Serialize)]
+pub struct LatencyResult {
+    /// Examples per forward pass.
+    pub batch_size: usize,
+    /// Median milliseconds of the dense model's forward pass.
+    pub dense_ms: f64,
+    /// Median milliseconds of the shrunk model's forward pass.
+    pub shrunk_ms: f64,
+    /// `dense_ms / shrunk_ms`.
+    pub speedup: f64,
+    /// Forward FLOPs per example, dense and shrunk.
+    pub flops: (f64, f64),
+    /// `flops.0 / flops.1`: the speedup the FLOP count promises.
+    pub flop_ratio: f64,
+    /// Parameters, dense and shrunk.
+    pub parameters: (usize, usize),
+}
+
+/// A synthetic batch the model takes: dense inputs for an MLP, token
+/// sequences (all tokens real) for BERT.
+fn synthetic_batch(
+    model: &dyn espalier_models::Model,
+    n: usize,
+    seq_len: usize,
+    device: &Device,
+) -> anyhow::Result<espalier_data::Batch> {
+    use espalier_data::Dataset as _;
+    use espalier_models::ModelConfig;
+    let mut rng = espalier_core::Rng::new(0);
+    Ok(match model.config() {
+        ModelConfig::Mlp(c) => {
+            let x: Vec<f32> = (0..n * c.input_dim).map(|_| rng.uniform() as f32).collect();
+            espalier_data::Batch {
+                inputs: espalier_data::Inputs::Dense(candle_core::Tensor::from_vec(x, (n, c.input_dim), device)?),
+                labels: candle_core::Tensor::zeros(n, candle_core::DType::U32, device)?,
             }
-        })
-        .collect())
+        }
+        ModelConfig::Bert(c) => {
+            SyntheticTokens { n, seq_len, vocab: c.vocab_size }.batch(&(0..n).collect::<Vec<_>>(), device)?
+        }
+        other => anyhow::bail!("bench RUN_DIR times MLP and BERT runs, not {}", crate::run::model_name(&other)),
+    })
+}
+
+/// Times the forward pass (evaluation mode) of a structured run's dense
+/// model (`checkpoint.safetensors`, the state before the shrink) and of its
+/// shrunk model (`model.safetensors`), alternating, `repeats` times per
+/// batch size after a warm-up; reports median latencies, the speedup and
+/// the FLOP ratio it is measured against.
+pub fn shrink_latency(
+    run_dir: &std::path::Path,
+    batch_sizes: &[usize],
+    seq_len: usize,
+    repeats: usize,
+) -> anyhow::Result<Vec<LatencyResult>> {
+    use anyhow::Context;
+    use espalier_models::{Mode, Model};
+    let device = Device::Cpu;
+    let (dense, _) = crate::run::load_model(&run_dir.join("checkpoint.safetensors"), &device)
+        .with_context(|| format!("{}: the dense model (checkpoint.safetensors)", run_dir.display()))?;
+    let (small, header) = crate::run::load_model(&run_dir.join("model.safetensors"), &device)
+        .with_context(|| format!("{}: the shrunk model (model.safetensors)", run_dir.display()))?;
+    if header.get("structured").is_none() {
+        anyhow::bail!("{}: not a structured run (its model.safetensors records no shrink)", run_dir.display());
+    }
+    let flops = |m: &dyn Model| m.flops(seq_len).context("this model does not report its FLOPs");
+    let (f0, f1) = (flops(dense.as_ref())?, flops(small.as_ref())?);
+    let mut out = Vec::new();
+    for &b in batch_sizes {
+        let batch = synthetic_batch(dense.as_ref(), b, seq_len, &device)?;
+        let models: [&dyn Model; 2] = [dense.as_ref(), small.as_ref()];
+        let mut times = [Vec::new(), Vec::new()];
+        for rep in 0..=repeats {
+            for (i, m) in models.iter().enumerate() {
+                let start = Instant::now();
+                std::hint::black_box(m.forward_t(&batch, &mut Mode::Eval)?.logits.flatten_all()?.sum_all()?);
+                if rep > 0 {
+                    times[i].push(start.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+        }
+        let (d, s) = (median(&times[0]), median(&times[1]));
+        tracing::info!(batch = b, dense_ms = format!("{d:.2}"), shrunk_ms = format!("{s:.2}"), "latency");
+        out.push(LatencyResult {
+            batch_size: b,
+            dense_ms: d,
+            shrunk_ms: s,
+            speedup: d / s,
+            flops: (f0, f1),
+            flop_ratio: f0 / f1,
+            parameters: (dense.params().numel(), small.params().numel()),
+        });
+    }
+    Ok(out)
 }

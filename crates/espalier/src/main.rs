@@ -55,11 +55,16 @@ enum Command {
         run_dir: PathBuf,
     },
     /// Time training (median over repeats): `mnist` epochs of LeNet-300-100
-    /// with AdamW and SGD, or `bert` training steps of a pretrained model.
+    /// with AdamW and SGD, or `bert` training steps of a pretrained model;
+    /// or, given a structured run's directory, the inference latency of its
+    /// dense and shrunk models side by side.
     Bench {
-        /// `mnist` or `bert`.
+        /// `mnist`, `bert`, or a run directory of a structured run.
         #[arg(default_value = "mnist")]
         workload: String,
+        /// Batch sizes for a run directory's latency.
+        #[arg(long, value_delimiter = ',', default_value = "1,32,256")]
+        batch_sizes: Vec<usize>,
         /// The pretrained model for `bert`.
         #[arg(long, default_value = "../shared/models/all-MiniLM-L6-v2")]
         model_dir: PathBuf,
@@ -154,14 +159,43 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 println!("{} {:.2}", m.name(), v);
             }
         }
-        Command::Bench { workload, model_dir, seq_len, mnist, batch_size, repeats, json } => {
+        Command::Bench { workload, batch_sizes, model_dir, seq_len, mnist, batch_size, repeats, json } => {
+            if std::path::Path::new(&workload).is_dir() {
+                let results = espalier::bench::shrink_latency(
+                    std::path::Path::new(&workload),
+                    &batch_sizes,
+                    seq_len,
+                    repeats.max(1),
+                )?;
+                println!(
+                    "{:>6} {:>11} {:>11} {:>8} {:>10} {:>10} {:>12}",
+                    "batch", "dense ms", "shrunk ms", "speedup", "FLOP ratio", "speedup/ideal", "params"
+                );
+                for r in &results {
+                    println!(
+                        "{:>6} {:>11.3} {:>11.3} {:>7.2}x {:>9.2}x {:>13.2} {:>12}",
+                        r.batch_size,
+                        r.dense_ms,
+                        r.shrunk_ms,
+                        r.speedup,
+                        r.flop_ratio,
+                        r.speedup / r.flop_ratio,
+                        format!("{} -> {}", r.parameters.0, r.parameters.1)
+                    );
+                }
+                if let Some(p) = json {
+                    espalier_core::checkpoint::write_atomic(&p, serde_json::to_string_pretty(&results)?.as_bytes())?;
+                }
+                return Ok(());
+            }
             let results = match workload.as_str() {
                 "mnist" => espalier::bench::mnist_epochs(&data_root, &mnist, batch_size, repeats.max(1))?,
                 "bert" => espalier::bench::bert_steps(&model_dir, batch_size, seq_len, repeats.max(1))?,
                 other => {
-                    return Err(
-                        ConfigError(format!("unknown bench workload `{other}`: expected `mnist` or `bert`")).into()
-                    )
+                    return Err(ConfigError(format!(
+                        "unknown bench workload `{other}`: expected `mnist`, `bert` or a run directory"
+                    ))
+                    .into())
                 }
             };
             println!(

@@ -356,6 +356,23 @@ fn write_metrics(out: &Path, history: &[Record]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A fresh trainer (optimizer state, regularizers, schedule) over `params`
+/// with the experiment's `[train]` settings.
+fn trainer_for(exp: &Experiment, params: &espalier_core::ParamStore, progress: bool) -> anyhow::Result<Trainer> {
+    Ok(Trainer {
+        optimizer: exp.train.optimizer.build(params)?,
+        regularizers: exp.train.regularizers.iter().map(|r| r.build()).collect::<Result<_, _>>()?,
+        opts: TrainerOptions {
+            batch_size: exp.train.batch_size,
+            clip_grad_norm: exp.train.clip_grad_norm,
+            lr_schedule: exp.train.lr_schedule.clone(),
+            seed: exp.seed,
+            progress,
+        },
+        global_step: 0,
+    })
+}
+
 /// Runs (or resumes) `exp` into `opts.out`. Returns `None` when stopped
 /// early by `max_epochs`.
 pub fn run(exp: &Experiment, opts: &RunOptions) -> anyhow::Result<Option<Summary>> {
@@ -371,18 +388,7 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> anyhow::Result<Option<Summary
         Some(p) => Selector::new(&p.params)?,
         None => Selector::default(),
     };
-    let mut trainer = Trainer {
-        optimizer: exp.train.optimizer.build(model.params())?,
-        regularizers: exp.train.regularizers.iter().map(|r| r.build()).collect::<Result<_, _>>()?,
-        opts: TrainerOptions {
-            batch_size: exp.train.batch_size,
-            clip_grad_norm: exp.train.clip_grad_norm,
-            lr_schedule: exp.train.lr_schedule.clone(),
-            seed: exp.seed,
-            progress: opts.progress,
-        },
-        global_step: 0,
-    };
+    let mut trainer = trainer_for(exp, model.params(), opts.progress)?;
     let plan = match &exp.prune {
         Some(p) => p.schedule.plan(exp.train.epochs),
         None => Plan::dense(exp.train.epochs),
@@ -591,18 +597,7 @@ fn structured_step(
     let sparsity = 1.0 - p1 as f64 / p0 as f64;
     let mut eval = before.clone();
     if sc.finetune_epochs > 0 {
-        let mut trainer = Trainer {
-            optimizer: exp.train.optimizer.build(small.params())?,
-            regularizers: exp.train.regularizers.iter().map(|r| r.build()).collect::<Result<_, _>>()?,
-            opts: TrainerOptions {
-                batch_size: exp.train.batch_size,
-                clip_grad_norm: exp.train.clip_grad_norm,
-                lr_schedule: exp.train.lr_schedule.clone(),
-                seed: exp.seed,
-                progress: opts.progress,
-            },
-            global_step: 0,
-        };
+        let mut trainer = trainer_for(exp, small.params(), opts.progress)?;
         for e in 0..sc.finetune_epochs {
             let epoch = exp.train.epochs + e;
             let pos = PhasePos { epoch_in_phase: e, epochs_in_phase: sc.finetune_epochs };

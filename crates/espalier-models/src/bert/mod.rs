@@ -41,7 +41,7 @@ mod io;
 
 use candle_core::{DType, Device, Tensor};
 use espalier_core::init::Init;
-use espalier_core::{Param, ParamBuilder, ParamKind, ParamStore, Result, Rng};
+use espalier_core::{GroupSet, Keep, Member, Param, ParamBuilder, ParamKind, ParamStore, Result, Rng};
 use espalier_data::{Batch, Inputs};
 
 use crate::fused::{self, Gelu};
@@ -255,34 +255,73 @@ impl Bert {
         dropout(&x, self.cfg.hidden_dropout_prob, rng)
     }
 
-    fn attention(&self, a: &BertAttention, x: &Tensor, bias: &Tensor, mut rng: Option<&mut Rng>) -> Result<Tensor> {
-        let p = self.cfg.hidden_dropout_prob;
-        let Some([q, k, v]) = &a.qkv else {
-            return a.output.forward(None, x, p, rng);
-        };
+    /// The heads' context vectors `(B, T, heads·d)` (the input of the
+    /// attention output projection), or `None` for a layer without heads.
+    fn attention_context(
+        &self,
+        a: &BertAttention,
+        x: &Tensor,
+        bias: &Tensor,
+        rng: Option<&mut Rng>,
+    ) -> Result<Option<Tensor>> {
+        let Some([q, k, v]) = &a.qkv else { return Ok(None) };
         let (b, t, _) = x.dims3()?;
         let (nh, d) = (a.heads, a.head_size);
         let split =
             |l: &Linear| -> Result<Tensor> { Ok(l.forward(x)?.reshape((b, t, nh, d))?.transpose(1, 2)?.contiguous()?) };
         let (q, k, v) = (split(q)?, split(k)?, split(v)?);
         let probs = fused::masked_softmax(&q.matmul(&k.t()?)?, bias, 1.0 / (d as f64).sqrt())?;
-        let probs = dropout(&probs, self.cfg.attention_probs_dropout_prob, rng.as_deref_mut())?;
-        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, nh * d))?;
-        a.output.forward(Some(&ctx), x, p, rng)
+        let probs = dropout(&probs, self.cfg.attention_probs_dropout_prob, rng)?;
+        Ok(Some(probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, nh * d))?))
     }
 
-    fn feed_forward(&self, f: &BertFeedForward, x: &Tensor, rng: Option<&mut Rng>) -> Result<Tensor> {
-        let p = self.cfg.hidden_dropout_prob;
-        let Some(inter) = &f.intermediate else {
-            return f.output.forward(None, x, p, rng);
-        };
+    fn attention(&self, a: &BertAttention, x: &Tensor, bias: &Tensor, mut rng: Option<&mut Rng>) -> Result<Tensor> {
+        let ctx = self.attention_context(a, x, bias, rng.as_deref_mut())?;
+        a.output.forward(ctx.as_ref(), x, self.cfg.hidden_dropout_prob, rng)
+    }
+
+    /// The feed-forward units' activations `GELU(W₁ a + b₁)`, `(B, T, width)`.
+    fn ffn_activations(&self, f: &BertFeedForward, x: &Tensor) -> Result<Option<Tensor>> {
+        let Some(inter) = &f.intermediate else { return Ok(None) };
         let h = inter.forward(x)?;
-        let h = match self.cfg.hidden_act {
+        Ok(Some(match self.cfg.hidden_act {
             HiddenAct::Gelu => fused::gelu(&h, Gelu::Erf)?,
             HiddenAct::GeluTanh => fused::gelu(&h, Gelu::Tanh)?,
             HiddenAct::Relu => h.relu()?,
+        }))
+    }
+
+    /// Group-set activations (see [`Model::probe`]): layer `l`'s head
+    /// contexts or feed-forward activations on the real tokens of `batch`.
+    fn probe_layer(&self, batch: &Batch, layer: usize, heads: bool) -> Result<Tensor> {
+        let Inputs::Tokens { input_ids, token_type_ids, attention_mask } = &batch.inputs else {
+            espalier_core::bail!("BERT takes token sequences, not dense inputs");
         };
-        f.output.forward(Some(&h), x, p, rng)
+        let mut x = self.embed(input_ids, token_type_ids, None)?;
+        let bias = attention_bias(attention_mask, x.dtype())?;
+        for l in &self.layers[..layer] {
+            x = self.attention(&l.attention, &x, &bias, None)?;
+            x = self.feed_forward(&l.ffn, &x, None)?;
+        }
+        let l = &self.layers[layer];
+        let h = if heads {
+            self.attention_context(&l.attention, &x, &bias, None)?
+        } else {
+            let a = self.attention(&l.attention, &x, &bias, None)?;
+            self.ffn_activations(&l.ffn, &a)?
+        };
+        let h = h.ok_or_else(|| espalier_core::Error::msg(format!("layer {layer} has no units left to probe")))?;
+        // Rows of the real (unpadded) tokens only.
+        let (b, t, w) = h.dims3()?;
+        let mask = attention_mask.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let rows: Vec<u32> = (0..b * t).filter(|&i| mask[i] > 0.5).map(|i| i as u32).collect();
+        let rows = Tensor::from_vec(rows.clone(), rows.len(), h.device())?;
+        Ok(h.reshape((b * t, w))?.index_select(&rows, 0)?)
+    }
+
+    fn feed_forward(&self, f: &BertFeedForward, x: &Tensor, rng: Option<&mut Rng>) -> Result<Tensor> {
+        let h = self.ffn_activations(f, x)?;
+        f.output.forward(h.as_ref(), x, self.cfg.hidden_dropout_prob, rng)
     }
 
     /// The final hidden states `(B, T, H)` (what HF's `BertModel` returns as
@@ -354,5 +393,92 @@ impl Model for Bert {
     }
     fn config(&self) -> ModelConfig {
         ModelConfig::Bert(self.cfg.clone())
+    }
+    /// Per layer `l` (layers with units left): `encoder.layer.l.attention.heads`
+    /// (each head its `d` rows of Q, K, V and their biases, and its `d`
+    /// columns of the attention output projection) and
+    /// `encoder.layer.l.intermediate` (each feed-forward unit a row of the
+    /// intermediate dense and its bias, and a column of the output dense).
+    fn group_sets(&self) -> Vec<GroupSet> {
+        let mut sets = Vec::new();
+        for (l, layer) in self.layers.iter().enumerate() {
+            let pre = format!("encoder.layer.{l}");
+            if layer.attention.heads > 0 {
+                let out = format!("{pre}.attention.output.dense.weight");
+                let mut members: Vec<Member> = ["query", "key", "value"]
+                    .iter()
+                    .flat_map(|n| ["weight", "bias"].map(|s| Member::new(format!("{pre}.attention.self.{n}.{s}"), 0)))
+                    .collect();
+                members.push(Member::new(out.clone(), 1));
+                sets.push(GroupSet {
+                    name: format!("{pre}.attention.heads"),
+                    size: layer.attention.heads,
+                    block: layer.attention.head_size,
+                    members,
+                    consumer: Some(out),
+                });
+            }
+            if layer.ffn.width > 0 {
+                let out = format!("{pre}.output.dense.weight");
+                sets.push(GroupSet {
+                    name: format!("{pre}.intermediate"),
+                    size: layer.ffn.width,
+                    block: 1,
+                    members: vec![
+                        Member::new(format!("{pre}.intermediate.dense.weight"), 0),
+                        Member::new(format!("{pre}.intermediate.dense.bias"), 0),
+                        Member::new(out.clone(), 1),
+                    ],
+                    consumer: Some(out),
+                });
+            }
+        }
+        sets
+    }
+    fn probe(&self, batch: &Batch, set: &str) -> Result<Tensor> {
+        let parsed = set.strip_prefix("encoder.layer.").and_then(|rest| {
+            let (l, kind) = rest.split_once('.')?;
+            let l: usize = l.parse().ok().filter(|&l| l < self.layers.len())?;
+            match kind {
+                "attention.heads" => Some((l, true)),
+                "intermediate" => Some((l, false)),
+                _ => None,
+            }
+        });
+        let (layer, heads) =
+            parsed.ok_or_else(|| espalier_core::Error::msg(format!("no group set `{set}` in this BERT")))?;
+        self.probe_layer(batch, layer, heads)
+    }
+    /// Per token and layer: Q, K, V and output projections `2·4·H·(A·d)`,
+    /// scores and context `2·2·T·(A·d)`, feed-forward `2·2·H·F`; plus the
+    /// pooler and classifier once per example (embedding lookups are free).
+    fn flops(&self, seq_len: usize) -> Option<f64> {
+        let (h, t) = (self.cfg.hidden_size as f64, seq_len as f64);
+        let per_token: f64 = (0..self.cfg.num_hidden_layers)
+            .map(|l| {
+                let ad = (self.cfg.heads(l) * self.cfg.head_size()) as f64;
+                8.0 * h * ad + 4.0 * t * ad + 4.0 * h * self.cfg.ffn(l) as f64
+            })
+            .sum();
+        Some(t * per_token + 2.0 * h * h + 2.0 * h * self.cfg.task.num_outputs() as f64)
+    }
+    /// Per-layer head counts and feed-forward widths of the kept units; a
+    /// layer may keep none (only its residual path and LayerNorm remain).
+    fn shrunk_config(&self, keep: &Keep) -> Result<ModelConfig> {
+        let mut cfg = self.cfg.clone();
+        let n = cfg.num_hidden_layers;
+        let mut heads: Vec<usize> = (0..n).map(|l| self.cfg.heads(l)).collect();
+        let mut ffn: Vec<usize> = (0..n).map(|l| self.cfg.ffn(l)).collect();
+        for l in 0..n {
+            if let Some(k) = keep.get(&format!("encoder.layer.{l}.attention.heads")) {
+                heads[l] = k.len();
+            }
+            if let Some(k) = keep.get(&format!("encoder.layer.{l}.intermediate")) {
+                ffn[l] = k.len();
+            }
+        }
+        cfg.heads_per_layer = Some(heads);
+        cfg.ffn_per_layer = Some(ffn);
+        Ok(ModelConfig::Bert(cfg))
     }
 }
