@@ -544,3 +544,17 @@ fn check_accepts_the_vision_configs() {
         assert!(String::from_utf8_lossy(&out.stdout).contains(name), "{name}");
     }
 }
+
+/// `--device cuda` on a build without the `cuda` feature: a clear error that
+/// names the feature, a non-zero exit, no run directory.
+#[test]
+#[cfg(not(feature = "cuda"))]
+fn cuda_without_the_feature_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), "small.toml", SMALL);
+    let d = run_dir(tmp.path(), "r");
+    let out = espalier(&["run", cfg.to_str().unwrap(), "--device", "cuda:0", "--out", d.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("`cuda` feature"), "{}", stderr(&out));
+    assert!(!d.exists(), "a run directory was created");
+}

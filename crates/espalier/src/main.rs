@@ -40,6 +40,9 @@ enum Command {
         /// Stop after this many epochs; running again resumes.
         #[arg(long)]
         max_epochs: Option<usize>,
+        /// `cpu`, `cuda` or `cuda:N` (the same as `--set device=...`).
+        #[arg(long)]
+        device: Option<String>,
     },
     /// Validate a config and print it resolved, without running it.
     Check {
@@ -130,7 +133,10 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
     let data_root = DataRoot::resolve(cli.data_dir.as_deref());
     let progress = !cli.quiet;
     match cli.command {
-        Command::Run { config, sets, out, max_epochs } => {
+        Command::Run { config, mut sets, out, max_epochs, device } => {
+            if let Some(d) = device {
+                sets.push(format!("device={d:?}"));
+            }
             let exp = config::load(&config, &sets)?;
             let name = exp
                 .name
