@@ -27,8 +27,8 @@
 //! as torchvision does. Names follow torchvision: `conv1.weight`,
 //! `bn1.running_mean`, `layer1.0.conv1.weight`, `layer2.0.bn2.bias`, `fc.weight`.
 
-use candle_core::Tensor;
-use espalier_core::{ParamBuilder, ParamStore, Result};
+use candle_core::{Tensor, D};
+use espalier_core::{GroupSet, Keep, Member, ParamBuilder, ParamStore, Result};
 use espalier_data::{Batch, Inputs};
 use serde::{Deserialize, Serialize};
 
@@ -89,6 +89,12 @@ pub struct ResNetConfig {
     /// Output classes.
     #[serde(default = "ten")]
     pub num_classes: usize,
+    /// Inner widths of each block after structured pruning, in block order
+    /// (`layer1.0`, `layer1.1`, …): the output channels of every convolution
+    /// but the last (one for basic blocks, two for bottlenecks). Absent: the
+    /// stage width everywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inner_widths: Option<Vec<Vec<usize>>>,
 }
 
 fn three() -> usize {
@@ -106,6 +112,14 @@ enum BlockKind {
 }
 
 impl BlockKind {
+    /// Convolutions whose outputs stay inside the block.
+    fn inner_convs(self) -> usize {
+        match self {
+            BlockKind::Basic => 1,
+            BlockKind::Bottleneck => 2,
+        }
+    }
+
     /// Output channels per unit of block width.
     fn expansion(self) -> usize {
         match self {
@@ -125,7 +139,15 @@ struct Layout {
 impl ResNetConfig {
     /// A CIFAR ResNet of depth 6n + 2 (option A shortcuts), 3 input channels, 10 classes.
     pub fn cifar(depth: usize) -> Self {
-        ResNetConfig { depth, style: ResNetStyle::Cifar, stem: None, shortcut: None, in_channels: 3, num_classes: 10 }
+        ResNetConfig {
+            depth,
+            style: ResNetStyle::Cifar,
+            stem: None,
+            shortcut: None,
+            in_channels: 3,
+            num_classes: 10,
+            inner_widths: None,
+        }
     }
 
     /// An ImageNet ResNet (18, 34, 50, 101, 152) with its 7×7 stem, 1000 classes.
@@ -176,7 +198,20 @@ impl ResNetConfig {
     }
 
     pub(crate) fn validate(&self, path: &str) -> std::result::Result<(), String> {
-        self.layout().map_err(|e| format!("{path}.depth: {e}"))?;
+        let layout = self.layout().map_err(|e| format!("{path}.depth: {e}"))?;
+        if let Some(inner) = &self.inner_widths {
+            let blocks: usize = layout.blocks.iter().sum();
+            let per = layout.kind.inner_convs();
+            if inner.len() != blocks {
+                return Err(format!(
+                    "{path}.inner_widths has {} entries, the network has {blocks} blocks",
+                    inner.len()
+                ));
+            }
+            if let Some((i, w)) = inner.iter().enumerate().find(|(_, w)| w.len() != per || w.contains(&0)) {
+                return Err(format!("{path}.inner_widths[{i}] = {w:?}: expected {per} widths of at least 1"));
+            }
+        }
         if self.in_channels == 0 {
             return Err(format!("{path}.in_channels must be at least 1"));
         }
@@ -228,14 +263,17 @@ struct BlockSpec {
     shortcut: ShortcutKind,
     /// `shortcut` (CIFAR) or `downsample` (torchvision).
     proj_name: &'static str,
+    /// Output channels of the inner convolutions (`width` unless pruned).
+    inner: Vec<usize>,
 }
 
 impl Block {
     fn new(pb: &ParamBuilder, s: &BlockSpec) -> Result<Self> {
         let w = s.width;
-        let shapes = match s.kind {
-            BlockKind::Basic => vec![(s.cin, w, 3, s.stride, 1), (w, w, 3, 1, 1)],
-            BlockKind::Bottleneck => vec![(s.cin, w, 1, 1, 0), (w, w, 3, s.stride, 1), (w, 4 * w, 1, 1, 0)],
+        let shapes = match (s.kind, s.inner.as_slice()) {
+            (BlockKind::Basic, &[a]) => vec![(s.cin, a, 3, s.stride, 1), (a, w, 3, 1, 1)],
+            (BlockKind::Bottleneck, &[a, b]) => vec![(s.cin, a, 1, 1, 0), (a, b, 3, s.stride, 1), (b, 4 * w, 1, 1, 0)],
+            _ => espalier_core::bail!("inner widths {:?} do not fit a {:?} block", s.inner, s.kind),
         };
         let mut convs = Vec::with_capacity(shapes.len());
         for (i, (cin, cout, k, stride, pad)) in shapes.into_iter().enumerate() {
@@ -304,12 +342,19 @@ impl ResNet {
         };
         let mut cin = c0;
         let mut stages = Vec::new();
+        let mut index = 0;
         for (s, (&n, &width)) in layout.blocks.iter().zip(&layout.widths).enumerate() {
             let stage = pb.pp(format!("layer{}", s + 1));
             let mut blocks = Vec::with_capacity(n);
             for i in 0..n {
                 let stride = if s > 0 && i == 0 { 2 } else { 1 };
-                let spec = BlockSpec { kind: layout.kind, cin, width, stride, shortcut: cfg.shortcut(), proj_name };
+                let inner = match &cfg.inner_widths {
+                    Some(w) => w[index].clone(),
+                    None => vec![width; layout.kind.inner_convs()],
+                };
+                index += 1;
+                let spec =
+                    BlockSpec { kind: layout.kind, cin, width, stride, shortcut: cfg.shortcut(), proj_name, inner };
                 blocks.push(Block::new(&stage.pp(i), &spec)?);
                 cin = width * layout.kind.expansion();
             }
@@ -322,15 +367,35 @@ impl ResNet {
 
     /// `(B, classes)` logits of `(B, C, H, W)` images.
     pub fn logits(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let h = self.features(x, train, self.stages.iter().map(Vec::len).sum())?;
+        self.fc.forward(&global_avg_pool(&h)?)
+    }
+
+    /// The stem and the first `blocks` blocks.
+    fn features(&self, x: &Tensor, train: bool, blocks: usize) -> Result<Tensor> {
         check_images(x, self.cfg.in_channels, "ResNet")?;
         let mut h = self.bn1.forward(&self.conv1.forward(x)?, train)?.relu()?;
         if self.stem_pool {
             h = max_pool2d(&h, 3, 2, 1)?;
         }
-        for block in self.stages.iter().flatten() {
+        for block in self.stages.iter().flatten().take(blocks) {
             h = block.forward(&h, train)?;
         }
-        self.fc.forward(&global_avg_pool(&h)?)
+        Ok(h)
+    }
+
+    /// `(stage, block, conv)` of every block's inner convolutions, in order,
+    /// with the group-set name `layer{s}.{b}.conv{j}`.
+    fn inner_sets(&self) -> Vec<(usize, usize, usize, String)> {
+        let mut out = Vec::new();
+        for (s, stage) in self.stages.iter().enumerate() {
+            for (b, block) in stage.iter().enumerate() {
+                for j in 0..block.convs.len() - 1 {
+                    out.push((s, b, j, format!("layer{}.{b}.conv{}", s + 1, j + 1)));
+                }
+            }
+        }
+        out
     }
 }
 
@@ -357,5 +422,98 @@ impl Model for ResNet {
     }
     fn config(&self) -> ModelConfig {
         ModelConfig::Resnet(self.cfg.clone())
+    }
+    /// The inner channels of every block (`layer{s}.{b}.conv{j}`): output
+    /// channel c of `conv{j}` with its BN entries (weight, bias and running
+    /// statistics) and input channel c of `conv{j+1}`. The channels the
+    /// residual path ties together (block outputs) are not grouped.
+    fn group_sets(&self) -> Vec<GroupSet> {
+        self.inner_sets()
+            .into_iter()
+            .map(|(s, b, j, name)| {
+                let pre = format!("layer{}.{b}", s + 1);
+                let mut members: Vec<Member> = ["weight", "bias", "running_mean", "running_var"]
+                    .iter()
+                    .map(|p| Member::new(format!("{pre}.bn{}.{p}", j + 1), 0))
+                    .collect();
+                members.insert(0, Member::new(format!("{pre}.conv{}.weight", j + 1), 0));
+                members.push(Member::new(format!("{pre}.conv{}.weight", j + 2), 1));
+                let size = self.stages[s][b].convs[j].1.weight.dims()[0];
+                GroupSet { name, size, block: 1, members, consumer: None }
+            })
+            .collect()
+    }
+    /// `layer{s}.{b}.conv{j}`: the spatial mean of the channel's activation
+    /// (after BN and ReLU) per image, `(B, C)`.
+    fn probe(&self, batch: &Batch, set: &str) -> Result<Tensor> {
+        let Inputs::Dense(x) = &batch.inputs else {
+            espalier_core::bail!("ResNet takes image inputs, not token sequences");
+        };
+        let (s, b, j, _) = self
+            .inner_sets()
+            .into_iter()
+            .find(|(_, _, _, n)| n == set)
+            .ok_or_else(|| espalier_core::Error::msg(format!("no group set `{set}` in this ResNet")))?;
+        let before: usize = self.stages[..s].iter().map(Vec::len).sum::<usize>() + b;
+        let mut h = self.features(x, false, before)?;
+        for (conv, bn) in &self.stages[s][b].convs[..=j] {
+            h = bn.forward(&conv.forward(&h)?, false)?.relu()?;
+        }
+        Ok(h.mean(D::Minus1)?.mean(D::Minus1)?)
+    }
+    fn shrunk_config(&self, keep: &Keep) -> Result<ModelConfig> {
+        let mut cfg = self.cfg.clone();
+        let mut inner: Vec<Vec<usize>> = self
+            .stages
+            .iter()
+            .flatten()
+            .map(|blk| blk.convs[..blk.convs.len() - 1].iter().map(|(_, bn)| bn.weight.dims()[0]).collect())
+            .collect();
+        let mut index = 0;
+        for (s, stage) in self.stages.iter().enumerate() {
+            for (b, block) in stage.iter().enumerate() {
+                for (j, w) in inner[index].iter_mut().enumerate().take(block.convs.len() - 1) {
+                    if let Some(k) = keep.get(&format!("layer{}.{b}.conv{}", s + 1, j + 1)) {
+                        if k.is_empty() {
+                            espalier_core::bail!("layer{}.{b}.conv{} would keep no channels", s + 1, j + 1);
+                        }
+                        *w = k.len();
+                    }
+                }
+                index += 1;
+            }
+        }
+        cfg.inner_widths = Some(inner);
+        Ok(ModelConfig::Resnet(cfg))
+    }
+    /// Multiply-adds ×2 of every convolution and the head for a 32×32 image
+    /// (CIFAR; the input size is not part of the config).
+    fn flops(&self, _seq_len: usize) -> Option<f64> {
+        let x = Tensor::zeros((1, self.cfg.in_channels, 32, 32), candle_core::DType::F32, &candle_core::Device::Cpu)
+            .ok()?;
+        let mut total = 0.0;
+        let mut conv = |c: &Conv2d, out: &Tensor| {
+            let w = c.weight.dims();
+            let (_, _, oh, ow) = out.dims4().unwrap_or((0, 0, 0, 0));
+            total += 2.0 * (w.iter().product::<usize>() * oh * ow) as f64;
+        };
+        let mut h = self.conv1.forward(&x).ok()?;
+        conv(&self.conv1, &h);
+        if self.stem_pool {
+            h = max_pool2d(&h, 3, 2, 1).ok()?;
+        }
+        for block in self.stages.iter().flatten() {
+            let mut y = h.clone();
+            for (c, _) in &block.convs {
+                y = c.forward(&y).ok()?;
+                conv(c, &y);
+            }
+            if let Shortcut::Projection(c, _) = &block.shortcut {
+                conv(c, &y);
+            }
+            h = y;
+        }
+        let fc = self.fc.weight.dims();
+        Some(total + 2.0 * (fc[0] * fc[1]) as f64)
     }
 }

@@ -123,3 +123,47 @@ fn ispasp_residual_falls_as_it_keeps_more_units() -> Result<()> {
     assert!(last < 1e-6, "keeping every unit leaves residual {last}");
     Ok(())
 }
+
+/// ResNet inner channels: masking (conv rows, BN entries, next conv's
+/// columns) and shrinking agree in evaluation mode, BN running statistics are
+/// sliced with their channels, criteria that probe activations run, and a
+/// block cannot lose every inner channel.
+#[test]
+fn resnet_inner_channels_mask_and_shrink_agree() -> Result<()> {
+    use espalier_models::resnet::ResNetConfig;
+    let cfg = ModelConfig::Resnet(ResNetConfig { num_classes: 4, ..ResNetConfig::cifar(8) });
+    let model = cfg.init(5, &Device::Cpu)?;
+    // Non-trivial running statistics, so BN's evaluation path matters.
+    let mut rng = Rng::new(8);
+    for p in model.params().iter().filter(|p| p.name().contains("running_")) {
+        let n = p.numel();
+        let v: Vec<f32> = (0..n).map(|_| 0.5 + rng.uniform() as f32).collect();
+        p.set(&Tensor::from_vec(v, n, &Device::Cpu)?)?;
+    }
+    let sets = model.group_sets();
+    let names: Vec<&str> = sets.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["layer1.0.conv1", "layer2.0.conv1", "layer3.0.conv1"]);
+    let mut rng = Rng::new(9);
+    let x: Vec<f32> = (0..6 * 3 * 8 * 8).map(|_| rng.normal() as f32).collect();
+    let b = Batch {
+        inputs: Inputs::Dense(Tensor::from_vec(x, (6, 3, 8, 8), &Device::Cpu)?),
+        labels: Tensor::from_vec(vec![0u32, 1, 2, 3, 0, 1], 6, &Device::Cpu)?,
+    };
+    assert_eq!(model.probe(&b, "layer2.0.conv1")?.dims(), &[6, 32]);
+    let keep: Keep = sets.iter().map(|s| (s.name.clone(), (0..s.size).filter(|i| i % 2 == 1).collect())).collect();
+    let small = shrink(model.as_ref(), &keep)?;
+    assert_eq!(small.params().get("layer3.0.bn1.running_var")?.dims(), vec![32]);
+    assert_eq!(small.params().get("layer3.0.conv2.weight")?.dims(), vec![64, 32, 3, 3]);
+    let ratio = model.flops(0).unwrap() / small.flops(0).unwrap();
+    assert!(ratio > 1.5 && ratio < 2.0, "FLOP ratio {ratio}");
+    mask_groups(model.params(), &sets, &keep)?;
+    let d = max_diff(&logits(model.as_ref(), &b)?, &logits(small.as_ref(), &b)?)?;
+    assert!(d < 1e-5, "masked and shrunk ResNet differ by {d}");
+    for method in [GroupCriterion::Activation, GroupCriterion::L1, GroupCriterion::Mi, GroupCriterion::Taylor] {
+        let sel = select(small.as_ref(), &config(method, 4), std::slice::from_ref(&b), 0)?;
+        assert!(sel.keep.values().all(|k| k.len() == 4), "{method:?}");
+    }
+    let err = shrink(small.as_ref(), &BTreeMap::from([("layer1.0.conv1".to_string(), vec![])])).err().expect("refused");
+    assert!(err.to_string().contains("no channels"), "{err}");
+    Ok(())
+}

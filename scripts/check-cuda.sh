@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Type-checks and builds Espalier with the `cuda` feature on a machine
+# WITHOUT a GPU (by hand; not run by CI), with NVIDIA's CUDA toolkit from PyPI:
+#   scripts/check-cuda.sh                 # venv in /opt/cudatk13, kernels for compute capability 9.0 (H100/H200)
+#   CUDA_COMPUTE_CAP=80 scripts/check-cuda.sh
+# It installs `cuda-toolkit[nvcc,cudart,cublas,curand,nvrtc]` (CUDA 13) into a
+# venv if missing, points candle's build (nvcc for candle-kernels, cudarc's
+# version detection) at it, then:
+#   1. cargo check of every target with the feature;
+#   2. a release build of the `espalier` binary with `--features cuda`;
+#   3. the test executables with the feature (`--no-run`), to carry to a GPU
+#      machine (which has no Rust toolchain) and run there.
+# Output of the last run: results/cuda/check-cuda.txt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${CUDA_VENV:-/opt/cudatk13}
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install "cuda-toolkit[nvcc,cudart,cublas,curand,nvrtc]==13.*"
+fi
+CUDA_ROOT=$(echo "$VENV"/lib/python3*/site-packages/nvidia/cu13)
+[ -x "$CUDA_ROOT/bin/nvcc" ] || { echo "error: no nvcc under $CUDA_ROOT" >&2; exit 1; }
+# The wheels ship lib/ but tools look for lib64/.
+[ -e "$CUDA_ROOT/lib64" ] || ln -s lib "$CUDA_ROOT/lib64"
+export CUDA_ROOT CUDA_PATH=$CUDA_ROOT CUDA_TOOLKIT_ROOT_DIR=$CUDA_ROOT
+export PATH=$CUDA_ROOT/bin:$PATH
+export LIBRARY_PATH=$CUDA_ROOT/lib:${LIBRARY_PATH:-}
+export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/cuda}
+echo "== $(date -u +%Y-%m-%dT%H:%MZ) on $(nproc) cores, no GPU; CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP"
+nvcc --version | tail -2
+echo "== cargo check --workspace --all-targets --features espalier/cuda"
+cargo check --workspace --all-targets --features espalier/cuda --locked
+echo "== cargo build --release -p espalier --features cuda"
+cargo build --release -p espalier --features cuda --locked
+echo "== test executables (cargo test --release --workspace --features espalier/cuda --no-run)"
+cargo test --release --workspace --features espalier/cuda,espalier/shared-data --no-run --locked 2>&1 | grep -E "Executable|Finished" || true
+bin="$CARGO_TARGET_DIR/release/espalier"
+ls -la "$bin"
+echo "== the CUDA binary without a GPU: a clear error, exit code non-zero"
+set +e
+"$bin" run configs/quickstart.toml --device cuda --out "$CARGO_TARGET_DIR/no-gpu-run" 2>&1 | tail -1
+echo "exit code ${PIPESTATUS[0]}"
