@@ -255,7 +255,19 @@ fn synthetic_batch(
         ModelConfig::Bert(c) => {
             SyntheticTokens { n, seq_len, vocab: c.vocab_size }.batch(&(0..n).collect::<Vec<_>>(), device)?
         }
-        other => anyhow::bail!("bench RUN_DIR times MLP and BERT runs, not {}", crate::run::model_name(&other)),
+        // 32×32 images: the size the ResNet FLOP count assumes.
+        ModelConfig::Resnet(c) => {
+            let x: Vec<f32> = (0..n * c.in_channels * 32 * 32).map(|_| rng.normal() as f32).collect();
+            espalier_data::Batch {
+                inputs: espalier_data::Inputs::Dense(candle_core::Tensor::from_vec(
+                    x,
+                    (n, c.in_channels, 32, 32),
+                    device,
+                )?),
+                labels: candle_core::Tensor::zeros(n, candle_core::DType::U32, device)?,
+            }
+        }
+        other => anyhow::bail!("bench RUN_DIR times MLP, ResNet and BERT runs, not {}", crate::run::model_name(&other)),
     })
 }
 
