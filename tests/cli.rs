@@ -431,6 +431,20 @@ fn structured_pruning_shrinks_saves_and_reloads() {
     ok(&out);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("4.00x") && text.contains("50890 -> 12730"), "bench printed:\n{text}");
+    // GReg-2 from the same dense run: the regularization phase (round 1
+    // epochs), then the shrink to the same width.
+    let greg = pruned.replace("method = \"ispasp\"", "method = \"greg2\"")
+        + "[structured.greg]\ninterval = 2\nuniform_delta = 5e-3\nuniform_ceiling = 1e-2\ndelta = 0.05\nmax_epochs = 2\n";
+    let g = run_dir(tmp.path(), "greg");
+    ok(&espalier(&["run", write_config(tmp.path(), "g.toml", &greg).to_str().unwrap(), "--out", g.to_str().unwrap()]));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(g.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["structured"]["widths"]["fc1"], serde_json::json!([16, 64]), "{summary}");
+    let trace = summary["structured"]["greg_trace"].as_array().unwrap();
+    assert_eq!(trace[0]["phase"], "uniform", "{summary}");
+    assert!(trace.iter().any(|t| t["phase"] == "push"), "{summary}");
+    // 2 regularization epochs and 1 fine-tuning epoch after round 0.
+    assert_eq!(metrics(&g).iter().filter(|r| r["type"] == "epoch" && r["round"] == 1).count(), 3);
     // A dense run is not a structured one.
     let out = espalier(&["bench", d.to_str().unwrap()]);
     assert!(!out.status.success() && stderr(&out).contains("not a structured run"), "{}", stderr(&out));

@@ -6,6 +6,7 @@
 //! [`ScheduleConfig`]) says when to prune, rewind and reset the optimizer; the
 //! run loop carries those actions out.
 
+pub mod greg;
 pub mod magnitude;
 pub mod schedule;
 pub mod structured;

@@ -64,12 +64,30 @@ pub enum GroupCriterion {
     Ispasp,
     /// Layer-wise mutual information, top-down.
     Mi,
+    /// GReg-1: units chosen by L1 norm, pushed to zero by a growing L2
+    /// penalty during training, then removed ([`crate::greg`]).
+    Greg1,
+    /// GReg-2: a uniform growing penalty first, then as GReg-1.
+    Greg2,
 }
 
 impl GroupCriterion {
     /// Whether the criterion runs the model on calibration data.
     pub fn needs_data(self) -> bool {
-        !matches!(self, GroupCriterion::Random | GroupCriterion::L1 | GroupCriterion::L2)
+        !matches!(
+            self,
+            GroupCriterion::Random
+                | GroupCriterion::L1
+                | GroupCriterion::L2
+                | GroupCriterion::Greg1
+                | GroupCriterion::Greg2
+        )
+    }
+
+    /// Whether units are chosen by regularized training (GReg) rather than
+    /// scored once.
+    pub fn is_greg(self) -> bool {
+        matches!(self, GroupCriterion::Greg1 | GroupCriterion::Greg2)
     }
 }
 
@@ -115,6 +133,9 @@ pub struct StructuredConfig {
     /// Fine-tuning epochs after the shrink (learning-rate schedule restarted).
     #[serde(default)]
     pub finetune_epochs: usize,
+    /// GReg settings (methods `greg1`, `greg2`).
+    #[serde(default)]
+    pub greg: crate::greg::GRegConfig,
 }
 
 fn default_calibration() -> usize {
@@ -151,6 +172,7 @@ impl StructuredConfig {
         for g in &self.groups {
             Pattern::parse(g).map_err(|e| format!("key `{path}.groups`: {e}"))?;
         }
+        self.greg.validate(&format!("{path}.greg"))?;
         Ok(())
     }
 
@@ -177,17 +199,27 @@ pub struct Selection {
     pub seconds: f64,
 }
 
-/// Chooses the units to keep in the selected group sets of `model`.
-pub fn select(model: &dyn Model, cfg: &StructuredConfig, calib: &[Batch], seed: u64) -> Result<Selection> {
-    let start = Instant::now();
+/// The group sets of `model` that `cfg.groups` selects (all by default).
+pub fn selected_sets(model: &dyn Model, cfg: &StructuredConfig) -> Result<Vec<GroupSet>> {
     let patterns: Vec<Pattern> = cfg.groups.iter().map(|g| Pattern::parse(g)).collect::<Result<_>>()?;
     let all = model.group_sets();
-    let sets: Vec<&GroupSet> =
-        all.iter().filter(|s| patterns.is_empty() || patterns.iter().any(|p| p.matches(&s.name))).collect();
+    let sets: Vec<GroupSet> =
+        all.iter().filter(|s| patterns.is_empty() || patterns.iter().any(|p| p.matches(&s.name))).cloned().collect();
     if sets.is_empty() {
         let names: Vec<&str> = all.iter().map(|s| s.name.as_str()).collect();
         bail!("structured.groups {:?} matches no group set (the model has: {})", cfg.groups, names.join(", "));
     }
+    Ok(sets)
+}
+
+/// Chooses the units to keep in the selected group sets of `model`.
+pub fn select(model: &dyn Model, cfg: &StructuredConfig, calib: &[Batch], seed: u64) -> Result<Selection> {
+    let start = Instant::now();
+    if cfg.method.is_greg() {
+        bail!("GReg chooses its units during training (the run's structured step), not in one pass");
+    }
+    let owned = selected_sets(model, cfg)?;
+    let sets: Vec<&GroupSet> = owned.iter().collect();
     if cfg.method.needs_data() && calib.is_empty() {
         bail!("method {:?} needs calibration data", cfg.method);
     }
@@ -219,6 +251,7 @@ pub fn select(model: &dyn Model, cfg: &StructuredConfig, calib: &[Batch], seed: 
                 let a = consumer(model, set)?;
                 ispasp(set, h.as_ref().expect("probed"), &a, k, cfg.iterations)?
             }
+            GroupCriterion::Greg1 | GroupCriterion::Greg2 => unreachable!("rejected above"),
             GroupCriterion::Mi => {
                 // One row per example: token models' rows are mean-pooled
                 // over each sequence's real tokens.
@@ -344,7 +377,8 @@ fn residual(set: &GroupSet, h: &Tensor, a: &Tensor, keep: &[usize]) -> Result<Te
     Ok(h.broadcast_mul(&off)?.matmul(&a.t()?)?)
 }
 
-fn relative_residual(set: &GroupSet, h: &Tensor, a: &Tensor, keep: &[usize]) -> Result<f64> {
+/// `‖Y − H_S A_Sᵀ‖/‖Y‖` of a support on activations `h` and consumer `a`.
+pub fn relative_residual(set: &GroupSet, h: &Tensor, a: &Tensor, keep: &[usize]) -> Result<f64> {
     let y = h.matmul(&a.t()?)?;
     let v = residual(set, h, a, keep)?;
     let norm = |t: &Tensor| -> Result<f64> { Ok((t.sqr()?.sum_all()?.to_scalar::<f32>()? as f64).sqrt()) };

@@ -157,6 +157,9 @@ pub struct StructuredReport {
     pub metrics_before_finetune: BTreeMap<String, f64>,
     /// Calibration examples.
     pub calibration: usize,
+    /// GReg: λ and the kept/pruned magnitude ratio at every increase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub greg_trace: Option<Vec<espalier_prune::greg::TracePoint>>,
 }
 
 /// What the run loop carries between epochs (and across a resume).
@@ -562,6 +565,74 @@ fn calibration_batches(
     Ok(idx.chunks(batch_size.max(1)).map(|c| data.train.batch(c, device)).collect::<Result<_, _>>()?)
 }
 
+/// GReg's regularization phase (round 1): the dense model trains with the
+/// growing penalty until the penalty has done its work (or
+/// `structured.greg.max_epochs`); returns the chosen units, the λ trace and
+/// the epochs spent.
+fn greg_phase(
+    exp: &Experiment,
+    sc: &StructuredConfig,
+    opts: &RunOptions,
+    model: &dyn Model,
+    data: &Data,
+    device: &Device,
+    state: &mut State,
+) -> anyhow::Result<(espalier_prune::Selection, Option<Vec<espalier_prune::greg::TracePoint>>, usize)> {
+    use espalier_prune::greg::{choose, GReg, Phase};
+    let start = Instant::now();
+    let sets = espalier_prune::structured::selected_sets(model, sc)?;
+    let kept: BTreeMap<String, usize> = sets.iter().map(|s| (s.name.clone(), sc.kept(s.size))).collect();
+    let two = sc.method == espalier_prune::GroupCriterion::Greg2;
+    let (greg, shared) = GReg::new(sc.greg.clone(), sets.clone(), kept.clone(), model.params(), two)?;
+    let mut trainer = trainer_for(exp, model.params(), opts.progress)?;
+    trainer.regularizers.push(Box::new(greg));
+    let max = sc.greg.max_epochs;
+    let mut epochs = 0;
+    for e in 0..max {
+        let epoch = exp.train.epochs + e;
+        let pos = PhasePos { epoch_in_phase: e, epochs_in_phase: max };
+        let stats = trainer.train_epoch(model, data.train.as_ref(), epoch, pos, device, None)?;
+        let eval = evaluate(model, data.test.as_ref(), exp.train.eval_batch_size, device, &data.metrics)?;
+        epochs += 1;
+        let st = shared.lock().map_err(|_| anyhow::anyhow!("GReg state poisoned"))?.clone();
+        let ratio = st.trace.last().map_or(0.0, |t| t.ratio);
+        tracing::info!(
+            epoch,
+            phase = ?st.phase,
+            lambda = st.lambda,
+            ratio = format!("{ratio:.1}"),
+            "GReg: {} {:.2}",
+            data.metrics[0].name(),
+            eval.get(data.metrics[0]).unwrap_or(f64::NAN)
+        );
+        state.history.push(Record::Epoch {
+            epoch,
+            round: 1,
+            sparsity: 0.0,
+            train_loss: stats.loss,
+            train_accuracy: stats.accuracy,
+            lr: stats.lr,
+            test_loss: eval.loss,
+            metrics: metrics_map(&eval),
+            seconds: stats.seconds,
+        });
+        write_metrics(&opts.out, &state.history)?;
+        if st.phase == Phase::Done {
+            break;
+        }
+    }
+    let st = shared.lock().map_err(|_| anyhow::anyhow!("GReg state poisoned"))?.clone();
+    if st.phase != Phase::Done {
+        tracing::warn!(phase = ?st.phase, lambda = st.lambda, "GReg: structured.greg.max_epochs reached before the penalty finished");
+    }
+    let keep = match st.keep {
+        Some(k) => k,
+        None => choose(model.params(), &sets, &kept)?,
+    };
+    let sel = espalier_prune::Selection { keep, residual: BTreeMap::new(), seconds: start.elapsed().as_secs_f64() };
+    Ok((sel, Some(st.trace), epochs))
+}
+
 /// Structured pruning after the dense epochs: choose the units, shrink the
 /// model, evaluate, fine-tune (round 1). Not checkpointed: a run killed in
 /// this step redoes it from the dense checkpoint.
@@ -577,7 +648,11 @@ fn structured_step(
     // Every method gets calibration data: the output residual is reported
     // for all of them, so criteria can be compared on it.
     let calib = calibration_batches(data, sc.calibration.max(1), exp.train.eval_batch_size, exp.seed, device)?;
-    let sel = espalier_prune::structured::select(dense.as_ref(), sc, &calib, exp.seed)?;
+    let (sel, greg_trace, reg_epochs) = if sc.method.is_greg() {
+        greg_phase(exp, sc, opts, dense.as_ref(), data, device, state)?
+    } else {
+        (espalier_prune::structured::select(dense.as_ref(), sc, &calib, exp.seed)?, None, 0)
+    };
     let small = espalier_models::shrink(dense.as_ref(), &sel.keep)?;
     let widths = dense
         .group_sets()
@@ -599,7 +674,7 @@ fn structured_step(
     if sc.finetune_epochs > 0 {
         let mut trainer = trainer_for(exp, small.params(), opts.progress)?;
         for e in 0..sc.finetune_epochs {
-            let epoch = exp.train.epochs + e;
+            let epoch = exp.train.epochs + reg_epochs + e;
             let pos = PhasePos { epoch_in_phase: e, epochs_in_phase: sc.finetune_epochs };
             let stats = trainer.train_epoch(small.as_ref(), data.train.as_ref(), epoch, pos, device, None)?;
             eval = evaluate(small.as_ref(), data.test.as_ref(), exp.train.eval_batch_size, device, &data.metrics)?;
@@ -638,6 +713,7 @@ fn structured_step(
         parameters_after: p1,
         metrics_before_finetune: metrics_map(&before),
         calibration: calib.iter().map(|b| b.labels.dims()[0]).sum(),
+        greg_trace,
     };
     Ok((small, report))
 }

@@ -1,0 +1,431 @@
+//! Growing regularization (Wang, Qin, Zhang & Fu, "Neural Pruning via
+//! Growing Regularization", ICLR 2021; PAPERS.md §5), for the units of
+//! [`GroupSet`]s (neurons, channels, heads, feed-forward units).
+//!
+//! GReg-1: the units to remove are chosen once, by the L1 norm of their
+//! weights, before the regularization phase. Every `interval` optimizer steps
+//! (K_u) their L2 penalty λ grows by `delta`; it acts through the gradient,
+//! `grad += λ·w` on every weight the unit owns (eq. 2 of the paper, the
+//! gradient of λ/2‖w_g‖²); kept units get none. λ stops growing at `ceiling`,
+//! or once the magnitude ratio `mean|w_kept| / mean|w_pruned|` reaches
+//! `ratio_stop`; λ is then held for `stabilize_steps` steps, and the units
+//! are removed physically (the caller shrinks the model and fine-tunes).
+//!
+//! GReg-2: first a uniform penalty on every unit, raised by `uniform_delta`
+//! every K_u steps up to `uniform_ceiling` (weights along flat directions of
+//! the loss shrink faster, a cheap proxy for the Hessian); only then are the
+//! units chosen by L1 norm, and pushed as in GReg-1, with a small negative
+//! penalty (`kept_penalty`, −1e-4) on the kept ones.
+//!
+//! The λ trajectory and the magnitude ratio are logged at every increase and
+//! kept in [`GRegState::trace`].
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Tensor};
+use espalier_core::{GroupSet, Keep, ParamStore, Result};
+use espalier_train::regularize::{Regularizer, StepInfo};
+use serde::{Deserialize, Serialize};
+
+/// GReg settings (`[structured.greg]`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GRegConfig {
+    /// K_u: optimizer steps between two increases of λ.
+    #[serde(default = "default_interval")]
+    pub interval: usize,
+    /// δ: increase of the pruned units' λ.
+    #[serde(default = "default_delta")]
+    pub delta: f64,
+    /// λ stops growing here.
+    #[serde(default = "default_ceiling")]
+    pub ceiling: f64,
+    /// ... or when mean|kept| / mean|pruned| reaches this.
+    #[serde(default = "default_ratio")]
+    pub ratio_stop: f64,
+    /// Steps with λ held before the units are removed.
+    #[serde(default)]
+    pub stabilize_steps: usize,
+    /// GReg-2: increase of the uniform λ.
+    #[serde(default = "default_uniform_delta")]
+    pub uniform_delta: f64,
+    /// GReg-2: the uniform λ's ceiling, after which the units are chosen.
+    #[serde(default = "default_uniform_ceiling")]
+    pub uniform_ceiling: f64,
+    /// GReg-2: λ of the kept units while the pruned ones are pushed.
+    #[serde(default = "default_kept_penalty")]
+    pub kept_penalty: f64,
+    /// Upper bound on the regularization phase, in epochs.
+    #[serde(default = "default_max_epochs")]
+    pub max_epochs: usize,
+}
+
+fn default_interval() -> usize {
+    10
+}
+fn default_delta() -> f64 {
+    1e-4
+}
+fn default_ceiling() -> f64 {
+    1.0
+}
+fn default_ratio() -> f64 {
+    1000.0
+}
+fn default_uniform_delta() -> f64 {
+    1e-5
+}
+fn default_uniform_ceiling() -> f64 {
+    1e-2
+}
+fn default_kept_penalty() -> f64 {
+    -1e-4
+}
+fn default_max_epochs() -> usize {
+    30
+}
+
+impl Default for GRegConfig {
+    fn default() -> Self {
+        serde_json::from_str("{}").expect("all fields have defaults")
+    }
+}
+
+impl GRegConfig {
+    /// Checks the values; `path` prefixes key names.
+    pub fn validate(&self, path: &str) -> std::result::Result<(), String> {
+        if self.interval == 0 {
+            return Err(format!("key `{path}.interval` must be at least 1"));
+        }
+        for (k, v) in [
+            ("delta", self.delta),
+            ("ceiling", self.ceiling),
+            ("uniform_delta", self.uniform_delta),
+            ("uniform_ceiling", self.uniform_ceiling),
+        ] {
+            if !(v > 0.0 && v.is_finite()) {
+                return Err(format!("key `{path}.{k}` must be > 0, found {v}"));
+            }
+        }
+        if !(self.ratio_stop > 1.0) {
+            return Err(format!("key `{path}.ratio_stop` must be > 1, found {}", self.ratio_stop));
+        }
+        if self.max_epochs == 0 {
+            return Err(format!("key `{path}.max_epochs` must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// Where the regularization is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// GReg-2's uniform growth on every unit.
+    Uniform,
+    /// Growing λ on the units to remove.
+    Push,
+    /// λ held.
+    Stabilize,
+    /// Ready to remove the units.
+    Done,
+}
+
+/// One point of the λ trajectory.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TracePoint {
+    /// Optimizer step.
+    pub step: u64,
+    /// Phase at that step.
+    pub phase: Phase,
+    /// λ of the pruned units (the uniform λ in GReg-2's first phase).
+    pub lambda: f64,
+    /// mean|w_kept| / mean|w_pruned| over all sets (0 before the choice).
+    pub ratio: f64,
+}
+
+/// The shared state of a GReg run: the regularizer updates it, the caller
+/// reads it between epochs.
+#[derive(Clone, Debug)]
+pub struct GRegState {
+    /// Current phase.
+    pub phase: Phase,
+    /// λ of the pruned units (or the uniform λ).
+    pub lambda: f64,
+    /// Units kept per set (chosen at the start for GReg-1, after the uniform
+    /// phase for GReg-2).
+    pub keep: Option<Keep>,
+    /// Steps spent stabilising.
+    pub stable_steps: usize,
+    /// λ and magnitude ratio at every increase.
+    pub trace: Vec<TracePoint>,
+}
+
+/// The GReg regularizer over `sets`, keeping `kept` units per set.
+pub struct GReg {
+    cfg: GRegConfig,
+    sets: Vec<GroupSet>,
+    kept: BTreeMap<String, usize>,
+    state: Arc<Mutex<GRegState>>,
+    steps: u64,
+    /// GReg-2 (uniform phase first, negative penalty on kept units).
+    two: bool,
+}
+
+impl GReg {
+    /// GReg-1 (`uniform = false`: units chosen now by L1 norm) or GReg-2.
+    pub fn new(
+        cfg: GRegConfig,
+        sets: Vec<GroupSet>,
+        kept: BTreeMap<String, usize>,
+        params: &ParamStore,
+        uniform: bool,
+    ) -> Result<(Self, Arc<Mutex<GRegState>>)> {
+        let keep = if uniform { None } else { Some(choose(params, &sets, &kept)?) };
+        let state = Arc::new(Mutex::new(GRegState {
+            phase: if uniform { Phase::Uniform } else { Phase::Push },
+            lambda: 0.0,
+            keep,
+            stable_steps: 0,
+            trace: Vec::new(),
+        }));
+        Ok((GReg { cfg, sets, kept, state: state.clone(), steps: 0, two: uniform }, state))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, GRegState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The `kept[set]` units of largest L1 norm per set (trainable members).
+pub fn choose(params: &ParamStore, sets: &[GroupSet], kept: &BTreeMap<String, usize>) -> Result<Keep> {
+    let mut keep = Keep::new();
+    for set in sets {
+        let Some(&k) = kept.get(&set.name) else { continue };
+        let mut norm = vec![0f64; set.size];
+        for m in &set.members {
+            let p = params.get(&m.param)?;
+            if !p.trainable() {
+                continue;
+            }
+            let rows = set.unit_rows(&p.effective()?.to_dtype(DType::F32)?, m.axis)?;
+            for (n, v) in norm.iter_mut().zip(rows.abs()?.sum(1)?.to_vec1::<f32>()?) {
+                *n += v as f64;
+            }
+        }
+        let mut idx: Vec<usize> = (0..set.size).collect();
+        idx.sort_by(|&a, &b| norm[b].total_cmp(&norm[a]).then(a.cmp(&b)));
+        let mut units: Vec<usize> = idx.into_iter().take(k).collect();
+        units.sort_unstable();
+        keep.insert(set.name.clone(), units);
+    }
+    Ok(keep)
+}
+
+/// `mean|w|` over the kept and over the pruned units' weights, all sets.
+fn magnitude_ratio(params: &ParamStore, sets: &[GroupSet], keep: &Keep) -> Result<f64> {
+    let (mut kept, mut nk, mut pruned, mut np) = (0f64, 0usize, 0f64, 0usize);
+    for set in sets {
+        let Some(units) = keep.get(&set.name) else { continue };
+        let on: Vec<bool> = (0..set.size).map(|u| units.binary_search(&u).is_ok()).collect();
+        for m in &set.members {
+            let p = params.get(&m.param)?;
+            if !p.trainable() {
+                continue;
+            }
+            let rows = set.unit_rows(&p.effective()?.to_dtype(DType::F32)?, m.axis)?;
+            let per = rows.dims()[1];
+            for (u, v) in rows.abs()?.sum(1)?.to_vec1::<f32>()?.into_iter().enumerate() {
+                if on[u] {
+                    kept += v as f64;
+                    nk += per;
+                } else {
+                    pruned += v as f64;
+                    np += per;
+                }
+            }
+        }
+    }
+    let (mk, mp) = (kept / nk.max(1) as f64, pruned / np.max(1) as f64);
+    Ok(if mp > 0.0 { mk / mp } else { f64::INFINITY })
+}
+
+impl Regularizer for GReg {
+    fn name(&self) -> &str {
+        "greg"
+    }
+
+    /// `grad += λ_u · w` for every weight of unit `u`: λ for pruned units,
+    /// the kept penalty (GReg-2) or 0 for kept ones, the uniform λ for all
+    /// in GReg-2's first phase.
+    fn adjust_grads(&mut self, params: &ParamStore, grads: &mut GradStore, _step: &StepInfo) -> Result<()> {
+        let st = self.lock().clone();
+        if st.phase == Phase::Done {
+            return Ok(());
+        }
+        let kept_lambda = if self.two { self.cfg.kept_penalty } else { 0.0 };
+        for set in &self.sets {
+            let coef: Vec<f32> = match (&st.keep, st.phase) {
+                (_, Phase::Uniform) => vec![st.lambda as f32; set.size],
+                (Some(keep), _) => {
+                    let Some(units) = keep.get(&set.name) else { continue };
+                    (0..set.size)
+                        .map(|u| if units.binary_search(&u).is_ok() { kept_lambda as f32 } else { st.lambda as f32 })
+                        .collect()
+                }
+                (None, _) => continue,
+            };
+            let coef: Vec<f32> = coef.iter().flat_map(|&c| std::iter::repeat_n(c, set.block)).collect();
+            for m in &set.members {
+                let p = params.get(&m.param)?;
+                if !p.trainable() {
+                    continue;
+                }
+                let Some(g) = grads.get(p.tensor()) else { continue };
+                let dims = p.dims();
+                let mut shape = vec![1; dims.len()];
+                shape[m.axis] = dims[m.axis];
+                let c = Tensor::from_vec(coef.clone(), shape, g.device())?.to_dtype(g.dtype())?;
+                let g = (g + p.effective()?.broadcast_mul(&c)?)?;
+                grads.insert(p.tensor(), g);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_step(&mut self, params: &ParamStore, step: &StepInfo) -> Result<()> {
+        self.steps += 1;
+        let mut st = self.lock().clone();
+        match st.phase {
+            Phase::Done => return Ok(()),
+            Phase::Stabilize => {
+                st.stable_steps += 1;
+                if st.stable_steps >= self.cfg.stabilize_steps {
+                    st.phase = Phase::Done;
+                    tracing::info!(step = step.global_step, "GReg: stabilised; the units can be removed");
+                }
+            }
+            Phase::Uniform | Phase::Push if self.steps % self.cfg.interval as u64 == 0 => {
+                let mut just_chose = false;
+                if st.phase == Phase::Uniform {
+                    st.lambda += self.cfg.uniform_delta;
+                    if st.lambda >= self.cfg.uniform_ceiling {
+                        just_chose = true;
+                        st.keep = Some(choose(params, &self.sets, &self.kept)?);
+                        st.phase = Phase::Push;
+                        st.lambda = 0.0;
+                        tracing::info!(step = step.global_step, "GReg-2: uniform phase over; units chosen by L1 norm");
+                    }
+                } else {
+                    st.lambda += self.cfg.delta;
+                }
+                let ratio = match &st.keep {
+                    Some(k) if st.phase == Phase::Push => magnitude_ratio(params, &self.sets, k)?,
+                    _ => 0.0,
+                };
+                st.trace.push(TracePoint { step: step.global_step, phase: st.phase, lambda: st.lambda, ratio });
+                let stop = st.lambda >= self.cfg.ceiling || ratio >= self.cfg.ratio_stop;
+                if st.phase == Phase::Push && !just_chose && stop {
+                    st.phase = if self.cfg.stabilize_steps > 0 { Phase::Stabilize } else { Phase::Done };
+                    tracing::info!(
+                        step = step.global_step,
+                        lambda = st.lambda,
+                        ratio = format!("{ratio:.1}"),
+                        "GReg: penalty stops growing"
+                    );
+                } else if st.trace.len() % 50 == 0 {
+                    tracing::info!(step = step.global_step, lambda = st.lambda, ratio = format!("{ratio:.2}"), "GReg");
+                }
+            }
+            _ => {}
+        }
+        *self.lock() = st;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use espalier_core::init::Init;
+    use espalier_core::{Member, ParamBuilder, ParamKind};
+
+    fn store() -> Result<(ParamStore, Vec<GroupSet>)> {
+        let pb = ParamBuilder::from_seed(0, DType::F32, &Device::Cpu);
+        let w = pb.pp("fc1").param("weight", &[4, 3], ParamKind::Weight, Init::Const(0.0))?;
+        // Unit norms (L1 of rows): 3, 0.3, 6, 1.5.
+        w.set(&Tensor::new(&[[1f32, 1., 1.], [0.1, 0.1, 0.1], [2., 2., 2.], [0.5, 0.5, 0.5]], &Device::Cpu)?)?;
+        let set = GroupSet {
+            name: "fc1".into(),
+            size: 4,
+            block: 1,
+            members: vec![Member::new("fc1.weight", 0)],
+            consumer: None,
+        };
+        Ok((pb.finish().0, vec![set]))
+    }
+
+    fn step(g: &mut GReg, store: &ParamStore, n: u64) -> Result<()> {
+        g.on_step(store, &StepInfo { epoch: 0, global_step: n })
+    }
+
+    #[test]
+    fn greg1_penalty_grows_by_the_schedule_on_the_pruned_units_only() -> Result<()> {
+        let (store, sets) = store()?;
+        let cfg = GRegConfig { interval: 3, delta: 0.5, ceiling: 1.2, ratio_stop: 1e9, ..GRegConfig::default() };
+        let (mut g, state) = GReg::new(cfg, sets, BTreeMap::from([("fc1".into(), 2)]), &store, false)?;
+        assert_eq!(state.lock().unwrap().keep.as_ref().unwrap()["fc1"], vec![0, 2]);
+        let mut lambdas = Vec::new();
+        for n in 1..=10 {
+            step(&mut g, &store, n)?;
+            lambdas.push(state.lock().unwrap().lambda);
+        }
+        // +0.5 every 3 steps, frozen once it reaches 1.2 (at step 9: 1.5).
+        assert_eq!(lambdas, [0.0, 0.0, 0.5, 0.5, 0.5, 1.0, 1.0, 1.0, 1.5, 1.5]);
+        assert_eq!(state.lock().unwrap().phase, Phase::Done);
+        // grad += λ·w on rows 1 and 3 only (λ = 1.5 while it was pushing).
+        state.lock().unwrap().phase = Phase::Push;
+        let w = store.get("fc1.weight")?;
+        let mut grads = w.tensor().zeros_like()?.sum_all()?.backward()?;
+        grads.insert(w.tensor(), w.tensor().zeros_like()?);
+        g.adjust_grads(&store, &mut grads, &StepInfo::default())?;
+        let got = grads.get(w.tensor()).unwrap().to_vec2::<f32>()?;
+        assert_eq!(got, [[0.0f32; 3], [0.15; 3], [0.0; 3], [0.75; 3]]);
+        Ok(())
+    }
+
+    #[test]
+    fn greg2_grows_uniformly_then_chooses_and_the_ratio_stop_ends_the_push() -> Result<()> {
+        let (store, sets) = store()?;
+        let cfg = GRegConfig {
+            interval: 1,
+            uniform_delta: 0.1,
+            uniform_ceiling: 0.3,
+            delta: 0.01,
+            ratio_stop: 2.0,
+            stabilize_steps: 2,
+            ..GRegConfig::default()
+        };
+        let (mut g, state) = GReg::new(cfg, sets, BTreeMap::from([("fc1".into(), 2)]), &store, true)?;
+        assert!(state.lock().unwrap().keep.is_none());
+        for n in 1..=3 {
+            step(&mut g, &store, n)?;
+        }
+        let st = state.lock().unwrap().clone();
+        assert_eq!(st.phase, Phase::Push);
+        assert_eq!(st.keep.as_ref().unwrap()["fc1"], vec![0, 2]);
+        // The weights already give mean|kept| / mean|pruned| = 4.5 / 0.9 = 5 ≥ 2:
+        // the next increase stops the push, then 2 steps of stabilisation.
+        step(&mut g, &store, 4)?;
+        assert_eq!(state.lock().unwrap().phase, Phase::Stabilize);
+        let ratio = state.lock().unwrap().trace.last().unwrap().ratio;
+        assert!((ratio - 5.0).abs() < 1e-6, "{ratio}");
+        step(&mut g, &store, 5)?;
+        step(&mut g, &store, 6)?;
+        assert_eq!(state.lock().unwrap().phase, Phase::Done);
+        Ok(())
+    }
+}
