@@ -109,7 +109,7 @@ impl GRegConfig {
                 return Err(format!("key `{path}.{k}` must be > 0, found {v}"));
             }
         }
-        if !(self.ratio_stop > 1.0) {
+        if self.ratio_stop.is_nan() || self.ratio_stop <= 1.0 {
             return Err(format!("key `{path}.ratio_stop` must be > 1, found {}", self.ratio_stop));
         }
         if self.max_epochs == 0 {
@@ -307,7 +307,7 @@ impl Regularizer for GReg {
                     tracing::info!(step = step.global_step, "GReg: stabilised; the units can be removed");
                 }
             }
-            Phase::Uniform | Phase::Push if self.steps % self.cfg.interval as u64 == 0 => {
+            Phase::Uniform | Phase::Push if self.steps.is_multiple_of(self.cfg.interval as u64) => {
                 let mut just_chose = false;
                 if st.phase == Phase::Uniform {
                     st.lambda += self.cfg.uniform_delta;
@@ -335,7 +335,7 @@ impl Regularizer for GReg {
                         ratio = format!("{ratio:.1}"),
                         "GReg: penalty stops growing"
                     );
-                } else if st.trace.len() % 50 == 0 {
+                } else if st.trace.len().is_multiple_of(50) {
                     tracing::info!(step = step.global_step, lambda = st.lambda, ratio = format!("{ratio:.2}"), "GReg");
                 }
             }
