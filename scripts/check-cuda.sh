@@ -3,7 +3,7 @@
 # WITHOUT a GPU (by hand; not run by CI), with NVIDIA's CUDA toolkit from PyPI:
 #   scripts/check-cuda.sh                 # venv in /opt/cudatk13, kernels for compute capability 9.0 (H100/H200)
 #   CUDA_COMPUTE_CAP=80 scripts/check-cuda.sh
-# It installs `cuda-toolkit[nvcc,cudart,cublas,curand,nvrtc]==13.4.*` (CUDA 13.4, the newest
+# It installs `cuda-toolkit[nvcc,cudart,cublas,curand,nvrtc,cccl]==13.4.*` (CUDA 13.4, the newest
 # release cudarc 0.19.10 knows; 13.5 is refused by its build script) into a
 # venv if missing, points candle's build (nvcc for candle-kernels, cudarc's
 # version detection) at it, then:
@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 VENV=${CUDA_VENV:-/opt/cudatk13}
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install "cuda-toolkit[nvcc,cudart,cublas,curand,nvrtc]==13.4.*"
+  "$VENV/bin/pip" install "cuda-toolkit[nvcc,cudart,cublas,curand,nvrtc,cccl]==13.4.*"
 fi
 CUDA_ROOT=$(echo "$VENV"/lib/python3*/site-packages/nvidia/cu13)
 [ -x "$CUDA_ROOT/bin/nvcc" ] || { echo "error: no nvcc under $CUDA_ROOT" >&2; exit 1; }
