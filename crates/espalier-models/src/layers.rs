@@ -69,9 +69,7 @@ impl Conv2d {
         bias: bool,
     ) -> Result<Self> {
         let init = Init::KaimingUniform { fan_in: cin * k * k };
-        let weight = pb.param("weight", &[cout, cin, k, k], ParamKind::Weight, init)?;
-        let bias = if bias { Some(pb.param("bias", &[cout], ParamKind::Bias, init)?) } else { None };
-        Ok(Conv2d { weight, bias, padding, stride })
+        Self::declare(pb, [cin, cout, k, stride, padding], init, bias.then_some(init))
     }
 
     /// A `k × k` convolution with He et al.'s (2015) normal init in fan-out
@@ -87,8 +85,18 @@ impl Conv2d {
         bias: bool,
     ) -> Result<Self> {
         let init = Init::KaimingNormal { fan_out: cout * k * k };
-        let weight = pb.param("weight", &[cout, cin, k, k], ParamKind::Weight, init)?;
-        let bias = if bias { Some(pb.param("bias", &[cout], ParamKind::Bias, Init::Const(0.0))?) } else { None };
+        Self::declare(pb, [cin, cout, k, stride, padding], init, bias.then_some(Init::Const(0.0)))
+    }
+
+    /// `weight` `(cout, cin, k, k)` and an optional `bias`, with their inits.
+    fn declare(
+        pb: &ParamBuilder,
+        [cin, cout, k, stride, padding]: [usize; 5],
+        w: Init,
+        b: Option<Init>,
+    ) -> Result<Self> {
+        let weight = pb.param("weight", &[cout, cin, k, k], ParamKind::Weight, w)?;
+        let bias = b.map(|init| pb.param("bias", &[cout], ParamKind::Bias, init)).transpose()?;
         Ok(Conv2d { weight, bias, padding, stride })
     }
 

@@ -261,7 +261,7 @@ impl Regularizer for GReg {
     /// the kept penalty (GReg-2) or 0 for kept ones, the uniform λ for all
     /// in GReg-2's first phase.
     fn adjust_grads(&mut self, params: &ParamStore, grads: &mut GradStore, _step: &StepInfo) -> Result<()> {
-        let st = self.lock().clone();
+        let st = self.lock();
         if st.phase == Phase::Done {
             return Ok(());
         }
@@ -297,7 +297,8 @@ impl Regularizer for GReg {
 
     fn on_step(&mut self, params: &ParamStore, step: &StepInfo) -> Result<()> {
         self.steps += 1;
-        let mut st = self.lock().clone();
+        let steps = self.steps;
+        let mut st = self.lock();
         match st.phase {
             Phase::Done => return Ok(()),
             Phase::Stabilize => {
@@ -307,7 +308,7 @@ impl Regularizer for GReg {
                     tracing::info!(step = step.global_step, "GReg: stabilised; the units can be removed");
                 }
             }
-            Phase::Uniform | Phase::Push if self.steps.is_multiple_of(self.cfg.interval as u64) => {
+            Phase::Uniform | Phase::Push if steps.is_multiple_of(self.cfg.interval as u64) => {
                 let mut just_chose = false;
                 if st.phase == Phase::Uniform {
                     st.lambda += self.cfg.uniform_delta;
@@ -325,7 +326,8 @@ impl Regularizer for GReg {
                     Some(k) if st.phase == Phase::Push => magnitude_ratio(params, &self.sets, k)?,
                     _ => 0.0,
                 };
-                st.trace.push(TracePoint { step: step.global_step, phase: st.phase, lambda: st.lambda, ratio });
+                let point = TracePoint { step: step.global_step, phase: st.phase, lambda: st.lambda, ratio };
+                st.trace.push(point);
                 let stop = st.lambda >= self.cfg.ceiling || ratio >= self.cfg.ratio_stop;
                 if st.phase == Phase::Push && !just_chose && stop {
                     st.phase = if self.cfg.stabilize_steps > 0 { Phase::Stabilize } else { Phase::Done };
@@ -341,7 +343,6 @@ impl Regularizer for GReg {
             }
             _ => {}
         }
-        *self.lock() = st;
         Ok(())
     }
 }

@@ -246,10 +246,9 @@ pub fn select(model: &dyn Model, cfg: &StructuredConfig, calib: &[Batch], seed: 
                 let h = h.as_ref().expect("probed");
                 top_k(&unit_sums(set, &abs_col_sums(h)?).iter().map(|s| s / h.dims()[0] as f64).collect::<Vec<_>>(), k)
             }
-            GroupCriterion::Taylor => top_k(&taylor_scores(model, set, taylor.as_ref().expect("computed"))?, k),
+            GroupCriterion::Taylor => top_k(&taylor_scores(set, taylor.as_ref().expect("computed"))?, k),
             GroupCriterion::Ispasp => {
-                let a = consumer(model, set)?;
-                ispasp(set, h.as_ref().expect("probed"), &a, k, cfg.iterations)?
+                ispasp(set, h.as_ref().expect("probed"), &consumer(model, set)?, k, cfg.iterations)?
             }
             GroupCriterion::Greg1 | GroupCriterion::Greg2 => unreachable!("rejected above"),
             GroupCriterion::Mi => {
@@ -348,11 +347,10 @@ fn taylor_products(model: &dyn Model, calib: &[Batch]) -> Result<BTreeMap<String
     Ok(sums)
 }
 
-fn taylor_scores(model: &dyn Model, set: &GroupSet, products: &BTreeMap<String, Tensor>) -> Result<Vec<f64>> {
+fn taylor_scores(set: &GroupSet, products: &BTreeMap<String, Tensor>) -> Result<Vec<f64>> {
     let mut acc = vec![0f64; set.size];
     for m in &set.members {
         let Some(wg) = products.get(&m.param) else { continue };
-        let _ = model.params().get(&m.param)?;
         let per = set.unit_rows(wg, m.axis)?.sum(1)?.to_vec1::<f32>()?;
         for (a, v) in acc.iter_mut().zip(per) {
             *a += v as f64;
@@ -362,17 +360,17 @@ fn taylor_scores(model: &dyn Model, set: &GroupSet, products: &BTreeMap<String, 
 }
 
 /// 0/1 column mask of the kept units.
-fn keep_mask(set: &GroupSet, keep: &[usize]) -> Result<Vec<f32>> {
+fn keep_mask(set: &GroupSet, keep: &[usize]) -> Vec<f32> {
     let mut m = vec![0f32; set.size * set.block];
     for i in set.expand(keep) {
         m[i as usize] = 1.0;
     }
-    Ok(m)
+    m
 }
 
 /// `V = (H ⊙ (1 − m_S)) Aᵀ`, the part of `Y = H Aᵀ` the support misses.
 fn residual(set: &GroupSet, h: &Tensor, a: &Tensor, keep: &[usize]) -> Result<Tensor> {
-    let off: Vec<f32> = keep_mask(set, keep)?.into_iter().map(|v| 1.0 - v).collect();
+    let off: Vec<f32> = keep_mask(set, keep).into_iter().map(|v| 1.0 - v).collect();
     let off = Tensor::from_vec(off, (1, set.size * set.block), h.device())?;
     Ok(h.broadcast_mul(&off)?.matmul(&a.t()?)?)
 }

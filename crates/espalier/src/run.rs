@@ -21,6 +21,7 @@ use espalier_core::{Selector, SparsityReport};
 use espalier_data::{Batch, DataRoot};
 use espalier_models::{Bert, BertTask, Model, ModelConfig};
 use espalier_prune::{masks_for, Action, Plan, ScheduleConfig, StructuredConfig};
+use espalier_train::trainer::EpochStats;
 use espalier_train::trainer::PhasePos;
 use espalier_train::{evaluate, EvalStats, Trainer, TrainerOptions};
 use serde::{Deserialize, Serialize};
@@ -484,17 +485,7 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> anyhow::Result<Option<Summary
             eval.get(primary).unwrap_or(f64::NAN),
             stats.seconds
         );
-        state.history.push(Record::Epoch {
-            epoch,
-            round: phase.round,
-            sparsity: sp.sparsity(),
-            train_loss: stats.loss,
-            train_accuracy: stats.accuracy,
-            lr: stats.lr,
-            test_loss: eval.loss,
-            metrics: metrics_map(&eval),
-            seconds: stats.seconds,
-        });
+        state.history.push(epoch_record(epoch, phase.round, sp.sparsity(), &stats, &eval));
         let primary_name = primary.name();
         if exp.train.keep_best {
             let before = best_in_round(&state.history[..state.history.len() - 1], phase.round, primary_name);
@@ -605,17 +596,7 @@ fn greg_phase(
             data.metrics[0].name(),
             eval.get(data.metrics[0]).unwrap_or(f64::NAN)
         );
-        state.history.push(Record::Epoch {
-            epoch,
-            round: 1,
-            sparsity: 0.0,
-            train_loss: stats.loss,
-            train_accuracy: stats.accuracy,
-            lr: stats.lr,
-            test_loss: eval.loss,
-            metrics: metrics_map(&eval),
-            seconds: stats.seconds,
-        });
+        state.history.push(epoch_record(epoch, 1, 0.0, &stats, &eval));
         write_metrics(&opts.out, &state.history)?;
         if st.phase == Phase::Done {
             break;
@@ -679,17 +660,7 @@ fn structured_step(
             let stats = trainer.train_epoch(small.as_ref(), data.train.as_ref(), epoch, pos, device, None)?;
             eval = evaluate(small.as_ref(), data.test.as_ref(), exp.train.eval_batch_size, device, &data.metrics)?;
             tracing::info!(epoch, "fine-tune: {} {:.2}", primary.name(), eval.get(primary).unwrap_or(f64::NAN));
-            state.history.push(Record::Epoch {
-                epoch,
-                round: 1,
-                sparsity,
-                train_loss: stats.loss,
-                train_accuracy: stats.accuracy,
-                lr: stats.lr,
-                test_loss: eval.loss,
-                metrics: metrics_map(&eval),
-                seconds: stats.seconds,
-            });
+            state.history.push(epoch_record(epoch, 1, sparsity, &stats, &eval));
             write_metrics(&opts.out, &state.history)?;
         }
     }
@@ -716,6 +687,20 @@ fn structured_step(
         greg_trace,
     };
     Ok((small, report))
+}
+
+fn epoch_record(epoch: usize, round: usize, sparsity: f64, stats: &EpochStats, eval: &EvalStats) -> Record {
+    Record::Epoch {
+        epoch,
+        round,
+        sparsity,
+        train_loss: stats.loss,
+        train_accuracy: stats.accuracy,
+        lr: stats.lr,
+        test_loss: eval.loss,
+        metrics: metrics_map(eval),
+        seconds: stats.seconds,
+    }
 }
 
 fn round_record(round: usize, sp: &SparsityReport, eval: &EvalStats) -> Record {
