@@ -118,7 +118,9 @@ fn same_seed_gives_identical_metrics_and_weights() {
     }
     let csv = std::fs::read_to_string(a.join("results.csv")).unwrap();
     assert!(csv.starts_with("model,data,method,sparsity,metric,value,seed\n"));
-    assert_eq!(csv.lines().count(), 1 + 3);
+    // per round: the accuracy and the empty rows/columns/removable weights
+    assert_eq!(csv.lines().count(), 1 + 3 * 4);
+    assert!(csv.contains(",empty_rows,") && csv.contains(",removable,"), "{csv}");
     // A different seed gives different numbers.
     let c = run_dir(tmp.path(), "c");
     ok(&espalier(&["run", cfg.to_str().unwrap(), "--out", c.to_str().unwrap(), "--set", "seed=4"]));
@@ -223,6 +225,14 @@ fn config_errors_name_the_key_exit_2_and_create_nothing() {
         (SMALL.replace("rewind = \"epoch:1\"", "rewind = \"epoch:9\""), "prune.schedule.rewind"),
         (SMALL.replace("lr = 1e-3", "lr = 0"), "train.optimizer.lr"),
         (SMALL.replace("kind = \"adamw\"", "kind = \"adam\""), "adamw"),
+        (pattern_config("").replace("n = 2", "n = 4"), "prune.granularity: n_of_m needs 0 < n < m"),
+        (pattern_config("").replace("sparsity = 0.5", "sparsity = 0.6"), "the n_of_m granularity implies 0.5"),
+        (
+            SMALL.replace("[prune.schedule]", "[prune]\nadmm = { rho = 1e-3 }\n[prune.schedule]"),
+            "prune.admm needs a one_shot",
+        ),
+        (pattern_config("admm = { rho = -1 }"), "prune.admm.rho"),
+        (pattern_config("sr_ste = { decay = 1e-4, every = 3 }"), "every"),
     ];
     for (i, (text, needle)) in cases.iter().enumerate() {
         let cfg = write_config(tmp.path(), &format!("bad{i}.toml"), text);
@@ -377,6 +387,112 @@ fn gradual_and_one_shot_schedules_reach_their_targets() {
         assert!((last["sparsity"].as_f64().unwrap() - target).abs() < 1e-3, "{name}: {last}");
         assert!(last["metrics"]["accuracy"].as_f64().unwrap() > 50.0, "{name}: {last}");
     }
+}
+
+/// A one-hidden-layer MLP on 1,000 images with a one-shot 2:4 schedule: the
+/// base of the pattern-pruning tests.
+fn pattern_config(prune_extra: &str) -> String {
+    SMALL
+        .replace("limit_train = 2000", "limit_train = 1000")
+        .replace("limit_test = 500", "limit_test = 300")
+        .replace("hidden = [300, 100]", "hidden = [64]")
+        .replace(
+            "[prune.schedule]\nkind = \"imp\"\nrounds = 2\nepochs_per_round = 1\nrewind = \"epoch:1\"",
+            &format!(
+                "[prune]\ngranularity = {{ kind = \"n_of_m\", n = 2, m = 4 }}\n{prune_extra}\n\
+                 [prune.schedule]\nkind = \"one_shot\"\nsparsity = 0.5\nfinetune_epochs = 2"
+            ),
+        )
+}
+
+/// The masks of a saved model, by parameter name.
+fn saved_masks(model: &Path) -> Vec<(String, Vec<f32>, Vec<f32>)> {
+    let t = candle_core::safetensors::load(model, &candle_core::Device::Cpu).unwrap();
+    let mut out = Vec::new();
+    for (k, m) in &t {
+        if let Some(name) = k.strip_prefix("__mask__.") {
+            let w = t[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            out.push((name.to_string(), m.flatten_all().unwrap().to_vec1::<f32>().unwrap(), w));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// ADMM towards a 2:4 pattern, hard projection, SR-STE retraining: the
+/// saved model obeys the pattern exactly (2 of every 4 inputs, pruned
+/// weights zero), the ADMM trace is reported, and a run interrupted in the
+/// ADMM phase and in the SR-STE phase resumes to the same bytes (ADMM's
+/// Z/U/ρ and the straight-through masks live in the checkpoint).
+#[test]
+fn admm_pattern_pruning_with_sr_ste_obeys_the_pattern_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = pattern_config("admm = { rho = 1.0, rho_growth = 1.3, every_steps = 4 }\nsr_ste = { decay = 2e-4 }")
+        .replace("lr = 1e-3", "lr = 1e-2");
+    let cfg = write_config(tmp.path(), "admm.toml", &text);
+    let full = run_dir(tmp.path(), "full");
+    ok(&espalier(&["run", cfg.to_str().unwrap(), "--out", full.to_str().unwrap()]));
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(full.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["method"], "admm-magnitude-2:4-sr-ste");
+    let trace = summary["admm_trace"].as_array().unwrap();
+    assert!(trace.len() >= 4, "{trace:?}");
+    let gaps: Vec<f64> = trace.iter().map(|t| t["primal_gap"].as_f64().unwrap()).collect();
+    assert!(gaps[1..].iter().all(|g| *g < gaps[0]), "ADMM brings W towards the pattern: {gaps:?}");
+    let last = metrics(&full).pop().unwrap();
+    assert!((last["sparsity"].as_f64().unwrap() - 0.5).abs() < 1e-9, "{last}");
+    assert!(last["metrics"]["accuracy"].as_f64().unwrap() > 50.0, "{last}");
+    let masks = saved_masks(&full.join("model.safetensors"));
+    assert_eq!(masks.iter().map(|m| m.0.as_str()).collect::<Vec<_>>(), ["fc1.weight"]);
+    for (name, m, w) in &masks {
+        for (b, block) in m.chunks(4).enumerate() {
+            assert_eq!(block.iter().filter(|&&x| x == 1.0).count(), 2, "{name} block {b}");
+        }
+        assert!(m.iter().zip(w).all(|(m, w)| *m == 1.0 || *w == 0.0), "{name}: pruned weights are zero");
+    }
+
+    let parts = run_dir(tmp.path(), "parts");
+    let p = parts.to_str().unwrap();
+    ok(&espalier(&["run", cfg.to_str().unwrap(), "--out", p, "--max-epochs", "1"]));
+    ok(&espalier(&["run", cfg.to_str().unwrap(), "--out", p, "--max-epochs", "2"]));
+    ok(&espalier(&["run", cfg.to_str().unwrap(), "--out", p]));
+    assert_eq!(metrics(&parts), metrics(&full));
+    assert_eq!(
+        std::fs::read(parts.join("model.safetensors")).unwrap(),
+        std::fs::read(full.join("model.safetensors")).unwrap()
+    );
+}
+
+/// SPUR (IMP + row/column group lasso) and movement pruning (cubic
+/// schedule) run from configs alone, and report what they should.
+#[test]
+fn spur_and_movement_run_from_configs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = SMALL.replace("limit_train = 2000", "limit_train = 1000");
+    let spur = base.replace(
+        "lr_schedule = { kind = \"cosine\" }",
+        "lr_schedule = { kind = \"cosine\" }\n[[train.regularizers]]\nkind = \"group_lasso\"\nlambda = 1e-3\nstart_epoch = 2",
+    );
+    let cfg = write_config(tmp.path(), "spur.toml", &spur);
+    let d = run_dir(tmp.path(), "spur");
+    ok(&espalier(&["run", cfg.to_str().unwrap(), "--out", d.to_str().unwrap()]));
+    let csv = std::fs::read_to_string(d.join("results.csv")).unwrap();
+    assert!(csv.lines().nth(1).unwrap().contains(",spur-magnitude-global-rewind-epoch1,"), "{csv}");
+    let report = std::fs::read_to_string(d.join("report.md")).unwrap();
+    assert!(report.contains("Empty rows and columns"), "{report}");
+
+    let movement = base.replace(
+        "[prune.schedule]\nkind = \"imp\"\nrounds = 2\nepochs_per_round = 1\nrewind = \"epoch:1\"",
+        "[prune]\nimportance = \"movement\"\n[prune.schedule]\nkind = \"gradual\"\nfinal_sparsity = 0.7\nend_epoch = 2\nevery_steps = 4",
+    );
+    let cfg = write_config(tmp.path(), "movement.toml", &movement);
+    let d = run_dir(tmp.path(), "movement");
+    ok(&espalier(&["run", cfg.to_str().unwrap(), "--out", d.to_str().unwrap()]));
+    let last = metrics(&d).pop().unwrap();
+    assert!((last["sparsity"].as_f64().unwrap() - 0.7).abs() < 1e-3, "{last}");
+    assert!(last["metrics"]["accuracy"].as_f64().unwrap() > 50.0, "{last}");
+    let summary = std::fs::read_to_string(d.join("summary.json")).unwrap();
+    assert!(summary.contains("\"gradual-movement-global\""), "{summary}");
 }
 
 /// Dense MLP, then a structured step from it (`init_from`): the saved model

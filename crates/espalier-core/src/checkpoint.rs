@@ -24,6 +24,8 @@ pub const MASK_PREFIX: &str = "__mask__.";
 pub const OPTIM_PREFIX: &str = "__optim__.";
 /// Key prefix of the rewind snapshot inside a checkpoint.
 pub const REWIND_PREFIX: &str = "__rewind__.";
+/// Key prefix of regularizer state (ADMM's Z/U/ρ, movement scores).
+pub const REGULARIZER_PREFIX: &str = "__reg__.";
 const HEADER_KEY: &str = "espalier";
 
 /// Writes `bytes` to `path` atomically (temporary file, fsync, rename).

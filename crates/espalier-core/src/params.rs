@@ -7,12 +7,19 @@
 //! zero, and [`ParamStore::enforce_masks`] keeps them exactly zero after every
 //! optimizer step (AdamW's moments would otherwise move them).
 //!
+//! A parameter can instead hold its mask in *straight-through* mode (SR-STE,
+//! Zhou et al. 2021; PAPERS.md §6): the forward pass still sees w ⊙ m, but
+//! the gradient reaches every weight as if there were no mask, and the pruned
+//! weights keep their values, so a mask recomputed from the dense weights can
+//! change from step to step.
+//!
 //! Models are built through a [`ParamBuilder`], which either draws initial
 //! values from a seeded [`Rng`] stream derived from the parameter's name (so
 //! initial weights do not depend on construction order) or takes them from
 //! loaded tensors, checking every shape.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -45,6 +52,7 @@ struct ParamInner {
     head: bool,
     var: Var,
     mask: RwLock<Option<Tensor>>,
+    straight_through: AtomicBool,
 }
 
 /// A named, optionally masked parameter. Cloning shares the storage.
@@ -105,15 +113,32 @@ impl Param {
     pub fn has_mask(&self) -> bool {
         self.0.mask.read().expect("mask lock").is_some()
     }
-    /// The values used in the forward pass: w ⊙ m when masked, else w.
+    /// The values used in the forward pass: w ⊙ m when masked, else w. In
+    /// straight-through mode the value is the same but the gradient is that
+    /// of w: w + stop_gradient(w ⊙ m − w).
     pub fn effective(&self) -> Result<Tensor> {
         let w = self.0.var.as_tensor();
         Ok(match &*self.0.mask.read().expect("mask lock") {
+            Some(m) if self.straight_through() => (w + (w.mul(m)? - w)?.detach())?,
             Some(m) => w.mul(m)?,
             None => w.clone(),
         })
     }
-    /// Sets (or clears) the mask, and zeroes the masked weights at once.
+    /// Whether the mask is applied straight-through (see the module docs).
+    pub fn straight_through(&self) -> bool {
+        self.0.straight_through.load(Ordering::Relaxed)
+    }
+    /// Switches straight-through mode on or off; switching it off zeroes
+    /// the masked weights (the mask becomes hard again).
+    pub fn set_straight_through(&self, on: bool) -> Result<()> {
+        self.0.straight_through.store(on, Ordering::Relaxed);
+        if !on {
+            self.enforce_mask()?;
+        }
+        Ok(())
+    }
+    /// Sets (or clears) the mask, and zeroes the masked weights at once
+    /// (not in straight-through mode, where the pruned weights live on).
     pub fn set_mask(&self, mask: Option<Tensor>) -> Result<()> {
         if let Some(m) = &mask {
             if m.dims() != self.0.var.dims() {
@@ -125,15 +150,21 @@ impl Param {
                 });
             }
             let m = m.to_dtype(self.0.var.dtype())?.to_device(self.0.var.device())?;
-            self.0.var.set(&self.0.var.as_tensor().mul(&m)?)?;
+            if !self.straight_through() {
+                self.0.var.set(&self.0.var.as_tensor().mul(&m)?)?;
+            }
             *self.0.mask.write().expect("mask lock") = Some(m);
         } else {
             *self.0.mask.write().expect("mask lock") = None;
         }
         Ok(())
     }
-    /// Re-applies the mask to the stored values (w ← w ⊙ m).
+    /// Re-applies the mask to the stored values (w ← w ⊙ m); nothing in
+    /// straight-through mode.
     pub fn enforce_mask(&self) -> Result<()> {
+        if self.straight_through() {
+            return Ok(());
+        }
         if let Some(m) = &*self.0.mask.read().expect("mask lock") {
             self.0.var.set(&self.0.var.as_tensor().mul(m)?)?;
         }
@@ -374,6 +405,7 @@ impl ParamBuilder {
             head: self.head,
             var: Var::from_tensor(&tensor)?,
             mask: RwLock::new(None),
+            straight_through: AtomicBool::new(false),
         }));
         st.store.push(p.clone())?;
         st.used.push(full);
@@ -423,6 +455,28 @@ mod tests {
         assert_eq!(w.tensor().to_vec1::<f32>()?, [3., 0., 3., 0.]);
         let bad = w.set_mask(Some(Tensor::ones(3, DType::F32, &dev)?));
         assert!(matches!(bad, Err(Error::Shape { .. })));
+        Ok(())
+    }
+
+    #[test]
+    fn straight_through_masks_forward_but_not_gradient_or_storage() -> Result<()> {
+        let dev = Device::Cpu;
+        let pb = ParamBuilder::from_seed(0, DType::F32, &dev);
+        let w = pb.param("w", &[4], ParamKind::Weight, Init::Const(2.0))?;
+        w.set_straight_through(true)?;
+        w.set_mask(Some(Tensor::new(&[1f32, 0., 1., 0.], &dev)?))?;
+        // the pruned weights keep their values, the forward pass does not see them
+        assert_eq!(w.tensor().to_vec1::<f32>()?, [2.; 4]);
+        let eff = w.effective()?;
+        assert_eq!(eff.to_vec1::<f32>()?, [2., 0., 2., 0.]);
+        w.enforce_mask()?;
+        assert_eq!(w.tensor().to_vec1::<f32>()?, [2.; 4]);
+        // d/dw sum(3 * w_eff) = 3 everywhere (straight through), not 3 ⊙ m
+        let g = (eff * 3.0)?.sum_all()?.backward()?;
+        assert_eq!(g.get(w.tensor()).unwrap().to_vec1::<f32>()?, [3.; 4]);
+        // back to a hard mask: the pruned weights are zeroed
+        w.set_straight_through(false)?;
+        assert_eq!(w.tensor().to_vec1::<f32>()?, [2., 0., 2., 0.]);
         Ok(())
     }
 

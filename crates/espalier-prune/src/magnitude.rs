@@ -1,4 +1,5 @@
-//! Unstructured pruning by magnitude (Han et al. 2015) or at random.
+//! Pruning by magnitude (Han et al. 2015), movement (Sanh et al. 2020) or at
+//! random, at any [`Granularity`] (single weights, N:M patterns, blocks).
 //!
 //! Already-pruned weights stay pruned: a new mask only removes further
 //! weights. With `Scope::Global` the threshold is shared by all selected
@@ -11,6 +12,8 @@ use candle_core::{DType, Tensor};
 use espalier_core::{Param, ParamStore, Result, Rng, Selector};
 use serde::{Deserialize, Serialize};
 
+use crate::pattern::{keep_masks, Granularity, Scored};
+
 /// How a weight's importance is scored.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
@@ -20,6 +23,9 @@ pub enum Importance {
     Magnitude,
     /// Uniform random scores (the floor every criterion must clear).
     Random,
+    /// Movement (Sanh et al. 2020): S = −Σ_t W ⊙ ∂L/∂W accumulated over the
+    /// training steps; weights moving away from zero score high.
+    Movement,
 }
 
 /// Over which set of weights the target sparsity holds.
@@ -33,8 +39,35 @@ pub enum Scope {
     Layer,
 }
 
-fn scores(p: &Param, importance: Importance, rng: &mut Rng) -> Result<Vec<f32>> {
-    let w = p.tensor().flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+/// How, at what granularity and over which scope weights are pruned.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MaskRule {
+    /// Scores.
+    pub importance: Importance,
+    /// One threshold or one per matrix.
+    pub scope: Scope,
+    /// Single weights, N:M patterns or blocks.
+    pub granularity: Granularity,
+    /// Seeds random scores.
+    pub seed: u64,
+}
+
+/// Accumulated movement scores by parameter name (see [`crate::movement`]).
+pub type MovementScores = BTreeMap<String, Tensor>;
+
+fn scores(p: &Param, importance: Importance, rng: &mut Rng, movement: Option<&MovementScores>) -> Result<Vec<f32>> {
+    let w = match importance {
+        Importance::Movement => match movement.and_then(|m| m.get(p.name())) {
+            Some(s) => s.clone(),
+            None => espalier_core::bail!(
+                "movement importance has no accumulated scores for {} (no training step has run since \
+                 the run started or resumed)",
+                p.name()
+            ),
+        },
+        _ => p.tensor().clone(),
+    };
+    let w = w.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
     let mask = match p.mask() {
         Some(m) => Some(m.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?),
         None => None,
@@ -47,6 +80,7 @@ fn scores(p: &Param, importance: Importance, rng: &mut Rng) -> Result<Vec<f32>> 
             } else {
                 match importance {
                     Importance::Magnitude => x.abs(),
+                    Importance::Movement => x,
                     Importance::Random => rng.uniform() as f32,
                 }
             }
@@ -54,60 +88,28 @@ fn scores(p: &Param, importance: Importance, rng: &mut Rng) -> Result<Vec<f32>> 
         .collect())
 }
 
-/// Indices of the `k` lowest scores (ties: lower index first).
-fn lowest_k(s: &[(f32, usize)], k: usize) -> Vec<usize> {
-    let mut v: Vec<(f32, usize)> = s.to_vec();
-    if k == 0 {
-        return Vec::new();
-    }
-    let k = k.min(v.len());
-    v.select_nth_unstable_by(k - 1, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-    v[..k].iter().map(|x| x.1).collect()
-}
-
-/// Masks that prune the selected parameters of `store` to `sparsity`.
+/// Masks that prune the selected parameters of `store` to `sparsity` by
+/// `rule` (`movement` holds the scores of [`Importance::Movement`]).
 /// Unselected parameters keep their current masks (if any).
 pub fn masks_for(
     store: &ParamStore,
     selector: &Selector,
-    importance: Importance,
-    scope: Scope,
+    rule: &MaskRule,
     sparsity: f64,
-    seed: u64,
+    movement: Option<&MovementScores>,
 ) -> Result<BTreeMap<String, Tensor>> {
     let selected: Vec<&Param> = store.iter().filter(|p| selector.matches(p)).collect();
     if selected.is_empty() {
         espalier_core::bail!("no parameter is selected for pruning (check prune.params include/exclude)");
     }
-    let mut rng = Rng::derive(seed, "prune", &[(sparsity * 1e6) as u64]);
-    let all: Vec<Vec<f32>> = selected.iter().map(|p| scores(p, importance, &mut rng)).collect::<Result<_>>()?;
-    let mut keep: Vec<Vec<f32>> = all.iter().map(|s| vec![1f32; s.len()]).collect();
-    match scope {
-        Scope::Global => {
-            let mut flat = Vec::with_capacity(all.iter().map(Vec::len).sum());
-            let mut offsets = Vec::new();
-            for s in &all {
-                offsets.push(flat.len());
-                for &x in s {
-                    flat.push((x, flat.len()));
-                }
-            }
-            let k = (sparsity * flat.len() as f64).round() as usize;
-            for gi in lowest_k(&flat, k) {
-                let li = offsets.partition_point(|&o| o <= gi) - 1;
-                keep[li][gi - offsets[li]] = 0.0;
-            }
-        }
-        Scope::Layer => {
-            for (li, s) in all.iter().enumerate() {
-                let pairs: Vec<(f32, usize)> = s.iter().copied().zip(0..).collect();
-                let k = (sparsity * s.len() as f64).round() as usize;
-                for i in lowest_k(&pairs, k) {
-                    keep[li][i] = 0.0;
-                }
-            }
-        }
-    }
+    let mut rng = Rng::derive(rule.seed, "prune", &[(sparsity * 1e6) as u64]);
+    let dims: Vec<Vec<usize>> = selected.iter().map(|p| p.dims()).collect();
+    let scored: Vec<Scored> = selected
+        .iter()
+        .zip(&dims)
+        .map(|(p, d)| Ok(Scored { name: p.name(), dims: d, scores: scores(p, rule.importance, &mut rng, movement)? }))
+        .collect::<Result<_>>()?;
+    let keep = keep_masks(&scored, rule.granularity, rule.scope, sparsity)?;
     let mut masks = store.masks();
     for (p, k) in selected.iter().zip(keep) {
         let m = Tensor::from_vec(k, p.dims(), p.tensor().device())?.to_dtype(p.tensor().dtype())?;
@@ -123,6 +125,10 @@ mod tests {
     use espalier_core::init::Init;
     use espalier_core::{ParamBuilder, ParamKind, SparsityReport};
 
+    fn rule(importance: Importance, scope: Scope, seed: u64) -> MaskRule {
+        MaskRule { importance, scope, granularity: Granularity::Unstructured, seed }
+    }
+
     fn store() -> Result<ParamStore> {
         let pb = ParamBuilder::from_seed(3, DType::F32, &Device::Cpu);
         pb.pp("a").param("weight", &[10, 10], ParamKind::Weight, Init::Normal { std: 1.0 })?;
@@ -136,14 +142,14 @@ mod tests {
         let s = store()?;
         let orig = s.get("a.weight")?.tensor().flatten_all()?.to_vec1::<f32>()?;
         let sel = Selector::default();
-        let m = masks_for(&s, &sel, Importance::Magnitude, Scope::Global, 0.5, 0)?;
+        let m = masks_for(&s, &sel, &rule(Importance::Magnitude, Scope::Global, 0), 0.5, None)?;
         s.set_masks(&m)?;
         let r = SparsityReport::of(&s, &sel)?;
         assert_eq!(r.kept(), 60);
         // the small-std layer b is pruned much harder under a global threshold
         assert!(r.layers[1].sparsity() > 0.9, "{}", r.table());
         let before = s.masks()["a.weight"].flatten_all()?.to_vec1::<f32>()?;
-        let m = masks_for(&s, &sel, Importance::Magnitude, Scope::Layer, 0.75, 0)?;
+        let m = masks_for(&s, &sel, &rule(Importance::Magnitude, Scope::Layer, 0), 0.75, None)?;
         s.set_masks(&m)?;
         let after = m["a.weight"].flatten_all()?.to_vec1::<f32>()?;
         assert_eq!(after.iter().filter(|&&x| x == 1.0).count(), 25);
@@ -162,8 +168,8 @@ mod tests {
     fn random_importance_hits_the_target_and_is_seeded() -> Result<()> {
         let s = store()?;
         let sel = Selector::default();
-        let m1 = masks_for(&s, &sel, Importance::Random, Scope::Layer, 0.3, 7)?;
-        let m2 = masks_for(&s, &sel, Importance::Random, Scope::Layer, 0.3, 7)?;
+        let m1 = masks_for(&s, &sel, &rule(Importance::Random, Scope::Layer, 7), 0.3, None)?;
+        let m2 = masks_for(&s, &sel, &rule(Importance::Random, Scope::Layer, 7), 0.3, None)?;
         let a1 = m1["a.weight"].flatten_all()?.to_vec1::<f32>()?;
         assert_eq!(a1, m2["a.weight"].flatten_all()?.to_vec1::<f32>()?);
         assert_eq!(a1.iter().filter(|&&x| x == 0.0).count(), 30);

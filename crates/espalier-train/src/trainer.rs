@@ -1,5 +1,6 @@
 //! The training loop and evaluation.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, D};
@@ -105,6 +106,27 @@ fn predictions(logits: &Tensor) -> Result<Vec<f64>> {
 }
 
 impl Trainer {
+    /// The regularizers' checkpoint state, keyed `<name>.<key>`.
+    pub fn regularizer_state(&self) -> Result<BTreeMap<String, Tensor>> {
+        let mut all = BTreeMap::new();
+        for r in &self.regularizers {
+            for (k, v) in r.state()? {
+                all.insert(format!("{}.{k}", r.name()), v);
+            }
+        }
+        Ok(all)
+    }
+
+    /// Restores [`Trainer::regularizer_state`] into the same regularizers.
+    pub fn load_regularizer_state(&mut self, all: &BTreeMap<String, Tensor>) -> Result<()> {
+        for r in &mut self.regularizers {
+            let prefix = format!("{}.", r.name());
+            let mine = all.iter().filter_map(|(k, v)| k.strip_prefix(&prefix).map(|k| (k.to_string(), v.clone())));
+            r.load_state(&mine.collect())?;
+        }
+        Ok(())
+    }
+
     /// Trains `model` for one epoch over `data`. `epoch` is the run-wide
     /// epoch index (it seeds the shuffle, the augmentation and the dropout streams).
     pub fn train_epoch(

@@ -35,14 +35,13 @@ fn optimizers() -> Vec<OptimizerConfig> {
 
 /// Half of every prunable weight masked, at random positions.
 fn random_masks(model: &dyn Model) -> Result<BTreeMap<String, Tensor>> {
-    espalier_prune::masks_for(
-        model.params(),
-        &Selector::default(),
-        espalier_prune::Importance::Random,
-        espalier_prune::Scope::Layer,
-        0.5,
-        11,
-    )
+    let rule = espalier_prune::MaskRule {
+        importance: espalier_prune::Importance::Random,
+        scope: espalier_prune::Scope::Layer,
+        granularity: espalier_prune::Granularity::Unstructured,
+        seed: 11,
+    };
+    espalier_prune::masks_for(model.params(), &Selector::default(), &rule, 0.5, None)
 }
 
 #[test]

@@ -13,7 +13,7 @@ use espalier_core::Selector;
 use espalier_data::cifar::{self, Labels};
 use espalier_data::glue::{GlueTask, Split};
 use espalier_models::ModelConfig;
-use espalier_prune::{Importance, ScheduleConfig, Scope, StructuredConfig};
+use espalier_prune::{AdmmConfig, Granularity, Importance, ScheduleConfig, Scope, SrSteConfig, StructuredConfig};
 use espalier_train::{LrSchedule, OptimizerConfig, RegularizerConfig};
 use serde::{Deserialize, Serialize};
 
@@ -231,6 +231,60 @@ pub struct PruneConfig {
     pub params: SelectorSpec,
     /// When to prune.
     pub schedule: ScheduleConfig,
+    /// What is pruned together: single weights (default), `n_of_m`
+    /// patterns or blocks.
+    #[serde(default)]
+    pub granularity: Granularity,
+    /// ADMM during the dense phase, towards the pruning step's constraint
+    /// (one-shot schedules).
+    #[serde(default)]
+    pub admm: Option<AdmmConfig>,
+    /// SR-STE retraining after the pruning step (one-shot schedules).
+    #[serde(default)]
+    pub sr_ste: Option<SrSteConfig>,
+}
+
+impl PruneConfig {
+    /// The mask rule of this section (random scores seeded by `seed`).
+    pub fn rule(&self, seed: u64) -> espalier_prune::MaskRule {
+        espalier_prune::MaskRule { importance: self.importance, scope: self.scope, granularity: self.granularity, seed }
+    }
+
+    /// Checks the combination of granularity, ADMM, SR-STE and schedule.
+    fn validate(&self) -> Result<(), String> {
+        self.granularity.validate("prune.granularity")?;
+        let one_shot = matches!(self.schedule, ScheduleConfig::OneShot { .. });
+        if let Some(implied) = self.granularity.implied_sparsity() {
+            match self.schedule {
+                ScheduleConfig::OneShot { sparsity, .. } if (sparsity - implied).abs() > 1e-9 => {
+                    return Err(format!(
+                        "prune.schedule.sparsity is {sparsity}, but the n_of_m granularity implies {implied}"
+                    ))
+                }
+                ScheduleConfig::OneShot { .. } => {}
+                _ => return Err("an n_of_m granularity needs a one_shot schedule (its sparsity is fixed)".into()),
+            }
+        }
+        if let Some(a) = &self.admm {
+            a.validate("prune.admm")?;
+            if !one_shot {
+                return Err("prune.admm needs a one_shot schedule (ADMM runs during the dense phase)".into());
+            }
+        }
+        if let Some(s) = &self.sr_ste {
+            s.validate("prune.sr_ste")?;
+            if !one_shot {
+                return Err("prune.sr_ste needs a one_shot schedule (SR-STE is the retraining phase)".into());
+            }
+            if self.importance != Importance::Magnitude {
+                return Err("prune.sr_ste recomputes masks by magnitude: use importance = \"magnitude\"".into());
+            }
+        }
+        if self.admm.is_some() && self.importance != Importance::Magnitude {
+            return Err("prune.admm projects by magnitude: use importance = \"magnitude\"".into());
+        }
+        Ok(())
+    }
 }
 
 /// Reads `path`, applies `--set` overrides, and validates.
@@ -349,6 +403,7 @@ impl Experiment {
         if let Some(p) = &self.prune {
             Selector::new(&p.params).map_err(|e| format!("key `prune.params`: {e}"))?;
             p.schedule.validate("prune.schedule", t.epochs)?;
+            p.validate()?;
         }
         if let Some(s) = &self.structured {
             if self.prune.is_some() {

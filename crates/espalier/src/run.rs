@@ -12,21 +12,26 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
 use candle_core::{Device, Tensor};
-use espalier_core::checkpoint::{self, MASK_PREFIX, OPTIM_PREFIX, REWIND_PREFIX};
+use espalier_core::checkpoint::{self, MASK_PREFIX, OPTIM_PREFIX, REGULARIZER_PREFIX, REWIND_PREFIX};
 use espalier_core::{Selector, SparsityReport};
 use espalier_data::{Batch, DataRoot};
 use espalier_models::{Bert, BertTask, Model, ModelConfig};
-use espalier_prune::{masks_for, Action, Plan, ScheduleConfig, StructuredConfig};
+use espalier_prune::admm::AdmmPoint;
+use espalier_prune::Granularity;
+use espalier_prune::{
+    masks_for, Action, Admm, MovementScores, MovementTracker, Plan, Projection, ScheduleConfig, SrSte, StructuredConfig,
+};
 use espalier_train::trainer::EpochStats;
 use espalier_train::trainer::PhasePos;
-use espalier_train::{evaluate, EvalStats, Trainer, TrainerOptions};
+use espalier_train::{evaluate, EvalStats, RegularizerConfig, Trainer, TrainerOptions};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{self, ConfigError, DataConfig, Experiment};
+use crate::config::{self, ConfigError, DataConfig, Experiment, PruneConfig};
 use crate::data::{self, Data};
 
 /// How to run (what is not part of the experiment itself).
@@ -86,6 +91,10 @@ pub enum Record {
         /// metric, and its metrics (weights in `best.safetensors`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         best: Option<BestEpoch>,
+        /// Unstructured pruning: the empty rows and columns of the pruned
+        /// matrices (SPUR's measure).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lines: Option<LineStats>,
     },
 }
 
@@ -96,6 +105,27 @@ pub struct BestEpoch {
     pub epoch: usize,
     /// Its evaluation metrics.
     pub metrics: BTreeMap<String, f64>,
+}
+
+/// Empty rows and columns over the pruned matrices, in percent.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+pub struct LineStats {
+    /// Rows (dim 0: output units, filters) with every weight pruned.
+    pub empty_rows: f64,
+    /// Columns (dim 1: inputs, input channels) with every weight pruned.
+    pub empty_cols: f64,
+    /// Weights a row/column shrink would remove.
+    pub removable: f64,
+}
+
+impl LineStats {
+    fn of(sp: &SparsityReport) -> Self {
+        LineStats {
+            empty_rows: 100.0 * sp.empty_rows_fraction(),
+            empty_cols: 100.0 * sp.empty_cols_fraction(),
+            removable: 100.0 * sp.removable_fraction(),
+        }
+    }
 }
 
 /// The best epoch of `round` so far by `metric`, from the history.
@@ -137,6 +167,9 @@ pub struct Summary {
     /// The structured pruning step, when the experiment has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub structured: Option<StructuredReport>,
+    /// ADMM: ρ and the primal gap at every Z/U update (since the last start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admm_trace: Option<Vec<AdmmPoint>>,
 }
 
 /// What a structured pruning step did (`summary.json`, `report.md`).
@@ -210,18 +243,32 @@ pub fn method_name(exp: &Experiment) -> String {
     }
     let Some(p) = &exp.prune else { return "dense".into() };
     let imp = serde_json::to_value(p.importance).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
-    let scope = serde_json::to_value(p.scope).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
-    match &p.schedule {
+    let scope = match p.granularity {
+        Granularity::Unstructured => {
+            serde_json::to_value(p.scope).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+        }
+        Granularity::NOfM { n, m } => format!("{n}:{m}"),
+        Granularity::Block { rows, cols } => format!("block{rows}x{cols}"),
+    };
+    let spur = exp.train.regularizers.iter().any(|r| matches!(r, RegularizerConfig::GroupLasso { .. }));
+    let name = match &p.schedule {
+        ScheduleConfig::OneShot { .. } if p.admm.is_some() => format!("admm-{imp}-{scope}"),
         ScheduleConfig::OneShot { .. } => format!("one-shot-{imp}-{scope}"),
         ScheduleConfig::Imp { rewind, .. } => {
+            let base = if spur { "spur" } else { "imp" };
             let rw = serde_json::to_value(rewind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
             if rw == "none" {
-                format!("imp-{imp}-{scope}")
+                format!("{base}-{imp}-{scope}")
             } else {
-                format!("imp-{imp}-{scope}-rewind-{}", rw.replace(':', ""))
+                format!("{base}-{imp}-{scope}-rewind-{}", rw.replace(':', ""))
             }
         }
         ScheduleConfig::Gradual { .. } => format!("gradual-{imp}-{scope}"),
+    };
+    if p.sr_ste.is_some() {
+        name + "-sr-ste"
+    } else {
+        name
     }
 }
 
@@ -319,8 +366,13 @@ fn save_checkpoint(path: &Path, model: &dyn Model, trainer: &Trainer, state: &St
             tensors.insert(format!("{REWIND_PREFIX}{k}"), v.clone());
         }
     }
+    for (k, v) in trainer.regularizer_state()? {
+        tensors.insert(format!("{REGULARIZER_PREFIX}{k}"), v);
+    }
+    let straight: Vec<&str> = model.params().iter().filter(|p| p.straight_through()).map(|p| p.name()).collect();
     let header = serde_json::json!({
         "model": model.config(),
+        "straight_through": straight,
         "next_epoch": state.next_epoch,
         "global_step": trainer.global_step,
         "history": state.history,
@@ -339,8 +391,16 @@ fn restore(path: &Path, model: &dyn Model, trainer: &mut Trainer, device: &Devic
     }
     let ctx = path.display().to_string();
     model.params().load(&ck.params(), &ctx)?;
+    // Straight-through masks (SR-STE) keep the pruned weights: set the mode
+    // before the masks so that restoring them does not zero anything.
+    if let Some(names) = ck.header.get("straight_through").and_then(|v| v.as_array()) {
+        for n in names.iter().filter_map(|n| n.as_str()) {
+            model.params().get(n)?.set_straight_through(true)?;
+        }
+    }
     model.params().set_masks(&ck.masks())?;
     trainer.optimizer.load_state(&ck.optim())?;
+    trainer.load_regularizer_state(&ck.with_prefix(REGULARIZER_PREFIX))?;
     let rewind = ck.rewind();
     let history: Vec<Record> = serde_json::from_value(ck.header["history"].clone())
         .with_context(|| format!("{}: invalid history in header", path.display()))?;
@@ -397,6 +457,10 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> anyhow::Result<Option<Summary
         Some(p) => p.schedule.plan(exp.train.epochs),
         None => Plan::dense(exp.train.epochs),
     };
+    let hooks = match &exp.prune {
+        Some(p) => add_prune_regularizers(p, &plan, &selector, &mut trainer),
+        None => PruneHooks::default(),
+    };
     let ck_path = opts.out.join("checkpoint.safetensors");
     let mut state = if ck_path.exists() {
         let st = restore(&ck_path, model.as_ref(), &mut trainer, &device)?;
@@ -431,7 +495,13 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> anyhow::Result<Option<Summary
                     Action::SaveRewindPoint => state.rewind = Some(model.params().snapshot()?),
                     Action::Prune { sparsity } => {
                         let p = prune.expect("prune actions come from a prune config");
-                        let masks = masks_for(model.params(), &selector, p.importance, p.scope, sparsity, exp.seed)?;
+                        let masks = hooks.masks(model.params(), &selector, p, exp.seed, sparsity)?;
+                        if p.sr_ste.is_some() {
+                            // SR-STE retrains dense weights through the mask.
+                            for q in model.params().iter().filter(|q| selector.matches(q)) {
+                                q.set_straight_through(true)?;
+                            }
+                        }
                         model.params().set_masks(&masks)?;
                         tracing::info!(sparsity, "pruned");
                     }
@@ -462,7 +532,7 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> anyhow::Result<Option<Summary
                 let p = prune.expect("gradual plans come from a prune config");
                 let mut hook = |m: &dyn Model, _: &espalier_train::StepInfo, step: usize, spe: usize| {
                     if let Some(s) = cubic.target(epoch, step, spe) {
-                        let masks = masks_for(m.params(), &selector, p.importance, p.scope, s, exp.seed)?;
+                        let masks = hooks.masks(m.params(), &selector, p, exp.seed, s)?;
                         m.params().set_masks(&masks)?;
                     }
                     Ok(())
@@ -499,7 +569,7 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> anyhow::Result<Option<Summary
             }
         }
         if e_in + 1 == phase.epochs {
-            let mut rec = round_record(phase.round, &sp, &eval);
+            let mut rec = round_record(phase.round, &sp, &eval, prune.is_some());
             if exp.train.keep_best {
                 if let Record::Round { best, .. } = &mut rec {
                     *best = best_in_round(&state.history, phase.round, primary_name);
@@ -512,6 +582,10 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> anyhow::Result<Option<Summary
         save_checkpoint(&ck_path, model.as_ref(), &trainer, &state)?;
         write_metrics(&opts.out, &state.history)?;
     }
+    // SR-STE ends with hard masks: the saved model's pruned weights are zero.
+    for p in model.params().iter().filter(|p| p.straight_through()) {
+        p.set_straight_through(false)?;
+    }
     // Phases without epochs at the end (one-shot pruning with no fine-tuning).
     let tail = plan.actions_before(total);
     let final_round = plan.phases.last().map(|p| p.round).unwrap_or(0);
@@ -521,7 +595,7 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> anyhow::Result<Option<Summary
         act(tail, model.as_ref(), &mut trainer, &mut state)?;
         let eval = evaluate(model.as_ref(), data.test.as_ref(), exp.train.eval_batch_size, &device, &data.metrics)?;
         let sp = SparsityReport::of(model.params(), &selector)?;
-        state.history.push(round_record(final_round, &sp, &eval));
+        state.history.push(round_record(final_round, &sp, &eval, prune.is_some()));
         save_checkpoint(&ck_path, model.as_ref(), &trainer, &state)?;
         write_metrics(&opts.out, &state.history)?;
     }
@@ -532,9 +606,62 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> anyhow::Result<Option<Summary
         }
         None => (model, None),
     };
-    let summary = finish(exp, opts, model.as_ref(), &data, &selector, &state, structured)?;
+    let admm = hooks.admm_trace.map(|t| t.lock().expect("admm trace lock").clone());
+    let summary = finish(exp, opts, model.as_ref(), &data, &selector, &state, MethodReports { structured, admm })?;
     tracing::info!("finished in {:.1}s", started.elapsed().as_secs_f64());
     Ok(Some(summary))
+}
+
+/// What the `[prune]` section's own regularizers share with the run loop.
+#[derive(Default)]
+struct PruneHooks {
+    /// Movement scores, when the importance is movement.
+    movement: Option<Arc<Mutex<MovementScores>>>,
+    /// ADMM's Z/U updates.
+    admm_trace: Option<Arc<Mutex<Vec<AdmmPoint>>>>,
+}
+
+impl PruneHooks {
+    /// Masks at `sparsity` by the prune config's rule (with the movement
+    /// scores, when they are tracked).
+    fn masks(
+        &self,
+        params: &espalier_core::ParamStore,
+        selector: &Selector,
+        p: &PruneConfig,
+        seed: u64,
+        sparsity: f64,
+    ) -> espalier_core::Result<BTreeMap<String, Tensor>> {
+        let scores = self.movement.as_ref().map(|m| m.lock().expect("movement scores lock").clone());
+        masks_for(params, selector, &p.rule(seed), sparsity, scores.as_ref())
+    }
+}
+
+/// Adds the regularizers a `[prune]` section implies: the movement tracker
+/// (first, so that it sees the task gradient), ADMM during the dense phase,
+/// SR-STE during retraining.
+fn add_prune_regularizers(p: &PruneConfig, plan: &Plan, selector: &Selector, trainer: &mut Trainer) -> PruneHooks {
+    let mut hooks = PruneHooks::default();
+    if p.importance == espalier_prune::Importance::Movement {
+        let (tracker, scores) = MovementTracker::new(selector.clone());
+        trainer.regularizers.insert(0, Box::new(tracker));
+        hooks.movement = Some(scores);
+    }
+    let sparsity = match p.schedule {
+        ScheduleConfig::OneShot { sparsity, .. } => sparsity,
+        _ => 0.0,
+    };
+    let projection = Projection { granularity: p.granularity, scope: p.scope, sparsity };
+    if let Some(a) = &p.admm {
+        let dense_epochs = plan.phases.first().filter(|ph| ph.round == 0).map_or(0, |ph| ph.epochs);
+        let (admm, trace) = Admm::new(a.clone(), selector.clone(), projection, dense_epochs);
+        trainer.regularizers.push(Box::new(admm));
+        hooks.admm_trace = Some(trace);
+    }
+    if let Some(sr) = &p.sr_ste {
+        trainer.regularizers.push(Box::new(SrSte::new(sr, selector.clone(), projection)));
+    }
+    hooks
 }
 
 /// A seeded sample of `n` training examples in batches of `batch_size`.
@@ -672,6 +799,7 @@ fn structured_step(
         test_loss: eval.loss,
         metrics: metrics_map(&eval),
         best: None,
+        lines: None,
     });
     write_metrics(&opts.out, &state.history)?;
     let method = method_name(exp);
@@ -703,7 +831,7 @@ fn epoch_record(epoch: usize, round: usize, sparsity: f64, stats: &EpochStats, e
     }
 }
 
-fn round_record(round: usize, sp: &SparsityReport, eval: &EvalStats) -> Record {
+fn round_record(round: usize, sp: &SparsityReport, eval: &EvalStats, lines: bool) -> Record {
     Record::Round {
         round,
         sparsity: sp.sparsity(),
@@ -712,6 +840,7 @@ fn round_record(round: usize, sp: &SparsityReport, eval: &EvalStats) -> Record {
         test_loss: eval.loss,
         metrics: metrics_map(eval),
         best: None,
+        lines: lines.then(|| LineStats::of(sp)),
     }
 }
 
@@ -726,6 +855,12 @@ fn save_model(path: &Path, model: &dyn Model, extra: serde_json::Value) -> anyho
     Ok(())
 }
 
+/// What a method reports beyond the rounds.
+struct MethodReports {
+    structured: Option<StructuredReport>,
+    admm: Option<Vec<AdmmPoint>>,
+}
+
 fn finish(
     exp: &Experiment,
     opts: &RunOptions,
@@ -733,7 +868,7 @@ fn finish(
     data: &Data,
     selector: &Selector,
     state: &State,
-    structured: Option<StructuredReport>,
+    reports: MethodReports,
 ) -> anyhow::Result<Summary> {
     let name = opts.out.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let summary = Summary {
@@ -746,7 +881,8 @@ fn finish(
         rounds: state.history.iter().filter(|r| matches!(r, Record::Round { .. })).cloned().collect(),
         sparsity: SparsityReport::of(model.params(), selector)?,
         parameters: model.params().numel(),
-        structured,
+        structured: reports.structured,
+        admm_trace: reports.admm,
     };
     // The final model: weights and masks, rebuildable from the header alone.
     let mut extra = serde_json::json!({ "sparsity": summary.sparsity.sparsity() });
@@ -817,12 +953,48 @@ pub fn report_markdown(s: &Summary) -> String {
         }
         md.push('\n');
     }
+    md += &lines_markdown(s);
+    if let Some(t) = s.admm_trace.as_ref().filter(|t| !t.is_empty()) {
+        md += "\nADMM Z/U updates (relative primal gap ‖W − Z‖/‖W‖):\n\n| step | ρ | primal gap |\n|---:|---:|---:|\n";
+        for pt in t {
+            md += &format!("| {} | {:.3e} | {:.4} |\n", pt.step, pt.rho, pt.primal_gap);
+        }
+    }
     if let Some(st) = &s.structured {
         md += &structured_markdown(st, &s.metric);
     }
     md += "\nPer-layer sparsity at the end:\n\n```\n";
     md += &s.sparsity.table();
     md += "```\n";
+    md
+}
+
+/// Empty rows and columns per round (pruned runs).
+fn lines_markdown(s: &Summary) -> String {
+    let rows: Vec<_> = s
+        .rounds
+        .iter()
+        .filter_map(|r| match r {
+            Record::Round { round, sparsity, lines: Some(l), .. } => Some((round, sparsity, l)),
+            _ => None,
+        })
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from(
+        "\nEmpty rows and columns of the pruned matrices (what a row/column shrink would remove):\n\n\
+         | round | sparsity | empty rows | empty columns | removable weights |\n|---:|---:|---:|---:|---:|\n",
+    );
+    for (round, sparsity, l) in rows {
+        md += &format!(
+            "| {round} | {:.2}% | {:.2}% | {:.2}% | {:.2}% |\n",
+            100.0 * sparsity,
+            l.empty_rows,
+            l.empty_cols,
+            l.removable
+        );
+    }
     md
 }
 
@@ -846,11 +1018,12 @@ fn structured_markdown(st: &StructuredReport, metric: &str) -> String {
 
 /// One CSV row per round and metric: model, data, method, sparsity,
 /// metric, value, seed (the metric of the last epoch; with
-/// `train.keep_best` also `<metric>@best-epoch`).
+/// `train.keep_best` also `<metric>@best-epoch`; for pruned runs the
+/// percentages `empty_rows`, `empty_cols` and `removable`).
 pub fn results_csv(s: &Summary) -> String {
     let mut csv = String::from("model,data,method,sparsity,metric,value,seed\n");
     for r in &s.rounds {
-        if let Record::Round { sparsity, metrics, best, .. } = r {
+        if let Record::Round { sparsity, metrics, best, lines, .. } = r {
             let mut row = |m: &str, v: f64| {
                 csv += &format!("{},{},{},{:.6},{},{:.4},{}\n", s.model, s.data, s.method, sparsity, m, v, s.seed);
             };
@@ -861,6 +1034,11 @@ pub fn results_csv(s: &Summary) -> String {
                 for (m, v) in &b.metrics {
                     row(&format!("{m}@best-epoch"), *v);
                 }
+            }
+            if let Some(l) = lines {
+                row("empty_rows", l.empty_rows);
+                row("empty_cols", l.empty_cols);
+                row("removable", l.removable);
             }
         }
     }

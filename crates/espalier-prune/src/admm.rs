@@ -1,0 +1,432 @@
+//! ADMM pattern pruning and SR-STE retraining (PAPERS.md §6).
+//!
+//! **ADMM** (Zhang et al., "A Systematic DNN Weight Pruning Framework using
+//! ADMM", ECCV 2018; applied to N:M patterns of transformers in the 2024
+//! semi-structured paper) solves min f(W) s.t. W ∈ S, where S is the set of
+//! weights that obey the pattern, by splitting W = Z:
+//! - W-step: train on f(W) + ρ/2 Σ_l ‖W_l − Z_l + U_l‖², i.e. the gradient
+//!   gets ρ(W − Z + U) ([`Admm::adjust_grads`]);
+//! - Z-step, every E steps or epochs: Z = Π_S(W + U), the N largest |·| of
+//!   every block (or the largest to the target sparsity, unstructured);
+//! - U-step: U ← U + W − Z.
+//!
+//! ρ may grow by a factor per Z/U update (ρ ← 1.3ρ). The relative primal gap
+//! ‖W − Z‖/‖W‖ is logged at every update and kept in the trace. After the
+//! ADMM phase the schedule's pruning step projects W hard (W ← Π_S(W)) and
+//! masked retraining follows.
+//!
+//! **SR-STE** (Zhou et al., "Learning N:M Fine-grained Structured Sparse
+//! Neural Networks From Scratch", ICLR 2021): the retraining keeps dense
+//! weights; the forward pass uses W ⊙ M with M recomputed from |W| after
+//! every step, the gradient passes straight through the mask
+//! ([`espalier_core::Param::set_straight_through`]), and the pruned weights
+//! decay: W ← W − γ(∇_{W⊙M} L + λ_w (1 − M) ⊙ W). Masks can therefore change.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Tensor};
+use espalier_core::{ParamStore, Result, Selector};
+use espalier_train::regularize::{Regularizer, StepInfo};
+use serde::{Deserialize, Serialize};
+
+use crate::magnitude::Scope;
+use crate::pattern::{keep_masks, Granularity, Scored};
+
+/// ADMM settings (`[prune.admm]`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AdmmConfig {
+    /// Penalty ρ at the start.
+    #[serde(default = "default_rho")]
+    pub rho: f64,
+    /// ρ is multiplied by this at every Z/U update (1 = constant).
+    #[serde(default = "default_growth")]
+    pub rho_growth: f64,
+    /// Z/U update every this many optimizer steps ...
+    #[serde(default)]
+    pub every_steps: Option<usize>,
+    /// ... or every this many epochs (the default: 1 epoch).
+    #[serde(default)]
+    pub every_epochs: Option<usize>,
+}
+
+fn default_rho() -> f64 {
+    1e-3
+}
+fn default_growth() -> f64 {
+    1.0
+}
+
+impl AdmmConfig {
+    /// Checks the values; `path` prefixes key names.
+    pub fn validate(&self, path: &str) -> std::result::Result<(), String> {
+        if !(self.rho > 0.0 && self.rho.is_finite()) {
+            return Err(format!("{path}.rho must be a finite number > 0, found {}", self.rho));
+        }
+        if !(self.rho_growth >= 1.0 && self.rho_growth.is_finite()) {
+            return Err(format!("{path}.rho_growth must be >= 1, found {}", self.rho_growth));
+        }
+        match (self.every_steps, self.every_epochs) {
+            (Some(_), Some(_)) => Err(format!("{path}: give every_steps or every_epochs, not both")),
+            (Some(0), _) | (_, Some(0)) => Err(format!("{path}: the update interval must be >= 1")),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// What a projection keeps: the pattern, the scope and the sparsity.
+#[derive(Clone, Copy, Debug)]
+pub struct Projection {
+    /// Granularity of the constraint set.
+    pub granularity: Granularity,
+    /// Scope of an unstructured or block target.
+    pub scope: Scope,
+    /// Target sparsity (N:M implies its own).
+    pub sparsity: f64,
+}
+
+impl Projection {
+    /// Keep masks (same shapes as `values`) of the largest |·| under the
+    /// constraint.
+    pub fn masks(&self, names: &[String], values: &[Tensor]) -> Result<Vec<Tensor>> {
+        let dims: Vec<Vec<usize>> = values.iter().map(|v| v.dims().to_vec()).collect();
+        let scored: Vec<Scored> = names
+            .iter()
+            .zip(values)
+            .zip(&dims)
+            .map(|((n, v), d)| {
+                let s = v.abs()?.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+                Ok(Scored { name: n, dims: d, scores: s })
+            })
+            .collect::<Result<_>>()?;
+        let keep = keep_masks(&scored, self.granularity, self.scope, self.sparsity)?;
+        keep.into_iter()
+            .zip(values)
+            .map(|(k, v)| Ok(Tensor::from_vec(k, v.dims(), v.device())?.to_dtype(v.dtype())?))
+            .collect()
+    }
+}
+
+/// One Z/U update in the ADMM trace.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AdmmPoint {
+    /// Optimizer steps so far.
+    pub step: u64,
+    /// ρ used up to this update.
+    pub rho: f64,
+    /// ‖W − Z‖ / ‖W‖ after the update.
+    pub primal_gap: f64,
+}
+
+/// The ADMM W-step penalty and its Z/U updates, active while the epoch is
+/// below `until_epoch` (the dense phase of the schedule).
+pub struct Admm {
+    cfg: AdmmConfig,
+    selector: Selector,
+    projection: Projection,
+    until_epoch: usize,
+    rho: f64,
+    z: BTreeMap<String, Tensor>,
+    u: BTreeMap<String, Tensor>,
+    trace: Arc<Mutex<Vec<AdmmPoint>>>,
+}
+
+impl Admm {
+    /// The regularizer and a handle on its trace.
+    pub fn new(
+        cfg: AdmmConfig,
+        selector: Selector,
+        projection: Projection,
+        until_epoch: usize,
+    ) -> (Self, Arc<Mutex<Vec<AdmmPoint>>>) {
+        let trace = Arc::new(Mutex::new(Vec::new()));
+        let rho = cfg.rho;
+        let admm = Admm {
+            cfg,
+            selector,
+            projection,
+            until_epoch,
+            rho,
+            z: BTreeMap::new(),
+            u: BTreeMap::new(),
+            trace: trace.clone(),
+        };
+        (admm, trace)
+    }
+
+    /// Current ρ.
+    pub fn rho(&self) -> f64 {
+        self.rho
+    }
+
+    fn selected(&self, params: &ParamStore) -> (Vec<String>, Vec<Tensor>) {
+        params.iter().filter(|p| self.selector.matches(p)).map(|p| (p.name().to_string(), p.tensor().clone())).unzip()
+    }
+
+    /// Z = Π(W + U), U ← U + W − Z; returns the relative primal gap. The
+    /// first call initialises instead: Z = Π(W), U = 0 (ρ unchanged).
+    pub fn update(&mut self, params: &ParamStore, step: u64) -> Result<f64> {
+        let (names, ws) = self.selected(params);
+        let first = self.z.is_empty();
+        if first {
+            for (n, w) in names.iter().zip(&ws) {
+                self.u.insert(n.clone(), w.zeros_like()?);
+            }
+        }
+        let v: Vec<Tensor> = names.iter().zip(&ws).map(|(n, w)| w + &self.u[n]).collect::<candle_core::Result<_>>()?;
+        let masks = self.projection.masks(&names, &v)?;
+        let (mut gap, mut norm) = (0.0, 0.0);
+        for (((n, w), v), m) in names.iter().zip(&ws).zip(&v).zip(masks) {
+            let z = (v * m)?;
+            let r = (w - &z)?;
+            gap += r.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            norm += w.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            if !first {
+                let u = (&self.u[n] + r)?;
+                self.u.insert(n.clone(), u);
+            }
+            self.z.insert(n.clone(), z);
+        }
+        let gap = (gap / norm.max(f64::MIN_POSITIVE)).sqrt();
+        self.trace.lock().expect("admm trace lock").push(AdmmPoint { step, rho: self.rho, primal_gap: gap });
+        tracing::info!(step, rho = self.rho, primal_gap = format!("{gap:.4}"), "ADMM Z/U update");
+        if !first {
+            self.rho *= self.cfg.rho_growth;
+        }
+        Ok(gap)
+    }
+}
+
+impl Regularizer for Admm {
+    fn name(&self) -> &str {
+        "admm"
+    }
+    fn adjust_grads(&mut self, params: &ParamStore, grads: &mut GradStore, step: &StepInfo) -> Result<()> {
+        if step.epoch >= self.until_epoch {
+            return Ok(());
+        }
+        if self.z.is_empty() {
+            self.update(params, step.global_step)?;
+        }
+        for p in params.iter().filter(|p| self.selector.matches(p)) {
+            let (Some(g), Some(z), Some(u)) = (grads.get(p.tensor()), self.z.get(p.name()), self.u.get(p.name()))
+            else {
+                continue;
+            };
+            let extra = ((((p.tensor() - z)? + u)?) * self.rho)?;
+            let g = (g + extra)?;
+            grads.insert(p.tensor(), g);
+        }
+        Ok(())
+    }
+    fn on_step(&mut self, params: &ParamStore, step: &StepInfo) -> Result<()> {
+        if let Some(e) = self.cfg.every_steps {
+            if step.epoch < self.until_epoch && step.global_step.is_multiple_of(e as u64) {
+                self.update(params, step.global_step)?;
+            }
+        }
+        Ok(())
+    }
+    fn on_epoch(&mut self, params: &ParamStore, step: &StepInfo) -> Result<()> {
+        if self.cfg.every_steps.is_none() && step.epoch < self.until_epoch {
+            let e = self.cfg.every_epochs.unwrap_or(1);
+            if (step.epoch + 1).is_multiple_of(e) {
+                self.update(params, step.global_step)?;
+            }
+        }
+        Ok(())
+    }
+    fn state(&self) -> Result<BTreeMap<String, Tensor>> {
+        let mut s = BTreeMap::new();
+        for (n, z) in &self.z {
+            s.insert(format!("z.{n}"), z.clone());
+            s.insert(format!("u.{n}"), self.u[n].clone());
+        }
+        s.insert("rho".into(), Tensor::new(self.rho, &candle_core::Device::Cpu)?);
+        Ok(s)
+    }
+    fn load_state(&mut self, state: &BTreeMap<String, Tensor>) -> Result<()> {
+        for (k, v) in state {
+            if let Some(n) = k.strip_prefix("z.") {
+                self.z.insert(n.to_string(), v.clone());
+            } else if let Some(n) = k.strip_prefix("u.") {
+                self.u.insert(n.to_string(), v.clone());
+            } else if k == "rho" {
+                self.rho = v.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// SR-STE settings (`[prune.sr_ste]`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SrSteConfig {
+    /// λ_w, the decay of the pruned weights.
+    #[serde(default = "default_decay")]
+    pub decay: f64,
+}
+
+fn default_decay() -> f64 {
+    2e-4
+}
+
+impl SrSteConfig {
+    /// Checks the values; `path` prefixes key names.
+    pub fn validate(&self, path: &str) -> std::result::Result<(), String> {
+        if !(self.decay >= 0.0 && self.decay.is_finite()) {
+            return Err(format!("{path}.decay must be a finite number >= 0, found {}", self.decay));
+        }
+        Ok(())
+    }
+}
+
+/// SR-STE on the selected parameters that are in straight-through mode.
+pub struct SrSte {
+    decay: f64,
+    selector: Selector,
+    projection: Projection,
+    flips: u64,
+}
+
+impl SrSte {
+    /// The regularizer for `projection`'s pattern.
+    pub fn new(cfg: &SrSteConfig, selector: Selector, projection: Projection) -> Self {
+        SrSte { decay: cfg.decay, selector, projection, flips: 0 }
+    }
+    /// Mask entries changed since the last epoch's end.
+    pub fn flips(&self) -> u64 {
+        self.flips
+    }
+}
+
+impl Regularizer for SrSte {
+    fn name(&self) -> &str {
+        "sr_ste"
+    }
+    fn adjust_grads(&mut self, params: &ParamStore, grads: &mut GradStore, _step: &StepInfo) -> Result<()> {
+        for p in params.iter().filter(|p| self.selector.matches(p) && p.straight_through()) {
+            let (Some(g), Some(m)) = (grads.get(p.tensor()), p.mask()) else { continue };
+            let extra = ((1.0 - m)? * p.tensor())?;
+            let g = (g + (extra * self.decay)?)?;
+            grads.insert(p.tensor(), g);
+        }
+        Ok(())
+    }
+    fn on_step(&mut self, params: &ParamStore, _step: &StepInfo) -> Result<()> {
+        let ps: Vec<_> = params.iter().filter(|p| self.selector.matches(p) && p.straight_through()).collect();
+        if ps.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<String> = ps.iter().map(|p| p.name().to_string()).collect();
+        let ws: Vec<Tensor> = ps.iter().map(|p| p.tensor().clone()).collect();
+        for (p, m) in ps.iter().zip(self.projection.masks(&names, &ws)?) {
+            if let Some(old) = p.mask() {
+                let changed = old.ne(&m)?.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+                self.flips += changed as u64;
+            }
+            p.set_mask(Some(m))?;
+        }
+        Ok(())
+    }
+    fn on_epoch(&mut self, _params: &ParamStore, step: &StepInfo) -> Result<()> {
+        if self.flips > 0 || step.epoch > 0 {
+            tracing::info!(epoch = step.epoch, mask_changes = self.flips, "SR-STE");
+        }
+        self.flips = 0;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use espalier_core::init::Init;
+    use espalier_core::{ParamBuilder, ParamKind};
+
+    fn one_weight(values: &[f32]) -> Result<(ParamStore, espalier_core::Param)> {
+        let pb = ParamBuilder::from_seed(0, DType::F32, &Device::Cpu);
+        let w = pb.pp("fc").param("weight", &[1, values.len()], ParamKind::Weight, Init::Const(0.0))?;
+        w.set(&Tensor::new(values, &Device::Cpu)?.reshape((1, values.len()))?)?;
+        Ok((pb.finish().0, w))
+    }
+
+    const TWO_FOUR: Projection =
+        Projection { granularity: Granularity::NOfM { n: 2, m: 4 }, scope: Scope::Layer, sparsity: 0.5 };
+
+    #[test]
+    fn admm_updates_match_a_hand_computed_example() -> Result<()> {
+        let (store, w) = one_weight(&[4.0, -1.0, 3.0, 0.5])?;
+        let cfg = AdmmConfig { rho: 0.1, rho_growth: 2.0, every_steps: Some(1), every_epochs: None };
+        let (mut admm, trace) = Admm::new(cfg, Selector::default(), TWO_FOUR, 1);
+        // initialisation: Z = Π(W) = [4, 0, 3, 0], U = 0, ρ unchanged
+        let gap = admm.update(&store, 0)?;
+        assert_eq!(admm.z["fc.weight"].to_vec2::<f32>()?, [[4., 0., 3., 0.]]);
+        assert_eq!(admm.u["fc.weight"].to_vec2::<f32>()?, [[0.; 4]]);
+        assert!((gap - (1.25f64 / 26.25).sqrt()).abs() < 1e-6, "{gap}");
+        assert_eq!(admm.rho(), 0.1);
+        // first Z/U update with W unchanged: Z = Π(W + 0) = [4, 0, 3, 0], U = W - Z = [0, -1, 0, 0.5],
+        // then ρ grows to 0.2
+        admm.update(&store, 1)?;
+        assert_eq!(admm.u["fc.weight"].to_vec2::<f32>()?, [[0., -1., 0., 0.5]]);
+        assert_eq!(admm.rho(), 0.2);
+        // the W-step gradient: g + ρ(W - Z + U) = 0 + 0.2·[0, -2, 0, 1]
+        let mut grads = (w.effective()? * 0.0)?.sum_all()?.backward()?;
+        grads.insert(w.tensor(), w.tensor().zeros_like()?);
+        admm.adjust_grads(&store, &mut grads, &StepInfo { epoch: 0, global_step: 1 })?;
+        let g = grads.get(w.tensor()).unwrap().to_vec2::<f32>()?;
+        for (a, b) in g[0].iter().zip([0f32, -0.4, 0., 0.2]) {
+            assert!((a - b).abs() < 1e-6, "{g:?}");
+        }
+        // second update from W = [1, -3, 2, 0.5]: W + U = [1, -4, 2, 1] -> Z = [0, -4, 2, 0],
+        // U = U + W - Z = [0, -1, 0, 0.5] + [1, 1, 0, 0.5] = [1, 0, 0, 1]
+        w.set(&Tensor::new(&[[1f32, -3.0, 2.0, 0.5]], &Device::Cpu)?)?;
+        admm.update(&store, 2)?;
+        assert_eq!(admm.z["fc.weight"].to_vec2::<f32>()?, [[0., -4., 2., 0.]]);
+        assert_eq!(admm.u["fc.weight"].to_vec2::<f32>()?, [[1., 0., 0., 1.]]);
+        assert_eq!(trace.lock().unwrap().len(), 3);
+        // after the ADMM phase (epoch >= until_epoch) the gradient is untouched
+        let mut grads = (w.effective()? * 0.0)?.sum_all()?.backward()?;
+        grads.insert(w.tensor(), w.tensor().zeros_like()?);
+        admm.adjust_grads(&store, &mut grads, &StepInfo { epoch: 1, global_step: 3 })?;
+        assert_eq!(grads.get(w.tensor()).unwrap().to_vec2::<f32>()?, [[0.; 4]]);
+        // state round-trip
+        let (mut again, _) = Admm::new(admm.cfg.clone(), Selector::default(), TWO_FOUR, 1);
+        again.load_state(&admm.state()?)?;
+        assert_eq!(again.rho(), admm.rho());
+        assert_eq!(again.u["fc.weight"].to_vec2::<f32>()?, [[1., 0., 0., 1.]]);
+        Ok(())
+    }
+
+    /// A pruned weight that the loss keeps pushing up grows through the
+    /// straight-through gradient until it overtakes a kept one: the mask
+    /// changes. With a hard mask it would stay at zero forever.
+    #[test]
+    fn sr_ste_lets_a_mask_change() -> Result<()> {
+        let (store, w) = one_weight(&[1.0, 0.9, 0.2, 0.1])?;
+        let mut sr = SrSte::new(&SrSteConfig { decay: 2e-4 }, Selector::default(), TWO_FOUR);
+        w.set_straight_through(true)?;
+        sr.on_step(&store, &StepInfo::default())?;
+        assert_eq!(w.mask().unwrap().to_vec2::<f32>()?, [[1., 1., 0., 0.]]);
+        let push = Tensor::new(&[[0f32, 0.0, -1.0, 0.0]], &Device::Cpu)?;
+        for step in 0..10 {
+            let mut grads = (w.effective()? * &push)?.sum_all()?.backward()?;
+            sr.adjust_grads(&store, &mut grads, &StepInfo { epoch: 0, global_step: step })?;
+            let g = grads.get(w.tensor()).unwrap().clone();
+            if step == 0 {
+                // straight through the mask, plus the decay of the pruned w[3]
+                let gv = g.to_vec2::<f32>()?;
+                assert!((gv[0][2] - (-1.0 + 2e-4 * 0.2)).abs() < 1e-6 && (gv[0][3] - 2e-4 * 0.1).abs() < 1e-7);
+            }
+            w.set(&(w.tensor() - (g * 0.1)?)?)?;
+            sr.on_step(&store, &StepInfo { epoch: 0, global_step: step + 1 })?;
+        }
+        assert_eq!(w.mask().unwrap().to_vec2::<f32>()?, [[1., 0., 1., 0.]]);
+        assert!(sr.flips() >= 2);
+        Ok(())
+    }
+}
