@@ -666,13 +666,24 @@ fn cifar_resnet_runs_resumes_and_evaluates() {
 }
 
 #[test]
-fn check_accepts_the_vision_configs() {
-    for name in ["resnet20-mnist", "resnet20-fashion-mnist", "resnet56-cifar10-greg", "vgg19-cifar100-greg"] {
-        let path = root().join(format!("configs/vision/{name}.toml"));
-        let out = bin().args(["check", path.to_str().unwrap()]).output().unwrap();
-        ok(&out);
-        assert!(String::from_utf8_lossy(&out.stdout).contains(name), "{name}");
+fn check_accepts_every_committed_config() {
+    let mut n = 0;
+    let dirs = ["", "glue", "mnist", "vision", "structured", "spur", "admm", "movement"];
+    for dir in dirs.map(|d| root().join("configs").join(d)) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "toml") {
+                continue;
+            }
+            let out = bin().args(["check", path.to_str().unwrap()]).output().unwrap();
+            ok(&out);
+            let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(text.contains("name = "), "{stem}: {text}");
+            n += 1;
+        }
     }
+    assert!(n >= 40, "only {n} configs found");
 }
 
 /// `--device cuda` on a build without the `cuda` feature: a clear error that
