@@ -27,9 +27,9 @@ md = ["# ADMM vs one-shot magnitude pruning: LeNet-5 on MNIST", "",
       "convolution widths (20, 50; 5×5) and fully connected layers 500 and 84 (694k parameters).",
       f"Dense: 8 epochs of AdamW (lr 1e-3, cosine), {dense:.2f}% (configs/admm/lenet5-dense.toml).",
       "From it, globally over conv1, conv2, fc1 and fc2 (the 840-weight head is not pruned):",
-      "- ADMM: 6 epochs with ρ/2‖W − Z + U‖² (Z = the largest |W + U| at the target, Z/U every 40 steps, ρ from",
-      "  1e-2 growing ×1.3), hard projection, 4 epochs of masked retraining (configs/admm/lenet5-admm.toml);",
-      "- one-shot: magnitude pruning of the dense model, 10 epochs of masked retraining (configs/admm/lenet5-oneshot.toml).",
+      "- ADMM: 4 epochs with ρ/2‖W − Z + U‖² (Z = the largest |W + U| at the target, Z/U every 40 steps, ρ from",
+      "  1e-2 growing ×1.3), hard projection, 2 epochs of masked retraining (configs/admm/lenet5-admm.toml);",
+      "- one-shot: magnitude pruning of the dense model, 6 epochs of masked retraining (configs/admm/lenet5-oneshot.toml).",
       "AdamW lr 1e-3, cosine per phase. Seed 0, one run per cell.", "",
       "| weights kept | ADMM | one-shot magnitude | Zhang et al. (ADMM, Caffe LeNet-5, full MNIST) |", "|---:|---:|---:|---:|"]
 paper = {"0.986": "99.2", "0.95": "≥ 99.0"}

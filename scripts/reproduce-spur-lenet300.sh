@@ -52,15 +52,21 @@ for t in targets:
         row.append(f"{acc:.2f} · {l['empty_rows']:.1f} / {l['empty_cols']:.1f} · {l['removable']:.1f}")
     md.append(f"| {float(t)*100:.0f}% | " + " | ".join(row) + " |")
 md += ["", "Claims (PAPERS.md §2), checked against the cells above:", ""]
-more = all(cells[(f"spur-{l}", t)][1]["removable"] > cells[("imp", t)][1]["removable"] for l in lambdas for t in targets)
-md.append(f"- SPUR leaves more empty rows/columns (removable weights) than IMP at every sparsity and λ: "
-          f"**{'holds' if more else 'does not hold'}**.")
+for l in lambdas:
+    more = [t for t in targets if cells[(f"spur-{l}", t)][1]["removable"] > cells[("imp", t)][1]["removable"]]
+    md.append(f"- SPUR (λ={l}) leaves more empty rows/columns (removable weights) than IMP at every sparsity: "
+              f"**{'holds' if len(more) == len(targets) else 'does not hold'}** "
+              f"(more at {', '.join(more) if more else 'none'} of {', '.join(targets)}).")
 hi = [t for t in targets if float(t) >= 0.8]
 for l in lambdas:
     wins = [t for t in hi if cells[(f"spur-{l}", t)][0] > cells[("imp", t)][0]]
     md.append(f"- SPUR (λ={l}) keeps more accuracy than IMP at ≥ 80% sparsity: "
               f"**{'holds' if len(wins) == len(hi) else 'does not hold'}** "
               f"(better at {', '.join(wins) if wins else 'none'} of {', '.join(hi)}).")
+md += ["", "Reading: with λ = 1e-4 the group lasso is comparable to the task gradient, so AdamW shrinks the rows",
+       "and columns the task does not need and IMP's global magnitude threshold then removes them whole. With",
+       "λ = 1e-3 the penalty dominates AdamW's normalised update on every row alike, all weights shrink together,",
+       "and whole lines only appear once the sparsity passes ~85%, at a cost of ~0.5 points of accuracy."]
 os.makedirs("results/spur-lenet300", exist_ok=True)
 open("results/spur-lenet300/results.csv", "w").write("\n".join(csv) + "\n")
 open("results/spur-lenet300/README.md", "w").write("\n".join(md) + "\n")
