@@ -97,10 +97,10 @@ fn cell_dirs(dir: &Path) -> Vec<PathBuf> {
     vec![
         r.join("imp/seed0"),
         r.join("imp/seed1"),
-        r.join("one-shot/sparsity_0.2/seed0"),
-        r.join("one-shot/sparsity_0.2/seed1"),
-        r.join("one-shot/sparsity_0.36/seed0"),
-        r.join("one-shot/sparsity_0.36/seed1"),
+        r.join("one-shot/sparsity-0.2/seed0"),
+        r.join("one-shot/sparsity-0.2/seed1"),
+        r.join("one-shot/sparsity-0.36/seed0"),
+        r.join("one-shot/sparsity-0.36/seed1"),
     ]
 }
 

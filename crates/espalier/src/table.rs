@@ -27,7 +27,8 @@
 //! [scale.small]                    # --set overrides of every run, stated in the report
 //! description = "10k-image MNIST subset, 2 dense epochs"
 //! sets = ['data.path="mnist-subset"', "train.epochs=2"]
-//! prereq_sets = []                 # only for the [[prereq]] runs
+//! prereq_sets = []                 # only for the [[prereq]] runs (cell_sets: only the cells)
+//! vars = { epochs = 3 }            # `${epochs}` in any `sets` entry of the spec
 //!
 //! [[prereq]]                       # runs the cells start from (per seed)
 //! name = "dense"
@@ -145,6 +146,31 @@ pub struct Scale {
     /// Seeds at this scale (default: `table.seeds`).
     #[serde(default)]
     pub seeds: Option<Vec<u64>>,
+    /// Values substituted for `${name}` in every `sets` entry of the spec
+    /// (e.g. `epochs = 3` and a method's `"prune.schedule.finetune_epochs=${epochs}"`).
+    #[serde(default)]
+    pub vars: BTreeMap<String, toml::Value>,
+}
+
+impl Scale {
+    /// `set` with every `${name}` replaced by this scale's value.
+    fn expand(&self, set: &str, scale_name: &str) -> Result<String, ConfigError> {
+        let mut out = String::new();
+        let mut rest = set;
+        while let Some(i) = rest.find("${") {
+            out += &rest[..i];
+            let end = rest[i..].find('}').ok_or_else(|| ConfigError(format!("--set `{set}`: unclosed `${{`")))?;
+            let name = &rest[i + 2..i + end];
+            let v = self
+                .vars
+                .get(name)
+                .ok_or_else(|| ConfigError(format!("--set `{set}`: no `{name}` in [scale.{scale_name}.vars]")))?;
+            out += &value_text(v);
+            rest = &rest[i + end + 1..];
+        }
+        out += rest;
+        Ok(out)
+    }
 }
 
 /// A `[[prereq]]`: a run that cells start from (`init_from`).
@@ -416,7 +442,13 @@ fn value_text(v: &toml::Value) -> String {
 }
 
 fn slug(s: &str) -> String {
-    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' }).collect()
+    s.chars()
+        .map(|c| match c {
+            '=' => '-',
+            c if c.is_ascii_alphanumeric() || c == '.' || c == '-' => c,
+            _ => '_',
+        })
+        .collect()
 }
 
 fn toml_string(p: &Path) -> String {
@@ -453,6 +485,7 @@ pub fn plan(spec: &Spec, opts: &TableOptions) -> Result<Plan, ConfigError> {
             sets.extend(scale.sets.iter().cloned());
             sets.extend(scale.prereq_sets.iter().cloned());
             sets.push(format!("seed={seed}"));
+            let sets = sets.iter().map(|x| scale.expand(x, &scale_name)).collect::<Result<Vec<_>, _>>()?;
             prereq_dirs.insert((p.name.clone(), seed), dir.clone());
             prereqs.push(Job {
                 id: format!("prereq/{}/seed{seed}", p.name),
@@ -493,6 +526,7 @@ pub fn plan(spec: &Spec, opts: &TableOptions) -> Result<Plan, ConfigError> {
                     dir = dir.join(slug(setting));
                 }
                 sets.push(format!("seed={seed}"));
+                let sets = sets.iter().map(|x| scale.expand(x, &scale_name)).collect::<Result<Vec<_>, _>>()?;
                 let dir = dir.join(format!("seed{seed}"));
                 let setting = point.as_ref().map(|(_, s)| s.clone());
                 let id =
@@ -1119,6 +1153,9 @@ pub fn write_report(spec: &Spec, plan: &Plan) -> anyhow::Result<Vec<Aggregate>> 
 pub fn table(opts: &TableOptions) -> anyhow::Result<bool> {
     let spec = load_spec(&opts.spec_path)?;
     let plan = plan(&spec, opts)?;
+    for job in plan.prereqs.iter().chain(&plan.cells) {
+        job_experiment(job)?;
+    }
     if !opts.report_only {
         let p = run_plan(&plan, opts)?;
         println!("table {}: ran {} runs, skipped {} finished runs", spec.table.name, p.ran, p.skipped);
@@ -1136,4 +1173,172 @@ pub fn table(opts: &TableOptions) -> anyhow::Result<bool> {
     }
     println!("wrote {}", plan.out.display());
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC: &str = r#"
+        [table]
+        name = "t"
+        title = "T"
+        metrics = ["accuracy"]
+        scale = "small"
+        [scale.small]
+        description = "tiny"
+        sets = ["train.epochs=${e}"]
+        vars = { e = 2 }
+        [[prereq]]
+        name = "dense"
+        config = "a.toml"
+        [[method]]
+        name = "a"
+        config = "a.toml"
+        from = "dense"
+        sweep = { key = "structured.keep", values = [10, 20] }
+        [[method]]
+        name = "b"
+        config = "b.toml"
+        [[claim]]
+        text = "a beats b"
+        kind = "beats"
+        a = "a"
+        b = "b"
+    "#;
+
+    fn opts() -> TableOptions {
+        TableOptions {
+            spec_path: "t.toml".into(),
+            scale: None,
+            data_dir: None,
+            runs: None,
+            out: None,
+            jobs: 1,
+            max_cells: None,
+            report_only: false,
+            quiet: true,
+        }
+    }
+
+    #[test]
+    fn plans_cells_with_overrides_in_order() {
+        let spec = parse_spec(SPEC).unwrap();
+        let p = plan(&spec, &opts()).unwrap();
+        assert_eq!(p.prereqs.len(), 1);
+        assert_eq!(p.cells.len(), 3);
+        let c = &p.cells[1];
+        assert_eq!(c.dir, Path::new("runs/tables/t/small/a/keep-20/seed0"));
+        assert_eq!(
+            c.sets,
+            ["train.epochs=2", "init_from=\"runs/tables/t/small/prereq/dense/seed0\"", "structured.keep=20", "seed=0"]
+        );
+        assert_eq!(p.out, Path::new("results/t"));
+        assert_eq!(p.command, "espalier table t.toml");
+    }
+
+    #[test]
+    fn spec_errors_name_the_key() {
+        let e = parse_spec(&SPEC.replace("title = \"T\"", "title = \"T\"\ntitel = 1")).unwrap_err().0;
+        assert!(e.contains("titel"), "{e}");
+        let e = parse_spec(&SPEC.replace("from = \"dense\"", "from = \"dens\"")).unwrap_err().0;
+        assert!(e.contains("method[0].from") && e.contains("dens"), "{e}");
+        let e = parse_spec(&SPEC.replace("b = \"b\"", "b = \"c\"")).unwrap_err().0;
+        assert!(e.contains("claim[0]") && e.contains("`c`"), "{e}");
+        let e = parse_spec(&SPEC.replace("scale = \"small\"", "scale = \"big\"")).unwrap_err().0;
+        assert!(e.contains("table.scale") && e.contains("big"), "{e}");
+        let spec = parse_spec(&SPEC.replace("${e}", "${f}")).unwrap();
+        let e = plan(&spec, &opts()).unwrap_err().0;
+        assert!(e.contains("`f`") && e.contains("scale.small.vars"), "{e}");
+    }
+
+    fn point(method: &str, sparsity: f64, value: f64, seed: u64) -> Point {
+        Point {
+            method: method.into(),
+            model: "m".into(),
+            data: "d".into(),
+            sparsity,
+            setting: None,
+            metric: "accuracy".into(),
+            value,
+            seed,
+        }
+    }
+
+    #[test]
+    fn claims_are_checked_on_seed_means() {
+        let mut spec = parse_spec(SPEC).unwrap();
+        let points = vec![
+            point("dense", 0.0, 98.0, 0),
+            point("dense", 0.0, 98.2, 1),
+            point("a", 0.5, 97.0, 0),
+            point("a", 0.5, 97.4, 1),
+            point("b", 0.5, 96.0, 0),
+            point("a", 0.9, 90.0, 0),
+            point("b", 0.9, 91.0, 0),
+        ];
+        let agg = aggregate(&points, "accuracy");
+        let s = agg.cells["a"][&500];
+        assert!((s.mean - 97.2).abs() < 1e-9 && (s.std - 0.2828427).abs() < 1e-6 && s.n == 2);
+        assert_eq!(s.text(), "97.20 ± 0.28");
+        assert!((agg.dense.unwrap().mean - 98.1).abs() < 1e-9);
+        let (v, why) = check_claim(&spec, &agg, &spec.claim[0]);
+        assert_eq!(v, Verdict::Fails, "{why}");
+        assert!(why.contains("90.0%: 90.00 vs 91.00"), "{why}");
+        spec.claim[0].max_sparsity = Some(0.6);
+        assert_eq!(check_claim(&spec, &agg, &spec.claim[0]).0, Verdict::Pass);
+        spec.claim[0].min_sparsity = Some(0.95);
+        assert_eq!(check_claim(&spec, &agg, &spec.claim[0]).0, Verdict::NoData);
+        let within = Claim {
+            text: "a within 1 of dense".into(),
+            kind: ClaimKind::WithinDense,
+            a: "a".into(),
+            b: None,
+            tolerance: 1.0,
+            min_sparsity: None,
+            max_sparsity: Some(0.6),
+        };
+        assert_eq!(check_claim(&spec, &agg, &within).0, Verdict::Pass);
+        spec.reference.push(Reference {
+            method: "a".into(),
+            sparsity: 0.88,
+            metric: None,
+            value: 92.0,
+            source: "x".into(),
+        });
+        let near = Claim { kind: ClaimKind::NearPaper, tolerance: 1.0, max_sparsity: None, ..within };
+        let (v, why) = check_claim(&spec, &agg, &near);
+        assert_eq!(v, Verdict::Fails);
+        assert!(why.contains("paper 92.00 at 88.0%, ours 90.00 at 90.0%"), "{why}");
+    }
+
+    /// Every spec under configs/tables parses, and at every scale every run
+    /// it would start is a valid experiment.
+    #[test]
+    fn shipped_specs_are_valid() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut n = 0;
+        for entry in std::fs::read_dir(root.join("configs/tables")).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "toml") {
+                continue;
+            }
+            let mut spec = load_spec(&path).unwrap_or_else(|e| panic!("{e}"));
+            for p in &mut spec.prereq {
+                p.config = root.join(&p.config);
+            }
+            for m in &mut spec.method {
+                m.config = root.join(&m.config);
+            }
+            for scale in spec.scale.keys() {
+                let o = TableOptions { spec_path: path.clone(), scale: Some(scale.clone()), ..opts() };
+                let p = plan(&spec, &o).unwrap_or_else(|e| panic!("{e}"));
+                for job in p.prereqs.iter().chain(&p.cells) {
+                    job_experiment(job).unwrap_or_else(|e| panic!("{}, scale {scale}: {e}", path.display()));
+                }
+            }
+            n += 1;
+        }
+        assert!(n >= 1, "no table specs found");
+    }
 }
