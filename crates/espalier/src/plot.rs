@@ -31,7 +31,7 @@ pub struct PlotData {
 const W: usize = 960;
 const H: usize = 600;
 const LEFT: f64 = 90.0;
-const RIGHT: f64 = 680.0;
+const RIGHT: f64 = 660.0;
 const TOP: f64 = 70.0;
 const BOTTOM: f64 = 530.0;
 const COLORS: [(u8, u8, u8); 8] = [
@@ -97,8 +97,9 @@ impl Layout {
         let xs: Vec<f64> = d.series.iter().flat_map(|s| s.points.iter().map(|p| p.0)).collect();
         let (x_min, x_max, x_ticks, log) = if d.log_weights_left {
             // x = log10(weights left %), drawn so sparsity grows to the right.
+            // A margin below the fewest weights left, so no point sits on the frame.
             let min_left = xs.iter().map(|s| 100.0 - s).fold(100.0f64, f64::min).max(0.01);
-            let lo = 10f64.powf(min_left.log10().floor());
+            let lo = min_left / 1.3;
             let ticks = [100.0, 50.0, 20.0, 10.0, 5.0, 2.0, 1.0, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01]
                 .iter()
                 .filter(|t| **t >= lo)
@@ -107,7 +108,7 @@ impl Layout {
             (lo.log10(), 2.0, ticks, true)
         } else {
             let hi = xs.iter().fold(0.0f64, |a, b| a.max(*b));
-            let x_max = if hi <= 0.0 { 100.0 } else { ((hi / 10.0).ceil() * 10.0).min(100.0) };
+            let x_max = if hi <= 0.0 { 100.0 } else { (((hi + 2.0) / 10.0).ceil() * 10.0).min(100.0) };
             let step = nice_step(x_max, 8.0);
             let ticks = (0..)
                 .map(|i| i as f64 * step)

@@ -280,6 +280,9 @@ pub struct Claim {
     /// Only sparsities ≤ this.
     #[serde(default)]
     pub max_sparsity: Option<f64>,
+    /// The metric checked (default: the table's first).
+    #[serde(default)]
+    pub metric: Option<String>,
 }
 
 /// Reads and checks a spec.
@@ -363,6 +366,9 @@ impl Spec {
                 if !names.contains(m) {
                     return Err(format!("key `claim[{i}]`: no method `{m}`"));
                 }
+            }
+            if let Some(m) = c.metric.as_ref().filter(|m| !t.metrics.contains(m)) {
+                return Err(format!("key `claim[{i}].metric`: `{m}` is not in `table.metrics`"));
             }
             if c.kind == ClaimKind::Beats && c.b.is_none() {
                 return Err(format!("key `claim[{i}].b`: a `beats` claim needs the other method"));
@@ -992,8 +998,13 @@ fn in_range(c: &Claim, k: i64) -> bool {
     c.min_sparsity.is_none_or(|m| k >= key(m)) && c.max_sparsity.is_none_or(|m| k <= key(m))
 }
 
-/// Checks a claim on the primary metric: the verdict and the evidence.
-pub fn check_claim(spec: &Spec, agg: &Aggregate, c: &Claim) -> (Verdict, String) {
+/// Checks a claim on its metric (default: the primary one) over the
+/// aggregates of every metric: the verdict and the evidence.
+pub fn check_claim(spec: &Spec, aggs: &[Aggregate], c: &Claim) -> (Verdict, String) {
+    let metric = c.metric.as_deref().unwrap_or(&spec.table.metrics[0]);
+    let Some(agg) = aggs.iter().find(|a| a.metric == metric) else {
+        return (Verdict::NoData, format!("no `{metric}` values"));
+    };
     let empty = BTreeMap::new();
     let a = agg.cells.get(&c.a).unwrap_or(&empty);
     let mut held = Vec::new();
@@ -1061,15 +1072,16 @@ pub fn check_claim(spec: &Spec, agg: &Aggregate, c: &Claim) -> (Verdict, String)
     (verdict, evidence)
 }
 
-fn claims_markdown(spec: &Spec, agg: &Aggregate) -> String {
+fn claims_markdown(spec: &Spec, aggs: &[Aggregate]) -> String {
     if spec.claim.is_empty() {
         return String::new();
     }
-    let mut md = format!("\n## Claims checked against our numbers ({}, mean over seeds)\n\n", agg.metric);
+    let mut md = String::from("\n## Claims checked against our numbers (means over seeds)\n\n");
     for c in &spec.claim {
-        let (v, evidence) = check_claim(spec, agg, c);
-        let tol = if c.tolerance != 0.0 { format!(" (tolerance {} points)", c.tolerance) } else { String::new() };
-        md += &format!("- **{}** — {}{tol}: {evidence}.\n", v.word(), c.text);
+        let (v, evidence) = check_claim(spec, aggs, c);
+        let metric = c.metric.as_deref().unwrap_or(&spec.table.metrics[0]);
+        let tol = if c.tolerance != 0.0 { format!(", tolerance {} points", c.tolerance) } else { String::new() };
+        md += &format!("- **{}** — {} ({metric}{tol}): {evidence}.\n", v.word(), c.text);
     }
     md
 }
@@ -1099,9 +1111,7 @@ pub fn report_markdown(spec: &Spec, plan: &Plan, aggs: &[Aggregate]) -> String {
         md += &markdown_table(spec, agg);
     }
     md += &references_markdown(spec, aggs);
-    if let Some(agg) = aggs.first() {
-        md += &claims_markdown(spec, agg);
-    }
+    md += &claims_markdown(spec, aggs);
     md += &format!(
         "\n![{} vs sparsity](plot.svg)\n\n`results.csv`: one row per run, sparsity and metric \
          (model,data,method,sparsity,metric,value,seed).\n\nProduced by:\n\n```\n{}\n```\n",
@@ -1165,11 +1175,9 @@ pub fn table(opts: &TableOptions) -> anyhow::Result<bool> {
         }
     }
     let aggs = write_report(&spec, &plan)?;
-    if let Some(agg) = aggs.first() {
-        for c in &spec.claim {
-            let (v, evidence) = check_claim(&spec, agg, c);
-            println!("{:<7} {}: {evidence}", v.word(), c.text);
-        }
+    for c in &spec.claim {
+        let (v, evidence) = check_claim(&spec, &aggs, c);
+        println!("{:<7} {}: {evidence}", v.word(), c.text);
     }
     println!("wrote {}", plan.out.display());
     Ok(true)
@@ -1282,13 +1290,13 @@ mod tests {
         assert!((s.mean - 97.2).abs() < 1e-9 && (s.std - 0.2828427).abs() < 1e-6 && s.n == 2);
         assert_eq!(s.text(), "97.20 ± 0.28");
         assert!((agg.dense.unwrap().mean - 98.1).abs() < 1e-9);
-        let (v, why) = check_claim(&spec, &agg, &spec.claim[0]);
+        let (v, why) = check_claim(&spec, std::slice::from_ref(&agg), &spec.claim[0]);
         assert_eq!(v, Verdict::Fails, "{why}");
         assert!(why.contains("90.0%: 90.00 vs 91.00"), "{why}");
         spec.claim[0].max_sparsity = Some(0.6);
-        assert_eq!(check_claim(&spec, &agg, &spec.claim[0]).0, Verdict::Pass);
+        assert_eq!(check_claim(&spec, std::slice::from_ref(&agg), &spec.claim[0]).0, Verdict::Pass);
         spec.claim[0].min_sparsity = Some(0.95);
-        assert_eq!(check_claim(&spec, &agg, &spec.claim[0]).0, Verdict::NoData);
+        assert_eq!(check_claim(&spec, std::slice::from_ref(&agg), &spec.claim[0]).0, Verdict::NoData);
         let within = Claim {
             text: "a within 1 of dense".into(),
             kind: ClaimKind::WithinDense,
@@ -1297,8 +1305,9 @@ mod tests {
             tolerance: 1.0,
             min_sparsity: None,
             max_sparsity: Some(0.6),
+            metric: None,
         };
-        assert_eq!(check_claim(&spec, &agg, &within).0, Verdict::Pass);
+        assert_eq!(check_claim(&spec, std::slice::from_ref(&agg), &within).0, Verdict::Pass);
         spec.reference.push(Reference {
             method: "a".into(),
             sparsity: 0.88,
@@ -1307,7 +1316,7 @@ mod tests {
             source: "x".into(),
         });
         let near = Claim { kind: ClaimKind::NearPaper, tolerance: 1.0, max_sparsity: None, ..within };
-        let (v, why) = check_claim(&spec, &agg, &near);
+        let (v, why) = check_claim(&spec, std::slice::from_ref(&agg), &near);
         assert_eq!(v, Verdict::Fails);
         assert!(why.contains("paper 92.00 at 88.0%, ours 90.00 at 90.0%"), "{why}");
     }
