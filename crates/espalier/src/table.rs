@@ -54,7 +54,14 @@
 //! kind = "beats"                   # beats | within_dense | near_paper
 //! a = "l1"
 //! b = "random"
+//! # tolerance = 0.0, min_sparsity / max_sparsity, metric = "accuracy@before-finetune"
 //! ```
+//!
+//! A swept method reports the last round of each run; an unswept one (IMP)
+//! reports every pruning round of its run. Rows are sparsities rounded to
+//! 0.1 %. The dense reference is the first prerequisite's result, or else
+//! round 0 of the first method's runs. Claims compare the seed means as the
+//! report prints them.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
