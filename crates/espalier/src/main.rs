@@ -57,6 +57,31 @@ enum Command {
         /// A run directory.
         run_dir: PathBuf,
     },
+    /// Reproduce a paper table: run the missing cells of a table spec
+    /// (configs/tables/*.toml), then write results/<table>/ (README.md,
+    /// results.csv, plot.png, plot.svg, command.txt).
+    Table {
+        /// The table spec (TOML).
+        spec: PathBuf,
+        /// The spec's scale to run (default: its `table.scale`).
+        #[arg(long)]
+        scale: Option<String>,
+        /// Cells run at once (each its own process; set CANDLE_NUM_THREADS).
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        /// Root of the cells' run directories (default runs/tables/<table>/<scale>).
+        #[arg(long)]
+        runs: Option<PathBuf>,
+        /// Report directory (default results/<table>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Only re-render the report from the existing runs.
+        #[arg(long)]
+        report_only: bool,
+        /// Stop after starting this many runs (the table stays resumable).
+        #[arg(long, hide = true)]
+        max_cells: Option<usize>,
+    },
     /// Time training (median over repeats): `mnist` epochs of LeNet-300-100
     /// with AdamW and SGD, or `bert` training steps of a pretrained model;
     /// or, given a structured run's directory, the inference latency of its
@@ -152,6 +177,20 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 }
                 None => println!("stopped early; resume with the same command (run directory: {})", out.display()),
             }
+        }
+        Command::Table { spec, scale, jobs, runs, out, report_only, max_cells } => {
+            let opts = espalier::table::TableOptions {
+                spec_path: spec,
+                scale,
+                data_dir: cli.data_dir.clone(),
+                runs,
+                out,
+                jobs: jobs.max(1),
+                max_cells,
+                report_only,
+                quiet: cli.quiet,
+            };
+            espalier::table::table(&opts)?;
         }
         Command::Check { config, sets } => {
             let exp = config::load(&config, &sets)?;

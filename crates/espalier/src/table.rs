@@ -1,0 +1,1368 @@
+//! Paper tables: a table spec (TOML under `configs/tables/`) names a set of
+//! ordinary experiment runs (methods × sparsities × seeds at a stated
+//! scale), `espalier table SPEC` runs the ones that are missing, and the
+//! results are rendered to `results/<table>/`: `README.md` (mean ± std over
+//! seeds, the paper's values beside ours, the dense reference, the spec's
+//! claims checked as PASS/FAILS), `results.csv`, `plot.png`, `plot.svg` and
+//! `command.txt`.
+//!
+//! Every cell is a plain run directory under `runs/tables/<table>/<scale>/`:
+//! a finished cell (its `summary.json` present, its `config.toml` the same
+//! experiment) is never run again, an unfinished one resumes from its
+//! checkpoint, so a killed table continues where it stopped. Cells are run
+//! as child processes (`espalier run CONFIG --set ... --out DIR`), up to
+//! `--jobs` at a time. The report is a pure function of the spec and the
+//! runs' `summary.json` files: `--report-only` renders the same bytes again.
+//!
+//! A spec:
+//!
+//! ```toml
+//! [table]
+//! name = "imp-lenet300"            # results/<name>/
+//! title = "IMP on LeNet-300-100, MNIST"
+//! metrics = ["accuracy"]           # the first is plotted and checked
+//! scale = "small"                  # the [scale.*] section used by default
+//! seeds = [0]
+//! x_axis = "sparsity"              # or "weights_left_log" (lottery-ticket plots)
+//!
+//! [scale.small]                    # --set overrides of every run, stated in the report
+//! description = "10k-image MNIST subset, 2 dense epochs"
+//! sets = ['data.path="mnist-subset"', "train.epochs=2"]
+//! prereq_sets = []                 # only for the [[prereq]] runs (cell_sets: only the cells)
+//! vars = { epochs = 3 }            # `${epochs}` in any `sets` entry of the spec
+//!
+//! [[prereq]]                       # runs the cells start from (per seed)
+//! name = "dense"
+//! config = "configs/structured/mlp1000-dense.toml"
+//!
+//! [[method]]
+//! name = "l1"                      # CSV method column and run directory
+//! label = "L1 norm"                # column header (default: name)
+//! config = "configs/structured/mlp1000-l1.toml"
+//! sets = []
+//! from = "dense"                   # init_from = that prereq's run directory
+//! sweep = { key = "structured.keep", values = [500, 250, 100] }
+//!
+//! [[reference]]                    # the paper's numbers (method "dense" for the dense one)
+//! method = "l1"
+//! sparsity = 0.9
+//! value = 97.0
+//! source = "Paper et al. 2021, Table 1"
+//!
+//! [[claim]]                        # checked against our numbers: PASS / FAILS
+//! text = "L1 beats random at every sparsity"
+//! kind = "beats"                   # beats | within_dense | near_paper
+//! a = "l1"
+//! b = "random"
+//! # tolerance = 0.0, min_sparsity / max_sparsity, metric = "accuracy@before-finetune"
+//! ```
+//!
+//! A swept method reports the last round of each run; an unswept one (IMP)
+//! reports every pruning round of its run. Rows are sparsities rounded to
+//! 0.1 %. The dense reference is the first prerequisite's result, or else
+//! round 0 of the first method's runs. Claims compare the seed means as the
+//! report prints them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use espalier_core::checkpoint::write_atomic;
+use serde::Deserialize;
+
+use crate::config::{self, ConfigError, Experiment};
+use crate::run::{Record, Summary};
+
+/// A table spec.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// What the table is.
+    pub table: TableMeta,
+    /// Named scales: `--set` overrides of every run.
+    pub scale: BTreeMap<String, Scale>,
+    /// Runs the cells start from (one per seed).
+    #[serde(default)]
+    pub prereq: Vec<Prereq>,
+    /// The methods (columns of the table).
+    pub method: Vec<Method>,
+    /// The paper's numbers.
+    #[serde(default)]
+    pub reference: Vec<Reference>,
+    /// Claims checked against our numbers.
+    #[serde(default)]
+    pub claim: Vec<Claim>,
+}
+
+/// The `[table]` section.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableMeta {
+    /// Directory name under `results/` and `runs/tables/`.
+    pub name: String,
+    /// Title of the report.
+    pub title: String,
+    /// Free text under the title (protocol, what the paper did).
+    #[serde(default)]
+    pub description: String,
+    /// Metrics reported; the first is plotted and checked by the claims.
+    /// `m` is the last epoch's metric of a round, `m@best-epoch` its best
+    /// epoch's, `m@before-finetune` a structured run's before fine-tuning.
+    pub metrics: Vec<String>,
+    /// The scale used unless `--scale` says otherwise.
+    pub scale: String,
+    /// Seeds of every cell (a scale may override).
+    #[serde(default = "default_seeds")]
+    pub seeds: Vec<u64>,
+    /// The plot's x axis.
+    #[serde(default)]
+    pub x_axis: XAxis,
+}
+
+fn default_seeds() -> Vec<u64> {
+    vec![0]
+}
+
+/// The plot's x axis.
+#[derive(Clone, Copy, Debug, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum XAxis {
+    /// Sparsity in percent, linear.
+    #[default]
+    Sparsity,
+    /// Weights left in percent, log scale (lottery-ticket plots).
+    WeightsLeftLog,
+}
+
+/// A `[scale.NAME]` section.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scale {
+    /// Stated in the report: data, epochs, what differs from the paper.
+    pub description: String,
+    /// `--set` overrides of every run (prerequisites and cells).
+    #[serde(default)]
+    pub sets: Vec<String>,
+    /// `--set` overrides of the prerequisite runs only.
+    #[serde(default)]
+    pub prereq_sets: Vec<String>,
+    /// `--set` overrides of the cells only.
+    #[serde(default)]
+    pub cell_sets: Vec<String>,
+    /// Seeds at this scale (default: `table.seeds`).
+    #[serde(default)]
+    pub seeds: Option<Vec<u64>>,
+    /// Values substituted for `${name}` in every `sets` entry of the spec
+    /// (e.g. `epochs = 3` and a method's `"prune.schedule.finetune_epochs=${epochs}"`).
+    #[serde(default)]
+    pub vars: BTreeMap<String, toml::Value>,
+}
+
+impl Scale {
+    /// `set` with every `${name}` replaced by this scale's value.
+    fn expand(&self, set: &str, scale_name: &str) -> Result<String, ConfigError> {
+        let mut out = String::new();
+        let mut rest = set;
+        while let Some(i) = rest.find("${") {
+            out += &rest[..i];
+            let end = rest[i..].find('}').ok_or_else(|| ConfigError(format!("--set `{set}`: unclosed `${{`")))?;
+            let name = &rest[i + 2..i + end];
+            let v = self
+                .vars
+                .get(name)
+                .ok_or_else(|| ConfigError(format!("--set `{set}`: no `{name}` in [scale.{scale_name}.vars]")))?;
+            out += &value_text(v);
+            rest = &rest[i + end + 1..];
+        }
+        out += rest;
+        Ok(out)
+    }
+}
+
+/// A `[[prereq]]`: a run that cells start from (`init_from`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Prereq {
+    /// Referred to by a method's `from`.
+    pub name: String,
+    /// Experiment config.
+    pub config: PathBuf,
+    /// `--set` overrides.
+    #[serde(default)]
+    pub sets: Vec<String>,
+}
+
+/// A `[[method]]`: one column of the table.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Method {
+    /// Short name (CSV, run directory, claims).
+    pub name: String,
+    /// Column header (default: the name).
+    #[serde(default)]
+    pub label: Option<String>,
+    /// Experiment config.
+    pub config: PathBuf,
+    /// `--set` overrides.
+    #[serde(default)]
+    pub sets: Vec<String>,
+    /// Start from this prerequisite's run (`init_from`).
+    #[serde(default)]
+    pub from: Option<String>,
+    /// One run per value of a key (else one run per seed, every pruning
+    /// round of which is a point, as in IMP).
+    #[serde(default)]
+    pub sweep: Option<Sweep>,
+}
+
+impl Method {
+    fn label(&self) -> &str {
+        self.label.as_deref().unwrap_or(&self.name)
+    }
+}
+
+/// A sweep: one run per value, reporting its last round.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sweep {
+    /// The key, e.g. `prune.schedule.sparsity` or `structured.keep`.
+    pub key: String,
+    /// Its values (TOML numbers or strings).
+    pub values: Vec<toml::Value>,
+}
+
+/// A `[[reference]]`: one of the paper's numbers.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reference {
+    /// A method name, or `dense`.
+    pub method: String,
+    /// Sparsity in [0, 1) (0 for dense).
+    #[serde(default)]
+    pub sparsity: f64,
+    /// Metric (default: the table's first).
+    #[serde(default)]
+    pub metric: Option<String>,
+    /// The paper's value.
+    pub value: f64,
+    /// Where it comes from.
+    pub source: String,
+}
+
+/// What a claim asserts.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ClaimKind {
+    /// Method `a` is above method `b` (by more than `tolerance`) at every
+    /// sparsity both have in the range.
+    Beats,
+    /// Method `a` is at most `tolerance` below the dense reference at every
+    /// sparsity in the range.
+    WithinDense,
+    /// Every paper value of method `a` (or `dense`) is matched within
+    /// `tolerance` at the nearest sparsity we ran.
+    NearPaper,
+}
+
+/// A `[[claim]]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Claim {
+    /// The claim in words.
+    pub text: String,
+    /// What is checked.
+    pub kind: ClaimKind,
+    /// The method the claim is about.
+    pub a: String,
+    /// The other method (`beats`).
+    #[serde(default)]
+    pub b: Option<String>,
+    /// Slack in metric points (a margin for `beats`).
+    #[serde(default)]
+    pub tolerance: f64,
+    /// Only sparsities ≥ this.
+    #[serde(default)]
+    pub min_sparsity: Option<f64>,
+    /// Only sparsities ≤ this.
+    #[serde(default)]
+    pub max_sparsity: Option<f64>,
+    /// The metric checked (default: the table's first).
+    #[serde(default)]
+    pub metric: Option<String>,
+}
+
+/// Reads and checks a spec.
+pub fn load_spec(path: &Path) -> Result<Spec, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("{}: cannot read table spec: {e}", path.display())))?;
+    parse_spec(&text).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
+}
+
+/// Parses and checks spec text (errors without the file name).
+pub fn parse_spec(text: &str) -> Result<Spec, ConfigError> {
+    let de = toml::Deserializer::parse(text).map_err(|e| ConfigError(format!("invalid TOML: {e}")))?;
+    let spec: Spec = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        ConfigError(format!("key `{path}`: {}", e.into_inner()))
+    })?;
+    spec.validate().map_err(ConfigError)?;
+    Ok(spec)
+}
+
+fn plain_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        && s != "."
+        && s != ".."
+}
+
+impl Spec {
+    /// Checks what types cannot: names, references between sections.
+    pub fn validate(&self) -> Result<(), String> {
+        let t = &self.table;
+        if !plain_name(&t.name) {
+            return Err(format!("key `table.name` must be a plain name (letters, digits, - _ .), found `{}`", t.name));
+        }
+        if t.metrics.is_empty() {
+            return Err("key `table.metrics` must name at least one metric".into());
+        }
+        if !self.scale.contains_key(&t.scale) {
+            return Err(format!("key `table.scale`: no [scale.{}] section", t.scale));
+        }
+        for (name, s) in &self.scale {
+            if s.seeds.as_ref().is_some_and(|v| v.is_empty()) || t.seeds.is_empty() {
+                return Err(format!("key `scale.{name}.seeds` (or `table.seeds`) must not be empty"));
+            }
+        }
+        if self.method.is_empty() {
+            return Err("the spec needs at least one [[method]]".into());
+        }
+        let mut names = vec!["dense".to_string()];
+        for (i, p) in self.prereq.iter().enumerate() {
+            if !plain_name(&p.name) {
+                return Err(format!("key `prereq[{i}].name` must be a plain name, found `{}`", p.name));
+            }
+        }
+        for (i, m) in self.method.iter().enumerate() {
+            if !plain_name(&m.name) || names.contains(&m.name) {
+                return Err(format!(
+                    "key `method[{i}].name` must be a plain name used once (not `dense`), found `{}`",
+                    m.name
+                ));
+            }
+            names.push(m.name.clone());
+            if let Some(f) = &m.from {
+                if !self.prereq.iter().any(|p| &p.name == f) {
+                    return Err(format!("key `method[{i}].from`: no [[prereq]] named `{f}`"));
+                }
+            }
+            if let Some(s) = &m.sweep {
+                if s.values.is_empty() {
+                    return Err(format!("key `method[{i}].sweep.values` must not be empty"));
+                }
+            }
+        }
+        for (i, r) in self.reference.iter().enumerate() {
+            if !names.contains(&r.method) {
+                return Err(format!("key `reference[{i}].method`: no method `{}` (nor `dense`)", r.method));
+            }
+        }
+        for (i, c) in self.claim.iter().enumerate() {
+            for m in std::iter::once(&c.a).chain(c.b.as_ref()) {
+                if !names.contains(m) {
+                    return Err(format!("key `claim[{i}]`: no method `{m}`"));
+                }
+            }
+            if let Some(m) = c.metric.as_ref().filter(|m| !t.metrics.contains(m)) {
+                return Err(format!("key `claim[{i}].metric`: `{m}` is not in `table.metrics`"));
+            }
+            if c.kind == ClaimKind::Beats && c.b.is_none() {
+                return Err(format!("key `claim[{i}].b`: a `beats` claim needs the other method"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How to run a table.
+#[derive(Clone, Debug)]
+pub struct TableOptions {
+    /// The spec file (as given: it is written into the command).
+    pub spec_path: PathBuf,
+    /// The scale (default: the spec's).
+    pub scale: Option<String>,
+    /// `--data-dir` passed to every run.
+    pub data_dir: Option<PathBuf>,
+    /// Root of the cells' run directories (default `runs/tables/<name>/<scale>`).
+    pub runs: Option<PathBuf>,
+    /// Where the report goes (default `results/<name>`, or
+    /// `results/<name>-<scale>` for another scale than the spec's).
+    pub out: Option<PathBuf>,
+    /// Cells run at once.
+    pub jobs: usize,
+    /// Stop after this many newly started runs (the table stays resumable).
+    pub max_cells: Option<usize>,
+    /// Only re-render the report from existing runs.
+    pub report_only: bool,
+    /// Quiet children.
+    pub quiet: bool,
+}
+
+/// One run of the table: a prerequisite or a cell.
+#[derive(Clone, Debug)]
+pub struct Job {
+    /// `prereq/<name>/seed<s>` or `<method>/<setting>/seed<s>`: for logs.
+    pub id: String,
+    /// Experiment config.
+    pub config: PathBuf,
+    /// All overrides, in order.
+    pub sets: Vec<String>,
+    /// Run directory.
+    pub dir: PathBuf,
+    /// The method (None for prerequisites).
+    pub method: Option<usize>,
+    /// The sweep value's text (`keep=250`), if any.
+    pub setting: Option<String>,
+    /// Seed.
+    pub seed: u64,
+}
+
+/// The resolved plan of a table at one scale.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// Scale name.
+    pub scale: String,
+    /// Seeds.
+    pub seeds: Vec<u64>,
+    /// Prerequisite runs (run first).
+    pub prereqs: Vec<Job>,
+    /// The cells.
+    pub cells: Vec<Job>,
+    /// Root of the run directories.
+    pub runs: PathBuf,
+    /// Report directory.
+    pub out: PathBuf,
+    /// The command that produces the table.
+    pub command: String,
+}
+
+fn value_text(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn slug(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '=' => '-',
+            c if c.is_ascii_alphanumeric() || c == '.' || c == '-' => c,
+            _ => '_',
+        })
+        .collect()
+}
+
+fn toml_string(p: &Path) -> String {
+    toml::Value::String(p.to_string_lossy().into_owned()).to_string()
+}
+
+/// Resolves the spec into runs: directories, overrides, the command.
+pub fn plan(spec: &Spec, opts: &TableOptions) -> Result<Plan, ConfigError> {
+    let scale_name = opts.scale.clone().unwrap_or_else(|| spec.table.scale.clone());
+    let scale = spec.scale.get(&scale_name).ok_or_else(|| {
+        ConfigError(format!(
+            "{}: no [scale.{scale_name}] (scales: {})",
+            opts.spec_path.display(),
+            spec.scale.keys().cloned().collect::<Vec<_>>().join(", ")
+        ))
+    })?;
+    let seeds = scale.seeds.clone().unwrap_or_else(|| spec.table.seeds.clone());
+    let runs =
+        opts.runs.clone().unwrap_or_else(|| PathBuf::from("runs/tables").join(&spec.table.name).join(&scale_name));
+    let out = opts.out.clone().unwrap_or_else(|| {
+        let name = if scale_name == spec.table.scale {
+            spec.table.name.clone()
+        } else {
+            format!("{}-{scale_name}", spec.table.name)
+        };
+        PathBuf::from("results").join(name)
+    });
+    let mut prereqs = Vec::new();
+    let mut prereq_dirs = BTreeMap::new();
+    for p in &spec.prereq {
+        for &seed in &seeds {
+            let dir = runs.join("prereq").join(&p.name).join(format!("seed{seed}"));
+            let mut sets = p.sets.clone();
+            sets.extend(scale.sets.iter().cloned());
+            sets.extend(scale.prereq_sets.iter().cloned());
+            sets.push(format!("seed={seed}"));
+            let sets = sets.iter().map(|x| scale.expand(x, &scale_name)).collect::<Result<Vec<_>, _>>()?;
+            prereq_dirs.insert((p.name.clone(), seed), dir.clone());
+            prereqs.push(Job {
+                id: format!("prereq/{}/seed{seed}", p.name),
+                config: p.config.clone(),
+                sets,
+                dir,
+                method: None,
+                setting: None,
+                seed,
+            });
+        }
+    }
+    let mut cells = Vec::new();
+    for (mi, m) in spec.method.iter().enumerate() {
+        let points: Vec<Option<(String, String)>> = match &m.sweep {
+            Some(s) => s
+                .values
+                .iter()
+                .map(|v| {
+                    let short = s.key.rsplit('.').next().unwrap_or(&s.key);
+                    Some((format!("{}={}", s.key, v), format!("{short}={}", value_text(v))))
+                })
+                .collect(),
+            None => vec![None],
+        };
+        for point in &points {
+            for &seed in &seeds {
+                let mut sets = m.sets.clone();
+                sets.extend(scale.sets.iter().cloned());
+                sets.extend(scale.cell_sets.iter().cloned());
+                if let Some(f) = &m.from {
+                    let dir = &prereq_dirs[&(f.clone(), seed)];
+                    sets.push(format!("init_from={}", toml_string(dir)));
+                }
+                let mut dir = runs.join(&m.name);
+                if let Some((set, setting)) = point {
+                    sets.push(set.clone());
+                    dir = dir.join(slug(setting));
+                }
+                sets.push(format!("seed={seed}"));
+                let sets = sets.iter().map(|x| scale.expand(x, &scale_name)).collect::<Result<Vec<_>, _>>()?;
+                let dir = dir.join(format!("seed{seed}"));
+                let setting = point.as_ref().map(|(_, s)| s.clone());
+                let id =
+                    format!("{}/{}seed{seed}", m.name, setting.as_ref().map(|s| format!("{s}/")).unwrap_or_default());
+                cells.push(Job { id, config: m.config.clone(), sets, dir, method: Some(mi), setting, seed });
+            }
+        }
+    }
+    let mut command = format!("espalier table {}", opts.spec_path.display());
+    if opts.scale.as_ref().is_some_and(|s| s != &spec.table.scale) {
+        command += &format!(" --scale {scale_name}");
+    }
+    if let Some(d) = &opts.data_dir {
+        command += &format!(" --data-dir {}", d.display());
+    }
+    if let Some(r) = &opts.runs {
+        command += &format!(" --runs {}", r.display());
+    }
+    if let Some(o) = &opts.out {
+        command += &format!(" --out {}", o.display());
+    }
+    Ok(Plan { scale: scale_name, seeds, prereqs, cells, runs, out, command })
+}
+
+/// The experiment a job runs (checked before anything runs).
+fn job_experiment(job: &Job) -> Result<Experiment, ConfigError> {
+    config::load(&job.config, &job.sets).map_err(|e| ConfigError(format!("table cell {}: {}", job.id, e.0)))
+}
+
+/// Whether a job's run directory holds its finished run. A directory that
+/// holds another experiment is an error (the spec changed under it).
+fn is_finished(job: &Job, exp: &Experiment) -> Result<bool, ConfigError> {
+    let cfg = job.dir.join("config.toml");
+    if !cfg.exists() {
+        return Ok(false);
+    }
+    let old = config::load(&cfg, &[])?;
+    if &old != exp {
+        return Err(ConfigError(format!(
+            "table cell {}: {} holds a different experiment than the spec now asks for; remove it or use --runs",
+            job.id,
+            job.dir.display()
+        )));
+    }
+    Ok(job.dir.join("summary.json").exists())
+}
+
+/// What `run_table` did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// Runs started (and finished) by this invocation.
+    pub ran: usize,
+    /// Runs found finished and skipped.
+    pub skipped: usize,
+    /// Whether every run is finished.
+    pub complete: bool,
+}
+
+/// The command line of a job.
+fn job_command(exe: &Path, job: &Job, opts: &TableOptions) -> Command {
+    let mut c = Command::new(exe);
+    c.arg("run").arg(&job.config);
+    for s in &job.sets {
+        c.arg("--set").arg(s);
+    }
+    c.arg("--out").arg(&job.dir);
+    if let Some(d) = &opts.data_dir {
+        c.arg("--data-dir").arg(d);
+    }
+    if opts.quiet || opts.jobs > 1 {
+        c.arg("--quiet");
+    }
+    c.stdout(Stdio::null());
+    c
+}
+
+/// Runs the jobs that are not finished, `opts.jobs` at a time, until
+/// `budget` new runs have started. Returns (ran, skipped, all finished).
+fn run_jobs(jobs: &[Job], opts: &TableOptions, budget: &mut Option<usize>) -> anyhow::Result<Progress> {
+    let exe = std::env::current_exe().context("locating the espalier binary")?;
+    let mut todo = Vec::new();
+    let mut skipped = 0;
+    for job in jobs {
+        let exp = job_experiment(job)?;
+        if is_finished(job, &exp)? {
+            tracing::info!("{}: finished, skipped", job.id);
+            skipped += 1;
+        } else {
+            todo.push(job);
+        }
+    }
+    let mut running: Vec<(&Job, Child)> = Vec::new();
+    let mut ran = 0;
+    let mut failed: Option<anyhow::Error> = None;
+    let mut queue = todo.iter().copied().peekable();
+    loop {
+        while failed.is_none() && running.len() < opts.jobs.max(1) && budget.is_none_or(|b| b > 0) {
+            let Some(job) = queue.next() else { break };
+            if let Some(b) = budget.as_mut() {
+                *b -= 1;
+            }
+            tracing::info!("{}: running into {}", job.id, job.dir.display());
+            let child = job_command(&exe, job, opts)
+                .spawn()
+                .with_context(|| format!("{}: starting {}", job.id, exe.display()))?;
+            running.push((job, child));
+        }
+        if running.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let mut i = 0;
+        while i < running.len() {
+            match running[i].1.try_wait().context("waiting for a table cell")? {
+                None => i += 1,
+                Some(status) => {
+                    let (job, _) = running.swap_remove(i);
+                    if status.success() {
+                        ran += 1;
+                        tracing::info!("{}: done", job.id);
+                    } else if failed.is_none() {
+                        failed = Some(anyhow::anyhow!(
+                            "table cell {} failed ({status}); rerun it alone with: espalier run {} {}--out {}",
+                            job.id,
+                            job.config.display(),
+                            job.sets.iter().map(|s| format!("--set '{s}' ")).collect::<String>(),
+                            job.dir.display()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    Ok(Progress { ran, skipped, complete: queue.peek().is_none() })
+}
+
+/// Runs the missing runs of a plan (prerequisites first). Stops early,
+/// resumable, when `opts.max_cells` runs have started.
+pub fn run_plan(plan: &Plan, opts: &TableOptions) -> anyhow::Result<Progress> {
+    let mut budget = opts.max_cells;
+    let pre = run_jobs(&plan.prereqs, opts, &mut budget)?;
+    if !pre.complete {
+        return Ok(Progress { complete: false, ..pre });
+    }
+    let cells = run_jobs(&plan.cells, opts, &mut budget)?;
+    Ok(Progress { ran: pre.ran + cells.ran, skipped: pre.skipped + cells.skipped, complete: cells.complete })
+}
+
+/// One reported number: a run's metric at a sparsity.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Point {
+    /// Method name (`dense` for the dense reference).
+    pub method: String,
+    /// Model name from the run.
+    pub model: String,
+    /// Data name from the run.
+    pub data: String,
+    /// Sparsity of the run's round.
+    pub sparsity: f64,
+    /// The sweep setting that produced it.
+    pub setting: Option<String>,
+    /// Metric name.
+    pub metric: String,
+    /// Value.
+    pub value: f64,
+    /// Seed.
+    pub seed: u64,
+}
+
+fn read_summary(dir: &Path) -> anyhow::Result<Summary> {
+    let p = dir.join("summary.json");
+    let bytes = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+    serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", p.display()))
+}
+
+/// The value of `metric` in a round of `s`; `None` where the run lacks it.
+fn metric_of(s: &Summary, round: &Record, metric: &str, last: bool) -> Option<f64> {
+    let Record::Round { metrics, best, .. } = round else { return None };
+    if let Some(m) = metric.strip_suffix("@best-epoch") {
+        return best.as_ref().and_then(|b| b.metrics.get(m).copied());
+    }
+    if let Some(m) = metric.strip_suffix("@before-finetune") {
+        return s.structured.as_ref().filter(|_| last).and_then(|st| st.metrics_before_finetune.get(m).copied());
+    }
+    metrics.get(metric).copied()
+}
+
+/// The points of a finished run: its pruned rounds (all of them, or the
+/// last for a swept method), and its round 0 as the dense reference when
+/// `dense` is set.
+fn points_of(spec: &Spec, job: &Job, s: &Summary, method: &str, dense: bool) -> Vec<Point> {
+    let rounds: Vec<&Record> = s.rounds.iter().collect();
+    let mut out = Vec::new();
+    let swept = job.method.is_some_and(|m| spec.method[m].sweep.is_some());
+    for (i, r) in rounds.iter().enumerate() {
+        let Record::Round { round, sparsity, .. } = r else { continue };
+        let last = i + 1 == rounds.len();
+        let (name, keep) = if *round == 0 { ("dense", dense) } else { (method, !swept || last) };
+        if !keep {
+            continue;
+        }
+        for metric in &spec.table.metrics {
+            if let Some(value) = metric_of(s, r, metric, last) {
+                out.push(Point {
+                    method: name.to_string(),
+                    model: s.model.clone(),
+                    data: s.data.clone(),
+                    sparsity: if *round == 0 { 0.0 } else { *sparsity },
+                    setting: if *round == 0 { None } else { job.setting.clone() },
+                    metric: metric.clone(),
+                    value,
+                    seed: s.seed,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Every point of a finished plan, in plan order; the dense reference comes
+/// from the first prerequisite (its final round) or else the first
+/// method's round 0, once per seed.
+pub fn collect(spec: &Spec, plan: &Plan) -> anyhow::Result<Vec<Point>> {
+    let missing: Vec<&str> = plan
+        .prereqs
+        .iter()
+        .chain(&plan.cells)
+        .filter(|j| !j.dir.join("summary.json").exists())
+        .map(|j| j.id.as_str())
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "{} of {} runs are not finished ({}); run `{}` first",
+            missing.len(),
+            plan.prereqs.len() + plan.cells.len(),
+            missing.iter().take(5).copied().collect::<Vec<_>>().join(", "),
+            plan.command
+        );
+    }
+    let mut points = Vec::new();
+    let first_prereq = spec.prereq.first().map(|p| p.name.as_str());
+    for job in plan.prereqs.iter().filter(|j| first_prereq.is_some_and(|n| j.id.starts_with(&format!("prereq/{n}/")))) {
+        let s = read_summary(&job.dir)?;
+        let Some(last) = s.rounds.last() else { continue };
+        for metric in &spec.table.metrics {
+            if let Some(value) = metric_of(&s, last, metric, false) {
+                points.push(Point {
+                    method: "dense".into(),
+                    model: s.model.clone(),
+                    data: s.data.clone(),
+                    sparsity: 0.0,
+                    setting: None,
+                    metric: metric.clone(),
+                    value,
+                    seed: s.seed,
+                });
+            }
+        }
+    }
+    let mut dense_seeds: Vec<u64> = if first_prereq.is_some() { plan.seeds.clone() } else { Vec::new() };
+    for job in &plan.cells {
+        let s = read_summary(&job.dir)?;
+        let m = &spec.method[job.method.unwrap_or(0)];
+        let dense = job.method == Some(0) && !dense_seeds.contains(&job.seed);
+        if dense {
+            dense_seeds.push(job.seed);
+        }
+        points.extend(points_of(spec, job, &s, &m.name, dense));
+    }
+    Ok(points)
+}
+
+/// The CSV: one row per run, sparsity and metric (the columns of a run's
+/// `results.csv`, with the table's method names).
+pub fn csv(points: &[Point]) -> String {
+    let mut out = String::from("model,data,method,sparsity,metric,value,seed\n");
+    for p in points {
+        out +=
+            &format!("{},{},{},{:.6},{},{:.4},{}\n", p.model, p.data, p.method, p.sparsity, p.metric, p.value, p.seed);
+    }
+    out
+}
+
+/// Mean, sample standard deviation (0 for one value) and count.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Stat {
+    /// Mean over seeds.
+    pub mean: f64,
+    /// Sample standard deviation (n − 1).
+    pub std: f64,
+    /// Number of seeds.
+    pub n: usize,
+}
+
+impl Stat {
+    fn of(v: &[f64]) -> Stat {
+        let n = v.len();
+        let mean = v.iter().sum::<f64>() / n.max(1) as f64;
+        let std = if n > 1 { (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt() } else { 0.0 };
+        Stat { mean, std, n }
+    }
+
+    fn text(&self) -> String {
+        if self.n > 1 {
+            format!("{:.2} ± {:.2}", self.mean, self.std)
+        } else {
+            format!("{:.2}", self.mean)
+        }
+    }
+}
+
+/// Sparsity rounded to 0.1 % (the rows of the table): runs that reach
+/// the same sparsity by different routes share a row.
+fn key(sparsity: f64) -> i64 {
+    (sparsity * 1000.0).round() as i64
+}
+
+/// The aggregated table of one metric: (method, sparsity key) → stat.
+#[derive(Clone, Debug)]
+pub struct Aggregate {
+    /// Metric name.
+    pub metric: String,
+    /// Per method, per sparsity key.
+    pub cells: BTreeMap<String, BTreeMap<i64, Stat>>,
+    /// Sweep settings seen per sparsity key.
+    pub settings: BTreeMap<i64, Vec<String>>,
+    /// The dense reference.
+    pub dense: Option<Stat>,
+}
+
+/// Aggregates the points of one metric over seeds.
+pub fn aggregate(points: &[Point], metric: &str) -> Aggregate {
+    let mut values: BTreeMap<(String, i64), Vec<f64>> = BTreeMap::new();
+    let mut settings: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+    let mut dense = Vec::new();
+    for p in points.iter().filter(|p| p.metric == metric) {
+        if p.method == "dense" {
+            dense.push(p.value);
+            continue;
+        }
+        values.entry((p.method.clone(), key(p.sparsity))).or_default().push(p.value);
+        if let Some(s) = &p.setting {
+            let v = settings.entry(key(p.sparsity)).or_default();
+            if !v.contains(s) {
+                v.push(s.clone());
+            }
+        }
+    }
+    let mut cells: BTreeMap<String, BTreeMap<i64, Stat>> = BTreeMap::new();
+    for ((m, k), v) in values {
+        cells.entry(m).or_default().insert(k, Stat::of(&v));
+    }
+    Aggregate { metric: metric.into(), cells, settings, dense: (!dense.is_empty()).then(|| Stat::of(&dense)) }
+}
+
+fn pct(k: i64) -> String {
+    format!("{:.1}%", k as f64 / 10.0)
+}
+
+/// The paper's value for (method, sparsity key, metric), if the spec has one there.
+fn reference_at<'a>(spec: &'a Spec, method: &str, k: i64, metric: &str) -> Option<&'a Reference> {
+    spec.reference.iter().find(|r| {
+        r.method == method && key(r.sparsity) == k && r.metric.as_deref().unwrap_or(&spec.table.metrics[0]) == metric
+    })
+}
+
+fn markdown_table(spec: &Spec, agg: &Aggregate) -> String {
+    let keys: Vec<i64> = {
+        let mut k: Vec<i64> = agg.cells.values().flat_map(|m| m.keys().copied()).collect();
+        k.sort_unstable();
+        k.dedup();
+        k
+    };
+    let with_setting = !agg.settings.is_empty();
+    let mut md = String::from("| sparsity | weights left |");
+    let mut rule = String::from("|---:|---:|");
+    if with_setting {
+        md += " setting |";
+        rule += "---|";
+    }
+    for m in &spec.method {
+        md += &format!(" {} |", m.label());
+        rule += "---:|";
+    }
+    md += &format!("\n{rule}\n");
+    for k in keys {
+        md += &format!("| {} | {} |", pct(k), pct(1000 - k));
+        if with_setting {
+            md += &format!(" {} |", agg.settings.get(&k).map(|v| v.join(", ")).unwrap_or_default());
+        }
+        for m in &spec.method {
+            let ours = agg.cells.get(&m.name).and_then(|c| c.get(&k)).map_or("–".to_string(), Stat::text);
+            match reference_at(spec, &m.name, k, &agg.metric) {
+                Some(r) => md += &format!(" {ours} (paper {:.2}) |", r.value),
+                None => md += &format!(" {ours} |"),
+            }
+        }
+        md.push('\n');
+    }
+    md
+}
+
+/// Our value nearest to a reference: (sparsity key, stat).
+fn nearest(agg: &Aggregate, method: &str, sparsity: f64) -> Option<(i64, Stat)> {
+    if method == "dense" {
+        return agg.dense.map(|d| (0, d));
+    }
+    let cells = agg.cells.get(method)?;
+    let k = key(sparsity);
+    cells.iter().min_by_key(|(kk, _)| (**kk - k).abs()).map(|(kk, s)| (*kk, *s))
+}
+
+fn references_markdown(spec: &Spec, aggs: &[Aggregate]) -> String {
+    if spec.reference.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from(
+        "\n## The paper's numbers beside ours\n\n| method | metric | paper sparsity | paper | source | our nearest sparsity | ours | ours − paper |\n|---|---|---:|---:|---|---:|---:|---:|\n",
+    );
+    for r in &spec.reference {
+        let metric = r.metric.as_deref().unwrap_or(&spec.table.metrics[0]);
+        let label = spec.method.iter().find(|m| m.name == r.method).map_or("dense", |m| m.label());
+        let ours = aggs.iter().find(|a| a.metric == metric).and_then(|a| nearest(a, &r.method, r.sparsity));
+        let (at, v, diff) = match ours {
+            Some((k, s)) => (pct(k), s.text(), format!("{:+.2}", s.mean - r.value)),
+            None => ("–".into(), "–".into(), "–".into()),
+        };
+        md += &format!(
+            "| {label} | {metric} | {} | {:.2} | {} | {at} | {v} | {diff} |\n",
+            pct(key(r.sparsity)),
+            r.value,
+            r.source
+        );
+    }
+    md
+}
+
+/// The verdict on a claim.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Holds at every point checked.
+    Pass,
+    /// Fails somewhere.
+    Fails,
+    /// No point to check.
+    NoData,
+}
+
+impl Verdict {
+    fn word(&self) -> &'static str {
+        match self {
+            Verdict::Pass => "PASS",
+            Verdict::Fails => "FAILS",
+            Verdict::NoData => "NO DATA",
+        }
+    }
+}
+
+fn in_range(c: &Claim, k: i64) -> bool {
+    c.min_sparsity.is_none_or(|m| k >= key(m)) && c.max_sparsity.is_none_or(|m| k <= key(m))
+}
+
+/// The value a claim compares: the mean as the report prints it (two
+/// decimals), so a verdict never hinges on a difference the table hides.
+fn shown(s: &Stat) -> f64 {
+    format!("{:.2}", s.mean).parse().unwrap_or(s.mean)
+}
+
+/// Checks a claim on its metric (default: the primary one) over the
+/// aggregates of every metric: the verdict and the evidence.
+pub fn check_claim(spec: &Spec, aggs: &[Aggregate], c: &Claim) -> (Verdict, String) {
+    let metric = c.metric.as_deref().unwrap_or(&spec.table.metrics[0]);
+    let Some(agg) = aggs.iter().find(|a| a.metric == metric) else {
+        return (Verdict::NoData, format!("no `{metric}` values"));
+    };
+    let empty = BTreeMap::new();
+    let a = agg.cells.get(&c.a).unwrap_or(&empty);
+    let mut held = Vec::new();
+    let mut failed = Vec::new();
+    match c.kind {
+        ClaimKind::Beats => {
+            let b_name = c.b.clone().unwrap_or_default();
+            let b = agg.cells.get(&b_name).unwrap_or(&empty);
+            for (k, sa) in a.iter().filter(|(k, _)| in_range(c, **k)) {
+                let Some(sb) = b.get(k) else { continue };
+                let line = format!("{}: {:.2} vs {:.2}", pct(*k), sa.mean, sb.mean);
+                if shown(sa) > shown(sb) + c.tolerance {
+                    held.push(line);
+                } else {
+                    failed.push(line);
+                }
+            }
+        }
+        ClaimKind::WithinDense => {
+            if let Some(d) = agg.dense {
+                for (k, sa) in a.iter().filter(|(k, _)| in_range(c, **k)) {
+                    let line = format!("{}: {:.2} vs dense {:.2}", pct(*k), sa.mean, d.mean);
+                    if shown(sa) >= shown(&d) - c.tolerance {
+                        held.push(line);
+                    } else {
+                        failed.push(line);
+                    }
+                }
+            }
+        }
+        ClaimKind::NearPaper => {
+            for r in spec.reference.iter().filter(|r| r.method == c.a) {
+                if r.metric.as_deref().is_some_and(|m| m != agg.metric) {
+                    continue;
+                }
+                let Some((k, s)) = nearest(agg, &c.a, r.sparsity) else { continue };
+                let line =
+                    format!("paper {:.2} at {}, ours {:.2} at {}", r.value, pct(key(r.sparsity)), s.mean, pct(k));
+                if (shown(&s) - r.value).abs() <= c.tolerance + 1e-9 {
+                    held.push(line);
+                } else {
+                    failed.push(line);
+                }
+            }
+        }
+    }
+    let verdict = if held.is_empty() && failed.is_empty() {
+        Verdict::NoData
+    } else if failed.is_empty() {
+        Verdict::Pass
+    } else {
+        Verdict::Fails
+    };
+    let evidence = match verdict {
+        Verdict::NoData => "no sparsity to compare at".to_string(),
+        Verdict::Pass => format!("holds at all {} points ({})", held.len(), held.join("; ")),
+        Verdict::Fails => format!(
+            "fails at {} of {} points: {}{}",
+            failed.len(),
+            held.len() + failed.len(),
+            failed.join("; "),
+            if held.is_empty() { String::new() } else { format!("; holds at {}", held.join("; ")) }
+        ),
+    };
+    (verdict, evidence)
+}
+
+fn claims_markdown(spec: &Spec, aggs: &[Aggregate]) -> String {
+    if spec.claim.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from("\n## Claims checked against our numbers (means over seeds)\n\n");
+    for c in &spec.claim {
+        let (v, evidence) = check_claim(spec, aggs, c);
+        let metric = c.metric.as_deref().unwrap_or(&spec.table.metrics[0]);
+        let tol = if c.tolerance != 0.0 { format!(", tolerance {} points", c.tolerance) } else { String::new() };
+        md += &format!("- **{}** — {} ({metric}{tol}): {evidence}.\n", v.word(), c.text);
+    }
+    md
+}
+
+/// The report: title, scale, dense reference, one table per metric, the
+/// paper's numbers, the claims, the plot and the command.
+pub fn report_markdown(spec: &Spec, plan: &Plan, aggs: &[Aggregate]) -> String {
+    let scale = &spec.scale[&plan.scale];
+    let mut md = format!("# {}\n\n", spec.table.title);
+    if !spec.table.description.trim().is_empty() {
+        md += &format!("{}\n\n", spec.table.description.trim());
+    }
+    md += &format!("**Scale `{}`:** {}\n\n", plan.scale, scale.description.trim());
+    let seeds = plan.seeds.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ");
+    md += &format!(
+        "Seeds: {seeds}{}. Every cell is an ordinary run directory under `{}` (`--report-only` re-renders \
+         this report from them).\n",
+        if plan.seeds.len() > 1 { " (mean ± sample standard deviation over seeds)" } else { " (one run per cell)" },
+        plan.runs.display()
+    );
+    for agg in aggs {
+        md += &format!("\n## {}\n\n", agg.metric);
+        if let Some(d) = agg.dense {
+            let paper = reference_at(spec, "dense", 0, &agg.metric)
+                .map_or(String::new(), |r| format!(" (paper {:.2}, {})", r.value, r.source));
+            md += &format!("Dense reference: {}{paper}.\n\n", d.text());
+        }
+        md += &markdown_table(spec, agg);
+    }
+    md += &references_markdown(spec, aggs);
+    md += &claims_markdown(spec, aggs);
+    md += &format!(
+        "\n![{} vs sparsity](plot.svg)\n\n`results.csv`: one row per run, sparsity and metric \
+         (model,data,method,sparsity,metric,value,seed).\n\nProduced by:\n\n```\n{}\n```\n",
+        aggs.first().map_or("metric", |a| a.metric.as_str()),
+        plan.command
+    );
+    md
+}
+
+/// The plot's data: one series per method of the primary metric.
+pub fn plot_data(spec: &Spec, agg: &Aggregate) -> crate::plot::PlotData {
+    let series = spec
+        .method
+        .iter()
+        .map(|m| crate::plot::Series {
+            label: m.label().to_string(),
+            points: agg
+                .cells
+                .get(&m.name)
+                .map(|c| c.iter().map(|(k, s)| (*k as f64 / 10.0, s.mean, s.std)).collect())
+                .unwrap_or_default(),
+        })
+        .collect();
+    crate::plot::PlotData {
+        title: spec.table.title.clone(),
+        y_label: agg.metric.clone(),
+        log_weights_left: spec.table.x_axis == XAxis::WeightsLeftLog,
+        series,
+        dense: agg.dense.map(|d| d.mean),
+    }
+}
+
+/// Writes the report files of a finished plan into `plan.out`.
+pub fn write_report(spec: &Spec, plan: &Plan) -> anyhow::Result<Vec<Aggregate>> {
+    let points = collect(spec, plan)?;
+    let aggs: Vec<Aggregate> = spec.table.metrics.iter().map(|m| aggregate(&points, m)).collect();
+    let data = plot_data(spec, &aggs[0]);
+    let out = &plan.out;
+    write_atomic(&out.join("results.csv"), csv(&points).as_bytes())?;
+    write_atomic(&out.join("plot.svg"), crate::plot::svg(&data).as_bytes())?;
+    write_atomic(&out.join("plot.png"), &crate::plot::png(&data)?)?;
+    write_atomic(&out.join("command.txt"), format!("{}\n", plan.command).as_bytes())?;
+    write_atomic(&out.join("README.md"), report_markdown(spec, plan, &aggs).as_bytes())?;
+    Ok(aggs)
+}
+
+/// `espalier table`: runs what is missing (unless `report_only`), then
+/// writes the report. Returns whether the table is complete.
+pub fn table(opts: &TableOptions) -> anyhow::Result<bool> {
+    let spec = load_spec(&opts.spec_path)?;
+    let plan = plan(&spec, opts)?;
+    for job in plan.prereqs.iter().chain(&plan.cells) {
+        job_experiment(job)?;
+    }
+    if !opts.report_only {
+        let p = run_plan(&plan, opts)?;
+        println!("table {}: ran {} runs, skipped {} finished runs", spec.table.name, p.ran, p.skipped);
+        if !p.complete {
+            println!("stopped early (--max-cells); run the same command again to continue");
+            return Ok(false);
+        }
+    }
+    let aggs = write_report(&spec, &plan)?;
+    for c in &spec.claim {
+        let (v, evidence) = check_claim(&spec, &aggs, c);
+        println!("{:<7} {}: {evidence}", v.word(), c.text);
+    }
+    println!("wrote {}", plan.out.display());
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC: &str = r#"
+        [table]
+        name = "t"
+        title = "T"
+        metrics = ["accuracy"]
+        scale = "small"
+        [scale.small]
+        description = "tiny"
+        sets = ["train.epochs=${e}"]
+        vars = { e = 2 }
+        [[prereq]]
+        name = "dense"
+        config = "a.toml"
+        [[method]]
+        name = "a"
+        config = "a.toml"
+        from = "dense"
+        sweep = { key = "structured.keep", values = [10, 20] }
+        [[method]]
+        name = "b"
+        config = "b.toml"
+        [[claim]]
+        text = "a beats b"
+        kind = "beats"
+        a = "a"
+        b = "b"
+    "#;
+
+    fn opts() -> TableOptions {
+        TableOptions {
+            spec_path: "t.toml".into(),
+            scale: None,
+            data_dir: None,
+            runs: None,
+            out: None,
+            jobs: 1,
+            max_cells: None,
+            report_only: false,
+            quiet: true,
+        }
+    }
+
+    #[test]
+    fn plans_cells_with_overrides_in_order() {
+        let spec = parse_spec(SPEC).unwrap();
+        let p = plan(&spec, &opts()).unwrap();
+        assert_eq!(p.prereqs.len(), 1);
+        assert_eq!(p.cells.len(), 3);
+        let c = &p.cells[1];
+        assert_eq!(c.dir, Path::new("runs/tables/t/small/a/keep-20/seed0"));
+        assert_eq!(
+            c.sets,
+            ["train.epochs=2", "init_from=\"runs/tables/t/small/prereq/dense/seed0\"", "structured.keep=20", "seed=0"]
+        );
+        assert_eq!(p.out, Path::new("results/t"));
+        assert_eq!(p.command, "espalier table t.toml");
+    }
+
+    #[test]
+    fn spec_errors_name_the_key() {
+        let e = parse_spec(&SPEC.replace("title = \"T\"", "title = \"T\"\ntitel = 1")).unwrap_err().0;
+        assert!(e.contains("titel"), "{e}");
+        let e = parse_spec(&SPEC.replace("from = \"dense\"", "from = \"dens\"")).unwrap_err().0;
+        assert!(e.contains("method[0].from") && e.contains("dens"), "{e}");
+        let e = parse_spec(&SPEC.replace("b = \"b\"", "b = \"c\"")).unwrap_err().0;
+        assert!(e.contains("claim[0]") && e.contains("`c`"), "{e}");
+        let e = parse_spec(&SPEC.replace("scale = \"small\"", "scale = \"big\"")).unwrap_err().0;
+        assert!(e.contains("table.scale") && e.contains("big"), "{e}");
+        let spec = parse_spec(&SPEC.replace("${e}", "${f}")).unwrap();
+        let e = plan(&spec, &opts()).unwrap_err().0;
+        assert!(e.contains("`f`") && e.contains("scale.small.vars"), "{e}");
+    }
+
+    fn point(method: &str, sparsity: f64, value: f64, seed: u64) -> Point {
+        Point {
+            method: method.into(),
+            model: "m".into(),
+            data: "d".into(),
+            sparsity,
+            setting: None,
+            metric: "accuracy".into(),
+            value,
+            seed,
+        }
+    }
+
+    #[test]
+    fn claims_are_checked_on_seed_means() {
+        let mut spec = parse_spec(SPEC).unwrap();
+        let points = vec![
+            point("dense", 0.0, 98.0, 0),
+            point("dense", 0.0, 98.2, 1),
+            point("a", 0.5, 97.0, 0),
+            point("a", 0.5, 97.4, 1),
+            point("b", 0.5, 96.0, 0),
+            point("a", 0.9, 90.0, 0),
+            point("b", 0.9, 91.0, 0),
+        ];
+        let agg = aggregate(&points, "accuracy");
+        let s = agg.cells["a"][&500];
+        assert!((s.mean - 97.2).abs() < 1e-9 && (s.std - 0.2828427).abs() < 1e-6 && s.n == 2);
+        assert_eq!(s.text(), "97.20 ± 0.28");
+        assert!((agg.dense.unwrap().mean - 98.1).abs() < 1e-9);
+        let (v, why) = check_claim(&spec, std::slice::from_ref(&agg), &spec.claim[0]);
+        assert_eq!(v, Verdict::Fails, "{why}");
+        assert!(why.contains("90.0%: 90.00 vs 91.00"), "{why}");
+        spec.claim[0].max_sparsity = Some(0.6);
+        assert_eq!(check_claim(&spec, std::slice::from_ref(&agg), &spec.claim[0]).0, Verdict::Pass);
+        spec.claim[0].min_sparsity = Some(0.95);
+        assert_eq!(check_claim(&spec, std::slice::from_ref(&agg), &spec.claim[0]).0, Verdict::NoData);
+        let within = Claim {
+            text: "a within 1 of dense".into(),
+            kind: ClaimKind::WithinDense,
+            a: "a".into(),
+            b: None,
+            tolerance: 1.0,
+            min_sparsity: None,
+            max_sparsity: Some(0.6),
+            metric: None,
+        };
+        assert_eq!(check_claim(&spec, std::slice::from_ref(&agg), &within).0, Verdict::Pass);
+        spec.reference.push(Reference {
+            method: "a".into(),
+            sparsity: 0.88,
+            metric: None,
+            value: 92.0,
+            source: "x".into(),
+        });
+        let near = Claim { kind: ClaimKind::NearPaper, tolerance: 1.0, max_sparsity: None, ..within };
+        let (v, why) = check_claim(&spec, std::slice::from_ref(&agg), &near);
+        assert_eq!(v, Verdict::Fails);
+        assert!(why.contains("paper 92.00 at 88.0%, ours 90.00 at 90.0%"), "{why}");
+    }
+
+    /// Every spec under configs/tables parses, and at every scale every run
+    /// it would start is a valid experiment.
+    #[test]
+    fn shipped_specs_are_valid() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut n = 0;
+        for entry in std::fs::read_dir(root.join("configs/tables")).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "toml") {
+                continue;
+            }
+            let mut spec = load_spec(&path).unwrap_or_else(|e| panic!("{e}"));
+            for p in &mut spec.prereq {
+                p.config = root.join(&p.config);
+            }
+            for m in &mut spec.method {
+                m.config = root.join(&m.config);
+            }
+            for scale in spec.scale.keys() {
+                let o = TableOptions { spec_path: path.clone(), scale: Some(scale.clone()), ..opts() };
+                let p = plan(&spec, &o).unwrap_or_else(|e| panic!("{e}"));
+                for job in p.prereqs.iter().chain(&p.cells) {
+                    job_experiment(job).unwrap_or_else(|e| panic!("{}, scale {scale}: {e}", path.display()));
+                }
+            }
+            n += 1;
+        }
+        assert!(n >= 1, "no table specs found");
+    }
+}

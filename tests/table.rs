@@ -1,0 +1,219 @@
+//! End-to-end tests of `espalier table` on a tiny spec over the embedded
+//! MNIST subset: a table stopped or killed mid-way completes on restart
+//! without rerunning finished cells, and `--report-only` renders
+//! byte-identical files from the same runs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant, SystemTime};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+/// Two methods (IMP with 2 rounds: two points per run; one-shot swept over
+/// two sparsities) × two seeds = 6 cells of a few hundred images, 1 epoch.
+fn tiny_spec(dir: &Path) -> PathBuf {
+    let quickstart = root().join("configs/quickstart.toml");
+    let q = toml::Value::String(quickstart.display().to_string());
+    let text = format!(
+        r#"
+[table]
+name = "tiny"
+title = "Tiny table"
+description = "A test."
+metrics = ["accuracy"]
+scale = "tiny"
+seeds = [0, 1]
+
+[scale.tiny]
+description = "300 training / 200 test images, 1 epoch per phase."
+sets = ["data.limit_train=300", "data.limit_test=200", "train.epochs=1", "train.batch_size=100"]
+
+[[method]]
+name = "imp"
+label = "IMP"
+config = {q}
+sets = ["prune.schedule.rounds=2", "prune.schedule.epochs_per_round=1"]
+
+[[method]]
+name = "one-shot"
+config = {q}
+sets = ['prune.schedule={{kind="one_shot", sparsity=0.2, finetune_epochs=1}}']
+sweep = {{ key = "prune.schedule.sparsity", values = [0.2, 0.36] }}
+
+[[reference]]
+method = "dense"
+value = 98.36
+source = "Han et al. 2015"
+
+[[reference]]
+method = "imp"
+sparsity = 0.36
+value = 98.0
+source = "made up"
+
+[[claim]]
+text = "IMP beats one-shot at every sparsity"
+kind = "beats"
+a = "imp"
+b = "one-shot"
+
+[[claim]]
+text = "IMP stays within 100 points of dense"
+kind = "within_dense"
+a = "imp"
+tolerance = 100.0
+"#
+    );
+    let p = dir.join("tiny.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn table_cmd(dir: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_espalier"));
+    c.env("CANDLE_NUM_THREADS", "1").env("RAYON_NUM_THREADS", "1").current_dir(dir);
+    c.args(["table", "tiny.toml", "--runs", "runs", "--out", "results", "--quiet", "--data-dir"])
+        .arg(root().join("data"))
+        .args(extra);
+    c
+}
+
+fn ok(out: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "espalier table failed: {}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The run directories of the cells (`runs/<method>/[<setting>/]seed<s>`).
+fn cell_dirs(dir: &Path) -> Vec<PathBuf> {
+    let r = dir.join("runs");
+    vec![
+        r.join("imp/seed0"),
+        r.join("imp/seed1"),
+        r.join("one-shot/sparsity-0.2/seed0"),
+        r.join("one-shot/sparsity-0.2/seed1"),
+        r.join("one-shot/sparsity-0.36/seed0"),
+        r.join("one-shot/sparsity-0.36/seed1"),
+    ]
+}
+
+/// Modification times of every file of the finished cells.
+fn finished_mtimes(dir: &Path) -> Vec<(PathBuf, SystemTime)> {
+    let mut v = Vec::new();
+    for d in cell_dirs(dir).into_iter().filter(|d| d.join("summary.json").exists()) {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            v.push((e.path(), e.metadata().unwrap().modified().unwrap()));
+        }
+    }
+    v.sort();
+    v
+}
+
+fn read(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+#[test]
+fn a_stopped_table_resumes_without_rerunning_and_report_only_is_byte_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    tiny_spec(dir);
+    // Report-only before any run: refused, naming what is missing.
+    let out = table_cmd(dir, &["--report-only"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not finished"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let stdout = ok(&table_cmd(dir, &["--max-cells", "3"]).output().unwrap());
+    assert!(stdout.contains("ran 3 runs, skipped 0") && stdout.contains("stopped early"), "{stdout}");
+    assert!(!dir.join("results/README.md").exists());
+    let before = finished_mtimes(dir);
+    assert_eq!(before.iter().filter(|(p, _)| p.ends_with("summary.json")).count(), 3);
+
+    std::thread::sleep(Duration::from_millis(20));
+    let stdout = ok(&table_cmd(dir, &["--jobs", "2"]).output().unwrap());
+    assert!(stdout.contains("ran 3 runs, skipped 3 finished runs"), "{stdout}");
+    // The three finished cells were not touched.
+    let after = finished_mtimes(dir);
+    for (p, t) in &before {
+        assert_eq!(after.iter().find(|(q, _)| q == p).map(|x| x.1), Some(*t), "{} was rewritten", p.display());
+    }
+    // Claims are printed with their verdicts.
+    assert!(stdout.contains("IMP stays within 100 points of dense"), "{stdout}");
+
+    let files = ["README.md", "results.csv", "plot.svg", "plot.png", "command.txt"];
+    let first: Vec<Vec<u8>> = files.iter().map(|f| read(&dir.join("results").join(f))).collect();
+    let readme = String::from_utf8(first[0].clone()).unwrap();
+    for want in [
+        "# Tiny table",
+        "300 training / 200 test",
+        "± ",
+        "(paper 98.00)",
+        "Dense reference",
+        "Han et al. 2015",
+        "**PASS** — IMP stays within",
+    ] {
+        assert!(readme.contains(want), "README lacks {want:?}:\n{readme}");
+    }
+    assert!(readme.contains("**PASS** — IMP beats") || readme.contains("**FAILS** — IMP beats"), "{readme}");
+    let csv = String::from_utf8(first[1].clone()).unwrap();
+    assert!(csv.starts_with("model,data,method,sparsity,metric,value,seed\n"), "{csv}");
+    // 2 dense + 2 seeds × 2 IMP rounds + 2 seeds × 2 one-shot sparsities.
+    assert_eq!(csv.lines().count(), 1 + 2 + 4 + 4, "{csv}");
+    assert!(csv.contains("lenet-300-100,mnist,one-shot,0.360000,accuracy,"), "{csv}");
+
+    // Re-rendering from the same runs gives the same bytes, and runs nothing.
+    for f in files {
+        std::fs::remove_file(dir.join("results").join(f)).unwrap();
+    }
+    let stdout = ok(&table_cmd(dir, &["--report-only"]).output().unwrap());
+    assert!(!stdout.contains("ran "), "{stdout}");
+    for (f, bytes) in files.iter().zip(&first) {
+        assert!(read(&dir.join("results").join(f)) == *bytes, "{f} differs after --report-only");
+    }
+    assert_eq!(finished_mtimes(dir).len(), after.len());
+}
+
+/// Kills the whole process group of a table (the table and its cell).
+fn kill_group(pid: u32) {
+    let _ = Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).status();
+}
+
+#[test]
+fn a_killed_table_completes_on_restart_without_rerunning_finished_cells() {
+    use std::os::unix::process::CommandExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    tiny_spec(dir);
+    let mut child = table_cmd(dir, &[]).process_group(0).spawn().unwrap();
+    let start = Instant::now();
+    // Kill as soon as the first cell has finished (the second is running).
+    let first = &cell_dirs(dir)[0];
+    while !first.join("summary.json").exists() {
+        assert!(start.elapsed() < Duration::from_secs(120), "the first cell never finished");
+        if child.try_wait().unwrap().is_some() {
+            panic!("the table finished before it could be killed");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    kill_group(child.id());
+    let _ = child.wait();
+    let before = finished_mtimes(dir);
+    let n_done = before.iter().filter(|(p, _)| p.ends_with("summary.json")).count();
+    assert!((1..6).contains(&n_done), "{n_done} cells finished before the kill");
+    std::thread::sleep(Duration::from_millis(20));
+    let stdout = ok(&table_cmd(dir, &[]).output().unwrap());
+    assert!(stdout.contains(&format!("skipped {n_done} finished runs")), "{stdout}");
+    let after = finished_mtimes(dir);
+    for (p, t) in &before {
+        assert_eq!(after.iter().find(|(q, _)| q == p).map(|x| x.1), Some(*t), "{} was rewritten", p.display());
+    }
+    assert!(dir.join("results/README.md").exists() && dir.join("results/plot.png").exists());
+}
