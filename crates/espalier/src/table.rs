@@ -720,8 +720,18 @@ fn read_summary(dir: &Path) -> anyhow::Result<Summary> {
 }
 
 /// The value of `metric` in a round of `s`; `None` where the run lacks it.
+/// Besides the evaluation metrics: `empty_rows`, `empty_cols` and
+/// `removable` (percent, unstructured pruning's row/column statistics).
 fn metric_of(s: &Summary, round: &Record, metric: &str, last: bool) -> Option<f64> {
-    let Record::Round { metrics, best, .. } = round else { return None };
+    let Record::Round { metrics, best, lines, .. } = round else { return None };
+    if let Some(l) = lines {
+        match metric {
+            "empty_rows" => return Some(l.empty_rows),
+            "empty_cols" => return Some(l.empty_cols),
+            "removable" => return Some(l.removable),
+            _ => {}
+        }
+    }
     if let Some(m) = metric.strip_suffix("@best-epoch") {
         return best.as_ref().and_then(|b| b.metrics.get(m).copied());
     }
