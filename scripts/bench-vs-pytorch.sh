@@ -15,8 +15,8 @@
 # Environment: THREADS (default: nproc), PY, MODEL (all-MiniLM-L6-v2), DATA
 # (the data root holding mnist/), WORKLOADS (default: all; a subset of
 # "mnist minilm bert-base resnet20 resnet18"), RUN_DIR (optional: a structured
-# run whose dense vs shrunk inference latency `espalier bench RUN_DIR` adds,
-# Espalier only), OUT (default results/perf/bench-vs-pytorch.md), NOTE (a line
+# MLP run whose dense vs shrunk inference latency `espalier bench RUN_DIR` and
+# `bench_pytorch.py latency --run-dir RUN_DIR` add, alternating per round), OUT (default results/perf/bench-vs-pytorch.md), NOTE (a line
 # about the machine's state, e.g. "shared with other jobs").
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +31,7 @@ cargo build --release -p espalier -q
 ES=./target/release/espalier
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
+touch "$TMP/rows"
 
 # The Espalier command of a workload (rows named like PyTorch's).
 es_cmd() {
@@ -77,7 +78,13 @@ for w in $WORKLOADS; do
 done
 LAT=""
 if [ -n "${RUN_DIR:-}" ]; then
-  LAT=$(RAYON_NUM_THREADS=$THREADS $ES bench "$RUN_DIR" --repeats "$REPEATS" --quiet)
+  for r in $(seq "$ROUNDS"); do
+    echo "## latency round $r" >&2
+    LAT+="round $r, espalier bench $RUN_DIR:"$'\n'
+    LAT+=$(RAYON_NUM_THREADS=$THREADS $ES bench "$RUN_DIR" --repeats "$REPEATS" --quiet)$'\n'
+    LAT+="round $r, bench_pytorch.py latency --run-dir $RUN_DIR:"$'\n'
+    LAT+=$("$PY" scripts/bench_pytorch.py latency --run-dir "$RUN_DIR" --repeats "$REPEATS" --threads "$THREADS" 2>/dev/null)$'\n'
+  done
 fi
 END=$(date -u) LOAD1=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -123,7 +130,8 @@ mkdir -p "$(dirname "$OUT")"
   echo "$TABLE"
   if [ -n "$LAT" ]; then
     echo
-    echo "Dense vs shrunk inference latency (Espalier only), \`espalier bench $RUN_DIR\`:"
+    echo "Dense vs shrunk inference latency (forward pass, evaluation mode, synthetic inputs; ms, median of $REPEATS after a warm-up)"
+    echo "of the structured run \`$RUN_DIR\`, Espalier and PyTorch (the same layer shapes rebuilt from the run's safetensors):"
     echo
     echo '```'
     echo "$LAT"

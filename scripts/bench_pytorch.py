@@ -17,6 +17,9 @@ Workloads, with the shapes and optimizer settings of crates/espalier/src/bench.r
              momentum 0.9, wd 5e-4)
   resnet18   ResNet-18 with the CIFAR stem (3x3/1 conv, no max-pool), 10 classes,
              batch 32 x 3x32x32, the same SGD
+  latency    forward latency (inference mode) of a structured MLP run's dense model
+             (checkpoint.safetensors) and shrunk model (model.safetensors), rebuilt from
+             their weight shapes, alternating, at --batch-sizes (as `espalier bench RUN_DIR`)
 
 Each step computes the loss, the gradients, the update, and reads back the loss
 and the number of correct predictions (as Espalier's trainer does). Every workload
@@ -246,12 +249,61 @@ def bench_resnet18(args):
     bench_resnet(args, f"resnet18-cifar-step-{b}", ResNet([2, 2, 2, 2], [64, 128, 256, 512], "B"), b)
 
 
+# --- Inference latency of a structured run (MLP) ----------------------------
+
+
+def mlp_from_safetensors(path):
+    """An MLP (Linear + ReLU) with the shapes of an Espalier MLP checkpoint's
+    weights, chained from the 2-D `*.weight` tensors (random values: only the
+    shapes matter for timing)."""
+    import json
+    import struct
+
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+    shapes = {k: v["shape"] for k, v in header.items() if k != "__metadata__"}
+    weights = [(k, s) for k, s in shapes.items() if k.endswith(".weight") and len(s) == 2 and "." not in k[: -len(".weight")]]
+    widths, left = [], dict(weights)
+    for _ in range(len(left)):
+        nxt = [k for k, (o, i) in left.items() if not widths or i == widths[-1]]
+        if len(nxt) != 1:
+            break
+        o, i = left.pop(nxt[0])
+        widths += [i, o] if not widths else [o]
+    if left or len(widths) < 2:
+        raise SystemExit(f"{path}: not an MLP this script can rebuild ({sorted(shapes)})")
+    layers = []
+    for a, b in zip(widths, widths[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*layers[:-1]).eval(), widths
+
+
+@torch.inference_mode()
+def bench_latency(args):
+    dense, wd = mlp_from_safetensors(f"{args.run_dir}/checkpoint.safetensors")
+    small, ws = mlp_from_safetensors(f"{args.run_dir}/model.safetensors")
+    log(f"dense {wd}, shrunk {ws}")
+    for b in args.batch_sizes:
+        x = torch.rand(b, wd[0])
+        times = ([], [])
+        for rep in range(1 + args.repeats):
+            for i, m in enumerate((dense, small)):
+                t = time.perf_counter()
+                m(x).sum().item()
+                if rep > 0:
+                    times[i].append((time.perf_counter() - t) * 1e3)
+        d, s = statistics.median(times[0]), statistics.median(times[1])
+        print(f"LATENCY batch={b} dense_ms={d:.3f} shrunk_ms={s:.3f} speedup={d / s:.2f}", flush=True)
+
+
 WORKLOADS = {
     "mnist": bench_mnist,
     "minilm": bench_minilm,
     "bert-base": bench_bert_base,
     "resnet20": bench_resnet20,
     "resnet18": bench_resnet18,
+    "latency": bench_latency,
 }
 
 
@@ -266,6 +318,8 @@ def main():
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--model", default="../shared/models/all-MiniLM-L6-v2")
     p.add_argument("--mnist", default="../shared/data/mnist")
+    p.add_argument("--run-dir", help="latency: a structured MLP run (checkpoint.safetensors, model.safetensors)")
+    p.add_argument("--batch-sizes", type=lambda v: [int(x) for x in v.split(",")], default=[1, 32, 256])
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     WORKLOADS[args.workload](args)
