@@ -96,6 +96,8 @@ for line in open(sys.argv[1]):
     rows[w][fw].append((float(t), float(m)))
     if base:
         rows[w]["base"].append((0.0, float(base[0])))
+if not rows:
+    sys.exit(0)
 print("| workload | Espalier median s | PyTorch median s | time ratio E/P | Espalier peak RSS MiB | PyTorch peak RSS MiB | memory ratio E/P | PyTorch RSS after import MiB | per-round s (E; P) |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
 for w, d in rows.items():

@@ -264,13 +264,15 @@ def mlp_from_safetensors(path):
         header = json.loads(f.read(n))
     shapes = {k: v["shape"] for k, v in header.items() if k != "__metadata__"}
     weights = [(k, s) for k, s in shapes.items() if k.endswith(".weight") and len(s) == 2 and "." not in k[: -len(".weight")]]
-    widths, left = [], dict(weights)
-    for _ in range(len(left)):
-        nxt = [k for k, (o, i) in left.items() if not widths or i == widths[-1]]
+    left = dict(weights)
+    outs = [o for o, _ in left.values()]
+    first = [k for k, (_, i) in left.items() if i not in outs]  # the input layer
+    widths = list(left.pop(first[0]))[::-1] if len(first) == 1 else []
+    while left and widths:
+        nxt = [k for k, (_, i) in left.items() if i == widths[-1]]
         if len(nxt) != 1:
             break
-        o, i = left.pop(nxt[0])
-        widths += [i, o] if not widths else [o]
+        widths.append(left.pop(nxt[0])[0])
     if left or len(widths) < 2:
         raise SystemExit(f"{path}: not an MLP this script can rebuild ({sorted(shapes)})")
     layers = []
