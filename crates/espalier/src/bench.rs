@@ -1,9 +1,20 @@
-//! `espalier bench`: timed training epochs, reported as medians.
+//! `espalier bench`: timed training epochs and steps, reported as medians.
 //!
-//! The workload of the foundation: one MNIST epoch of LeNet-300-100 at
-//! batch 128, with AdamW and with SGD (momentum), timed back to back in one
-//! process after a warm-up epoch. Machines are noisy: compare medians and
-//! ratios from one invocation, not single runs.
+//! Workloads (issue #8; `scripts/bench_pytorch.py` has the same ones in
+//! PyTorch, `scripts/bench-vs-pytorch.sh` runs both side by side):
+//! - `mnist`: one MNIST epoch of LeNet-300-100 at batch 128, with AdamW and
+//!   with SGD (momentum), timed back to back in one process after a warm-up
+//!   epoch;
+//! - `bert`: a training step of a pretrained BERT (all-MiniLM-L6-v2 by
+//!   default) at batch 32 × 128;
+//! - `bert-base`: a training step of a randomly initialised BERT-base-shaped
+//!   encoder (4 layers, hidden 768, 12 heads, FFN 3072) at batch 8 × 128;
+//! - `resnet20`, `resnet18`: SGD training steps of a CIFAR ResNet-20 at batch
+//!   128 and of a ResNet-18 with the CIFAR stem at batch 32, 3×32×32 inputs.
+//!
+//! Every result carries the process's peak resident memory so far (VmHWM).
+//! Machines are noisy: compare medians and ratios from one invocation, not
+//! single runs.
 
 use std::time::Instant;
 
@@ -32,6 +43,9 @@ pub struct BenchResult {
     pub max_s: f64,
     /// Training examples per second at the median.
     pub examples_per_s: f64,
+    /// Peak resident memory of the process when the result was taken, MiB
+    /// (`VmHWM`; 0 where /proc is absent).
+    pub peak_rss_mib: f64,
 }
 
 impl BenchResult {
@@ -46,8 +60,18 @@ impl BenchResult {
             min_s: times.iter().cloned().fold(f64::MAX, f64::min),
             max_s: times.iter().cloned().fold(0.0, f64::max),
             examples_per_s: examples as f64 / med,
+            peak_rss_mib: peak_rss_mib().unwrap_or(0.0),
         }
     }
+}
+
+/// Peak resident set size of this process in MiB (`VmHWM` in
+/// /proc/self/status), `None` where that is not available.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }
 
 /// Median of a non-empty slice.
@@ -69,6 +93,7 @@ pub fn mnist_epochs(
     path: &str,
     batch_size: usize,
     repeats: usize,
+    reference: bool,
 ) -> anyhow::Result<Vec<BenchResult>> {
     let dir = root.join(path);
     let data = mnist::load(&dir, Split::Train, Flavor::Mnist)
@@ -80,12 +105,16 @@ pub fn mnist_epochs(
     let sgd = OptimizerConfig::Sgd { lr: 0.05, momentum: 0.9, nesterov: false, weight_decay: 1e-4, no_decay: vec![] };
     // (name, optimizer, fused CPU update?): the reference rows are the same
     // update composed from candle tensor ops, timed in the same process.
-    let optimizers = [
+    // `reference = false` leaves them out.
+    let optimizers: Vec<_> = [
         ("lenet300-mnist-epoch-adamw", adamw.clone(), true),
         ("lenet300-mnist-epoch-adamw-reference", adamw, false),
         ("lenet300-mnist-epoch-sgd", sgd.clone(), true),
         ("lenet300-mnist-epoch-sgd-reference", sgd, false),
-    ];
+    ]
+    .into_iter()
+    .filter(|o| reference || o.2)
+    .collect();
     let mut trainers: Vec<Trainer> = optimizers
         .iter()
         .map(|(_, o, fused)| {
@@ -165,6 +194,7 @@ pub fn bert_steps(
     batch_size: usize,
     seq_len: usize,
     repeats: usize,
+    reference: bool,
 ) -> anyhow::Result<Vec<BenchResult>> {
     use espalier_models::{fused, Bert, BertTask, Model};
     let device = Device::Cpu;
@@ -175,7 +205,8 @@ pub fn bert_steps(
     let opt =
         OptimizerConfig::Adamw { lr: 2e-5, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01, no_decay: vec![] };
     let name = format!("bert-step-{batch_size}x{seq_len}");
-    let variants = [(name.clone(), true), (format!("{name}-composed"), false)];
+    let mut variants = vec![(name.clone(), true), (format!("{name}-composed"), false)];
+    variants.truncate(if reference { 2 } else { 1 });
     let mut trainers: Vec<Trainer> = variants
         .iter()
         .map(|_| {
@@ -211,6 +242,157 @@ pub fn bert_steps(
         }
     }
     Ok(variants.iter().zip(times).map(|((name, _), t)| BenchResult::from_times(name, batch_size, &t)).collect())
+}
+
+/// Fixed random images (standard normal) with labels `i % classes`, for
+/// timing: drawn once, gathered per batch.
+struct SyntheticImages {
+    n: usize,
+    shape: [usize; 3],
+    classes: usize,
+    pixels: Vec<f32>,
+}
+
+impl SyntheticImages {
+    fn new(n: usize, shape: [usize; 3], classes: usize) -> Self {
+        let mut rng = espalier_core::Rng::derive(7, "bench-images", &[]);
+        let pixels = (0..n * shape.iter().product::<usize>()).map(|_| rng.normal() as f32).collect();
+        SyntheticImages { n, shape, classes, pixels }
+    }
+}
+
+impl espalier_data::Dataset for SyntheticImages {
+    fn len(&self) -> usize {
+        self.n
+    }
+    fn batch(&self, indices: &[usize], device: &Device) -> espalier_core::Result<espalier_data::Batch> {
+        let per: usize = self.shape.iter().product();
+        let mut x = Vec::with_capacity(indices.len() * per);
+        for &i in indices {
+            x.extend_from_slice(&self.pixels[i * per..(i + 1) * per]);
+        }
+        let [c, h, w] = self.shape;
+        Ok(espalier_data::Batch {
+            inputs: espalier_data::Inputs::Dense(candle_core::Tensor::from_vec(x, (indices.len(), c, h, w), device)?),
+            labels: candle_core::Tensor::from_iter(indices.iter().map(|&i| (i % self.classes) as u32), device)?,
+        })
+    }
+}
+
+/// A training-step workload on synthetic inputs: the model, one batch of
+/// data, the optimizer and the clipping norm.
+pub struct StepWorkload {
+    /// Workload name (`resnet20-step-128`, ...).
+    pub name: String,
+    model: Box<dyn espalier_models::Model>,
+    data: Box<dyn espalier_data::Dataset>,
+    optimizer: OptimizerConfig,
+    clip_grad_norm: Option<f64>,
+}
+
+/// SGD with momentum as for CIFAR ResNets (He et al. 2016, §4.2).
+fn resnet_sgd() -> OptimizerConfig {
+    OptimizerConfig::Sgd { lr: 0.1, momentum: 0.9, nesterov: false, weight_decay: 5e-4, no_decay: vec![] }
+}
+
+impl StepWorkload {
+    /// CIFAR ResNet-20 (option A shortcuts), `batch_size` 3×`size`×`size` images, SGD.
+    pub fn resnet20(batch_size: usize, size: usize) -> anyhow::Result<Self> {
+        let cfg = espalier_models::ResNetConfig::cifar(20);
+        Self::resnet(format!("resnet20-step-{batch_size}"), cfg, batch_size, size)
+    }
+
+    /// ResNet-18 (basic blocks at 64–512 channels, projection shortcuts)
+    /// with the CIFAR stem (3×3/1 convolution, no max-pool), 10 classes, SGD.
+    pub fn resnet18(batch_size: usize, size: usize) -> anyhow::Result<Self> {
+        let cfg = espalier_models::ResNetConfig {
+            stem: Some(espalier_models::Stem::Cifar),
+            num_classes: 10,
+            ..espalier_models::ResNetConfig::imagenet(18)
+        };
+        Self::resnet(format!("resnet18-cifar-step-{batch_size}"), cfg, batch_size, size)
+    }
+
+    fn resnet(
+        name: String,
+        cfg: espalier_models::ResNetConfig,
+        batch_size: usize,
+        size: usize,
+    ) -> anyhow::Result<Self> {
+        let data = SyntheticImages::new(batch_size, [cfg.in_channels, size, size], cfg.num_classes);
+        Ok(StepWorkload {
+            name,
+            model: ModelConfig::Resnet(cfg).init(0, &Device::Cpu)?,
+            data: Box::new(data),
+            optimizer: resnet_sgd(),
+            clip_grad_norm: None,
+        })
+    }
+
+    /// A randomly initialised BERT-base-shaped encoder (hidden 768, 12
+    /// heads, FFN 3072, vocabulary 30,522) of `layers` layers with a 2-label
+    /// classification head, `batch_size` × `seq_len` tokens, AdamW, dropout
+    /// on, clipping 1.0 (the settings of `bert`).
+    pub fn bert_base(layers: usize, batch_size: usize, seq_len: usize) -> anyhow::Result<Self> {
+        Self::bert(
+            format!("bert-base-{layers}l-step-{batch_size}x{seq_len}"),
+            espalier_models::BertConfig {
+                num_hidden_layers: layers,
+                ..espalier_models::BertConfig::base(espalier_models::BertTask::Classification { num_labels: 2 })
+            },
+            batch_size,
+            seq_len,
+        )
+    }
+
+    fn bert(name: String, cfg: espalier_models::BertConfig, batch_size: usize, seq_len: usize) -> anyhow::Result<Self> {
+        let vocab = cfg.vocab_size;
+        Ok(StepWorkload {
+            name,
+            model: ModelConfig::Bert(cfg).init(0, &Device::Cpu)?,
+            data: Box::new(SyntheticTokens { n: batch_size, seq_len, vocab }),
+            optimizer: OptimizerConfig::Adamw {
+                lr: 2e-5,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.01,
+                no_decay: vec![],
+            },
+            clip_grad_norm: Some(1.0),
+        })
+    }
+
+    /// One warm-up step, then `repeats` timed steps (the batch is the whole
+    /// dataset, so each `train_epoch` is one step).
+    pub fn run(&self, repeats: usize) -> anyhow::Result<BenchResult> {
+        let device = Device::Cpu;
+        let batch_size = self.data.len();
+        let mut trainer = Trainer {
+            optimizer: self.optimizer.build(self.model.params())?,
+            regularizers: vec![],
+            opts: TrainerOptions {
+                batch_size,
+                clip_grad_norm: self.clip_grad_norm,
+                lr_schedule: LrSchedule::Constant,
+                seed: 0,
+                progress: false,
+            },
+            global_step: 0,
+        };
+        let pos = PhasePos { epoch_in_phase: 0, epochs_in_phase: 1 };
+        let mut times = Vec::new();
+        for rep in 0..=repeats {
+            let start = Instant::now();
+            trainer.train_epoch(self.model.as_ref(), self.data.as_ref(), rep, pos, &device, None)?;
+            let s = start.elapsed().as_secs_f64();
+            if rep > 0 {
+                times.push(s);
+            }
+            tracing::info!(workload = self.name, rep, seconds = format!("{s:.3}"), "step");
+        }
+        Ok(BenchResult::from_times(&self.name, batch_size, &times))
+    }
 }
 
 /// Inference latency of a structured run's dense model against its shrunk
@@ -321,4 +503,42 @@ pub fn shrink_latency(
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+
+    #[test]
+    fn peak_rss_is_read() {
+        if std::path::Path::new("/proc/self/status").exists() {
+            assert!(peak_rss_mib().unwrap() > 0.0);
+        }
+    }
+
+    /// One step of each step workload at toy shapes (tiny images, one BERT
+    /// layer over 8 tokens): the builders produce models the trainer runs.
+    #[test]
+    fn step_workloads_run_at_toy_shapes() {
+        let toy_bert = espalier_models::BertConfig {
+            vocab_size: 1100,
+            hidden_size: 32,
+            num_attention_heads: 2,
+            intermediate_size: 64,
+            num_hidden_layers: 1,
+            ..espalier_models::BertConfig::base(espalier_models::BertTask::Classification { num_labels: 2 })
+        };
+        let bert = StepWorkload::bert("toy-bert".into(), toy_bert, 2, 8).unwrap();
+        for w in [StepWorkload::resnet20(2, 8).unwrap(), bert] {
+            let r = w.run(1).unwrap();
+            assert_eq!((r.repeats, r.examples), (1, 2));
+            assert!(r.median_s > 0.0);
+        }
+    }
 }

@@ -87,7 +87,8 @@ enum Command {
     /// or, given a structured run's directory, the inference latency of its
     /// dense and shrunk models side by side.
     Bench {
-        /// `mnist`, `bert`, or a run directory of a structured run.
+        /// `mnist`, `bert`, `bert-base`, `resnet20`, `resnet18`, or a run
+        /// directory of a structured run (dense vs shrunk inference latency).
         #[arg(default_value = "mnist")]
         workload: String,
         /// Batch sizes for a run directory's latency.
@@ -102,12 +103,23 @@ enum Command {
         /// MNIST directory under the data root.
         #[arg(long, default_value = "mnist")]
         mnist: String,
-        /// Batch size.
-        #[arg(long, default_value_t = 128)]
-        batch_size: usize,
-        /// Timed epochs per workload (after one warm-up).
+        /// Batch size (default: 128 for `mnist` and `resnet20`, 32 for
+        /// `bert` and `resnet18`, 8 for `bert-base`).
+        #[arg(long)]
+        batch_size: Option<usize>,
+        /// Encoder layers of `bert-base`.
+        #[arg(long, default_value_t = 4)]
+        layers: usize,
+        /// Image side of `resnet20` and `resnet18`.
+        #[arg(long, default_value_t = 32)]
+        image_size: usize,
+        /// Timed epochs (or steps) per workload (after one warm-up).
         #[arg(long, default_value_t = 5)]
         repeats: usize,
+        /// Leave out the reference rows of `mnist` (composed optimizer
+        /// updates) and `bert` (composed kernels).
+        #[arg(long)]
+        no_reference: bool,
         /// Also write the results as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -204,7 +216,19 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 println!("{} {:.2}", m.name(), v);
             }
         }
-        Command::Bench { workload, batch_sizes, model_dir, seq_len, mnist, batch_size, repeats, json } => {
+        Command::Bench {
+            workload,
+            batch_sizes,
+            model_dir,
+            seq_len,
+            mnist,
+            batch_size,
+            layers,
+            image_size,
+            repeats,
+            no_reference,
+            json,
+        } => {
             if std::path::Path::new(&workload).is_dir() {
                 let results = espalier::bench::shrink_latency(
                     std::path::Path::new(&workload),
@@ -233,24 +257,32 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 }
                 return Ok(());
             }
+            use espalier::bench::StepWorkload;
+            let (reps, reference) = (repeats.max(1), !no_reference);
             let results = match workload.as_str() {
-                "mnist" => espalier::bench::mnist_epochs(&data_root, &mnist, batch_size, repeats.max(1))?,
-                "bert" => espalier::bench::bert_steps(&model_dir, batch_size, seq_len, repeats.max(1))?,
+                "mnist" => {
+                    espalier::bench::mnist_epochs(&data_root, &mnist, batch_size.unwrap_or(128), reps, reference)?
+                }
+                "bert" => espalier::bench::bert_steps(&model_dir, batch_size.unwrap_or(32), seq_len, reps, reference)?,
+                "bert-base" => vec![StepWorkload::bert_base(layers, batch_size.unwrap_or(8), seq_len)?.run(reps)?],
+                "resnet20" => vec![StepWorkload::resnet20(batch_size.unwrap_or(128), image_size)?.run(reps)?],
+                "resnet18" => vec![StepWorkload::resnet18(batch_size.unwrap_or(32), image_size)?.run(reps)?],
                 other => {
                     return Err(ConfigError(format!(
-                        "unknown bench workload `{other}`: expected `mnist`, `bert` or a run directory"
+                        "unknown bench workload `{other}`: expected `mnist`, `bert`, `bert-base`, `resnet20`, \
+                         `resnet18` or a run directory"
                     ))
                     .into())
                 }
             };
             println!(
-                "{:<38} {:>8} {:>10} {:>8} {:>8} {:>12}",
-                "workload", "repeats", "median s", "min s", "max s", "examples/s"
+                "{:<38} {:>8} {:>10} {:>8} {:>8} {:>12} {:>14}",
+                "workload", "repeats", "median s", "min s", "max s", "examples/s", "peak RSS MiB"
             );
             for r in &results {
                 println!(
-                    "{:<30} {:>8} {:>10.3} {:>8.3} {:>8.3} {:>12.0}",
-                    r.workload, r.repeats, r.median_s, r.min_s, r.max_s, r.examples_per_s
+                    "{:<38} {:>8} {:>10.3} {:>8.3} {:>8.3} {:>12.0} {:>14.0}",
+                    r.workload, r.repeats, r.median_s, r.min_s, r.max_s, r.examples_per_s, r.peak_rss_mib
                 );
             }
             if let Some(p) = json {

@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Issue #8's benchmark suite: every `espalier bench` training workload next to
+# its PyTorch counterpart (scripts/bench_pytorch.py: same shapes, optimizer
+# settings and thread count), alternating Espalier and PyTorch processes for
+# ROUNDS rounds (the order flips every round), each process timing REPEATS
+# epochs/steps after a warm-up. Prints a table of medians (over rounds of the
+# per-process medians), the time ratio Espalier/PyTorch and the peak RSS of
+# each process (Espalier: VmHWM; PyTorch: ru_maxrss, the interpreter and torch
+# included), and writes it to results/perf/bench-vs-pytorch.md with the machine
+# description, date and git revision.
+#
+# By hand only (needs PyTorch + transformers, never in CI):
+#   python3 -m venv /opt/torchref && /opt/torchref/bin/pip install torch transformers
+#   scripts/bench-vs-pytorch.sh [ROUNDS] [REPEATS]
+# Environment: THREADS (default: nproc), PY, MODEL (all-MiniLM-L6-v2), DATA
+# (the data root holding mnist/), WORKLOADS (default: all; a subset of
+# "mnist minilm bert-base resnet20 resnet18"), RUN_DIR (optional: a structured
+# MLP run whose dense vs shrunk inference latency `espalier bench RUN_DIR` and
+# `bench_pytorch.py latency --run-dir RUN_DIR` add, alternating per round), OUT (default results/perf/bench-vs-pytorch.md), NOTE (a line
+# about the machine's state, e.g. "shared with other jobs").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${1:-2} REPEATS=${2:-3} THREADS=${THREADS:-$(nproc)}
+PY=${PY:-/opt/torchref/bin/python}
+MODEL=${MODEL:-../shared/models/all-MiniLM-L6-v2}
+DATA=${DATA:-../shared/data}
+WORKLOADS=${WORKLOADS:-mnist minilm bert-base resnet20 resnet18}
+OUT=${OUT:-results/perf/bench-vs-pytorch.md}
+NOTE=${NOTE:-}
+cargo build --release -p espalier -q
+ES=./target/release/espalier
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+touch "$TMP/rows"
+
+# The Espalier command of a workload (rows named like PyTorch's).
+es_cmd() {
+  case $1 in
+    mnist) echo "$ES --data-dir $DATA bench mnist --no-reference" ;;
+    minilm) echo "$ES bench bert --model-dir $MODEL --batch-size 32 --seq-len 128 --no-reference" ;;
+    bert-base) echo "$ES bench bert-base --layers 4 --batch-size 8 --seq-len 128" ;;
+    resnet20) echo "$ES bench resnet20 --batch-size 128" ;;
+    resnet18) echo "$ES bench resnet18 --batch-size 32" ;;
+    *) echo "unknown workload $1" >&2; exit 2 ;;
+  esac
+}
+pt_cmd() {
+  case $1 in
+    mnist) echo "$PY scripts/bench_pytorch.py mnist --mnist $DATA/mnist" ;;
+    minilm) echo "$PY scripts/bench_pytorch.py minilm --model $MODEL --batch-size 32 --seq-len 128" ;;
+    bert-base) echo "$PY scripts/bench_pytorch.py bert-base --layers 4 --batch-size 8 --seq-len 128" ;;
+    resnet20) echo "$PY scripts/bench_pytorch.py resnet20 --batch-size 128" ;;
+    resnet18) echo "$PY scripts/bench_pytorch.py resnet18 --batch-size 32" ;;
+  esac
+}
+
+# Rows "framework workload median_s peak_rss_mib" go to $TMP/rows.
+run_es() {
+  RAYON_NUM_THREADS=$THREADS $(es_cmd "$1") --repeats "$REPEATS" --quiet |
+    awk '$1 != "workload" && NF >= 7 {print "espalier", $1, $3, $7}' | tee -a "$TMP/rows"
+}
+run_pt() {
+  $(pt_cmd "$1") --repeats "$REPEATS" --threads "$THREADS" 2>/dev/null |
+    awk '$1 == "RESULT" {split($3, m, "="); split($6, r, "="); split($7, b, "="); print "pytorch", $2, m[2], r[2], b[2]}' | tee -a "$TMP/rows"
+}
+
+CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
+MEM=$(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)
+TORCH=$("$PY" -c 'import torch, transformers; print(f"torch {torch.__version__}, transformers {transformers.__version__}")')
+REV=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- crates scripts || echo "+dirty")
+START=$(date -u) LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
+echo "# $(nproc) cores ($CPU), $MEM, $THREADS threads, git $REV, $TORCH, load $LOAD0"
+for w in $WORKLOADS; do
+  for r in $(seq "$ROUNDS"); do
+    echo "## $w round $r" >&2
+    if [ $((r % 2)) -eq 1 ]; then run_es "$w"; run_pt "$w"; else run_pt "$w"; run_es "$w"; fi
+  done
+done
+LAT=""
+if [ -n "${RUN_DIR:-}" ]; then
+  for r in $(seq "$ROUNDS"); do
+    echo "## latency round $r" >&2
+    LAT+="round $r, espalier bench $RUN_DIR:"$'\n'
+    LAT+=$(RAYON_NUM_THREADS=$THREADS $ES bench "$RUN_DIR" --repeats "$REPEATS" --quiet)$'\n'
+    LAT+="round $r, bench_pytorch.py latency --run-dir $RUN_DIR:"$'\n'
+    LAT+=$("$PY" scripts/bench_pytorch.py latency --run-dir "$RUN_DIR" --repeats "$REPEATS" --threads "$THREADS" 2>/dev/null)$'\n'
+  done
+fi
+END=$(date -u) LOAD1=$(cut -d' ' -f1-3 /proc/loadavg)
+
+TABLE=$(python3 - "$TMP/rows" <<'PY'
+import collections, statistics, sys
+rows = collections.defaultdict(lambda: collections.defaultdict(list))
+for line in open(sys.argv[1]):
+    fw, w, t, m, *base = line.split()
+    rows[w][fw].append((float(t), float(m)))
+    if base:
+        rows[w]["base"].append((0.0, float(base[0])))
+if not rows:
+    sys.exit(0)
+print("| workload | Espalier median s | PyTorch median s | time ratio E/P | Espalier peak RSS MiB | PyTorch peak RSS MiB | memory ratio E/P | PyTorch RSS after import MiB | per-round s (E; P) |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+for w, d in rows.items():
+    e, p = d.get("espalier", []), d.get("pytorch", [])
+    me = statistics.median(t for t, _ in e) if e else float("nan")
+    mp = statistics.median(t for t, _ in p) if p else float("nan")
+    re, rp = max((m for _, m in e), default=float("nan")), max((m for _, m in p), default=float("nan"))
+    rb = max((m for _, m in d.get("base", [])), default=float("nan"))
+    per = ", ".join(f"{t:.3f}" for t, _ in e) + "; " + ", ".join(f"{t:.3f}" for t, _ in p)
+    print(f"| {w} | {me:.3f} | {mp:.3f} | {me / mp:.2f} | {re:.0f} | {rp:.0f} | {re / rp:.2f} | {rb:.0f} | {per} |")
+PY
+)
+echo "$TABLE"
+[ -n "$LAT" ] && echo "$LAT"
+
+mkdir -p "$(dirname "$OUT")"
+{
+  echo "# Espalier vs PyTorch: issue #8's benchmark suite"
+  echo
+  echo "Output of \`scripts/bench-vs-pytorch.sh $ROUNDS $REPEATS\` (THREADS=$THREADS)."
+  echo
+  echo "- Machine: $(nproc) cores ($CPU), $MEM; $THREADS threads on both sides (RAYON_NUM_THREADS / torch.set_num_threads)."
+  echo "- Started $START (load average $LOAD0), finished $END (load average $LOAD1)."
+  echo "- Espalier git $REV (release build); PyTorch: $TORCH."
+  [ -n "$NOTE" ] && echo "- $NOTE"
+  echo "- $ROUNDS rounds per workload, Espalier and PyTorch processes alternating (order flipped every round);"
+  echo "  each process times $REPEATS epochs/steps after one warm-up and reports their median; the table gives the"
+  echo "  median over rounds. Peak RSS: the largest over rounds of each process's peak (Espalier: VmHWM;"
+  echo "  PyTorch: ru_maxrss, which includes the interpreter and the torch/transformers libraries; the column"
+  echo "  \"after import\" is PyTorch's resident memory after \`import torch\`, before the workload)."
+  echo
+  echo "$TABLE"
+  if [ -n "$LAT" ]; then
+    echo
+    echo "Dense vs shrunk inference latency (forward pass, evaluation mode, synthetic inputs; ms, median of $REPEATS after a warm-up)"
+    echo "of the structured run \`$RUN_DIR\`, Espalier and PyTorch (the same layer shapes rebuilt from the run's safetensors):"
+    echo
+    echo '```'
+    echo "$LAT"
+    echo '```'
+  fi
+} >"$OUT"
+echo "wrote $OUT" >&2
