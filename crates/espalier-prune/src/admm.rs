@@ -162,7 +162,9 @@ impl Admm {
     }
 
     fn selected(&self, params: &ParamStore) -> (Vec<String>, Vec<Tensor>) {
-        params.iter().filter(|p| self.selector.matches(p)).map(|p| (p.name().to_string(), p.tensor().clone())).unzip()
+        // Detached from the variables: Z and U must not carry autograd
+        // history from one update to the next.
+        params.iter().filter(|p| self.selector.matches(p)).map(|p| (p.name().to_string(), p.tensor().detach())).unzip()
     }
 
     /// Z = Π(W + U), U ← U + W − Z; returns the relative primal gap. The
@@ -389,6 +391,8 @@ mod tests {
         assert_eq!(admm.z["fc.weight"].to_vec2::<f32>()?, [[0., -4., 2., 0.]]);
         assert_eq!(admm.u["fc.weight"].to_vec2::<f32>()?, [[1., 0., 0., 1.]]);
         assert_eq!(trace.lock().unwrap().len(), 3);
+        // Z and U carry no autograd history from one update to the next.
+        assert!(!admm.z["fc.weight"].track_op() && !admm.u["fc.weight"].track_op());
         // after the ADMM phase (epoch >= until_epoch) the gradient is untouched
         let mut grads = (w.effective()? * 0.0)?.sum_all()?.backward()?;
         grads.insert(w.tensor(), w.tensor().zeros_like()?);

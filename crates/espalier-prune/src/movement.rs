@@ -42,9 +42,13 @@ impl Regularizer for MovementTracker {
         let mut scores = self.scores.lock().expect("movement scores lock");
         for p in params.iter().filter(|p| self.selector.matches(p)) {
             let Some(g) = grads.get(p.tensor()) else { continue };
-            let step = (p.tensor().to_dtype(DType::F32)? * g.to_dtype(DType::F32)?)?.neg()?;
+            // Detached: a score built from the variable would record the
+            // product in the autograd graph, and every step's sum would keep
+            // all earlier steps' tensors alive.
+            let w = p.tensor().detach().to_dtype(DType::F32)?;
+            let step = (w * g.detach().to_dtype(DType::F32)?)?.neg()?;
             let s = match scores.remove(p.name()) {
-                Some(s) => (s + step)?,
+                Some(s) => (s + step)?.detach(),
                 None => step,
             };
             scores.insert(p.name().to_string(), s);
@@ -87,6 +91,9 @@ mod tests {
             // the gradient itself is untouched
             assert_eq!(grads.get(w.tensor()).unwrap().to_vec2::<f32>()?, c.to_vec2::<f32>()?);
         }
+        // No autograd history is kept across steps (it would hold every
+        // step's tensors alive).
+        assert!(!scores.lock().unwrap()["fc.weight"].track_op());
         let s = scores.lock().unwrap()["fc.weight"].to_vec2::<f32>()?;
         assert_eq!(s, [[0.2, -2.0, -2.0, 0.2]]);
         let rule = MaskRule {
