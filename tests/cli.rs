@@ -137,16 +137,31 @@ fn interrupted_runs_resume_to_the_same_numbers() {
     // Stopped after 1 epoch (inside the dense phase, before the rewind point),
     // then after 2 more (inside round 1), then to the end.
     let parts = run_dir(tmp.path(), "parts");
-    let p = parts.to_str().unwrap();
-    ok(&espalier(&["run", cfg.to_str().unwrap(), "--out", p, "--max-epochs", "1"]));
+    run_in_parts(&cfg, &parts, &[Some(1)]);
     assert!(!parts.join("summary.json").exists());
     assert_eq!(metrics(&parts).len(), 1);
-    ok(&espalier(&["run", cfg.to_str().unwrap(), "--out", p, "--max-epochs", "2"]));
-    ok(&espalier(&["run", cfg.to_str().unwrap(), "--out", p]));
-    assert_eq!(metrics(&parts), metrics(&full));
+    run_in_parts(&cfg, &parts, &[Some(2), None]);
+    assert_same_run(&parts, &full);
+}
+
+/// Runs `cfg` into `dir` once per entry: stopping after that many epochs
+/// (`--max-epochs`), or to the end for `None`.
+fn run_in_parts(cfg: &Path, dir: &Path, parts: &[Option<usize>]) {
+    for part in parts {
+        let mut args = vec!["run".to_string(), cfg.display().to_string(), "--out".into(), dir.display().to_string()];
+        if let Some(n) = part {
+            args.extend(["--max-epochs".to_string(), n.to_string()]);
+        }
+        ok(&espalier(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+    }
+}
+
+/// Two run directories hold the same metrics and the same saved model bytes.
+fn assert_same_run(a: &Path, b: &Path) {
+    assert_eq!(metrics(a), metrics(b));
     assert_eq!(
-        std::fs::read(parts.join("model.safetensors")).unwrap(),
-        std::fs::read(full.join("model.safetensors")).unwrap()
+        std::fs::read(a.join("model.safetensors")).unwrap(),
+        std::fs::read(b.join("model.safetensors")).unwrap()
     );
 }
 
@@ -452,15 +467,8 @@ fn admm_pattern_pruning_with_sr_ste_obeys_the_pattern_and_resumes() {
     }
 
     let parts = run_dir(tmp.path(), "parts");
-    let p = parts.to_str().unwrap();
-    ok(&espalier(&["run", cfg.to_str().unwrap(), "--out", p, "--max-epochs", "1"]));
-    ok(&espalier(&["run", cfg.to_str().unwrap(), "--out", p, "--max-epochs", "2"]));
-    ok(&espalier(&["run", cfg.to_str().unwrap(), "--out", p]));
-    assert_eq!(metrics(&parts), metrics(&full));
-    assert_eq!(
-        std::fs::read(parts.join("model.safetensors")).unwrap(),
-        std::fs::read(full.join("model.safetensors")).unwrap()
-    );
+    run_in_parts(&cfg, &parts, &[Some(1), Some(2), None]);
+    assert_same_run(&parts, &full);
 }
 
 /// SPUR (IMP + row/column group lasso) and movement pruning (cubic
@@ -637,11 +645,7 @@ fn cifar_resnet_runs_resumes_and_evaluates() {
     let parts = run_dir(tmp.path(), "parts");
     run(&parts, &["--max-epochs", "1"]);
     run(&parts, &[]);
-    assert_eq!(metrics(&parts), m);
-    assert_eq!(
-        std::fs::read(parts.join("model.safetensors")).unwrap(),
-        std::fs::read(full.join("model.safetensors")).unwrap()
-    );
+    assert_same_run(&parts, &full);
 
     let out = bin().args(["eval", full.to_str().unwrap(), "--quiet", "--data-dir"]).arg(&data).output().unwrap();
     ok(&out);

@@ -335,7 +335,7 @@ impl Regularizer for SrSte {
         Ok(())
     }
     fn on_epoch(&mut self, _params: &ParamStore, step: &StepInfo) -> Result<()> {
-        if self.flips > 0 || step.epoch > 0 {
+        if self.flips > 0 {
             tracing::info!(epoch = step.epoch, mask_changes = self.flips, "SR-STE");
         }
         self.flips = 0;

@@ -9,6 +9,7 @@
 //! [`crate::masks_for`] reads the shared scores with
 //! [`crate::Importance::Movement`] (usually under the cubic schedule).
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use candle_core::backprop::GradStore;
@@ -55,10 +56,10 @@ impl Regularizer for MovementTracker {
         }
         Ok(())
     }
-    fn state(&self) -> Result<std::collections::BTreeMap<String, Tensor>> {
+    fn state(&self) -> Result<BTreeMap<String, Tensor>> {
         Ok(self.scores.lock().expect("movement scores lock").clone())
     }
-    fn load_state(&mut self, state: &std::collections::BTreeMap<String, Tensor>) -> Result<()> {
+    fn load_state(&mut self, state: &BTreeMap<String, Tensor>) -> Result<()> {
         *self.scores.lock().expect("movement scores lock") = state.clone();
         Ok(())
     }

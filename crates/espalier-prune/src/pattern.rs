@@ -87,15 +87,15 @@ pub fn keep_masks(scored: &[Scored], granularity: Granularity, scope: Scope, spa
         }
         Granularity::NOfM { n, m } => scored.iter().map(|s| n_of_m(s, n, m)).collect(),
         Granularity::Block { rows, cols } => {
-            let tiles: Vec<(usize, usize, Vec<f32>)> =
+            let tiles: Vec<(usize, Vec<f32>)> =
                 scored.iter().map(|s| tile_scores(s, rows, cols)).collect::<Result<_>>()?;
-            let all: Vec<&[f32]> = tiles.iter().map(|t| t.2.as_slice()).collect();
+            let all: Vec<&[f32]> = tiles.iter().map(|t| t.1.as_slice()).collect();
             let keep = lowest_pruned(&all, scope, sparsity);
             Ok(scored
                 .iter()
                 .zip(&tiles)
                 .zip(keep)
-                .map(|((s, &(r, c, _)), k)| expand_tiles(&k, r, c, s.dims, rows, cols))
+                .map(|((s, (tc, _)), k)| expand_tiles(&k, *tc, s.dims, rows, cols))
                 .collect())
         }
     }
@@ -130,8 +130,8 @@ fn n_of_m(s: &Scored, n: usize, m: usize) -> Result<Vec<f32>> {
 }
 
 /// Sums of the scores over `rows × cols` tiles (−∞ when the whole tile is
-/// pruned); returns the tile grid's height, width and scores.
-fn tile_scores(s: &Scored, rows: usize, cols: usize) -> Result<(usize, usize, Vec<f32>)> {
+/// pruned); returns the tile grid's width and the scores.
+fn tile_scores(s: &Scored, rows: usize, cols: usize) -> Result<(usize, Vec<f32>)> {
     let (out, inp) = out_in(s);
     if s.dims.len() < 2 || out % rows != 0 || inp % cols != 0 {
         espalier_core::bail!(
@@ -156,10 +156,11 @@ fn tile_scores(s: &Scored, rows: usize, cols: usize) -> Result<(usize, usize, Ve
             *x = f32::NEG_INFINITY;
         }
     }
-    Ok((tr, tc, t))
+    Ok((tc, t))
 }
 
-fn expand_tiles(keep: &[f32], _tr: usize, tc: usize, dims: &[usize], rows: usize, cols: usize) -> Vec<f32> {
+/// Per-weight keep flags from per-tile ones (`tc` tiles per tile row).
+fn expand_tiles(keep: &[f32], tc: usize, dims: &[usize], rows: usize, cols: usize) -> Vec<f32> {
     let numel: usize = dims.iter().product();
     let inp = numel / dims[0];
     (0..numel).map(|i| keep[(i / inp / rows) * tc + (i % inp) / cols]).collect()
