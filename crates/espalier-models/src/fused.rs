@@ -151,7 +151,7 @@ pub(crate) fn cpu_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> CResult<
 }
 
 /// Runs `f` on the f32 data of each tensor (made contiguous first).
-fn with_data<R>(ts: &[&Tensor], op: &str, f: impl FnOnce(&[&[f32]]) -> CResult<R>) -> CResult<R> {
+pub(crate) fn with_data<R>(ts: &[&Tensor], op: &str, f: impl FnOnce(&[&[f32]]) -> CResult<R>) -> CResult<R> {
     let owned: Vec<Tensor> = ts.iter().map(|t| t.contiguous()).collect::<CResult<_>>()?;
     let guards: Vec<_> = owned.iter().map(|t| t.storage_and_layout()).collect();
     let mut slices = Vec::with_capacity(guards.len());
@@ -230,6 +230,7 @@ macro_rules! simd_fn {
         }
     };
 }
+pub(crate) use simd_fn;
 
 // ---------------------------------------------------------------------------
 // Scalar math that vectorises.
@@ -280,7 +281,7 @@ fn tanh(x: f32) -> f32 {
 
 /// Sum with eight partial sums, so the loop vectorises.
 #[inline(always)]
-fn sum8(xs: &[f32], f: impl Fn(usize) -> f32) -> f32 {
+pub(crate) fn sum8(xs: &[f32], f: impl Fn(usize) -> f32) -> f32 {
     let mut acc = [0f32; 8];
     let full = xs.len() / 8 * 8;
     for i in (0..full).step_by(8) {
@@ -576,6 +577,60 @@ impl CustomOp1 for GeluOp {
     }
 }
 
+// ---------------------------------------------------------------------------
+// ReLU.
+
+/// `max(x, 0)`, whose backward is `dy·[y > 0]` in one pass (PyTorch's
+/// convention at 0); candle's backward builds a zero tensor, a comparison, a
+/// cast and a product.
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    if !fusable(x) {
+        return Ok(x.relu()?);
+    }
+    Ok(x.contiguous()?.apply_op1(ReluOp)?)
+}
+
+struct ReluOp;
+
+simd_fn! {
+    fn relu_fwd(x: &[f32], y: &mut [f32]) {
+        for (yi, xi) in y.iter_mut().zip(x) {
+            *yi = xi.max(0.0);
+        }
+    }
+}
+
+simd_fn! {
+    fn relu_bwd(y: &[f32], dy: &[f32], dx: &mut [f32]) {
+        for i in 0..dx.len() {
+            dx[i] = if y[i] > 0.0 { dy[i] } else { 0.0 };
+        }
+    }
+}
+
+impl CustomOp1 for ReluOp {
+    fn name(&self) -> &'static str {
+        "espalier-relu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let x = cpu_slice(s, l, "relu")?;
+        let mut y = vec![0f32; x.len()];
+        par_elems(&mut y, |r, out| relu_fwd(&x[r], out));
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, res: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
+        let dx = with_data(&[res, grad], "relu backward", |d| {
+            let (y, dy) = (d[0], d[1]);
+            let mut dx = vec![0f32; y.len()];
+            par_elems(&mut dx, |r, out| relu_bwd(&y[r.clone()], &dy[r], out));
+            Ok(dx)
+        })?;
+        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -649,6 +704,14 @@ mod tests {
         assert_eq!(last.abs()?.sum_all()?.to_scalar::<f32>()?, 0.0);
         let sums = p.sum(D::Minus1)?.flatten_all()?.to_vec1::<f32>()?;
         assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-6), "{sums:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn relu_matches_candle() -> Result<()> {
+        let x = randn(&[3, 5, 7], 1.0, 11)?;
+        let (dy, dg) = compare(&[x], &|t| relu(&t[0]), &|t| Ok(t[0].relu()?))?;
+        assert!(dy == 0.0 && dg[0] == 0.0, "relu: {dy} {dg:?}");
         Ok(())
     }
 

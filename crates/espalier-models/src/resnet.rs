@@ -33,6 +33,7 @@ use espalier_data::{Batch, Inputs};
 use serde::{Deserialize, Serialize};
 
 use crate::layers::{Conv2d, Linear};
+use crate::fused::relu;
 use crate::norm::BatchNorm2d;
 use crate::pool::{global_avg_pool, max_pool2d};
 use crate::{loss, Mode, Model, ModelConfig, StepOutput};
@@ -308,10 +309,10 @@ impl Block {
         for (i, (conv, bn)) in self.convs.iter().enumerate() {
             h = bn.forward(&conv.forward(&h)?, train)?;
             if i < last {
-                h = h.relu()?;
+                h = relu(&h)?;
             }
         }
-        Ok((h + self.shortcut.forward(x, train)?)?.relu()?)
+        relu(&(h + self.shortcut.forward(x, train)?)?)
     }
 }
 
@@ -374,7 +375,7 @@ impl ResNet {
     /// The stem and the first `blocks` blocks.
     fn features(&self, x: &Tensor, train: bool, blocks: usize) -> Result<Tensor> {
         check_images(x, self.cfg.in_channels, "ResNet")?;
-        let mut h = self.bn1.forward(&self.conv1.forward(x)?, train)?.relu()?;
+        let mut h = relu(&self.bn1.forward(&self.conv1.forward(x)?, train)?)?;
         if self.stem_pool {
             h = max_pool2d(&h, 3, 2, 1)?;
         }
@@ -457,7 +458,7 @@ impl Model for ResNet {
         let before: usize = self.stages[..s].iter().map(Vec::len).sum::<usize>() + b;
         let mut h = self.features(x, false, before)?;
         for (conv, bn) in &self.stages[s][b].convs[..=j] {
-            h = bn.forward(&conv.forward(&h)?, false)?.relu()?;
+            h = relu(&bn.forward(&conv.forward(&h)?, false)?)?;
         }
         Ok(h.mean(D::Minus1)?.mean(D::Minus1)?)
     }

@@ -20,6 +20,7 @@ use espalier_data::{Batch, Inputs};
 use serde::{Deserialize, Serialize};
 
 use crate::layers::{Conv2d, Linear};
+use crate::fused::relu;
 use crate::norm::BatchNorm2d;
 use crate::pool::{global_avg_pool, max_pool2d};
 use crate::resnet::check_images;
@@ -136,8 +137,8 @@ impl Vgg {
         let mut h = x.clone();
         for layer in &self.features {
             h = match layer {
-                Layer::Conv(conv, Some(bn)) => bn.forward(&conv.forward(&h)?, train)?.relu()?,
-                Layer::Conv(conv, None) => conv.forward(&h)?.relu()?,
+                Layer::Conv(conv, Some(bn)) => relu(&bn.forward(&conv.forward(&h)?, train)?)?,
+                Layer::Conv(conv, None) => relu(&conv.forward(&h)?)?,
                 Layer::Pool => max_pool2d(&h, 2, 2, 0)?,
             };
         }
