@@ -1,29 +1,38 @@
-//! 2-D convolution as im2col + one matrix product, with its own backward
-//! (Chellapilla et al. 2006, "High Performance Convolutional Neural Networks
-//! for Document Processing").
+//! 2-D convolution as im2col + matrix products, image by image, with its own
+//! backward (Chellapilla et al. 2006, "High Performance Convolutional Neural
+//! Networks for Document Processing").
 //!
-//! With `K = C·k²` and `L = OH·OW`, the columns of an image are the `(L, K)`
-//! matrix whose row `(oy, ox)` holds the `k × k × C` window under output
-//! pixel `(oy, ox)` (zeros outside the image), and
+//! With `K = C·k²` and `L = OH·OW`, the columns of an image are the `(K, L)`
+//! matrix whose row `(c, ky, kx)` holds, for every output pixel, the input
+//! pixel under kernel offset `(ky, kx)` of channel `c` (zero outside the
+//! image). For each image `b`:
 //!
-//! - forward: `Y = cols(X) · Wᵀ`, `(B·L, K)·(K, Cout)`, stored as `(B, Cout, OH, OW)`;
-//! - backward: `dW = dYᵀ · cols(X)` and `dX = col2im(dY · W)`, where col2im
-//!   adds each column entry back onto the pixel it was read from.
+//! - forward: `Y_b = W · cols(X_b)`, `(Cout, K)·(K, L)`, which is already the
+//!   `(Cout, OH, OW)` block of the NCHW output;
+//! - backward: `dW = Σ_b dY_b · cols(X_b)ᵀ` and `dX_b = col2im(Wᵀ · dY_b)`,
+//!   where col2im adds each column entry back onto the pixel it was read from.
 //!
-//! candle's CPU `conv2d` already runs im2col forward, but its backward is a
-//! `conv_transpose2d` (a direct loop) for `dX` and a transposed `conv2d` for
-//! `dW`, several times slower than the two matrix products here. The columns
-//! are recomputed in the backward pass rather than kept, so training holds no
-//! more memory than with candle's op. The matrix products are candle's
-//! (gemm); im2col and col2im run over candle's thread pool.
+//! candle's CPU `conv2d` runs im2col over the whole batch forward, and its
+//! backward is a `conv_transpose2d` (a direct loop) for `dX` and a transposed
+//! `conv2d` for `dW`, several times slower. Here images are spread over
+//! candle's thread pool; each worker keeps one image's columns (a few hundred
+//! KiB, in cache) in a scratch buffer and calls `gemm` single-threaded on it,
+//! so no batch-sized column matrix is ever allocated (those were fresh pages
+//! the kernel zeroed on every step) and the backward pass recomputes the
+//! columns instead of keeping them. With fewer images than threads, the
+//! images run one after another with a parallel `gemm` instead.
 //!
 //! This path runs for f32 tensors on the CPU while the fused kernels are on
 //! ([`crate::fused::set_enabled`]); otherwise [`conv2d`] is candle's.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
-use espalier_core::Result;
+use std::ops::Range;
+use std::sync::Mutex;
 
-use crate::fused::{cpu_slice, fusable, par_rows, CResult};
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+use espalier_core::Result;
+use gemm::Parallelism;
+
+use crate::fused::{cpu_slice, fusable, with_data, CResult};
 
 /// Geometry of a convolution: input `(B, C, H, W)`, square `k × k` kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,7 +53,7 @@ impl Geom {
     fn ow(&self) -> usize {
         (self.w + 2 * self.pad - self.k) / self.stride + 1
     }
-    /// Columns per output pixel.
+    /// Rows of the column matrix.
     fn kk(&self) -> usize {
         self.c * self.k * self.k
     }
@@ -52,10 +61,20 @@ impl Geom {
     fn l(&self) -> usize {
         self.oh() * self.ow()
     }
+    /// Input elements per image.
+    fn chw(&self) -> usize {
+        self.c * self.h * self.w
+    }
     /// Input position of kernel offset `d` at output position `o`, if inside `[0, n)`.
     #[inline(always)]
     fn src(&self, o: usize, d: usize, n: usize) -> Option<usize> {
         (o * self.stride + d).checked_sub(self.pad).filter(|&i| i < n)
+    }
+    /// Output columns `ox` whose input column `ox·stride + kx − pad` lies inside the row.
+    fn valid_ox(&self, kx: usize) -> Range<usize> {
+        let lo = self.pad.saturating_sub(kx).div_ceil(self.stride);
+        let hi = (self.w + self.pad).saturating_sub(kx).div_ceil(self.stride).min(self.ow());
+        lo.min(hi)..hi
     }
 }
 
@@ -72,65 +91,144 @@ pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<T
     Ok(x.contiguous()?.apply_op2(&w.contiguous()?, ConvOp(g))?)
 }
 
-/// im2col: `(B, C, H, W)` → `(B·L, K)`.
-fn im2col(x: &[f32], g: Geom) -> Vec<f32> {
-    let (oh, ow, kk, k) = (g.oh(), g.ow(), g.kk(), g.k);
-    let mut cols = vec![0f32; g.b * oh * ow * kk];
-    // One output row (oy) of one image per unit of work: `ow` rows of `kk`.
-    par_rows(&mut cols, ow * kk, |rows, out| {
-        for (ri, row) in rows.enumerate() {
-            let (b, oy) = (row / oh, row % oh);
-            let img = &x[b * g.c * g.h * g.w..(b + 1) * g.c * g.h * g.w];
-            for ox in 0..ow {
-                let dst = &mut out[(ri * ow + ox) * kk..(ri * ow + ox + 1) * kk];
-                for c in 0..g.c {
-                    let plane = &img[c * g.h * g.w..(c + 1) * g.h * g.w];
-                    for ky in 0..k {
-                        let Some(iy) = g.src(oy, ky, g.h) else { continue };
-                        let line = &plane[iy * g.w..(iy + 1) * g.w];
-                        let d = &mut dst[(c * k + ky) * k..(c * k + ky + 1) * k];
-                        for (kx, v) in d.iter_mut().enumerate() {
-                            if let Some(ix) = g.src(ox, kx, g.w) {
-                                *v = line[ix];
-                            }
+/// im2col of one image `(C, H, W)` into `cols` `(K, L)`; every entry is written.
+fn im2col(img: &[f32], g: Geom, cols: &mut [f32]) {
+    let (oh, ow, k, l) = (g.oh(), g.ow(), g.k, g.l());
+    for c in 0..g.c {
+        let plane = &img[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = &mut cols[((c * k + ky) * k + kx) * l..][..l];
+                let valid = g.valid_ox(kx);
+                for oy in 0..oh {
+                    let dst = &mut row[oy * ow..(oy + 1) * ow];
+                    let Some(iy) = g.src(oy, ky, g.h) else {
+                        dst.fill(0.0);
+                        continue;
+                    };
+                    let line = &plane[iy * g.w..(iy + 1) * g.w];
+                    dst[..valid.start].fill(0.0);
+                    dst[valid.end..].fill(0.0);
+                    let first = valid.start * g.stride + kx - g.pad;
+                    if g.stride == 1 {
+                        dst[valid.clone()].copy_from_slice(&line[first..first + valid.len()]);
+                    } else {
+                        for (j, v) in dst[valid.clone()].iter_mut().enumerate() {
+                            *v = line[first + j * g.stride];
                         }
                     }
                 }
             }
         }
-    });
-    cols
+    }
 }
 
-/// col2im: `(B·L, K)` → `(B, C, H, W)`, adding overlapping entries.
-fn col2im(cols: &[f32], g: Geom) -> Vec<f32> {
-    let (oh, ow, kk, k) = (g.oh(), g.ow(), g.kk(), g.k);
-    let chw = g.c * g.h * g.w;
-    let mut x = vec![0f32; g.b * chw];
-    // One image per unit of work: images never share pixels.
-    par_rows(&mut x, chw, |images, out| {
-        for (bi, b) in images.enumerate() {
-            let img = &mut out[bi * chw..(bi + 1) * chw];
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let src = &cols[((b * oh + oy) * ow + ox) * kk..((b * oh + oy) * ow + ox + 1) * kk];
-                    for c in 0..g.c {
-                        for ky in 0..k {
-                            let Some(iy) = g.src(oy, ky, g.h) else { continue };
-                            let line = &mut img[c * g.h * g.w + iy * g.w..c * g.h * g.w + (iy + 1) * g.w];
-                            let s = &src[(c * k + ky) * k..(c * k + ky + 1) * k];
-                            for (kx, v) in s.iter().enumerate() {
-                                if let Some(ix) = g.src(ox, kx, g.w) {
-                                    line[ix] += v;
-                                }
-                            }
+/// col2im of one image: adds `cols` `(K, L)` onto `img` `(C, H, W)` (zeroed by the caller).
+fn col2im(cols: &[f32], g: Geom, img: &mut [f32]) {
+    let (oh, ow, k, l) = (g.oh(), g.ow(), g.k, g.l());
+    for c in 0..g.c {
+        let plane = &mut img[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = &cols[((c * k + ky) * k + kx) * l..][..l];
+                let valid = g.valid_ox(kx);
+                let first = valid.start * g.stride + kx;
+                for oy in 0..oh {
+                    let Some(iy) = g.src(oy, ky, g.h) else { continue };
+                    let line = &mut plane[iy * g.w..(iy + 1) * g.w];
+                    let src = &row[oy * ow + valid.start..oy * ow + valid.end];
+                    if g.stride == 1 {
+                        let dst = &mut line[first - g.pad..first - g.pad + src.len()];
+                        dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+                    } else {
+                        for (j, s) in src.iter().enumerate() {
+                            line[first - g.pad + j * g.stride] += s;
                         }
                     }
                 }
             }
         }
-    });
-    x
+    }
+}
+
+/// A row-major `rows × cols` view for [`matmul`] (optionally read transposed).
+#[derive(Clone, Copy)]
+struct Mat {
+    ptr: *const f32,
+    /// Element strides of a row step and a column step.
+    rs: isize,
+    cs: isize,
+}
+
+impl Mat {
+    fn new(data: &[f32], cols: usize) -> Self {
+        Mat { ptr: data.as_ptr(), rs: cols as isize, cs: 1 }
+    }
+    fn t(self) -> Self {
+        Mat { ptr: self.ptr, rs: self.cs, cs: self.rs }
+    }
+}
+
+/// `dst (m × n, row-major) = [dst +] a (m × k) · b (k × n)`.
+fn matmul(dst: &mut [f32], accumulate: bool, a: Mat, b: Mat, (m, k, n): (usize, usize, usize), par: Parallelism) {
+    assert!(dst.len() >= m * n);
+    // SAFETY: `dst` holds m·n elements; `a` and `b` point into live slices of
+    // at least m·k and k·n elements with the strides given (built by `Mat`).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.ptr,
+            a.cs,
+            a.rs,
+            b.ptr,
+            b.cs,
+            b.rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// Runs `f(images, scratch, parallelism)` over the batch: ranges of images
+/// spread over candle's pool with a single-threaded `gemm` each, or (with
+/// fewer images than threads) all images on this thread with a parallel
+/// `gemm`. `scratch` holds one image's columns.
+fn for_images(g: Geom, f: impl Fn(Range<usize>, &mut [f32], Parallelism) + Sync) {
+    let threads = candle_core::utils::get_num_threads();
+    let scratch = || vec![0f32; g.kk() * g.l()];
+    if g.b < threads {
+        f(0..g.b, &mut scratch(), if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None });
+    } else {
+        candle_core::utils::barrier_pool().execute_chunked(g.b, |images| f(images, &mut scratch(), Parallelism::None));
+    }
+}
+
+/// A pointer that workers write disjoint per-image blocks through.
+#[derive(Clone, Copy)]
+struct Blocks(*mut f32, usize);
+unsafe impl Send for Blocks {}
+unsafe impl Sync for Blocks {}
+
+impl Blocks {
+    fn of(v: &mut [f32], block: usize) -> Self {
+        Blocks(v.as_mut_ptr(), block)
+    }
+    /// # Safety
+    /// Block `i` lies inside the buffer and only one worker touches it.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn get(&self, i: usize) -> &mut [f32] {
+        std::slice::from_raw_parts_mut(self.0.add(i * self.1), self.1)
+    }
 }
 
 /// The convolution: `(x, w) → y`.
@@ -147,23 +245,14 @@ impl CustomOp2 for ConvOp {
         let w = cpu_slice(s2, l2, self.name())?;
         let cout = l2.shape().dims()[0];
         let (kk, l) = (g.kk(), g.l());
-        let cols = Tensor::from_vec(im2col(x, g), (g.b * l, kk), &candle_core::Device::Cpu)?;
-        let wt = Tensor::from_slice(w, (cout, kk), &candle_core::Device::Cpu)?;
-        // (B·L, Cout), row-major; transposed per image into (Cout, L) below.
-        let prod = cols.matmul(&wt.t()?)?;
-        let (storage, layout) = prod.storage_and_layout();
-        let candle_core::Storage::Cpu(cpu) = &*storage else { candle_core::bail!("{}: not on the CPU", self.name()) };
-        let p = cpu_slice(cpu, layout, self.name())?;
         let mut y = vec![0f32; g.b * cout * l];
-        par_rows(&mut y, cout * l, |images, out| {
-            for (bi, b) in images.enumerate() {
-                let src = &p[b * l * cout..(b + 1) * l * cout];
-                let dst = &mut out[bi * cout * l..(bi + 1) * cout * l];
-                for (pix, row) in src.chunks_exact(cout).enumerate() {
-                    for (co, v) in row.iter().enumerate() {
-                        dst[co * l + pix] = *v;
-                    }
-                }
+        let out = Blocks::of(&mut y, cout * l);
+        for_images(g, |images, cols, par| {
+            for b in images {
+                im2col(&x[b * g.chw()..(b + 1) * g.chw()], g, cols);
+                // SAFETY: each image's output block is written by one worker.
+                let yb = unsafe { out.get(b) };
+                matmul(yb, false, Mat::new(w, kk), Mat::new(cols, l), (cout, kk, l), par);
             }
         });
         Ok((CpuStorage::F32(y), Shape::from((g.b, cout, g.oh(), g.ow()))))
@@ -172,46 +261,30 @@ impl CustomOp2 for ConvOp {
     fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, dy: &Tensor) -> CResult<(Option<Tensor>, Option<Tensor>)> {
         let g = self.0;
         let cout = w.dims()[0];
-        // dY as (B·L, Cout).
-        let dy = dy.permute((0, 2, 3, 1))?.contiguous()?.reshape((g.b * g.l(), cout))?;
-        let cols = x.apply_op1_no_bwd(&Im2ColOp(g))?;
-        let w2 = w.reshape((cout, g.kk()))?;
-        let dw = dy.t()?.matmul(&cols)?.reshape(w.shape())?;
-        let dcols = dy.matmul(&w2)?;
-        let dx = dcols.apply_op1_no_bwd(&Col2ImOp(g))?;
-        Ok((Some(dx), Some(dw)))
-    }
-}
-
-/// `x → cols(x)` as a tensor op (the backward pass recomputes the columns).
-struct Im2ColOp(Geom);
-
-impl CustomOp1 for Im2ColOp {
-    fn name(&self) -> &'static str {
-        "espalier-im2col"
-    }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
-        let g = self.0;
-        let cols = im2col(cpu_slice(s, l, self.name())?, g);
-        Ok((CpuStorage::F32(cols), Shape::from((g.b * g.l(), g.kk()))))
-    }
-}
-
-/// `dcols → dx`.
-struct Col2ImOp(Geom);
-
-impl CustomOp1 for Col2ImOp {
-    fn name(&self) -> &'static str {
-        "espalier-col2im"
-    }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
-        let g = self.0;
-        let dcols = if l.is_contiguous() {
-            col2im(cpu_slice(s, l, self.name())?, g)
-        } else {
-            candle_core::bail!("{}: expected contiguous columns", self.name())
-        };
-        Ok((CpuStorage::F32(dcols), Shape::from((g.b, g.c, g.h, g.w))))
+        let (kk, l) = (g.kk(), g.l());
+        let (dx, dw) = with_data(&[x, w, dy], "conv2d backward", |d| {
+            let (x, w, dy) = (d[0], d[1], d[2]);
+            let mut dx = vec![0f32; g.b * g.chw()];
+            let dw = Mutex::new(vec![0f32; cout * kk]);
+            let out = Blocks::of(&mut dx, g.chw());
+            for_images(g, |images, cols, par| {
+                let mut dw_part = vec![0f32; cout * kk];
+                for b in images {
+                    let dyb = &dy[b * cout * l..(b + 1) * cout * l];
+                    im2col(&x[b * g.chw()..(b + 1) * g.chw()], g, cols);
+                    // dW += dY_b (Cout, L) · cols_bᵀ (L, K)
+                    matmul(&mut dw_part, true, Mat::new(dyb, l), Mat::new(cols, l).t(), (cout, l, kk), par);
+                    // dcols_b (K, L) = Wᵀ (K, Cout) · dY_b (Cout, L), into the same scratch.
+                    matmul(cols, false, Mat::new(w, kk).t(), Mat::new(dyb, l), (kk, cout, l), par);
+                    // SAFETY: each image's gradient block is written by one worker.
+                    col2im(cols, g, unsafe { out.get(b) });
+                }
+                let mut total = dw.lock().unwrap_or_else(|e| e.into_inner());
+                total.iter_mut().zip(&dw_part).for_each(|(t, p)| *t += p);
+            });
+            Ok((dx, dw.into_inner().unwrap_or_else(|e| e.into_inner())))
+        })?;
+        Ok((Some(Tensor::from_vec(dx, x.shape(), x.device())?), Some(Tensor::from_vec(dw, w.shape(), w.device())?)))
     }
 }
 
