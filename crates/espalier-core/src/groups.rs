@@ -46,8 +46,9 @@ pub struct GroupSet {
     pub block: usize,
     /// Every tensor a unit owns a slice of.
     pub members: Vec<Member>,
-    /// The 2-D weight `(out, size·block)` whose columns consume the units'
-    /// activations (what activation-based criteria project through).
+    /// The weight that consumes the units' activations (what i-SpaSP's
+    /// residual goes through): a matrix `(out, size·block)`, or a
+    /// convolution whose model applies it in `Model::consume`.
     pub consumer: Option<String>,
 }
 

@@ -91,14 +91,15 @@ pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<T
     Ok(x.contiguous()?.apply_op2(&w.contiguous()?, ConvOp(g))?)
 }
 
-/// im2col of one image `(C, H, W)` into `cols` `(K, L)`; every entry is written.
-fn im2col(img: &[f32], g: Geom, cols: &mut [f32]) {
+/// im2col of one image `(C, H, W)` into columns `off..off + L` of `cols`
+/// (`K` rows of stride `ld`); every entry there is written.
+fn im2col(img: &[f32], g: Geom, cols: &mut [f32], ld: usize, off: usize) {
     let (oh, ow, k, l) = (g.oh(), g.ow(), g.k, g.l());
     for c in 0..g.c {
         let plane = &img[c * g.h * g.w..(c + 1) * g.h * g.w];
         for ky in 0..k {
             for kx in 0..k {
-                let row = &mut cols[((c * k + ky) * k + kx) * l..][..l];
+                let row = &mut cols[((c * k + ky) * k + kx) * ld + off..][..l];
                 let valid = g.valid_ox(kx);
                 for oy in 0..oh {
                     let dst = &mut row[oy * ow..(oy + 1) * ow];
@@ -123,14 +124,15 @@ fn im2col(img: &[f32], g: Geom, cols: &mut [f32]) {
     }
 }
 
-/// col2im of one image: adds `cols` `(K, L)` onto `img` `(C, H, W)` (zeroed by the caller).
-fn col2im(cols: &[f32], g: Geom, img: &mut [f32]) {
+/// col2im of one image: adds columns `off..off + L` of `cols` (`K` rows of
+/// stride `ld`) onto `img` `(C, H, W)` (zeroed by the caller).
+fn col2im(cols: &[f32], g: Geom, img: &mut [f32], ld: usize, off: usize) {
     let (oh, ow, k, l) = (g.oh(), g.ow(), g.k, g.l());
     for c in 0..g.c {
         let plane = &mut img[c * g.h * g.w..(c + 1) * g.h * g.w];
         for ky in 0..k {
             for kx in 0..k {
-                let row = &cols[((c * k + ky) * k + kx) * l..][..l];
+                let row = &cols[((c * k + ky) * k + kx) * ld + off..][..l];
                 let valid = g.valid_ox(kx);
                 let first = valid.start * g.stride + kx;
                 for oy in 0..oh {
@@ -199,17 +201,57 @@ fn matmul(dst: &mut [f32], accumulate: bool, a: Mat, b: Mat, (m, k, n): (usize, 
     }
 }
 
-/// Runs `f(images, scratch, parallelism)` over the batch: ranges of images
+/// Columns per matrix product at least this wide: with fewer output pixels
+/// per image (late ResNet stages: 8×8, 4×4), images are grouped side by side
+/// in one column matrix so that `gemm` gets a wide enough product and the
+/// weight gradient is not rewritten image after image.
+const MIN_COLUMNS: usize = 256;
+
+/// Per-worker buffers: the columns of a group `(K, n·L)` and the group's
+/// output or output gradient `(Cout, n·L)` when it spans several images.
+struct Scratch {
+    cols: Vec<f32>,
+    out: Vec<f32>,
+}
+
+/// Runs `f(images, scratch, parallelism)` over groups of images: groups
 /// spread over candle's pool with a single-threaded `gemm` each, or (with
-/// fewer images than threads) all images on this thread with a parallel
-/// `gemm`. `scratch` holds one image's columns.
-fn for_images(g: Geom, f: impl Fn(Range<usize>, &mut [f32], Parallelism) + Sync) {
+/// fewer images than threads) one group on this thread with a parallel
+/// `gemm`.
+fn for_groups(g: Geom, cout: usize, f: impl Fn(Range<usize>, &mut Scratch, Parallelism) + Sync) {
     let threads = candle_core::utils::get_num_threads();
-    let scratch = || vec![0f32; g.kk() * g.l()];
-    if g.b < threads {
-        f(0..g.b, &mut scratch(), if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None });
+    let serial = g.b < threads;
+    let nb = if serial { g.b } else { MIN_COLUMNS.div_ceil(g.l()).min(g.b / threads) };
+    let scratch = || Scratch { cols: vec![0f32; g.kk() * g.l() * nb], out: vec![0f32; cout * g.l() * nb] };
+    let groups = |chunk: Range<usize>| {
+        (chunk.start * nb..(chunk.end * nb).min(g.b)).step_by(nb).map(|b0| b0..(b0 + nb).min(g.b))
+    };
+    if serial {
+        let par = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
+        f(0..g.b, &mut scratch(), par);
     } else {
-        candle_core::utils::barrier_pool().execute_chunked(g.b, |images| f(images, &mut scratch(), Parallelism::None));
+        candle_core::utils::barrier_pool().execute_chunked(g.b.div_ceil(nb), |chunk| {
+            let mut s = scratch();
+            groups(chunk).for_each(|images| f(images, &mut s, Parallelism::None));
+        });
+    }
+}
+
+/// Copies between per-image blocks `(rows, L)` and the group's side-by-side
+/// matrix `(rows, n·L)`.
+fn gather(blocks: &[f32], wide: &mut [f32], rows: usize, l: usize, n: usize) {
+    for j in 0..n {
+        for r in 0..rows {
+            wide[r * n * l + j * l..][..l].copy_from_slice(&blocks[(j * rows + r) * l..][..l]);
+        }
+    }
+}
+
+fn scatter(wide: &[f32], blocks: &mut [f32], rows: usize, l: usize, n: usize) {
+    for j in 0..n {
+        for r in 0..rows {
+            blocks[(j * rows + r) * l..][..l].copy_from_slice(&wide[r * n * l + j * l..][..l]);
+        }
     }
 }
 
@@ -224,10 +266,10 @@ impl Blocks {
         Blocks(v.as_mut_ptr(), block)
     }
     /// # Safety
-    /// Block `i` lies inside the buffer and only one worker touches it.
+    /// The blocks lie inside the buffer and only one worker touches them.
     #[allow(clippy::mut_from_ref)]
-    unsafe fn get(&self, i: usize) -> &mut [f32] {
-        std::slice::from_raw_parts_mut(self.0.add(i * self.1), self.1)
+    unsafe fn get(&self, images: Range<usize>) -> &mut [f32] {
+        std::slice::from_raw_parts_mut(self.0.add(images.start * self.1), images.len() * self.1)
     }
 }
 
@@ -247,12 +289,17 @@ impl CustomOp2 for ConvOp {
         let (kk, l) = (g.kk(), g.l());
         let mut y = vec![0f32; g.b * cout * l];
         let out = Blocks::of(&mut y, cout * l);
-        for_images(g, |images, cols, par| {
-            for b in images {
-                im2col(&x[b * g.chw()..(b + 1) * g.chw()], g, cols);
-                // SAFETY: each image's output block is written by one worker.
-                let yb = unsafe { out.get(b) };
-                matmul(yb, false, Mat::new(w, kk), Mat::new(cols, l), (cout, kk, l), par);
+        for_groups(g, cout, |images, s, par| {
+            let n = images.len();
+            for (j, b) in images.clone().enumerate() {
+                im2col(&x[b * g.chw()..(b + 1) * g.chw()], g, &mut s.cols, n * l, j * l);
+            }
+            // SAFETY: each group's output blocks are written by one worker.
+            let yb = unsafe { out.get(images) };
+            let dst = if n == 1 { &mut *yb } else { &mut s.out[..] };
+            matmul(dst, false, Mat::new(w, kk), Mat::new(&s.cols, n * l), (cout, kk, n * l), par);
+            if n > 1 {
+                scatter(&s.out, yb, cout, l, n);
             }
         });
         Ok((CpuStorage::F32(y), Shape::from((g.b, cout, g.oh(), g.ow()))))
@@ -267,17 +314,28 @@ impl CustomOp2 for ConvOp {
             let mut dx = vec![0f32; g.b * g.chw()];
             let dw = Mutex::new(vec![0f32; cout * kk]);
             let out = Blocks::of(&mut dx, g.chw());
-            for_images(g, |images, cols, par| {
+            for_groups(g, cout, |images, s, par| {
+                let n = images.len();
                 let mut dw_part = vec![0f32; cout * kk];
-                for b in images {
-                    let dyb = &dy[b * cout * l..(b + 1) * cout * l];
-                    im2col(&x[b * g.chw()..(b + 1) * g.chw()], g, cols);
-                    // dW += dY_b (Cout, L) · cols_bᵀ (L, K)
-                    matmul(&mut dw_part, true, Mat::new(dyb, l), Mat::new(cols, l).t(), (cout, l, kk), par);
-                    // dcols_b (K, L) = Wᵀ (K, Cout) · dY_b (Cout, L), into the same scratch.
-                    matmul(cols, false, Mat::new(w, kk).t(), Mat::new(dyb, l), (kk, cout, l), par);
-                    // SAFETY: each image's gradient block is written by one worker.
-                    col2im(cols, g, unsafe { out.get(b) });
+                for (j, b) in images.clone().enumerate() {
+                    im2col(&x[b * g.chw()..(b + 1) * g.chw()], g, &mut s.cols, n * l, j * l);
+                }
+                // dY of the group as (Cout, n·L).
+                let dyg = &dy[images.start * cout * l..images.end * cout * l];
+                let dyg = if n == 1 {
+                    dyg
+                } else {
+                    gather(dyg, &mut s.out, cout, l, n);
+                    &s.out[..]
+                };
+                // dW += dY (Cout, n·L) · colsᵀ (n·L, K)
+                matmul(&mut dw_part, true, Mat::new(dyg, n * l), Mat::new(&s.cols, n * l).t(), (cout, n * l, kk), par);
+                // dcols (K, n·L) = Wᵀ (K, Cout) · dY (Cout, n·L), into the same scratch.
+                matmul(&mut s.cols, false, Mat::new(w, kk).t(), Mat::new(dyg, n * l), (kk, cout, n * l), par);
+                // SAFETY: each group's gradient blocks are written by one worker.
+                let dxg = unsafe { out.get(images) };
+                for j in 0..n {
+                    col2im(&s.cols, g, &mut dxg[j * g.chw()..(j + 1) * g.chw()], n * l, j * l);
                 }
                 let mut total = dw.lock().unwrap_or_else(|e| e.into_inner());
                 total.iter_mut().zip(&dw_part).for_each(|(t, p)| *t += p);
@@ -315,6 +373,8 @@ mod tests {
             (1, 2, 11, 11, 3, 7, 2, 3),
             (2, 5, 6, 5, 2, 5, 1, 0),
             (2, 1, 4, 4, 3, 3, 3, 2),
+            (9, 3, 4, 4, 5, 3, 1, 1),
+            (7, 2, 6, 6, 4, 3, 2, 1),
         ]
         .iter()
         .enumerate()

@@ -75,6 +75,26 @@ pub trait Model: Send + Sync {
     fn probe(&self, _batch: &Batch, set: &str) -> Result<Tensor> {
         espalier_core::bail!("this model has no activation probe for group set `{set}`")
     }
+    /// The activations of group set `set` on `batch` as its consumer takes
+    /// them, units on axis 1: [`Model::probe`]'s rows by default; the
+    /// `(B, C, H, W)` maps where the consumer is a convolution.
+    fn consumer_input(&self, batch: &Batch, set: &str) -> Result<Tensor> {
+        self.probe(batch, set)
+    }
+    /// The consumer of group set `set` as a linear map of
+    /// [`Model::consumer_input`]'s activations (no bias): by default `h·Aᵀ`
+    /// with `A` the set's [`GroupSet::consumer`] matrix. Evaluation mode, no
+    /// gradient into the weights.
+    fn consume(&self, set: &str, h: &Tensor) -> Result<Tensor> {
+        let name = self
+            .group_sets()
+            .into_iter()
+            .find(|g| g.name == set)
+            .and_then(|g| g.consumer)
+            .ok_or_else(|| espalier_core::Error::msg(format!("group set `{set}` declares no consumer weight")))?;
+        let a = self.params().get(&name)?.effective()?.detach().to_dtype(h.dtype())?;
+        Ok(h.matmul(&a.t()?)?)
+    }
     /// Floating-point operations of one example's forward pass (a
     /// multiply-add counts 2; sequence models at `seq_len` tokens), or
     /// `None` when the model does not count them.

@@ -28,7 +28,7 @@ impl Activation {
     /// Applies the nonlinearity.
     pub fn apply(self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
-            Activation::Relu => x.relu()?,
+            Activation::Relu => crate::fused::relu(x)?,
             Activation::Tanh => x.tanh()?,
             Activation::Sigmoid => candle_nn::ops::sigmoid(x)?,
             Activation::Gelu => crate::fused::gelu(x, crate::fused::Gelu::Erf)?,

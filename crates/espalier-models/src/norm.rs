@@ -23,7 +23,6 @@
 //! kernel is tested against; its reductions over the non-contiguous
 //! `(B, H, W)` axes were a quarter of a ResNet-20 training step.
 
-
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use espalier_core::init::Init;
 use espalier_core::{Param, ParamBuilder, ParamKind, Result};
@@ -203,7 +202,8 @@ impl CustomOp3 for BatchNormOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> CResult<(CpuStorage, Shape)> {
-        let (x, g, beta) = (cpu_slice(s1, l1, self.name())?, cpu_slice(s2, l2, self.name())?, cpu_slice(s3, l3, self.name())?);
+        let (x, g, beta) =
+            (cpu_slice(s1, l1, self.name())?, cpu_slice(s2, l2, self.name())?, cpu_slice(s3, l3, self.name())?);
         let (_, c, hw) = self.dims(l1)?;
         // y = x·a + s per channel, with a = γ·r and s = β − μ·a.
         let a: Vec<f32> = (0..c).map(|i| g[i] * self.rstd[i]).collect();
@@ -253,7 +253,16 @@ impl CustomOp3 for BatchNormOp {
                     let (m, r) = (self.mean[ch], self.rstd[ch]);
                     let (mean_dy, mean_dyx) = (sums[2 * ch] / nf, sums[2 * ch + 1] / nf);
                     let o = plane * hw;
-                    bn_dx(&x[o..o + hw], &dy[o..o + hw], m, r, g[ch] * r, mean_dy, mean_dyx, &mut out[i * hw..(i + 1) * hw]);
+                    bn_dx(
+                        &x[o..o + hw],
+                        &dy[o..o + hw],
+                        m,
+                        r,
+                        g[ch] * r,
+                        mean_dy,
+                        mean_dyx,
+                        &mut out[i * hw..(i + 1) * hw],
+                    );
                 }
             });
             let db = sums.iter().step_by(2).copied().collect::<Vec<_>>();
@@ -315,7 +324,10 @@ mod tests {
             let r = randn(&[b, c, h, w], 300 + i as u64, 0.0)?;
             let (want, mean, var) = train_composed(x.as_tensor(), g.as_tensor(), be.as_tensor(), EPS)?;
             let (m, v) = channel_stats(x.as_tensor())?;
-            assert!(max_diff(&Tensor::new(m.as_slice(), &Device::Cpu)?, &mean.flatten_all()?)? < 1e-5, "case {i}: mean");
+            assert!(
+                max_diff(&Tensor::new(m.as_slice(), &Device::Cpu)?, &mean.flatten_all()?)? < 1e-5,
+                "case {i}: mean"
+            );
             assert!(max_diff(&Tensor::new(v.as_slice(), &Device::Cpu)?, &var.flatten_all()?)? < 1e-4, "case {i}: var");
             let rstd = v.iter().map(|v| 1.0 / (v + EPS as f32).sqrt()).collect();
             let got = x.as_tensor().apply_op3(g.as_tensor(), be.as_tensor(), BatchNormOp { mean: m, rstd })?;

@@ -32,8 +32,8 @@ use espalier_core::{GroupSet, Keep, Member, ParamBuilder, ParamStore, Result};
 use espalier_data::{Batch, Inputs};
 use serde::{Deserialize, Serialize};
 
-use crate::layers::{Conv2d, Linear};
 use crate::fused::relu;
+use crate::layers::{Conv2d, Linear};
 use crate::norm::BatchNorm2d;
 use crate::pool::{global_avg_pool, max_pool2d};
 use crate::{loss, Mode, Model, ModelConfig, StepOutput};
@@ -385,6 +385,15 @@ impl ResNet {
         Ok(h)
     }
 
+    /// `(stage, block, conv)` of the inner set named `set`.
+    fn inner_set(&self, set: &str) -> Result<(usize, usize, usize)> {
+        self.inner_sets()
+            .into_iter()
+            .find(|(_, _, _, n)| n == set)
+            .map(|(s, b, j, _)| (s, b, j))
+            .ok_or_else(|| espalier_core::Error::msg(format!("no group set `{set}` in this ResNet")))
+    }
+
     /// `(stage, block, conv)` of every block's inner convolutions, in order,
     /// with the group-set name `layer{s}.{b}.conv{j}`.
     fn inner_sets(&self) -> Vec<(usize, usize, usize, String)> {
@@ -440,27 +449,41 @@ impl Model for ResNet {
                 members.insert(0, Member::new(format!("{pre}.conv{}.weight", j + 1), 0));
                 members.push(Member::new(format!("{pre}.conv{}.weight", j + 2), 1));
                 let size = self.stages[s][b].convs[j].1.weight.dims()[0];
-                GroupSet { name, size, block: 1, members, consumer: None }
+                let consumer = Some(format!("{pre}.conv{}.weight", j + 2));
+                GroupSet { name, size, block: 1, members, consumer }
             })
             .collect()
     }
     /// `layer{s}.{b}.conv{j}`: the spatial mean of the channel's activation
     /// (after BN and ReLU) per image, `(B, C)`.
     fn probe(&self, batch: &Batch, set: &str) -> Result<Tensor> {
+        Ok(self.consumer_input(batch, set)?.mean(D::Minus1)?.mean(D::Minus1)?)
+    }
+    /// `layer{s}.{b}.conv{j}`: the channel's activation maps (after BN and
+    /// ReLU), `(B, C, H, W)`, the input of `conv{j+1}`.
+    fn consumer_input(&self, batch: &Batch, set: &str) -> Result<Tensor> {
         let Inputs::Dense(x) = &batch.inputs else {
             espalier_core::bail!("ResNet takes image inputs, not token sequences");
         };
-        let (s, b, j, _) = self
-            .inner_sets()
-            .into_iter()
-            .find(|(_, _, _, n)| n == set)
-            .ok_or_else(|| espalier_core::Error::msg(format!("no group set `{set}` in this ResNet")))?;
+        let (s, b, j) = self.inner_set(set)?;
         let before: usize = self.stages[..s].iter().map(Vec::len).sum::<usize>() + b;
         let mut h = self.features(x, false, before)?;
         for (conv, bn) in &self.stages[s][b].convs[..=j] {
             h = relu(&bn.forward(&conv.forward(&h)?, false)?)?;
         }
-        Ok(h.mean(D::Minus1)?.mean(D::Minus1)?)
+        Ok(h)
+    }
+    /// `layer{s}.{b}.conv{j}`'s consumer: `conv{j+1}` followed by the scale
+    /// of `bn{j+1}` in evaluation mode (`γ/√(running_var + ε)`; its shift is
+    /// not linear in `h`).
+    fn consume(&self, set: &str, h: &Tensor) -> Result<Tensor> {
+        let (s, b, j) = self.inner_set(set)?;
+        let (conv, bn) = &self.stages[s][b].convs[j + 1];
+        let y = conv.forward(h)?;
+        let c = bn.channels();
+        let var = bn.running_var.tensor().detach();
+        let scale = (bn.weight.effective()?.detach() / (var + bn.eps)?.sqrt()?)?.reshape((1, c, 1, 1))?;
+        Ok(y.broadcast_mul(&scale.to_dtype(y.dtype())?)?)
     }
     fn shrunk_config(&self, keep: &Keep) -> Result<ModelConfig> {
         let mut cfg = self.cfg.clone();

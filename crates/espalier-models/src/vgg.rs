@@ -19,8 +19,8 @@ use espalier_core::{ParamBuilder, ParamKind, ParamStore, Result};
 use espalier_data::{Batch, Inputs};
 use serde::{Deserialize, Serialize};
 
-use crate::layers::{Conv2d, Linear};
 use crate::fused::relu;
+use crate::layers::{Conv2d, Linear};
 use crate::norm::BatchNorm2d;
 use crate::pool::{global_avg_pool, max_pool2d};
 use crate::resnet::check_images;

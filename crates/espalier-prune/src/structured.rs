@@ -24,7 +24,12 @@
 //! `a_c = Σ_rows |h_c|` become the new `S` (stopping early when `S` no
 //! longer changes). No weight is refit. The relative residual `‖V‖/‖Y‖` of
 //! the final support is reported. For multi-column units (heads) `g` and `a`
-//! sum over the block. (Ranking by the signed sum `Σ_rows A_c · v` or by the
+//! sum over the block. The consumer is the model's linear map of the
+//! set's activations ([`Model::consume`]): the weight matrix for MLP layers,
+//! BERT FFNs and heads; for a ResNet basic block, `conv2` with `bn2`'s
+//! evaluation-mode scale on the `(B, C, H, W)` maps of `relu(bn1(conv1(x)))`,
+//! where `g_c` sums `(Aᵀv)²` over images and positions (computed by autograd
+//! through the consumer). (Ranking by the signed sum `Σ_rows A_c · v` or by the
 //! gated derivative `Σ_rows h_c (A_c · v)` instead was measured on the MNIST
 //! MLP and kept fewer accurate units; see `results/ispasp-mlp`.)
 //!
@@ -233,9 +238,14 @@ pub fn select(model: &dyn Model, cfg: &StructuredConfig, calib: &[Batch], seed: 
         if cfg.method == GroupCriterion::Mi { sets.iter().rev().copied().collect() } else { sets.clone() };
     for set in order {
         let k = cfg.kept(set.size);
-        let needs_h = cfg.method.needs_data() && cfg.method != GroupCriterion::Taylor;
-        let h = if needs_h || (set.consumer.is_some() && !calib.is_empty()) {
-            Some(activations(model, calib, &set.name)?)
+        let needs_h = cfg.method.needs_data() && !matches!(cfg.method, GroupCriterion::Taylor | GroupCriterion::Ispasp);
+        let h = if needs_h { Some(activations(model, calib, &set.name)?) } else { None };
+        // The consumer's view of the activations: i-SpaSP's residual, and the
+        // output residual reported for every method.
+        let consumer = if set.consumer.is_some() && !calib.is_empty() {
+            Some(Consumer::new(model, set, calib)?)
+        } else if cfg.method == GroupCriterion::Ispasp {
+            bail!("i-SpaSP on `{}`: the group set declares no consumer", set.name);
         } else {
             None
         };
@@ -247,9 +257,7 @@ pub fn select(model: &dyn Model, cfg: &StructuredConfig, calib: &[Batch], seed: 
                 top_k(&unit_sums(set, &abs_col_sums(h)?).iter().map(|s| s / h.dims()[0] as f64).collect::<Vec<_>>(), k)
             }
             GroupCriterion::Taylor => top_k(&taylor_scores(set, taylor.as_ref().expect("computed"))?, k),
-            GroupCriterion::Ispasp => {
-                ispasp(set, h.as_ref().expect("probed"), &consumer(model, set)?, k, cfg.iterations)?
-            }
+            GroupCriterion::Ispasp => ispasp(consumer.as_ref().expect("built"), k, cfg.iterations)?,
             GroupCriterion::Greg1 | GroupCriterion::Greg2 => unreachable!("rejected above"),
             GroupCriterion::Mi => {
                 // One row per example: token models' rows are mean-pooled
@@ -268,9 +276,8 @@ pub fn select(model: &dyn Model, cfg: &StructuredConfig, calib: &[Batch], seed: 
                 keep
             }
         };
-        if let (Some(h), Some(_)) = (&h, &set.consumer) {
-            let a = consumer(model, set)?;
-            sel.residual.insert(set.name.clone(), relative_residual(set, h, &a, &keep)?);
+        if let Some(c) = &consumer {
+            sel.residual.insert(set.name.clone(), c.relative_residual(&keep)?);
         }
         tracing::info!(set = %set.name, kept = keep.len(), of = set.size, "selected units");
         sel.keep.insert(set.name.clone(), keep);
@@ -297,14 +304,6 @@ fn unit_sums(set: &GroupSet, cols: &[f64]) -> Vec<f64> {
 fn activations(model: &dyn Model, calib: &[Batch], set: &str) -> Result<Tensor> {
     let hs: Vec<Tensor> = calib.iter().map(|b| model.probe(b, set)).collect::<Result<_>>()?;
     Ok(Tensor::cat(&hs, 0)?.to_dtype(DType::F32)?)
-}
-
-fn consumer(model: &dyn Model, set: &GroupSet) -> Result<Tensor> {
-    let name = set
-        .consumer
-        .as_ref()
-        .ok_or_else(|| espalier_core::Error::msg(format!("group set `{}` declares no consumer weight", set.name)))?;
-    Ok(model.params().get(name)?.effective()?.to_dtype(DType::F32)?)
 }
 
 fn abs_col_sums(h: &Tensor) -> Result<Vec<f64>> {
@@ -359,44 +358,82 @@ fn taylor_scores(set: &GroupSet, products: &BTreeMap<String, Tensor>) -> Result<
     Ok(acc.into_iter().map(|s| s * s).collect())
 }
 
-/// 0/1 column mask of the kept units.
-fn keep_mask(set: &GroupSet, keep: &[usize]) -> Vec<f32> {
+/// 0/1 mask of the kept units' columns, shaped to broadcast over axis 1 of
+/// an activation tensor of rank `rank`.
+fn keep_mask(set: &GroupSet, keep: &[usize], rank: usize, dev: &candle_core::Device) -> Result<Tensor> {
     let mut m = vec![0f32; set.size * set.block];
     for i in set.expand(keep) {
         m[i as usize] = 1.0;
     }
-    m
+    let mut shape = vec![1; rank.max(2)];
+    shape[1] = m.len();
+    Ok(Tensor::from_vec(m, shape, dev)?)
 }
 
-/// `V = (H ⊙ (1 − m_S)) Aᵀ`, the part of `Y = H Aᵀ` the support misses.
-fn residual(set: &GroupSet, h: &Tensor, a: &Tensor, keep: &[usize]) -> Result<Tensor> {
-    let off: Vec<f32> = keep_mask(set, keep).into_iter().map(|v| 1.0 - v).collect();
-    let off = Tensor::from_vec(off, (1, set.size * set.block), h.device())?;
-    Ok(h.broadcast_mul(&off)?.matmul(&a.t()?)?)
+/// Per-column sums over every axis but 1 of `t` (or of `t²` when `squares`).
+fn axis1_sums(t: &Tensor, squares: bool) -> Result<Vec<f64>> {
+    let t = if squares { t.sqr()? } else { t.abs()? };
+    let t = t.transpose(0, 1)?.flatten_from(1)?.sum(1)?;
+    Ok(t.to_vec1::<f32>()?.into_iter().map(f64::from).collect())
 }
 
-/// `‖Y − H_S A_Sᵀ‖/‖Y‖` of a support on activations `h` and consumer `a`.
-pub fn relative_residual(set: &GroupSet, h: &Tensor, a: &Tensor, keep: &[usize]) -> Result<f64> {
-    let y = h.matmul(&a.t()?)?;
-    let v = residual(set, h, a, keep)?;
-    let norm = |t: &Tensor| -> Result<f64> { Ok((t.sqr()?.sum_all()?.to_scalar::<f32>()? as f64).sqrt()) };
-    let ny = norm(&y)?;
-    Ok(if ny > 0.0 { norm(&v)? / ny } else { 0.0 })
+/// A set's calibration activations as its consumer takes them (units on
+/// axis 1) and the consumer as a linear map of them ([`Model::consume`]).
+struct Consumer<'a> {
+    model: &'a dyn Model,
+    set: &'a GroupSet,
+    h: Tensor,
+}
+
+impl<'a> Consumer<'a> {
+    fn new(model: &'a dyn Model, set: &'a GroupSet, calib: &[Batch]) -> Result<Self> {
+        let hs: Vec<Tensor> = calib.iter().map(|b| model.consumer_input(b, &set.name)).collect::<Result<_>>()?;
+        let h = Tensor::cat(&hs, 0)?.to_dtype(DType::F32)?.detach();
+        if h.rank() < 2 || h.dims()[1] != set.size * set.block {
+            bail!(
+                "i-SpaSP on `{}`: consumer input {:?} has no {} unit columns on axis 1",
+                set.name,
+                h.dims(),
+                set.size * set.block
+            );
+        }
+        Ok(Consumer { model, set, h })
+    }
+
+    /// `V = A(H ⊙ (1 − m_S))`, the part of the dense output `A(H)` the support misses.
+    fn residual(&self, keep: &[usize]) -> Result<Tensor> {
+        let off = keep_mask(self.set, keep, self.h.rank(), self.h.device())?.affine(-1.0, 1.0)?;
+        Ok(self.model.consume(&self.set.name, &self.h.broadcast_mul(&off)?)?.detach())
+    }
+
+    /// `‖A(H) − A(H_S)‖/‖A(H)‖` of a support.
+    fn relative_residual(&self, keep: &[usize]) -> Result<f64> {
+        let norm = |t: &Tensor| -> Result<f64> { Ok((t.sqr()?.sum_all()?.to_scalar::<f32>()? as f64).sqrt()) };
+        let ny = norm(&self.residual(&[])?)?;
+        Ok(if ny > 0.0 { norm(&self.residual(keep)?)? / ny } else { 0.0 })
+    }
+
+    /// `g_c = Σ (∂(½‖V‖²)/∂h_c)²` through the dense path: the energy of
+    /// `Aᵀ V` in unit `c`'s columns (by autograd through the consumer).
+    fn correlation(&self, v: &Tensor) -> Result<Vec<f64>> {
+        let h = candle_core::Var::from_tensor(&self.h)?;
+        let y = self.model.consume(&self.set.name, h.as_tensor())?;
+        let grads = y.mul(v)?.sum_all()?.backward()?;
+        let g = grads
+            .get(h.as_tensor())
+            .ok_or_else(|| espalier_core::Error::msg("i-SpaSP: no gradient reached the activations"))?;
+        Ok(unit_sums(self.set, &axis1_sums(g, true)?))
+    }
 }
 
 /// i-SpaSP's support of `s` units (see the module docs).
-fn ispasp(set: &GroupSet, h: &Tensor, a: &Tensor, s: usize, iterations: usize) -> Result<Vec<usize>> {
-    if h.dims()[1] != a.dims()[1] {
-        bail!("i-SpaSP on `{}`: activations have {} columns, the consumer {}", set.name, h.dims()[1], a.dims()[1]);
-    }
-    let mass = unit_sums(set, &abs_col_sums(h)?);
+fn ispasp(c: &Consumer, s: usize, iterations: usize) -> Result<Vec<usize>> {
+    let set = c.set;
+    let mass = unit_sums(set, &axis1_sums(&c.h, false)?);
     let mut support: Vec<usize> = Vec::new();
     for _ in 0..iterations {
-        let v = residual(set, h, a, &support)?;
-        // ∂(½‖v‖²)/∂h_c = −A_c · v per row; g_c = Σ_rows (A_c · v)².
-        let g = v.matmul(a)?.sqr()?.sum(0)?.to_vec1::<f32>()?;
-        let g: Vec<f64> = g.into_iter().map(f64::from).collect();
-        let mut cand = top_k(&unit_sums(set, &g), (2 * s).min(set.size));
+        let g = c.correlation(&c.residual(&support)?)?;
+        let mut cand = top_k(&g, (2 * s).min(set.size));
         cand.extend(&support);
         cand.sort_unstable();
         cand.dedup();

@@ -124,22 +124,30 @@ fn ispasp_residual_falls_as_it_keeps_more_units() -> Result<()> {
     Ok(())
 }
 
+/// A CIFAR ResNet-8 (4 classes) whose parameters named like `pattern` are
+/// drawn from U(0.5, 1.5) (BN statistics or affine terms away from their
+/// identity initialisation).
+fn resnet8(seed: u64, pattern: &str) -> Result<Box<dyn Model>> {
+    use espalier_models::resnet::ResNetConfig;
+    let model =
+        ModelConfig::Resnet(ResNetConfig { num_classes: 4, ..ResNetConfig::cifar(8) }).init(seed, &Device::Cpu)?;
+    let mut rng = Rng::new(seed + 3);
+    for p in model.params().iter().filter(|p| p.name().contains(pattern)) {
+        let n = p.numel();
+        let v: Vec<f32> = (0..n).map(|_| 0.5 + rng.uniform() as f32).collect();
+        p.set(&Tensor::from_vec(v, n, &Device::Cpu)?)?;
+    }
+    Ok(model)
+}
+
 /// ResNet inner channels: masking (conv rows, BN entries, next conv's
 /// columns) and shrinking agree in evaluation mode, BN running statistics are
 /// sliced with their channels, criteria that probe activations run, and a
 /// block cannot lose every inner channel.
 #[test]
 fn resnet_inner_channels_mask_and_shrink_agree() -> Result<()> {
-    use espalier_models::resnet::ResNetConfig;
-    let cfg = ModelConfig::Resnet(ResNetConfig { num_classes: 4, ..ResNetConfig::cifar(8) });
-    let model = cfg.init(5, &Device::Cpu)?;
     // Non-trivial running statistics, so BN's evaluation path matters.
-    let mut rng = Rng::new(8);
-    for p in model.params().iter().filter(|p| p.name().contains("running_")) {
-        let n = p.numel();
-        let v: Vec<f32> = (0..n).map(|_| 0.5 + rng.uniform() as f32).collect();
-        p.set(&Tensor::from_vec(v, n, &Device::Cpu)?)?;
-    }
+    let model = resnet8(5, "running_")?;
     let sets = model.group_sets();
     let names: Vec<&str> = sets.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["layer1.0.conv1", "layer2.0.conv1", "layer3.0.conv1"]);
@@ -159,11 +167,63 @@ fn resnet_inner_channels_mask_and_shrink_agree() -> Result<()> {
     mask_groups(model.params(), &sets, &keep)?;
     let d = max_diff(&logits(model.as_ref(), &b)?, &logits(small.as_ref(), &b)?)?;
     assert!(d < 1e-5, "masked and shrunk ResNet differ by {d}");
-    for method in [GroupCriterion::Activation, GroupCriterion::L1, GroupCriterion::Mi, GroupCriterion::Taylor] {
+    for method in [
+        GroupCriterion::Activation,
+        GroupCriterion::L1,
+        GroupCriterion::Mi,
+        GroupCriterion::Taylor,
+        GroupCriterion::Ispasp,
+    ] {
         let sel = select(small.as_ref(), &config(method, 4), std::slice::from_ref(&b), 0)?;
         assert!(sel.keep.values().all(|k| k.len() == 4), "{method:?}");
     }
     let err = shrink(small.as_ref(), &BTreeMap::from([("layer1.0.conv1".to_string(), vec![])])).err().expect("refused");
     assert!(err.to_string().contains("no channels"), "{err}");
+    Ok(())
+}
+
+/// i-SpaSP on a ResNet basic block (PAPERS.md §4: "a ResNet basic block
+/// conv1/bn1 → conv2/bn2"): the consumer map is conv2 with bn2's evaluation
+/// scale, so what it loses when channels are dropped is exactly what the
+/// block's `bn2(conv2(·))` loses; and the output residual falls as the block
+/// keeps more channels, to zero with all of them.
+#[test]
+fn resnet_ispasp_goes_through_the_block_convolution() -> Result<()> {
+    let model = resnet8(6, "bn")?;
+    let mut rng = Rng::new(10);
+    let x: Vec<f32> = (0..16 * 3 * 8 * 8).map(|_| rng.normal() as f32).collect();
+    let b = Batch {
+        inputs: Inputs::Dense(Tensor::from_vec(x, (16, 3, 8, 8), &Device::Cpu)?),
+        labels: Tensor::from_vec((0..16u32).map(|i| i % 4).collect::<Vec<_>>(), 16, &Device::Cpu)?,
+    };
+    let set = "layer2.0.conv1";
+    let h = model.consumer_input(&b, set)?;
+    assert_eq!(h.dims(), &[16, 32, 4, 4]);
+    // consume(h) − consume(h ⊙ m) against bn2(conv2(h)) − bn2(conv2(h ⊙ m)) in eval mode.
+    let m: Vec<f32> = (0..32).map(|i| (i % 3 == 0) as u8 as f32).collect();
+    let hm = h.broadcast_mul(&Tensor::from_vec(m, (1, 32, 1, 1), &Device::Cpu)?)?;
+    let ours = (model.consume(set, &h)? - model.consume(set, &hm)?)?;
+    let block = |t: &Tensor| -> Result<Tensor> {
+        let w = model.params().get("layer2.0.conv2.weight")?.tensor();
+        let y = t.conv2d(w, 1, 1, 1, 1)?;
+        let p = |n: &str| -> Result<Tensor> {
+            Ok(model.params().get(&format!("layer2.0.bn2.{n}"))?.tensor().reshape((1, 32, 1, 1))?)
+        };
+        let scale = (p("weight")? / (p("running_var")? + 1e-5)?.sqrt()?)?;
+        Ok(y.broadcast_sub(&p("running_mean")?)?.broadcast_mul(&scale)?.broadcast_add(&p("bias")?)?)
+    };
+    let theirs = (block(&h)? - block(&hm)?)?;
+    let d = max_diff(&ours, &theirs)?;
+    assert!(d < 1e-4, "consumer map and block differ by {d}");
+    let calib = vec![b];
+    let mut last = f64::INFINITY;
+    for s in [2, 4, 8, 16, 32] {
+        let mut c = config(GroupCriterion::Ispasp, s);
+        c.groups = vec![set.to_string()];
+        let r = select(model.as_ref(), &c, &calib, 0)?.residual[set];
+        assert!(r < last, "residual {r} at s={s} is not below {last}");
+        last = r;
+    }
+    assert!(last < 1e-6, "keeping every channel leaves residual {last}");
     Ok(())
 }
