@@ -38,9 +38,9 @@ es_cmd() {
   case $1 in
     mnist) echo "$ES --data-dir $DATA bench mnist --no-reference" ;;
     minilm) echo "$ES bench bert --model-dir $MODEL --batch-size 32 --seq-len 128 --no-reference" ;;
-    bert-base) echo "$ES bench bert-base --layers 4 --batch-size 8 --seq-len 128" ;;
-    resnet20) echo "$ES bench resnet20 --batch-size 128" ;;
-    resnet18) echo "$ES bench resnet18 --batch-size 32" ;;
+    bert-base) echo "$ES bench bert-base --layers 4 --batch-size 8 --seq-len 128 --no-reference" ;;
+    resnet20) echo "$ES bench resnet20 --batch-size 128 --no-reference" ;;
+    resnet18) echo "$ES bench resnet18 --batch-size 32 --no-reference" ;;
     *) echo "unknown workload $1" >&2; exit 2 ;;
   esac
 }

@@ -182,7 +182,22 @@ impl SharedOut {
 /// `f(rows, out_rows)` over `n_rows` rows of `row_len` output elements, in
 /// chunks spread over candle's CPU pool; each call gets its own rows of `out`.
 pub(crate) fn par_rows(out: &mut [f32], row_len: usize, f: impl Fn(Range<usize>, &mut [f32]) + Sync) {
+    let work = out.len();
+    par_rows_reading(out, row_len, work, f)
+}
+
+/// [`par_rows`] for loops that read `work` elements in all (more than they
+/// write: per-channel reductions), which decides whether the pool is worth it.
+pub(crate) fn par_rows_reading(
+    out: &mut [f32],
+    row_len: usize,
+    work: usize,
+    f: impl Fn(Range<usize>, &mut [f32]) + Sync,
+) {
     let n_rows = out.len().checked_div(row_len).unwrap_or(0);
+    if work < PAR_MIN {
+        return f(0..n_rows, out);
+    }
     let ptr = SharedOut(out.as_mut_ptr());
     candle_core::utils::barrier_pool().execute_chunked(n_rows, |rows| {
         // SAFETY: the pool hands out disjoint row ranges inside `out`.
@@ -194,9 +209,17 @@ pub(crate) fn par_rows(out: &mut [f32], row_len: usize, f: impl Fn(Range<usize>,
 /// Element-wise loops are cut into blocks of this many elements.
 const BLOCK: usize = 1 << 14;
 
+/// Outputs smaller than this run on the calling thread: waking the pool and
+/// waiting at its barrier costs more than the loop (candle's own element-wise
+/// ops use the same threshold, `PAR_ELEMWISE_MIN`).
+const PAR_MIN: usize = 1 << 16;
+
 /// `f(range, out[range])` over blocks of `out`, in parallel.
 fn par_elems(out: &mut [f32], f: impl Fn(Range<usize>, &mut [f32]) + Sync) {
     let n = out.len();
+    if n < PAR_MIN {
+        return f(0..n, out);
+    }
     let ptr = SharedOut(out.as_mut_ptr());
     candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(BLOCK), |blocks| {
         let range = blocks.start * BLOCK..(blocks.end * BLOCK).min(n);

@@ -23,11 +23,11 @@
 //! kernel is tested against; its reductions over the non-contiguous
 //! `(B, H, W)` axes were a quarter of a ResNet-20 training step.
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use espalier_core::init::Init;
 use espalier_core::{Param, ParamBuilder, ParamKind, Result};
 
-use crate::fused::{cpu_slice, fusable, par_rows, sum8, with_data, CResult};
+use crate::fused::{cpu_slice, fusable, par_rows, par_rows_reading, sum8, with_data, CResult};
 
 /// PyTorch's default ε.
 pub const EPS: f64 = 1e-5;
@@ -83,12 +83,18 @@ impl BatchNorm2d {
         }
         let gamma = self.weight.effective()?.reshape((1, c, 1, 1))?;
         let beta = self.bias.effective()?.reshape((1, c, 1, 1))?;
+        if !train && fusable(x) {
+            let stat = |p: &Param| -> Result<Vec<f32>> { Ok(p.tensor().detach().to_dtype(DType::F32)?.to_vec1()?) };
+            let (mean, var) = (stat(&self.running_mean)?, stat(&self.running_var)?);
+            let eps = self.eps as f32;
+            let rstd = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+            let op = BatchNormOp { mean, rstd, batch_stats: false };
+            let x = x.contiguous()?;
+            return Ok(x.apply_op3(&gamma.flatten_all()?.contiguous()?, &beta.flatten_all()?.contiguous()?, op)?);
+        }
         if !train {
-            let mean = self.running_mean.tensor().detach().reshape((1, c, 1, 1))?;
-            let var = self.running_var.tensor().detach().reshape((1, c, 1, 1))?;
-            let scale = (var + self.eps)?.sqrt()?.recip()?.mul(&gamma)?;
-            let shift = beta.sub(&mean.mul(&scale)?)?;
-            return Ok(x.broadcast_mul(&scale)?.broadcast_add(&shift)?);
+            let (mean, var) = (self.running_mean.tensor().detach(), self.running_var.tensor().detach());
+            return eval_composed(x, &gamma, &beta, &mean, &var, self.eps);
         }
         let n = b * h * w;
         if n < 2 {
@@ -105,7 +111,7 @@ impl BatchNorm2d {
             self.update_running(&Tensor::from_slice(&mean, c, dev)?, &Tensor::from_slice(&var, c, dev)?, n)?;
             let eps = self.eps as f32;
             let rstd = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
-            let op = BatchNormOp { mean, rstd };
+            let op = BatchNormOp { mean, rstd, batch_stats: true };
             return Ok(x.apply_op3(&gamma.flatten_all()?.contiguous()?, &beta.flatten_all()?.contiguous()?, op)?);
         }
         let (y, mean, var) = train_composed(x, &gamma, &beta, self.eps)?;
@@ -125,6 +131,23 @@ impl BatchNorm2d {
         }
         Ok(())
     }
+}
+
+/// Evaluation-mode normalisation composed from candle's basic ops: the
+/// per-channel affine map of the running statistics `mean` and `var` (`(C,)`).
+pub fn eval_composed(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    mean: &Tensor,
+    var: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    let c = x.dims4()?.1;
+    let col = |t: &Tensor| t.reshape((1, c, 1, 1));
+    let scale = (col(var)? + eps)?.sqrt()?.recip()?.mul(&col(gamma)?)?;
+    let shift = col(beta)?.sub(&col(mean)?.mul(&scale)?)?;
+    Ok(x.broadcast_mul(&scale)?.broadcast_add(&shift)?)
 }
 
 /// Training-mode normalisation composed from candle's basic ops: the output,
@@ -148,7 +171,7 @@ fn channel_stats(x: &Tensor) -> Result<(Vec<f32>, Vec<f32>)> {
     let mut stats = vec![0f32; 2 * c];
     with_data(&[x], "batch_norm statistics", |d| {
         let x = d[0];
-        par_rows(&mut stats, 2, |channels, out| {
+        par_rows_reading(&mut stats, 2, x.len(), |channels, out| {
             for (i, ch) in channels.enumerate() {
                 let planes = || (0..b).map(|bi| &x[(bi * c + ch) * hw..(bi * c + ch + 1) * hw]);
                 let mean = planes().map(|p| plane_sum(p, 0.0, false) as f64).sum::<f64>() / n;
@@ -175,6 +198,10 @@ fn plane_sum(p: &[f32], m: f32, squares: bool) -> f32 {
 struct BatchNormOp {
     mean: Vec<f32>,
     rstd: Vec<f32>,
+    /// Training: the statistics are the batch's, so gradients flow through
+    /// them. Evaluation (running statistics): the op is a per-channel affine
+    /// map and `dx = γ·r·dy`.
+    batch_stats: bool,
 }
 
 impl BatchNormOp {
@@ -232,7 +259,7 @@ impl CustomOp3 for BatchNormOp {
             let (x, dy, g) = (d[0], d[1], d[2]);
             // Per channel: Σ dy (= dβ) and Σ dy·x̂ (= dγ).
             let mut sums = vec![0f32; 2 * c];
-            par_rows(&mut sums, 2, |channels, out| {
+            par_rows_reading(&mut sums, 2, x.len(), |channels, out| {
                 for (i, ch) in channels.enumerate() {
                     let (m, r) = (self.mean[ch], self.rstd[ch]);
                     let (mut s_dy, mut s_dyx) = (0f64, 0f64);
@@ -251,7 +278,8 @@ impl CustomOp3 for BatchNormOp {
                 for (i, plane) in planes.enumerate() {
                     let ch = plane % c;
                     let (m, r) = (self.mean[ch], self.rstd[ch]);
-                    let (mean_dy, mean_dyx) = (sums[2 * ch] / nf, sums[2 * ch + 1] / nf);
+                    let (mean_dy, mean_dyx) =
+                        if self.batch_stats { (sums[2 * ch] / nf, sums[2 * ch + 1] / nf) } else { (0.0, 0.0) };
                     let o = plane * hw;
                     bn_dx(
                         &x[o..o + hw],
@@ -330,7 +358,11 @@ mod tests {
             );
             assert!(max_diff(&Tensor::new(v.as_slice(), &Device::Cpu)?, &var.flatten_all()?)? < 1e-4, "case {i}: var");
             let rstd = v.iter().map(|v| 1.0 / (v + EPS as f32).sqrt()).collect();
-            let got = x.as_tensor().apply_op3(g.as_tensor(), be.as_tensor(), BatchNormOp { mean: m, rstd })?;
+            let got = x.as_tensor().apply_op3(
+                g.as_tensor(),
+                be.as_tensor(),
+                BatchNormOp { mean: m, rstd, batch_stats: true },
+            )?;
             assert!(max_diff(&got, &want)? < 1e-5, "case {i}: forward");
             let gw = want.mul(&r)?.sum_all()?.backward()?;
             let gg = got.mul(&r)?.sum_all()?.backward()?;
@@ -339,6 +371,30 @@ mod tests {
                 let scale = e.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?.max(1.0);
                 assert!(max_diff(a, e)? / scale < 1e-4, "case {i}: {name} differs by {}", max_diff(a, e)?);
             }
+        }
+        Ok(())
+    }
+
+    /// Evaluation mode (running statistics): the fused kernel against the
+    /// composed affine map, values and gradients (Taylor scores and
+    /// i-SpaSP's consumer backpropagate through BN in evaluation mode).
+    #[test]
+    fn fused_eval_batch_norm_matches_composition() -> Result<()> {
+        let x = Var::from_tensor(&randn(&[3, 5, 4, 6], 5, 1.0)?)?;
+        let g = Var::from_tensor(&randn(&[5], 1, 1.0)?)?;
+        let be = Var::from_tensor(&randn(&[5], 2, 0.0)?)?;
+        let (mean, var) = (randn(&[5], 3, 0.5)?, randn(&[5], 4, 0.0)?.abs()?);
+        let r = randn(&[3, 5, 4, 6], 6, 0.0)?;
+        let want = eval_composed(x.as_tensor(), g.as_tensor(), be.as_tensor(), &mean, &var, EPS)?;
+        let rstd = var.to_vec1::<f32>()?.iter().map(|v| 1.0 / (v + EPS as f32).sqrt()).collect();
+        let op = BatchNormOp { mean: mean.to_vec1()?, rstd, batch_stats: false };
+        let got = x.as_tensor().apply_op3(g.as_tensor(), be.as_tensor(), op)?;
+        assert!(max_diff(&got, &want)? < 1e-4, "forward");
+        let gw = want.mul(&r)?.sum_all()?.backward()?;
+        let gg = got.mul(&r)?.sum_all()?.backward()?;
+        for (name, v) in [("dx", &x), ("dgamma", &g), ("dbeta", &be)] {
+            let d = max_diff(gg.get(v.as_tensor()).unwrap(), gw.get(v.as_tensor()).unwrap())?;
+            assert!(d < 1e-3, "{name} differs by {d}");
         }
         Ok(())
     }

@@ -364,34 +364,52 @@ impl StepWorkload {
     }
 
     /// One warm-up step, then `repeats` timed steps (the batch is the whole
-    /// dataset, so each `train_epoch` is one step).
-    pub fn run(&self, repeats: usize) -> anyhow::Result<BenchResult> {
+    /// dataset, so each `train_epoch` is one step). With `reference`, every
+    /// step is also run with the fused CPU kernels switched off (candle's
+    /// convolution, BatchNorm/LayerNorm/softmax/GELU/ReLU composed from its
+    /// basic ops: the `-composed` row), alternating step by step so that
+    /// drift of the machine hits both alike.
+    pub fn run(&self, repeats: usize, reference: bool) -> anyhow::Result<Vec<BenchResult>> {
+        use espalier_models::fused;
         let device = Device::Cpu;
         let batch_size = self.data.len();
-        let mut trainer = Trainer {
-            optimizer: self.optimizer.build(self.model.params())?,
-            regularizers: vec![],
-            opts: TrainerOptions {
-                batch_size,
-                clip_grad_norm: self.clip_grad_norm,
-                lr_schedule: LrSchedule::Constant,
-                seed: 0,
-                progress: false,
-            },
-            global_step: 0,
-        };
+        let mut variants = vec![(self.name.clone(), true), (format!("{}-composed", self.name), false)];
+        variants.truncate(if reference { 2 } else { 1 });
+        let mut trainers = variants
+            .iter()
+            .map(|_| {
+                Ok(Trainer {
+                    optimizer: self.optimizer.build(self.model.params())?,
+                    regularizers: vec![],
+                    opts: TrainerOptions {
+                        batch_size,
+                        clip_grad_norm: self.clip_grad_norm,
+                        lr_schedule: LrSchedule::Constant,
+                        seed: 0,
+                        progress: false,
+                    },
+                    global_step: 0,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let pos = PhasePos { epoch_in_phase: 0, epochs_in_phase: 1 };
-        let mut times = Vec::new();
+        let mut times = vec![Vec::new(); variants.len()];
+        let was = fused::enabled();
         for rep in 0..=repeats {
-            let start = Instant::now();
-            trainer.train_epoch(self.model.as_ref(), self.data.as_ref(), rep, pos, &device, None)?;
-            let s = start.elapsed().as_secs_f64();
-            if rep > 0 {
-                times.push(s);
+            for (i, trainer) in trainers.iter_mut().enumerate() {
+                fused::set_enabled(variants[i].1);
+                let start = Instant::now();
+                let res = trainer.train_epoch(self.model.as_ref(), self.data.as_ref(), rep, pos, &device, None);
+                let s = start.elapsed().as_secs_f64();
+                fused::set_enabled(was);
+                res?;
+                if rep > 0 {
+                    times[i].push(s);
+                }
+                tracing::info!(workload = variants[i].0, rep, seconds = format!("{s:.3}"), "step");
             }
-            tracing::info!(workload = self.name, rep, seconds = format!("{s:.3}"), "step");
         }
-        Ok(BenchResult::from_times(&self.name, batch_size, &times))
+        Ok(variants.iter().zip(times).map(|((name, _), t)| BenchResult::from_times(name, batch_size, &t)).collect())
     }
 }
 
@@ -536,9 +554,13 @@ mod tests {
         };
         let bert = StepWorkload::bert("toy-bert".into(), toy_bert, 2, 8).unwrap();
         for w in [StepWorkload::resnet20(2, 8).unwrap(), bert] {
-            let r = w.run(1).unwrap();
-            assert_eq!((r.repeats, r.examples), (1, 2));
-            assert!(r.median_s > 0.0);
+            let rows = w.run(1, true).unwrap();
+            assert_eq!(rows.len(), 2);
+            assert!(rows[1].workload.ends_with("-composed"), "{}", rows[1].workload);
+            for r in rows {
+                assert_eq!((r.repeats, r.examples), (1, 2));
+                assert!(r.median_s > 0.0);
+            }
         }
     }
 }

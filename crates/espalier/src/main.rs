@@ -116,8 +116,9 @@ enum Command {
         /// Timed epochs (or steps) per workload (after one warm-up).
         #[arg(long, default_value_t = 5)]
         repeats: usize,
-        /// Leave out the reference rows of `mnist` (composed optimizer
-        /// updates) and `bert` (composed kernels).
+        /// Leave out the reference rows: `mnist` with composed optimizer
+        /// updates, the BERT and ResNet steps with the fused CPU kernels off
+        /// (candle's convolution, composed norms and activations).
         #[arg(long)]
         no_reference: bool,
         /// Also write the results as JSON to this file.
@@ -264,9 +265,11 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                     espalier::bench::mnist_epochs(&data_root, &mnist, batch_size.unwrap_or(128), reps, reference)?
                 }
                 "bert" => espalier::bench::bert_steps(&model_dir, batch_size.unwrap_or(32), seq_len, reps, reference)?,
-                "bert-base" => vec![StepWorkload::bert_base(layers, batch_size.unwrap_or(8), seq_len)?.run(reps)?],
-                "resnet20" => vec![StepWorkload::resnet20(batch_size.unwrap_or(128), image_size)?.run(reps)?],
-                "resnet18" => vec![StepWorkload::resnet18(batch_size.unwrap_or(32), image_size)?.run(reps)?],
+                "bert-base" => {
+                    StepWorkload::bert_base(layers, batch_size.unwrap_or(8), seq_len)?.run(reps, reference)?
+                }
+                "resnet20" => StepWorkload::resnet20(batch_size.unwrap_or(128), image_size)?.run(reps, reference)?,
+                "resnet18" => StepWorkload::resnet18(batch_size.unwrap_or(32), image_size)?.run(reps, reference)?,
                 other => {
                     return Err(ConfigError(format!(
                         "unknown bench workload `{other}`: expected `mnist`, `bert`, `bert-base`, `resnet20`, \
