@@ -653,6 +653,33 @@ fn cifar_resnet_runs_resumes_and_evaluates() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&format!("accuracy {acc:.2}")), "eval printed:\n{text}\nexpected accuracy {acc:.2}");
 
+    // Half of every block's inner channels (L1) removed from the trained
+    // ResNet: the block-output BN (bn2) keeps all its channels, so after a
+    // plain shrink its running statistics are the dense model's; with
+    // `recalibrate_bn` they are re-estimated on the shrunk model.
+    let bn2 = |run: &Path| -> Vec<f32> {
+        let ck = espalier_core::checkpoint::load(&run.join("model.safetensors"), &candle_core::Device::Cpu).unwrap();
+        ck.tensors["layer1.0.bn2.running_mean"].to_vec1().unwrap()
+    };
+    for (n, name) in [(0, "shrunk"), (64, "recalibrated")] {
+        let st = format!(
+            "seed = 5\ninit_from = {full:?}\n[data]\ndataset = \"cifar10\"\n[train]\nepochs = 0\nbatch_size = 16\n\
+             eval_batch_size = 16\noptimizer = {{ kind = \"sgd\", lr = 0.01 }}\n[structured]\nmethod = \"l1\"\n\
+             keep_ratio = 0.5\ncalibration = 32\nrecalibrate_bn = {n}\n"
+        );
+        let cfg = write_config(tmp.path(), &format!("{name}.toml"), &st);
+        let d = run_dir(tmp.path(), name);
+        let o = bin()
+            .args(["run", cfg.to_str().unwrap(), "--out", d.to_str().unwrap(), "--quiet", "--data-dir"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        ok(&o);
+        let (dense, shrunk) = (bn2(&full), bn2(&d));
+        assert_eq!(dense.len(), shrunk.len(), "{name}: bn2 keeps its channels");
+        assert_eq!(dense == shrunk, n == 0, "{name}: dense {dense:?} vs shrunk {shrunk:?}");
+    }
+
     // A truncated batch file is named, with its byte offset, before anything is written.
     let p = data.join("cifar-10-batches-bin/data_batch_4.bin");
     let bytes = std::fs::read(&p).unwrap();

@@ -138,6 +138,15 @@ pub struct StructuredConfig {
     /// Fine-tuning epochs after the shrink (learning-rate schedule restarted).
     #[serde(default)]
     pub finetune_epochs: usize,
+    /// Training examples (a seeded sample, no augmentation) passed through
+    /// the shrunk model in training mode, without any update, to re-estimate
+    /// its BatchNorm running statistics before it is evaluated: removing
+    /// channels shifts the inputs of every later BN layer. The statistics are
+    /// exponential averages (momentum 0.1), so use at least 30 batches' worth
+    /// (the old statistics keep 0.9^batches of their weight). 0 = off; models
+    /// without BatchNorm ignore it.
+    #[serde(default)]
+    pub recalibrate_bn: usize,
     /// GReg settings (methods `greg1`, `greg2`).
     #[serde(default)]
     pub greg: crate::greg::GRegConfig,

@@ -20,7 +20,7 @@ use candle_core::{Device, Tensor};
 use espalier_core::checkpoint::{self, MASK_PREFIX, OPTIM_PREFIX, REGULARIZER_PREFIX, REWIND_PREFIX};
 use espalier_core::{Selector, SparsityReport};
 use espalier_data::{Batch, DataRoot};
-use espalier_models::{Bert, BertTask, Model, ModelConfig};
+use espalier_models::{Bert, BertTask, Mode, Model, ModelConfig};
 use espalier_prune::admm::AdmmPoint;
 use espalier_prune::Granularity;
 use espalier_prune::{
@@ -683,6 +683,24 @@ fn calibration_batches(
     Ok(idx.chunks(batch_size.max(1)).map(|c| data.train.batch(c, device)).collect::<Result<_, _>>()?)
 }
 
+/// Re-estimates the BatchNorm running statistics of `model` from `n`
+/// training examples (the calibration sample, in training-size batches):
+/// forward passes in training mode, no gradient step.
+fn recalibrate_bn(model: &dyn Model, data: &Data, n: usize, exp: &Experiment, device: &Device) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let batches = calibration_batches(data, n, exp.train.batch_size, exp.seed, device)?;
+    for (i, b) in batches.iter().enumerate() {
+        let mut rng = espalier_core::Rng::derive(exp.seed, "recalibrate-bn", &[i as u64]);
+        model.forward_t(b, &mut Mode::Train(&mut rng))?;
+    }
+    tracing::info!(
+        batches = batches.len(),
+        seconds = format!("{:.1}", start.elapsed().as_secs_f64()),
+        "BatchNorm statistics re-estimated"
+    );
+    Ok(())
+}
+
 /// GReg's regularization phase (round 1): the dense model trains with the
 /// growing penalty until the penalty has done its work (or
 /// `structured.greg.max_epochs`); returns the chosen units, the λ trace and
@@ -767,6 +785,9 @@ fn structured_step(
         .iter()
         .filter_map(|s| sel.keep.get(&s.name).map(|k| (s.name.clone(), (k.len(), s.size))))
         .collect();
+    if sc.recalibrate_bn > 0 && small.params().iter().any(|p| p.kind() == espalier_core::ParamKind::Buffer) {
+        recalibrate_bn(small.as_ref(), data, sc.recalibrate_bn, exp, device)?;
+    }
     let before = evaluate(small.as_ref(), data.test.as_ref(), exp.train.eval_batch_size, device, &data.metrics)?;
     let primary = data.metrics[0];
     tracing::info!(
