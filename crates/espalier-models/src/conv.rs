@@ -32,7 +32,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use espalier_core::Result;
 use gemm::Parallelism;
 
-use crate::fused::{cpu_slice, fusable, with_data, CResult};
+use crate::fused::{cpu_slice, fusable, with_data, CResult, SharedOut};
 
 /// Geometry of a convolution: input `(B, C, H, W)`, square `k × k` kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -255,24 +255,6 @@ fn scatter(wide: &[f32], blocks: &mut [f32], rows: usize, l: usize, n: usize) {
     }
 }
 
-/// A pointer that workers write disjoint per-image blocks through.
-#[derive(Clone, Copy)]
-struct Blocks(*mut f32, usize);
-unsafe impl Send for Blocks {}
-unsafe impl Sync for Blocks {}
-
-impl Blocks {
-    fn of(v: &mut [f32], block: usize) -> Self {
-        Blocks(v.as_mut_ptr(), block)
-    }
-    /// # Safety
-    /// The blocks lie inside the buffer and only one worker touches them.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn get(&self, images: Range<usize>) -> &mut [f32] {
-        std::slice::from_raw_parts_mut(self.0.add(images.start * self.1), images.len() * self.1)
-    }
-}
-
 /// The convolution: `(x, w) → y`.
 struct ConvOp(Geom);
 
@@ -288,14 +270,14 @@ impl CustomOp2 for ConvOp {
         let cout = l2.shape().dims()[0];
         let (kk, l) = (g.kk(), g.l());
         let mut y = vec![0f32; g.b * cout * l];
-        let out = Blocks::of(&mut y, cout * l);
+        let out = SharedOut::new(&mut y);
         for_groups(g, cout, |images, s, par| {
             let n = images.len();
             for (j, b) in images.clone().enumerate() {
                 im2col(&x[b * g.chw()..(b + 1) * g.chw()], g, &mut s.cols, n * l, j * l);
             }
             // SAFETY: each group's output blocks are written by one worker.
-            let yb = unsafe { out.get(images) };
+            let yb = unsafe { out.slice(images.start * cout * l..images.end * cout * l) };
             let dst = if n == 1 { &mut *yb } else { &mut s.out[..] };
             matmul(dst, false, Mat::new(w, kk), Mat::new(&s.cols, n * l), (cout, kk, n * l), par);
             if n > 1 {
@@ -313,7 +295,7 @@ impl CustomOp2 for ConvOp {
             let (x, w, dy) = (d[0], d[1], d[2]);
             let mut dx = vec![0f32; g.b * g.chw()];
             let dw = Mutex::new(vec![0f32; cout * kk]);
-            let out = Blocks::of(&mut dx, g.chw());
+            let out = SharedOut::new(&mut dx);
             for_groups(g, cout, |images, s, par| {
                 let n = images.len();
                 let mut dw_part = vec![0f32; cout * kk];
@@ -333,7 +315,7 @@ impl CustomOp2 for ConvOp {
                 // dcols (K, n·L) = Wᵀ (K, Cout) · dY (Cout, n·L), into the same scratch.
                 matmul(&mut s.cols, false, Mat::new(w, kk).t(), Mat::new(dyg, n * l), (kk, cout, n * l), par);
                 // SAFETY: each group's gradient blocks are written by one worker.
-                let dxg = unsafe { out.get(images) };
+                let dxg = unsafe { out.slice(images.start * g.chw()..images.end * g.chw()) };
                 for j in 0..n {
                     col2im(&s.cols, g, &mut dxg[j * g.chw()..(j + 1) * g.chw()], n * l, j * l);
                 }

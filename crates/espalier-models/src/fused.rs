@@ -166,15 +166,19 @@ pub(crate) fn with_data<R>(ts: &[&Tensor], op: &str, f: impl FnOnce(&[&[f32]]) -
 
 /// A pointer that parallel workers write disjoint ranges through.
 #[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
+pub(crate) struct SharedOut(*mut f32);
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
 impl SharedOut {
+    pub(crate) fn new(out: &mut [f32]) -> Self {
+        SharedOut(out.as_mut_ptr())
+    }
+
     /// # Safety
     /// `range` (in elements) lies inside the buffer and no other worker
     /// touches it while the slice lives.
-    unsafe fn slice<'a>(self, range: Range<usize>) -> &'a mut [f32] {
+    pub(crate) unsafe fn slice<'a>(self, range: Range<usize>) -> &'a mut [f32] {
         std::slice::from_raw_parts_mut(self.0.add(range.start), range.len())
     }
 }
@@ -198,7 +202,7 @@ pub(crate) fn par_rows_reading(
     if work < PAR_MIN {
         return f(0..n_rows, out);
     }
-    let ptr = SharedOut(out.as_mut_ptr());
+    let ptr = SharedOut::new(out);
     candle_core::utils::barrier_pool().execute_chunked(n_rows, |rows| {
         // SAFETY: the pool hands out disjoint row ranges inside `out`.
         let o = unsafe { ptr.slice(rows.start * row_len..rows.end * row_len) };
@@ -220,7 +224,7 @@ fn par_elems(out: &mut [f32], f: impl Fn(Range<usize>, &mut [f32]) + Sync) {
     if n < PAR_MIN {
         return f(0..n, out);
     }
-    let ptr = SharedOut(out.as_mut_ptr());
+    let ptr = SharedOut::new(out);
     candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(BLOCK), |blocks| {
         let range = blocks.start * BLOCK..(blocks.end * BLOCK).min(n);
         // SAFETY: disjoint block ranges inside `out`.
@@ -319,6 +323,23 @@ pub(crate) fn sum8(xs: &[f32], f: impl Fn(usize) -> f32) -> f32 {
     s
 }
 
+/// The gradients of a normalisation `(x, γ, β) → y`: `dx` shaped like `x`,
+/// `dγ` and `dβ` like `γ`.
+pub(crate) fn affine_grads(
+    x: &Tensor,
+    gamma: &Tensor,
+    dx: Vec<f32>,
+    dg: Vec<f32>,
+    db: Vec<f32>,
+) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let dev = x.device();
+    Ok((
+        Some(Tensor::from_vec(dx, x.shape(), dev)?),
+        Some(Tensor::from_vec(dg, gamma.shape(), dev)?),
+        Some(Tensor::from_vec(db, gamma.shape(), dev)?),
+    ))
+}
+
 // ---------------------------------------------------------------------------
 // LayerNorm.
 
@@ -415,12 +436,7 @@ impl CustomOp3 for LayerNormOp {
             let (dg, db) = sums.into_inner().unwrap_or_else(|e| e.into_inner());
             Ok((dx, dg, db))
         })?;
-        let dev = x.device();
-        Ok((
-            Some(Tensor::from_vec(dx, x.shape(), dev)?),
-            Some(Tensor::from_vec(dg, gamma.shape(), dev)?),
-            Some(Tensor::from_vec(db, gamma.shape(), dev)?),
-        ))
+        affine_grads(x, gamma, dx, dg, db)
     }
 }
 

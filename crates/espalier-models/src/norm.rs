@@ -27,7 +27,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use espalier_core::init::Init;
 use espalier_core::{Param, ParamBuilder, ParamKind, Result};
 
-use crate::fused::{cpu_slice, fusable, par_rows, par_rows_reading, sum8, with_data, CResult};
+use crate::fused::{affine_grads, cpu_slice, fusable, par_rows, par_rows_reading, sum8, with_data, CResult};
 
 /// PyTorch's default ε.
 pub const EPS: f64 = 1e-5;
@@ -81,38 +81,31 @@ impl BatchNorm2d {
                 self.channels()
             );
         }
-        let gamma = self.weight.effective()?.reshape((1, c, 1, 1))?;
-        let beta = self.bias.effective()?.reshape((1, c, 1, 1))?;
-        if !train && fusable(x) {
-            let stat = |p: &Param| -> Result<Vec<f32>> { Ok(p.tensor().detach().to_dtype(DType::F32)?.to_vec1()?) };
-            let (mean, var) = (stat(&self.running_mean)?, stat(&self.running_var)?);
-            let eps = self.eps as f32;
-            let rstd = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
-            let op = BatchNormOp { mean, rstd, batch_stats: false };
-            let x = x.contiguous()?;
-            return Ok(x.apply_op3(&gamma.flatten_all()?.contiguous()?, &beta.flatten_all()?.contiguous()?, op)?);
-        }
-        if !train {
-            let (mean, var) = (self.running_mean.tensor().detach(), self.running_var.tensor().detach());
-            return eval_composed(x, &gamma, &beta, &mean, &var, self.eps);
-        }
         let n = b * h * w;
-        if n < 2 {
+        if train && n < 2 {
             espalier_core::bail!(
                 "{}: batch statistics need more than one value per channel in training, got input {:?}",
                 self.weight.name().trim_end_matches(".weight"),
                 x.dims()
             );
         }
+        let (gamma, beta) = (self.weight.effective()?, self.bias.effective()?);
         if fusable(x) {
             let x = x.contiguous()?;
-            let (mean, var) = channel_stats(&x)?;
-            let dev = x.device();
-            self.update_running(&Tensor::from_slice(&mean, c, dev)?, &Tensor::from_slice(&var, c, dev)?, n)?;
-            let eps = self.eps as f32;
-            let rstd = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
-            let op = BatchNormOp { mean, rstd, batch_stats: true };
-            return Ok(x.apply_op3(&gamma.flatten_all()?.contiguous()?, &beta.flatten_all()?.contiguous()?, op)?);
+            let op = if train {
+                let (mean, var) = channel_stats(&x)?;
+                let dev = x.device();
+                self.update_running(&Tensor::from_slice(&mean, c, dev)?, &Tensor::from_slice(&var, c, dev)?, n)?;
+                BatchNormOp::new(mean, &var, self.eps, true)
+            } else {
+                let stat = |p: &Param| -> Result<Vec<f32>> { Ok(p.tensor().detach().to_dtype(DType::F32)?.to_vec1()?) };
+                BatchNormOp::new(stat(&self.running_mean)?, &stat(&self.running_var)?, self.eps, false)
+            };
+            return Ok(x.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?);
+        }
+        if !train {
+            let (mean, var) = (self.running_mean.tensor().detach(), self.running_var.tensor().detach());
+            return eval_composed(x, &gamma, &beta, &mean, &var, self.eps);
         }
         let (y, mean, var) = train_composed(x, &gamma, &beta, self.eps)?;
         self.update_running(&mean, &var, n)?;
@@ -205,6 +198,12 @@ struct BatchNormOp {
 }
 
 impl BatchNormOp {
+    /// The op for per-channel `mean` and (biased) `var`, with `r = 1/√(var + ε)`.
+    fn new(mean: Vec<f32>, var: &[f32], eps: f64, batch_stats: bool) -> Self {
+        let rstd = var.iter().map(|v| 1.0 / (v + eps as f32).sqrt()).collect();
+        BatchNormOp { mean, rstd, batch_stats }
+    }
+
     /// `(B, C, H·W)` of the input layout.
     fn dims(&self, l: &Layout) -> CResult<(usize, usize, usize)> {
         let (b, c, h, w) = l.shape().dims4()?;
@@ -297,12 +296,7 @@ impl CustomOp3 for BatchNormOp {
             let dg = sums.iter().skip(1).step_by(2).copied().collect::<Vec<_>>();
             Ok((dx, dg, db))
         })?;
-        let dev = x.device();
-        Ok((
-            Some(Tensor::from_vec(dx, x.shape(), dev)?),
-            Some(Tensor::from_vec(dg, gamma.shape(), dev)?),
-            Some(Tensor::from_vec(db, gamma.shape(), dev)?),
-        ))
+        affine_grads(x, gamma, dx, dg, db)
     }
 }
 
@@ -357,12 +351,7 @@ mod tests {
                 "case {i}: mean"
             );
             assert!(max_diff(&Tensor::new(v.as_slice(), &Device::Cpu)?, &var.flatten_all()?)? < 1e-4, "case {i}: var");
-            let rstd = v.iter().map(|v| 1.0 / (v + EPS as f32).sqrt()).collect();
-            let got = x.as_tensor().apply_op3(
-                g.as_tensor(),
-                be.as_tensor(),
-                BatchNormOp { mean: m, rstd, batch_stats: true },
-            )?;
+            let got = x.as_tensor().apply_op3(g.as_tensor(), be.as_tensor(), BatchNormOp::new(m, &v, EPS, true))?;
             assert!(max_diff(&got, &want)? < 1e-5, "case {i}: forward");
             let gw = want.mul(&r)?.sum_all()?.backward()?;
             let gg = got.mul(&r)?.sum_all()?.backward()?;
@@ -386,8 +375,7 @@ mod tests {
         let (mean, var) = (randn(&[5], 3, 0.5)?, randn(&[5], 4, 0.0)?.abs()?);
         let r = randn(&[3, 5, 4, 6], 6, 0.0)?;
         let want = eval_composed(x.as_tensor(), g.as_tensor(), be.as_tensor(), &mean, &var, EPS)?;
-        let rstd = var.to_vec1::<f32>()?.iter().map(|v| 1.0 / (v + EPS as f32).sqrt()).collect();
-        let op = BatchNormOp { mean: mean.to_vec1()?, rstd, batch_stats: false };
+        let op = BatchNormOp::new(mean.to_vec1()?, &var.to_vec1::<f32>()?, EPS, false);
         let got = x.as_tensor().apply_op3(g.as_tensor(), be.as_tensor(), op)?;
         assert!(max_diff(&got, &want)? < 1e-4, "forward");
         let gw = want.mul(&r)?.sum_all()?.backward()?;

@@ -263,7 +263,10 @@ pub fn select(model: &dyn Model, cfg: &StructuredConfig, calib: &[Batch], seed: 
             GroupCriterion::L1 | GroupCriterion::L2 => top_k(&norms(model, set, cfg.method == GroupCriterion::L1)?, k),
             GroupCriterion::Activation => {
                 let h = h.as_ref().expect("probed");
-                top_k(&unit_sums(set, &abs_col_sums(h)?).iter().map(|s| s / h.dims()[0] as f64).collect::<Vec<_>>(), k)
+                top_k(
+                    &unit_sums(set, &axis1_sums(h, false)?).iter().map(|s| s / h.dims()[0] as f64).collect::<Vec<_>>(),
+                    k,
+                )
             }
             GroupCriterion::Taylor => top_k(&taylor_scores(set, taylor.as_ref().expect("computed"))?, k),
             GroupCriterion::Ispasp => ispasp(consumer.as_ref().expect("built"), k, cfg.iterations)?,
@@ -313,10 +316,6 @@ fn unit_sums(set: &GroupSet, cols: &[f64]) -> Vec<f64> {
 fn activations(model: &dyn Model, calib: &[Batch], set: &str) -> Result<Tensor> {
     let hs: Vec<Tensor> = calib.iter().map(|b| model.probe(b, set)).collect::<Result<_>>()?;
     Ok(Tensor::cat(&hs, 0)?.to_dtype(DType::F32)?)
-}
-
-fn abs_col_sums(h: &Tensor) -> Result<Vec<f64>> {
-    Ok(h.abs()?.sum(0)?.to_vec1::<f32>()?.into_iter().map(f64::from).collect())
 }
 
 /// Per-unit `Σ|w|` or `√Σw²` over every member.
@@ -379,7 +378,7 @@ fn keep_mask(set: &GroupSet, keep: &[usize], rank: usize, dev: &candle_core::Dev
     Ok(Tensor::from_vec(m, shape, dev)?)
 }
 
-/// Per-column sums over every axis but 1 of `t` (or of `t²` when `squares`).
+/// Per-column sums of `|t|` (or of `t²` when `squares`) over every axis but 1.
 fn axis1_sums(t: &Tensor, squares: bool) -> Result<Vec<f64>> {
     let t = if squares { t.sqr()? } else { t.abs()? };
     let t = t.transpose(0, 1)?.flatten_from(1)?.sum(1)?;
@@ -391,7 +390,8 @@ fn axis1_sums(t: &Tensor, squares: bool) -> Result<Vec<f64>> {
 struct Consumer<'a> {
     model: &'a dyn Model,
     set: &'a GroupSet,
-    h: Tensor,
+    /// The activations, a variable so that gradients can reach them.
+    h: candle_core::Var,
 }
 
 impl<'a> Consumer<'a> {
@@ -406,13 +406,19 @@ impl<'a> Consumer<'a> {
                 set.size * set.block
             );
         }
-        Ok(Consumer { model, set, h })
+        Ok(Consumer { model, set, h: candle_core::Var::from_tensor(&h)? })
+    }
+
+    /// The activations, untracked.
+    fn h(&self) -> Tensor {
+        self.h.as_tensor().detach()
     }
 
     /// `V = A(H ⊙ (1 − m_S))`, the part of the dense output `A(H)` the support misses.
     fn residual(&self, keep: &[usize]) -> Result<Tensor> {
-        let off = keep_mask(self.set, keep, self.h.rank(), self.h.device())?.affine(-1.0, 1.0)?;
-        Ok(self.model.consume(&self.set.name, &self.h.broadcast_mul(&off)?)?.detach())
+        let h = self.h();
+        let off = keep_mask(self.set, keep, h.rank(), h.device())?.affine(-1.0, 1.0)?;
+        Ok(self.model.consume(&self.set.name, &h.broadcast_mul(&off)?)?.detach())
     }
 
     /// `‖A(H) − A(H_S)‖/‖A(H)‖` of a support.
@@ -425,11 +431,10 @@ impl<'a> Consumer<'a> {
     /// `g_c = Σ (∂(½‖V‖²)/∂h_c)²` through the dense path: the energy of
     /// `Aᵀ V` in unit `c`'s columns (by autograd through the consumer).
     fn correlation(&self, v: &Tensor) -> Result<Vec<f64>> {
-        let h = candle_core::Var::from_tensor(&self.h)?;
-        let y = self.model.consume(&self.set.name, h.as_tensor())?;
+        let y = self.model.consume(&self.set.name, self.h.as_tensor())?;
         let grads = y.mul(v)?.sum_all()?.backward()?;
         let g = grads
-            .get(h.as_tensor())
+            .get(self.h.as_tensor())
             .ok_or_else(|| espalier_core::Error::msg("i-SpaSP: no gradient reached the activations"))?;
         Ok(unit_sums(self.set, &axis1_sums(g, true)?))
     }
@@ -438,7 +443,7 @@ impl<'a> Consumer<'a> {
 /// i-SpaSP's support of `s` units (see the module docs).
 fn ispasp(c: &Consumer, s: usize, iterations: usize) -> Result<Vec<usize>> {
     let set = c.set;
-    let mass = unit_sums(set, &axis1_sums(&c.h, false)?);
+    let mass = unit_sums(set, &axis1_sums(&c.h(), false)?);
     let mut support: Vec<usize> = Vec::new();
     for _ in 0..iterations {
         let g = c.correlation(&c.residual(&support)?)?;

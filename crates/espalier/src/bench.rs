@@ -196,52 +196,17 @@ pub fn bert_steps(
     repeats: usize,
     reference: bool,
 ) -> anyhow::Result<Vec<BenchResult>> {
-    use espalier_models::{fused, Bert, BertTask, Model};
-    let device = Device::Cpu;
-    let model = Bert::from_pretrained(model_dir, Some(BertTask::Classification { num_labels: 2 }), &device)?;
+    use espalier_models::{Bert, BertTask};
+    let model = Bert::from_pretrained(model_dir, Some(BertTask::Classification { num_labels: 2 }), &Device::Cpu)?;
     let vocab = model.bert_config().vocab_size;
-    // One batch per "epoch": each `train_epoch` call below is one step.
-    let data = SyntheticTokens { n: batch_size, seq_len, vocab };
-    let opt =
-        OptimizerConfig::Adamw { lr: 2e-5, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01, no_decay: vec![] };
-    let name = format!("bert-step-{batch_size}x{seq_len}");
-    let mut variants = vec![(name.clone(), true), (format!("{name}-composed"), false)];
-    variants.truncate(if reference { 2 } else { 1 });
-    let mut trainers: Vec<Trainer> = variants
-        .iter()
-        .map(|_| {
-            Ok(Trainer {
-                optimizer: opt.build(model.params())?,
-                regularizers: vec![],
-                opts: TrainerOptions {
-                    batch_size,
-                    clip_grad_norm: Some(1.0),
-                    lr_schedule: LrSchedule::Constant,
-                    seed: 0,
-                    progress: false,
-                },
-                global_step: 0,
-            })
-        })
-        .collect::<anyhow::Result<_>>()?;
-    let pos = PhasePos { epoch_in_phase: 0, epochs_in_phase: 1 };
-    let mut times = vec![Vec::new(); variants.len()];
-    let was = fused::enabled();
-    for rep in 0..=repeats {
-        for (i, t) in trainers.iter_mut().enumerate() {
-            fused::set_enabled(variants[i].1);
-            let start = Instant::now();
-            let res = t.train_epoch(&model, &data, rep, pos, &device, None);
-            let s = start.elapsed().as_secs_f64();
-            fused::set_enabled(was);
-            res?;
-            if rep > 0 {
-                times[i].push(s);
-            }
-            tracing::info!(workload = variants[i].0, rep, seconds = format!("{s:.3}"), "bert step");
-        }
-    }
-    Ok(variants.iter().zip(times).map(|((name, _), t)| BenchResult::from_times(name, batch_size, &t)).collect())
+    let workload = StepWorkload {
+        name: format!("bert-step-{batch_size}x{seq_len}"),
+        model: Box::new(model),
+        data: Box::new(SyntheticTokens { n: batch_size, seq_len, vocab }),
+        optimizer: bert_adamw(),
+        clip_grad_norm: Some(1.0),
+    };
+    workload.run(repeats, reference)
 }
 
 /// Fixed random images (standard normal) with labels `i % classes`, for
@@ -293,6 +258,11 @@ pub struct StepWorkload {
 /// SGD with momentum as for CIFAR ResNets (He et al. 2016, §4.2).
 fn resnet_sgd() -> OptimizerConfig {
     OptimizerConfig::Sgd { lr: 0.1, momentum: 0.9, nesterov: false, weight_decay: 5e-4, no_decay: vec![] }
+}
+
+/// AdamW as in the GLUE fine-tuning recipe (lr 2e-5, weight decay 0.01).
+fn bert_adamw() -> OptimizerConfig {
+    OptimizerConfig::Adamw { lr: 2e-5, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01, no_decay: vec![] }
 }
 
 impl StepWorkload {
@@ -351,14 +321,7 @@ impl StepWorkload {
             name,
             model: ModelConfig::Bert(cfg).init(0, &Device::Cpu)?,
             data: Box::new(SyntheticTokens { n: batch_size, seq_len, vocab }),
-            optimizer: OptimizerConfig::Adamw {
-                lr: 2e-5,
-                beta1: 0.9,
-                beta2: 0.999,
-                eps: 1e-8,
-                weight_decay: 0.01,
-                no_decay: vec![],
-            },
+            optimizer: bert_adamw(),
             clip_grad_norm: Some(1.0),
         })
     }
