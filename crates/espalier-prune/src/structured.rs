@@ -7,6 +7,11 @@
 //! - `activation`: mean `|h|` of the unit on calibration data;
 //! - `taylor`: first-order Taylor (Molchanov et al. 2019, eq. 8 for groups):
 //!   `(Σ_{w ∈ unit} w·∂L/∂w)²`, gradients summed over the calibration batches;
+//! - `movement`: movement pruning's score (Sanh, Wolf & Rush 2020, §3:
+//!   `S = −Σ_t ∂L/∂W⁽ᵗ⁾ ⊙ W⁽ᵗ⁾`) summed over a unit, `−Σ_{w ∈ unit} w·∂L/∂w`,
+//!   with the sum over training steps replaced by the calibration batches at
+//!   the fine-tuned weights: signed, so a unit whose removal would lower the
+//!   loss (to first order) ranks last, where Taylor's square ranks it by size;
 //! - `ispasp`: i-SpaSP (Wolfe, Wang & Kyrillidis 2022; PAPERS.md §4),
 //!   residual-driven candidate selection merged with the current support and
 //!   thresholded by activation mass, `T` iterations, set by set;
@@ -65,6 +70,8 @@ pub enum GroupCriterion {
     Activation,
     /// First-order Taylor `(Σ w·∂L/∂w)²`.
     Taylor,
+    /// Movement score `−Σ w·∂L/∂w` (signed).
+    Movement,
     /// i-SpaSP (sparse signal recovery).
     Ispasp,
     /// Layer-wise mutual information, top-down.
@@ -239,7 +246,8 @@ pub fn select(model: &dyn Model, cfg: &StructuredConfig, calib: &[Batch], seed: 
     }
     let mut rng = Rng::derive(seed, "structured-select", &[]);
     let mut sel = Selection::default();
-    let taylor = if cfg.method == GroupCriterion::Taylor { Some(taylor_products(model, calib)?) } else { None };
+    let first_order = matches!(cfg.method, GroupCriterion::Taylor | GroupCriterion::Movement);
+    let taylor = if first_order { Some(taylor_products(model, calib)?) } else { None };
     // MI goes top-down: the last set first, each lower set scored against
     // the units kept above it.
     let mut above: Option<Vec<Vec<f32>>> = None;
@@ -247,7 +255,7 @@ pub fn select(model: &dyn Model, cfg: &StructuredConfig, calib: &[Batch], seed: 
         if cfg.method == GroupCriterion::Mi { sets.iter().rev().copied().collect() } else { sets.clone() };
     for set in order {
         let k = cfg.kept(set.size);
-        let needs_h = cfg.method.needs_data() && !matches!(cfg.method, GroupCriterion::Taylor | GroupCriterion::Ispasp);
+        let needs_h = cfg.method.needs_data() && !first_order && cfg.method != GroupCriterion::Ispasp;
         let h = if needs_h { Some(activations(model, calib, &set.name)?) } else { None };
         // The consumer's view of the activations: i-SpaSP's residual, and the
         // output residual reported for every method.
@@ -268,7 +276,14 @@ pub fn select(model: &dyn Model, cfg: &StructuredConfig, calib: &[Batch], seed: 
                     k,
                 )
             }
-            GroupCriterion::Taylor => top_k(&taylor_scores(set, taylor.as_ref().expect("computed"))?, k),
+            GroupCriterion::Taylor => {
+                let sums = unit_products(set, taylor.as_ref().expect("computed"))?;
+                top_k(&sums.iter().map(|s| s * s).collect::<Vec<_>>(), k)
+            }
+            GroupCriterion::Movement => {
+                let sums = unit_products(set, taylor.as_ref().expect("computed"))?;
+                top_k(&sums.iter().map(|s| -s).collect::<Vec<_>>(), k)
+            }
             GroupCriterion::Ispasp => ispasp(consumer.as_ref().expect("built"), k, cfg.iterations)?,
             GroupCriterion::Greg1 | GroupCriterion::Greg2 => unreachable!("rejected above"),
             GroupCriterion::Mi => {
@@ -354,7 +369,8 @@ fn taylor_products(model: &dyn Model, calib: &[Batch]) -> Result<BTreeMap<String
     Ok(sums)
 }
 
-fn taylor_scores(set: &GroupSet, products: &BTreeMap<String, Tensor>) -> Result<Vec<f64>> {
+/// Per-unit `Σ w·∂L/∂w` over every member, from [`taylor_products`].
+fn unit_products(set: &GroupSet, products: &BTreeMap<String, Tensor>) -> Result<Vec<f64>> {
     let mut acc = vec![0f64; set.size];
     for m in &set.members {
         let Some(wg) = products.get(&m.param) else { continue };
@@ -363,7 +379,7 @@ fn taylor_scores(set: &GroupSet, products: &BTreeMap<String, Tensor>) -> Result<
             *a += v as f64;
         }
     }
-    Ok(acc.into_iter().map(|s| s * s).collect())
+    Ok(acc)
 }
 
 /// 0/1 mask of the kept units' columns, shaped to broadcast over axis 1 of

@@ -94,6 +94,7 @@ fn every_criterion_keeps_the_requested_units() -> Result<()> {
         GroupCriterion::L2,
         GroupCriterion::Activation,
         GroupCriterion::Taylor,
+        GroupCriterion::Movement,
         GroupCriterion::Ispasp,
         GroupCriterion::Mi,
     ] {
@@ -107,6 +108,40 @@ fn every_criterion_keeps_the_requested_units() -> Result<()> {
         let small = shrink(model.as_ref(), &sel.keep)?;
         assert_eq!(small.params().get("fc2.weight")?.dims(), vec![6, 6]);
     }
+    Ok(())
+}
+
+/// Taylor and movement rank units by the same per-unit sum
+/// `s_u = Σ_{w ∈ u} w·∂L/∂w` (gradients summed over the calibration
+/// batches): Taylor keeps the largest `s²`, movement the largest `−s`.
+#[test]
+fn taylor_and_movement_rank_by_the_first_order_sum() -> Result<()> {
+    let model = mlp(vec![24])?;
+    let calib = vec![batch(40, 5)?, batch(40, 6)?];
+    let set = model.group_sets().into_iter().find(|s| s.name == "fc1").expect("fc1");
+    let mut s = vec![0f64; set.size];
+    for b in &calib {
+        let grads = model.forward_t(b, &mut Mode::Eval)?.loss.backward()?;
+        for m in &set.members {
+            let p = model.params().get(&m.param)?;
+            let wg = (p.effective()? * grads.get(p.tensor()).expect("gradient"))?;
+            for (a, v) in s.iter_mut().zip(set.unit_rows(&wg, m.axis)?.sum(1)?.to_vec1::<f32>()?) {
+                *a += v as f64;
+            }
+        }
+    }
+    let top = |score: &dyn Fn(f64) -> f64| {
+        let mut idx: Vec<usize> = (0..s.len()).collect();
+        idx.sort_by(|&a, &b| score(s[b]).total_cmp(&score(s[a])));
+        let mut k = idx[..8].to_vec();
+        k.sort_unstable();
+        k
+    };
+    let taylor = select(model.as_ref(), &config(GroupCriterion::Taylor, 8), &calib, 0)?.keep["fc1"].clone();
+    let movement = select(model.as_ref(), &config(GroupCriterion::Movement, 8), &calib, 0)?.keep["fc1"].clone();
+    assert_eq!(taylor, top(&|x| x * x));
+    assert_eq!(movement, top(&|x| -x));
+    assert_ne!(taylor, movement, "the sign should matter on this model (s = {s:?})");
     Ok(())
 }
 

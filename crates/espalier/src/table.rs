@@ -34,6 +34,7 @@
 //! [[prereq]]                       # runs the cells start from (per seed)
 //! name = "dense"
 //! config = "configs/structured/mlp1000-dense.toml"
+//! # dir = "runs/mlp1000-dense"     # a run shared with `espalier run` (else under runs/tables/)
 //!
 //! [[method]]
 //! name = "l1"                      # CSV method column and run directory
@@ -56,6 +57,15 @@
 //! b = "random"
 //! # tolerance = 0.0, min_sparsity / max_sparsity, metric = "accuracy@before-finetune"
 //! ```
+//!
+//! Several tasks (GLUE): `[[task]]` sections (`name`, `sets` such as
+//! `data.task="rte"`, optionally `metrics`: the task's own names for
+//! `table.metrics`, e.g. `["f1"]` for MRPC) run every prerequisite and cell
+//! once per task under `<runs>/<task>/`; `${task}` expands in configs, sets
+//! and prerequisite `dir`s; the report has a section per task and, with
+//! `table.average = true`, the mean over tasks (GLUE-style). References
+//! then name their `task` (or `average`); a claim is checked on every
+//! section unless it names one.
 //!
 //! A swept method reports the last round of each run; an unswept one (IMP)
 //! reports every pruning round of its run. Rows are sparsities rounded to
@@ -83,7 +93,10 @@ pub struct Spec {
     pub table: TableMeta,
     /// Named scales: `--set` overrides of every run.
     pub scale: BTreeMap<String, Scale>,
-    /// Runs the cells start from (one per seed).
+    /// Tasks (e.g. GLUE tasks): the whole table is run once per task.
+    #[serde(default)]
+    pub task: Vec<Task>,
+    /// Runs the cells start from (one per seed and task).
     #[serde(default)]
     pub prereq: Vec<Prereq>,
     /// The methods (columns of the table).
@@ -119,6 +132,36 @@ pub struct TableMeta {
     /// The plot's x axis.
     #[serde(default)]
     pub x_axis: XAxis,
+    /// With several `[[task]]`s: also report each method's mean over the
+    /// tasks (the GLUE-style average of every task's own metric).
+    #[serde(default)]
+    pub average: bool,
+}
+
+/// A `[[task]]`: every prerequisite and cell is run once per task, under
+/// `<runs>/<task>/`, with the task's `sets` first among its overrides;
+/// `${task}` expands to the task's name in configs, directories and sets.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Task {
+    /// Run directory component, CSV and claims (`average` is reserved).
+    pub name: String,
+    /// Section header (default: the name).
+    #[serde(default)]
+    pub label: Option<String>,
+    /// `--set` overrides of every run of this task (e.g. `data.task="rte"`).
+    #[serde(default)]
+    pub sets: Vec<String>,
+    /// This task's names for `table.metrics`, position by position (e.g.
+    /// `f1` for MRPC where the table's first metric is `accuracy`).
+    #[serde(default)]
+    pub metrics: Option<Vec<String>>,
+}
+
+impl Task {
+    fn label(&self) -> &str {
+        self.label.as_deref().unwrap_or(&self.name)
+    }
 }
 
 fn default_seeds() -> Vec<u64> {
@@ -161,19 +204,36 @@ pub struct Scale {
 }
 
 impl Scale {
-    /// `set` with every `${name}` replaced by this scale's value.
-    fn expand(&self, set: &str, scale_name: &str) -> Result<String, ConfigError> {
+    /// `set` with every `${name}` replaced by the built-in value of that
+    /// name (`task`, `seed`) or else this scale's (whose own `${task}` and
+    /// `${seed}` expand in turn, e.g. `dense_dir = "runs/dense-${seed}"`).
+    fn expand(&self, set: &str, scale_name: &str, builtins: &[(&str, String)]) -> Result<String, ConfigError> {
+        self.expand_with(set, scale_name, builtins, true)
+    }
+
+    fn expand_with(
+        &self,
+        set: &str,
+        scale_name: &str,
+        builtins: &[(&str, String)],
+        vars: bool,
+    ) -> Result<String, ConfigError> {
         let mut out = String::new();
         let mut rest = set;
         while let Some(i) = rest.find("${") {
             out += &rest[..i];
             let end = rest[i..].find('}').ok_or_else(|| ConfigError(format!("--set `{set}`: unclosed `${{`")))?;
             let name = &rest[i + 2..i + end];
-            let v = self
-                .vars
-                .get(name)
-                .ok_or_else(|| ConfigError(format!("--set `{set}`: no `{name}` in [scale.{scale_name}.vars]")))?;
-            out += &value_text(v);
+            if let Some((_, v)) = builtins.iter().find(|(n, _)| *n == name) {
+                out += v;
+            } else {
+                let v = self
+                    .vars
+                    .get(name)
+                    .filter(|_| vars)
+                    .ok_or_else(|| ConfigError(format!("`{set}`: no `{name}` in [scale.{scale_name}.vars]")))?;
+                out += &self.expand_with(&value_text(v), scale_name, builtins, false)?;
+            }
             rest = &rest[i + end + 1..];
         }
         out += rest;
@@ -192,6 +252,14 @@ pub struct Prereq {
     /// `--set` overrides.
     #[serde(default)]
     pub sets: Vec<String>,
+    /// A fixed run directory (`${task}` and `${seed}` expand) instead of
+    /// `<runs>/[<task>/]prereq/<name>/seed<s>`: shares a run made outside
+    /// the table (e.g. `runs/glue-${task}-minilm` from `espalier run
+    /// configs/glue/${task}.toml`). Like any run of the table it is run when
+    /// missing, resumed when unfinished and refused when it holds another
+    /// experiment.
+    #[serde(default)]
+    pub dir: Option<String>,
 }
 
 /// A `[[method]]`: one column of the table.
@@ -249,6 +317,9 @@ pub struct Reference {
     pub value: f64,
     /// Where it comes from.
     pub source: String,
+    /// The task (or `average`) it belongs to; required when the spec has tasks.
+    #[serde(default)]
+    pub task: Option<String>,
 }
 
 /// What a claim asserts.
@@ -291,6 +362,10 @@ pub struct Claim {
     /// The metric checked (default: the table's first).
     #[serde(default)]
     pub metric: Option<String>,
+    /// Only this task (or `average`); default: every task and the average,
+    /// each checked on its own.
+    #[serde(default)]
+    pub task: Option<String>,
 }
 
 /// Reads and checks a spec.
@@ -319,6 +394,16 @@ fn plain_name(s: &str) -> bool {
 }
 
 impl Spec {
+    /// The metric names of a task, position by position with `table.metrics`.
+    fn metrics_of(&self, task: Option<usize>) -> &[String] {
+        task.and_then(|i| self.task[i].metrics.as_deref()).unwrap_or(&self.table.metrics)
+    }
+
+    /// A task's name (empty when the spec has no tasks).
+    fn task_name(&self, task: Option<usize>) -> &str {
+        task.map_or("", |i| &self.task[i].name)
+    }
+
     /// Checks what types cannot: names, references between sections.
     pub fn validate(&self) -> Result<(), String> {
         let t = &self.table;
@@ -339,6 +424,36 @@ impl Spec {
         if self.method.is_empty() {
             return Err("the spec needs at least one [[method]]".into());
         }
+        let mut tasks: Vec<&str> = Vec::new();
+        for (i, task) in self.task.iter().enumerate() {
+            if !plain_name(&task.name) || task.name == "average" || tasks.contains(&task.name.as_str()) {
+                return Err(format!(
+                    "key `task[{i}].name` must be a plain name used once (not `average`), found `{}`",
+                    task.name
+                ));
+            }
+            tasks.push(&task.name);
+            if task.metrics.as_ref().is_some_and(|m| m.len() != t.metrics.len()) {
+                return Err(format!(
+                    "key `task[{i}].metrics` must name one metric per entry of `table.metrics` ({})",
+                    t.metrics.len()
+                ));
+            }
+        }
+        if t.average && self.task.len() < 2 {
+            return Err("key `table.average` needs at least two [[task]] sections".into());
+        }
+        let task_ok = |what: String, task: &Option<String>| -> Result<(), String> {
+            match task {
+                None => Ok(()),
+                Some(n) if tasks.contains(&n.as_str()) || (n == "average" && t.average) => Ok(()),
+                Some(n) => Err(format!(
+                    "key `{what}.task`: no task `{n}` (tasks: {}{})",
+                    tasks.join(", "),
+                    if t.average { ", average" } else { "" }
+                )),
+            }
+        };
         let mut names = vec!["dense".to_string()];
         for (i, p) in self.prereq.iter().enumerate() {
             if !plain_name(&p.name) {
@@ -368,6 +483,10 @@ impl Spec {
             if !names.contains(&r.method) {
                 return Err(format!("key `reference[{i}].method`: no method `{}` (nor `dense`)", r.method));
             }
+            if !self.task.is_empty() && r.task.is_none() {
+                return Err(format!("key `reference[{i}].task`: the spec has tasks; name the one this value is for"));
+            }
+            task_ok(format!("reference[{i}]"), &r.task)?;
         }
         for (i, c) in self.claim.iter().enumerate() {
             for m in std::iter::once(&c.a).chain(c.b.as_ref()) {
@@ -381,6 +500,7 @@ impl Spec {
             if c.kind == ClaimKind::Beats && c.b.is_none() {
                 return Err(format!("key `claim[{i}].b`: a `beats` claim needs the other method"));
             }
+            task_ok(format!("claim[{i}]"), &c.task)?;
         }
         Ok(())
     }
@@ -421,6 +541,8 @@ pub struct Job {
     pub sets: Vec<String>,
     /// Run directory.
     pub dir: PathBuf,
+    /// The task (index into `spec.task`; None when the spec has none).
+    pub task: Option<usize>,
     /// The method (None for prerequisites).
     pub method: Option<usize>,
     /// The sweep value's text (`keep=250`), if any.
@@ -490,62 +612,105 @@ pub fn plan(spec: &Spec, opts: &TableOptions) -> Result<Plan, ConfigError> {
         };
         PathBuf::from("results").join(name)
     });
-    let mut prereqs = Vec::new();
+    let expand_all = |sets: &[String], builtins: &[(&str, String)]| {
+        sets.iter().map(|x| scale.expand(x, &scale_name, builtins)).collect::<Result<Vec<_>, _>>()
+    };
+    let expand_path = |p: &Path, builtins: &[(&str, String)]| {
+        scale.expand(&p.to_string_lossy(), &scale_name, builtins).map(PathBuf::from)
+    };
+    let tasks: Vec<Option<usize>> =
+        if spec.task.is_empty() { vec![None] } else { (0..spec.task.len()).map(Some).collect() };
+    let mut prereqs: Vec<Job> = Vec::new();
     let mut prereq_dirs = BTreeMap::new();
-    for p in &spec.prereq {
-        for &seed in &seeds {
-            let dir = runs.join("prereq").join(&p.name).join(format!("seed{seed}"));
-            let mut sets = p.sets.clone();
-            sets.extend(scale.sets.iter().cloned());
-            sets.extend(scale.prereq_sets.iter().cloned());
-            sets.push(format!("seed={seed}"));
-            let sets = sets.iter().map(|x| scale.expand(x, &scale_name)).collect::<Result<Vec<_>, _>>()?;
-            prereq_dirs.insert((p.name.clone(), seed), dir.clone());
-            prereqs.push(Job {
-                id: format!("prereq/{}/seed{seed}", p.name),
-                config: p.config.clone(),
-                sets,
-                dir,
-                method: None,
-                setting: None,
-                seed,
-            });
-        }
-    }
     let mut cells = Vec::new();
-    for (mi, m) in spec.method.iter().enumerate() {
-        let points: Vec<Option<(String, String)>> = match &m.sweep {
-            Some(s) => s
-                .values
-                .iter()
-                .map(|v| {
-                    let short = s.key.rsplit('.').next().unwrap_or(&s.key);
-                    Some((format!("{}={}", s.key, v), format!("{short}={}", value_text(v))))
-                })
-                .collect(),
-            None => vec![None],
-        };
-        for point in &points {
+    for &ti in &tasks {
+        let task = ti.map(|i| &spec.task[i]);
+        let task_sets = task.map_or(&[][..], |t| &t.sets[..]);
+        let root = task.map_or_else(|| runs.clone(), |t| runs.join(&t.name));
+        let prefix = task.map_or(String::new(), |t| format!("{}/", t.name));
+        for p in &spec.prereq {
             for &seed in &seeds {
-                let mut sets = m.sets.clone();
+                let builtins = [("task", task.map_or(String::new(), |t| t.name.clone())), ("seed", seed.to_string())];
+                let dir = match &p.dir {
+                    Some(d) => expand_path(Path::new(d), &builtins)?,
+                    None => root.join("prereq").join(&p.name).join(format!("seed{seed}")),
+                };
+                let id = format!("{prefix}prereq/{}/seed{seed}", p.name);
+                if let Some(other) = prereqs.iter().find(|j| j.dir == dir) {
+                    return Err(ConfigError(format!(
+                        "{}: prerequisites {} and {id} share the run directory {}; put `${{seed}}` or `${{task}}` \
+                         in its `dir`",
+                        opts.spec_path.display(),
+                        other.id,
+                        dir.display()
+                    )));
+                }
+                let mut sets = task_sets.to_vec();
+                sets.extend(p.sets.iter().cloned());
                 sets.extend(scale.sets.iter().cloned());
-                sets.extend(scale.cell_sets.iter().cloned());
-                if let Some(f) = &m.from {
-                    let dir = &prereq_dirs[&(f.clone(), seed)];
-                    sets.push(format!("init_from={}", toml_string(dir)));
-                }
-                let mut dir = runs.join(&m.name);
-                if let Some((set, setting)) = point {
-                    sets.push(set.clone());
-                    dir = dir.join(slug(setting));
-                }
+                sets.extend(scale.prereq_sets.iter().cloned());
                 sets.push(format!("seed={seed}"));
-                let sets = sets.iter().map(|x| scale.expand(x, &scale_name)).collect::<Result<Vec<_>, _>>()?;
-                let dir = dir.join(format!("seed{seed}"));
-                let setting = point.as_ref().map(|(_, s)| s.clone());
-                let id =
-                    format!("{}/{}seed{seed}", m.name, setting.as_ref().map(|s| format!("{s}/")).unwrap_or_default());
-                cells.push(Job { id, config: m.config.clone(), sets, dir, method: Some(mi), setting, seed });
+                prereq_dirs.insert((ti, p.name.clone(), seed), dir.clone());
+                prereqs.push(Job {
+                    id,
+                    config: expand_path(&p.config, &builtins)?,
+                    sets: expand_all(&sets, &builtins)?,
+                    dir,
+                    task: ti,
+                    method: None,
+                    setting: None,
+                    seed,
+                });
+            }
+        }
+        for (mi, m) in spec.method.iter().enumerate() {
+            let points: Vec<Option<(String, String)>> = match &m.sweep {
+                Some(s) => s
+                    .values
+                    .iter()
+                    .map(|v| {
+                        let short = s.key.rsplit('.').next().unwrap_or(&s.key);
+                        Some((format!("{}={}", s.key, v), format!("{short}={}", value_text(v))))
+                    })
+                    .collect(),
+                None => vec![None],
+            };
+            for point in &points {
+                for &seed in &seeds {
+                    let builtins =
+                        [("task", task.map_or(String::new(), |t| t.name.clone())), ("seed", seed.to_string())];
+                    let mut sets = task_sets.to_vec();
+                    sets.extend(m.sets.iter().cloned());
+                    sets.extend(scale.sets.iter().cloned());
+                    sets.extend(scale.cell_sets.iter().cloned());
+                    if let Some(f) = &m.from {
+                        let dir = &prereq_dirs[&(ti, f.clone(), seed)];
+                        sets.push(format!("init_from={}", toml_string(dir)));
+                    }
+                    let mut dir = root.join(&m.name);
+                    if let Some((set, setting)) = point {
+                        sets.push(set.clone());
+                        dir = dir.join(slug(setting));
+                    }
+                    sets.push(format!("seed={seed}"));
+                    let dir = dir.join(format!("seed{seed}"));
+                    let setting = point.as_ref().map(|(_, s)| s.clone());
+                    let id = format!(
+                        "{prefix}{}/{}seed{seed}",
+                        m.name,
+                        setting.as_ref().map(|s| format!("{s}/")).unwrap_or_default()
+                    );
+                    cells.push(Job {
+                        id,
+                        config: expand_path(&m.config, &builtins)?,
+                        sets: expand_all(&sets, &builtins)?,
+                        dir,
+                        task: ti,
+                        method: Some(mi),
+                        setting,
+                        seed,
+                    });
+                }
             }
         }
     }
@@ -695,6 +860,8 @@ pub fn run_plan(plan: &Plan, opts: &TableOptions) -> anyhow::Result<Progress> {
 /// One reported number: a run's metric at a sparsity.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Point {
+    /// Task name (empty when the spec has no tasks).
+    pub task: String,
     /// Method name (`dense` for the dense reference).
     pub method: String,
     /// Model name from the run.
@@ -755,9 +922,10 @@ fn points_of(spec: &Spec, job: &Job, s: &Summary, method: &str, dense: bool) -> 
         if !keep {
             continue;
         }
-        for metric in &spec.table.metrics {
+        for metric in spec.metrics_of(job.task) {
             if let Some(value) = metric_of(s, r, metric, last) {
                 out.push(Point {
+                    task: spec.task_name(job.task).to_string(),
                     method: name.to_string(),
                     model: s.model.clone(),
                     data: s.data.clone(),
@@ -795,12 +963,14 @@ pub fn collect(spec: &Spec, plan: &Plan) -> anyhow::Result<Vec<Point>> {
     }
     let mut points = Vec::new();
     let first_prereq = spec.prereq.first().map(|p| p.name.as_str());
-    for job in plan.prereqs.iter().filter(|j| first_prereq.is_some_and(|n| j.id.starts_with(&format!("prereq/{n}/")))) {
+    let is_first = |j: &&Job| first_prereq.is_some_and(|n| j.id.ends_with(&format!("prereq/{n}/seed{}", j.seed)));
+    for job in plan.prereqs.iter().filter(is_first) {
         let s = read_summary(&job.dir)?;
         let Some(last) = s.rounds.last() else { continue };
-        for metric in &spec.table.metrics {
+        for metric in spec.metrics_of(job.task) {
             if let Some(value) = metric_of(&s, last, metric, false) {
                 points.push(Point {
+                    task: spec.task_name(job.task).to_string(),
                     method: "dense".into(),
                     model: s.model.clone(),
                     data: s.data.clone(),
@@ -813,13 +983,13 @@ pub fn collect(spec: &Spec, plan: &Plan) -> anyhow::Result<Vec<Point>> {
             }
         }
     }
-    let mut dense_seeds: Vec<u64> = if first_prereq.is_some() { plan.seeds.clone() } else { Vec::new() };
+    let mut dense_seen: Vec<(Option<usize>, u64)> = Vec::new();
     for job in &plan.cells {
         let s = read_summary(&job.dir)?;
         let m = &spec.method[job.method.unwrap_or(0)];
-        let dense = job.method == Some(0) && !dense_seeds.contains(&job.seed);
+        let dense = spec.prereq.is_empty() && job.method == Some(0) && !dense_seen.contains(&(job.task, job.seed));
         if dense {
-            dense_seeds.push(job.seed);
+            dense_seen.push((job.task, job.seed));
         }
         points.extend(points_of(spec, job, &s, &m.name, dense));
     }
@@ -874,7 +1044,11 @@ fn key(sparsity: f64) -> i64 {
 /// The aggregated table of one metric: (method, sparsity key) → stat.
 #[derive(Clone, Debug)]
 pub struct Aggregate {
-    /// Metric name.
+    /// Task name (empty without tasks, `average` for the mean over tasks).
+    pub task: String,
+    /// The entry of `table.metrics` it stands for (claims and references name these).
+    pub column: String,
+    /// Metric name (the task's own: `f1` where the column is `accuracy`).
     pub metric: String,
     /// Per method, per sparsity key.
     pub cells: BTreeMap<String, BTreeMap<i64, Stat>>,
@@ -884,12 +1058,13 @@ pub struct Aggregate {
     pub dense: Option<Stat>,
 }
 
-/// Aggregates the points of one metric over seeds.
-pub fn aggregate(points: &[Point], metric: &str) -> Aggregate {
+/// Aggregates the points of one task's metric over seeds; `column` is the
+/// entry of `table.metrics` the metric stands for.
+pub fn aggregate(points: &[Point], task: &str, metric: &str, column: &str) -> Aggregate {
     let mut values: BTreeMap<(String, i64), Vec<f64>> = BTreeMap::new();
     let mut settings: BTreeMap<i64, Vec<String>> = BTreeMap::new();
     let mut dense = Vec::new();
-    for p in points.iter().filter(|p| p.metric == metric) {
+    for p in points.iter().filter(|p| p.metric == metric && p.task == task) {
         if p.method == "dense" {
             dense.push(p.value);
             continue;
@@ -906,18 +1081,98 @@ pub fn aggregate(points: &[Point], metric: &str) -> Aggregate {
     for ((m, k), v) in values {
         cells.entry(m).or_default().insert(k, Stat::of(&v));
     }
-    Aggregate { metric: metric.into(), cells, settings, dense: (!dense.is_empty()).then(|| Stat::of(&dense)) }
+    Aggregate {
+        task: task.into(),
+        column: column.into(),
+        metric: metric.into(),
+        cells,
+        settings,
+        dense: (!dense.is_empty()).then(|| Stat::of(&dense)),
+    }
+}
+
+/// The mean over tasks of each method's (seed-mean) value, where every task
+/// has one at that sparsity: the GLUE-style average. Its cells carry no
+/// standard deviation (n = 1).
+pub fn average(per_task: &[&Aggregate], column: &str) -> Aggregate {
+    let mean_of = |v: Vec<f64>| Stat { mean: v.iter().sum::<f64>() / v.len() as f64, std: 0.0, n: 1 };
+    let mut cells: BTreeMap<String, BTreeMap<i64, Stat>> = BTreeMap::new();
+    if let Some(first) = per_task.first() {
+        for (m, by_key) in &first.cells {
+            for k in by_key.keys() {
+                let v: Option<Vec<f64>> =
+                    per_task.iter().map(|a| a.cells.get(m).and_then(|c| c.get(k)).map(|s| s.mean)).collect();
+                if let Some(v) = v {
+                    cells.entry(m.clone()).or_default().insert(*k, mean_of(v));
+                }
+            }
+        }
+    }
+    let dense: Option<Vec<f64>> = per_task.iter().map(|a| a.dense.map(|d| d.mean)).collect();
+    let mut names: Vec<&str> = Vec::new();
+    for a in per_task {
+        if !names.contains(&a.metric.as_str()) {
+            names.push(&a.metric);
+        }
+    }
+    Aggregate {
+        task: "average".into(),
+        column: column.into(),
+        metric: format!("average of {}", names.join(" / ")),
+        cells,
+        settings: BTreeMap::new(),
+        dense: dense.filter(|v| !v.is_empty()).map(mean_of),
+    }
+}
+
+/// One section of the report: a task's aggregates (one per entry of
+/// `table.metrics`), or the average over tasks.
+#[derive(Clone, Debug)]
+pub struct Section {
+    /// The task's label (empty without tasks).
+    pub label: String,
+    /// One aggregate per reported metric.
+    pub aggs: Vec<Aggregate>,
+}
+
+/// The report's sections: one per task (one in all without tasks), then
+/// the average over tasks when the spec asks for it.
+pub fn sections(spec: &Spec, points: &[Point]) -> Vec<Section> {
+    let tasks: Vec<Option<usize>> =
+        if spec.task.is_empty() { vec![None] } else { (0..spec.task.len()).map(Some).collect() };
+    let mut out: Vec<Section> = tasks
+        .iter()
+        .map(|&ti| Section {
+            label: ti.map_or(String::new(), |i| spec.task[i].label().to_string()),
+            aggs: spec
+                .metrics_of(ti)
+                .iter()
+                .zip(&spec.table.metrics)
+                .map(|(m, col)| aggregate(points, spec.task_name(ti), m, col))
+                .collect(),
+        })
+        .collect();
+    if spec.table.average {
+        let aggs = (0..spec.table.metrics.len())
+            .map(|i| average(&out.iter().map(|s| &s.aggs[i]).collect::<Vec<_>>(), &spec.table.metrics[i]))
+            .collect();
+        out.push(Section { label: "Average over tasks".into(), aggs });
+    }
+    out
 }
 
 fn pct(k: i64) -> String {
     format!("{:.1}%", k as f64 / 10.0)
 }
 
-/// The paper's value for (method, sparsity key, metric), if the spec has one there.
-fn reference_at<'a>(spec: &'a Spec, method: &str, k: i64, metric: &str) -> Option<&'a Reference> {
-    spec.reference.iter().find(|r| {
-        r.method == method && key(r.sparsity) == k && r.metric.as_deref().unwrap_or(&spec.table.metrics[0]) == metric
-    })
+/// Whether a paper value belongs to an aggregate's task and metric.
+fn reference_for(spec: &Spec, r: &Reference, agg: &Aggregate) -> bool {
+    r.task.as_deref().unwrap_or("") == agg.task && r.metric.as_deref().unwrap_or(&spec.table.metrics[0]) == agg.column
+}
+
+/// The paper's value for (method, sparsity key) of an aggregate, if the spec has one there.
+fn reference_at<'a>(spec: &'a Spec, agg: &Aggregate, method: &str, k: i64) -> Option<&'a Reference> {
+    spec.reference.iter().find(|r| r.method == method && key(r.sparsity) == k && reference_for(spec, r, agg))
 }
 
 fn markdown_table(spec: &Spec, agg: &Aggregate) -> String {
@@ -946,7 +1201,7 @@ fn markdown_table(spec: &Spec, agg: &Aggregate) -> String {
         }
         for m in &spec.method {
             let ours = agg.cells.get(&m.name).and_then(|c| c.get(&k)).map_or("–".to_string(), Stat::text);
-            match reference_at(spec, &m.name, k, &agg.metric) {
+            match reference_at(spec, agg, &m.name, k) {
                 Some(r) => md += &format!(" {ours} (paper {:.2}) |", r.value),
                 None => md += &format!(" {ours} |"),
             }
@@ -966,7 +1221,7 @@ fn nearest(agg: &Aggregate, method: &str, sparsity: f64) -> Option<(i64, Stat)> 
     cells.iter().min_by_key(|(kk, _)| (**kk - k).abs()).map(|(kk, s)| (*kk, *s))
 }
 
-fn references_markdown(spec: &Spec, aggs: &[Aggregate]) -> String {
+fn references_markdown(spec: &Spec, sections: &[Section]) -> String {
     if spec.reference.is_empty() {
         return String::new();
     }
@@ -974,9 +1229,14 @@ fn references_markdown(spec: &Spec, aggs: &[Aggregate]) -> String {
         "\n## The paper's numbers beside ours\n\n| method | metric | paper sparsity | paper | source | our nearest sparsity | ours | ours − paper |\n|---|---|---:|---:|---|---:|---:|---:|\n",
     );
     for r in &spec.reference {
-        let metric = r.metric.as_deref().unwrap_or(&spec.table.metrics[0]);
         let label = spec.method.iter().find(|m| m.name == r.method).map_or("dense", |m| m.label());
-        let ours = aggs.iter().find(|a| a.metric == metric).and_then(|a| nearest(a, &r.method, r.sparsity));
+        let agg = sections.iter().flat_map(|s| &s.aggs).find(|a| reference_for(spec, r, a));
+        let metric = match (agg, &r.task) {
+            (Some(a), Some(t)) => format!("{t} {}", a.metric),
+            (Some(a), None) => a.metric.clone(),
+            (None, _) => r.metric.clone().unwrap_or_else(|| spec.table.metrics[0].clone()),
+        };
+        let ours = agg.and_then(|a| nearest(a, &r.method, r.sparsity));
         let (at, v, diff) = match ours {
             Some((k, s)) => (pct(k), s.text(), format!("{:+.2}", s.mean - r.value)),
             None => ("–".into(), "–".into(), "–".into()),
@@ -1026,7 +1286,7 @@ fn shown(s: &Stat) -> f64 {
 /// aggregates of every metric: the verdict and the evidence.
 pub fn check_claim(spec: &Spec, aggs: &[Aggregate], c: &Claim) -> (Verdict, String) {
     let metric = c.metric.as_deref().unwrap_or(&spec.table.metrics[0]);
-    let Some(agg) = aggs.iter().find(|a| a.metric == metric) else {
+    let Some(agg) = aggs.iter().find(|a| a.column == metric) else {
         return (Verdict::NoData, format!("no `{metric}` values"));
     };
     let empty = BTreeMap::new();
@@ -1060,10 +1320,7 @@ pub fn check_claim(spec: &Spec, aggs: &[Aggregate], c: &Claim) -> (Verdict, Stri
             }
         }
         ClaimKind::NearPaper => {
-            for r in spec.reference.iter().filter(|r| r.method == c.a) {
-                if r.metric.as_deref().is_some_and(|m| m != agg.metric) {
-                    continue;
-                }
+            for r in spec.reference.iter().filter(|r| r.method == c.a && reference_for(spec, r, agg)) {
                 let Some((k, s)) = nearest(agg, &c.a, r.sparsity) else { continue };
                 let line =
                     format!("paper {:.2} at {}, ours {:.2} at {}", r.value, pct(key(r.sparsity)), s.mean, pct(k));
@@ -1096,23 +1353,40 @@ pub fn check_claim(spec: &Spec, aggs: &[Aggregate], c: &Claim) -> (Verdict, Stri
     (verdict, evidence)
 }
 
-fn claims_markdown(spec: &Spec, aggs: &[Aggregate]) -> String {
+/// Every claim checked on every section it applies to: (claim, section
+/// label, verdict, evidence).
+pub fn check_claims<'a>(spec: &'a Spec, sections: &'a [Section]) -> Vec<(&'a Claim, &'a str, Verdict, String)> {
+    let mut out = Vec::new();
+    for c in &spec.claim {
+        for s in sections {
+            let task = s.aggs.first().map_or("", |a| a.task.as_str());
+            if c.task.as_deref().is_some_and(|t| t != task) {
+                continue;
+            }
+            let (v, evidence) = check_claim(spec, &s.aggs, c);
+            out.push((c, s.label.as_str(), v, evidence));
+        }
+    }
+    out
+}
+
+fn claims_markdown(spec: &Spec, sections: &[Section]) -> String {
     if spec.claim.is_empty() {
         return String::new();
     }
     let mut md = String::from("\n## Claims checked against our numbers (means over seeds)\n\n");
-    for c in &spec.claim {
-        let (v, evidence) = check_claim(spec, aggs, c);
+    for (c, label, v, evidence) in check_claims(spec, sections) {
         let metric = c.metric.as_deref().unwrap_or(&spec.table.metrics[0]);
         let tol = if c.tolerance != 0.0 { format!(", tolerance {} points", c.tolerance) } else { String::new() };
-        md += &format!("- **{}** — {} ({metric}{tol}): {evidence}.\n", v.word(), c.text);
+        let on = if label.is_empty() { String::new() } else { format!("{label}, ") };
+        md += &format!("- **{}** — {} ({on}{metric}{tol}): {evidence}.\n", v.word(), c.text);
     }
     md
 }
 
 /// The report: title, scale, dense reference, one table per metric, the
 /// paper's numbers, the claims, the plot and the command.
-pub fn report_markdown(spec: &Spec, plan: &Plan, aggs: &[Aggregate]) -> String {
+pub fn report_markdown(spec: &Spec, plan: &Plan, sections: &[Section]) -> String {
     let scale = &spec.scale[&plan.scale];
     let mut md = format!("# {}\n\n", spec.table.title);
     if !spec.table.description.trim().is_empty() {
@@ -1126,24 +1400,38 @@ pub fn report_markdown(spec: &Spec, plan: &Plan, aggs: &[Aggregate]) -> String {
         if plan.seeds.len() > 1 { " (mean ± sample standard deviation over seeds)" } else { " (one run per cell)" },
         plan.runs.display()
     );
-    for agg in aggs {
-        md += &format!("\n## {}\n\n", agg.metric);
-        if let Some(d) = agg.dense {
-            let paper = reference_at(spec, "dense", 0, &agg.metric)
-                .map_or(String::new(), |r| format!(" (paper {:.2}, {})", r.value, r.source));
-            md += &format!("Dense reference: {}{paper}.\n\n", d.text());
+    for section in sections {
+        for agg in &section.aggs {
+            match section.label.as_str() {
+                "" => md += &format!("\n## {}\n\n", agg.metric),
+                label => md += &format!("\n## {label}: {}\n\n", agg.metric),
+            }
+            if let Some(d) = agg.dense {
+                let paper = reference_at(spec, agg, "dense", 0)
+                    .map_or(String::new(), |r| format!(" (paper {:.2}, {})", r.value, r.source));
+                md += &format!("Dense reference: {}{paper}.\n\n", d.text());
+            }
+            md += &markdown_table(spec, agg);
         }
-        md += &markdown_table(spec, agg);
     }
-    md += &references_markdown(spec, aggs);
-    md += &claims_markdown(spec, aggs);
+    md += &references_markdown(spec, sections);
+    md += &claims_markdown(spec, sections);
+    let plotted = plotted(sections);
     md += &format!(
-        "\n![{} vs sparsity](plot.svg)\n\n`results.csv`: one row per run, sparsity and metric \
+        "\n![{}{} vs sparsity](plot.svg)\n\n`results.csv`: one row per run, sparsity and metric \
          (model,data,method,sparsity,metric,value,seed).\n\nProduced by:\n\n```\n{}\n```\n",
-        aggs.first().map_or("metric", |a| a.metric.as_str()),
+        plotted.map_or("", |(l, _)| l),
+        plotted.map_or(" metric".to_string(), |(l, a)| format!("{}{}", if l.is_empty() { "" } else { ": " }, a.metric)),
         plan.command
     );
     md
+}
+
+/// What the plot shows: the primary metric of the average over tasks if
+/// there is one, else of the first section; with its section's label.
+fn plotted(sections: &[Section]) -> Option<(&str, &Aggregate)> {
+    let s = sections.iter().rev().find(|s| s.label == "Average over tasks").or(sections.first())?;
+    s.aggs.first().map(|a| (s.label.as_str(), a))
 }
 
 /// The plot's data: one series per method of the primary metric.
@@ -1161,7 +1449,11 @@ pub fn plot_data(spec: &Spec, agg: &Aggregate) -> crate::plot::PlotData {
         })
         .collect();
     crate::plot::PlotData {
-        title: spec.table.title.clone(),
+        title: match agg.task.as_str() {
+            "" => spec.table.title.clone(),
+            "average" => format!("{} (average over tasks)", spec.table.title),
+            t => format!("{} ({t})", spec.table.title),
+        },
         y_label: agg.metric.clone(),
         log_weights_left: spec.table.x_axis == XAxis::WeightsLeftLog,
         series,
@@ -1170,17 +1462,18 @@ pub fn plot_data(spec: &Spec, agg: &Aggregate) -> crate::plot::PlotData {
 }
 
 /// Writes the report files of a finished plan into `plan.out`.
-pub fn write_report(spec: &Spec, plan: &Plan) -> anyhow::Result<Vec<Aggregate>> {
+pub fn write_report(spec: &Spec, plan: &Plan) -> anyhow::Result<Vec<Section>> {
     let points = collect(spec, plan)?;
-    let aggs: Vec<Aggregate> = spec.table.metrics.iter().map(|m| aggregate(&points, m)).collect();
-    let data = plot_data(spec, &aggs[0]);
+    let sections = sections(spec, &points);
+    let (_, agg) = plotted(&sections).context("no metric to plot")?;
+    let data = plot_data(spec, agg);
     let out = &plan.out;
     write_atomic(&out.join("results.csv"), csv(&points).as_bytes())?;
     write_atomic(&out.join("plot.svg"), crate::plot::svg(&data).as_bytes())?;
     write_atomic(&out.join("plot.png"), &crate::plot::png(&data)?)?;
     write_atomic(&out.join("command.txt"), format!("{}\n", plan.command).as_bytes())?;
-    write_atomic(&out.join("README.md"), report_markdown(spec, plan, &aggs).as_bytes())?;
-    Ok(aggs)
+    write_atomic(&out.join("README.md"), report_markdown(spec, plan, &sections).as_bytes())?;
+    Ok(sections)
 }
 
 /// `espalier table`: runs what is missing (unless `report_only`), then
@@ -1199,10 +1492,10 @@ pub fn table(opts: &TableOptions) -> anyhow::Result<bool> {
             return Ok(false);
         }
     }
-    let aggs = write_report(&spec, &plan)?;
-    for c in &spec.claim {
-        let (v, evidence) = check_claim(&spec, &aggs, c);
-        println!("{:<7} {}: {evidence}", v.word(), c.text);
+    let sections = write_report(&spec, &plan)?;
+    for (c, label, v, evidence) in check_claims(&spec, &sections) {
+        let on = if label.is_empty() { String::new() } else { format!(" ({label})") };
+        println!("{:<7} {}{on}: {evidence}", v.word(), c.text);
     }
     println!("wrote {}", plan.out.display());
     Ok(true)
@@ -1287,6 +1580,7 @@ mod tests {
 
     fn point(method: &str, sparsity: f64, value: f64, seed: u64) -> Point {
         Point {
+            task: String::new(),
             method: method.into(),
             model: "m".into(),
             data: "d".into(),
@@ -1310,7 +1604,7 @@ mod tests {
             point("a", 0.9, 90.0, 0),
             point("b", 0.9, 91.0, 0),
         ];
-        let agg = aggregate(&points, "accuracy");
+        let agg = aggregate(&points, "", "accuracy", "accuracy");
         let s = agg.cells["a"][&500];
         assert!((s.mean - 97.2).abs() < 1e-9 && (s.std - 0.2828427).abs() < 1e-6 && s.n == 2);
         assert_eq!(s.text(), "97.20 ± 0.28");
@@ -1331,6 +1625,7 @@ mod tests {
             min_sparsity: None,
             max_sparsity: Some(0.6),
             metric: None,
+            task: None,
         };
         assert_eq!(check_claim(&spec, std::slice::from_ref(&agg), &within).0, Verdict::Pass);
         spec.reference.push(Reference {
@@ -1339,11 +1634,142 @@ mod tests {
             metric: None,
             value: 92.0,
             source: "x".into(),
+            task: None,
         });
         let near = Claim { kind: ClaimKind::NearPaper, tolerance: 1.0, max_sparsity: None, ..within };
         let (v, why) = check_claim(&spec, std::slice::from_ref(&agg), &near);
         assert_eq!(v, Verdict::Fails);
         assert!(why.contains("paper 92.00 at 88.0%, ours 90.00 at 90.0%"), "{why}");
+    }
+
+    const TASKS: &str = r#"
+        [table]
+        name = "g"
+        title = "G"
+        metrics = ["accuracy"]
+        scale = "small"
+        average = true
+        seeds = [42]
+        [scale.small]
+        description = "tiny"
+        cell_sets = ["data.limit_train=${n}"]
+        vars = { n = 100, dense = "runs/glue-${task}-minilm" }
+        [[task]]
+        name = "rte"
+        sets = ['data.task="rte"']
+        [[task]]
+        name = "mrpc"
+        label = "MRPC"
+        sets = ['data.task="mrpc"', 'data.eval_split="test"']
+        metrics = ["f1"]
+        [[prereq]]
+        name = "dense"
+        config = "configs/glue/${task}.toml"
+        dir = "${dense}"
+        [[method]]
+        name = "mi"
+        config = "mi.toml"
+        from = "dense"
+        [[method]]
+        name = "l1"
+        config = "l1.toml"
+        from = "dense"
+        [[reference]]
+        method = "mi"
+        task = "mrpc"
+        sparsity = 0.5
+        value = 80.0
+        source = "p"
+        [[claim]]
+        text = "mi beats l1"
+        kind = "beats"
+        a = "mi"
+        b = "l1"
+    "#;
+
+    #[test]
+    fn tasks_multiply_the_runs_and_are_averaged() {
+        let spec = parse_spec(TASKS).unwrap();
+        let p = plan(&spec, &opts()).unwrap();
+        let ids: Vec<&str> = p.prereqs.iter().chain(&p.cells).map(|j| j.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "rte/prereq/dense/seed42",
+                "mrpc/prereq/dense/seed42",
+                "rte/mi/seed42",
+                "rte/l1/seed42",
+                "mrpc/mi/seed42",
+                "mrpc/l1/seed42"
+            ]
+        );
+        let pre = &p.prereqs[1];
+        assert_eq!(pre.config, Path::new("configs/glue/mrpc.toml"));
+        assert_eq!(pre.dir, Path::new("runs/glue-mrpc-minilm"));
+        assert_eq!(pre.sets, ["data.task=\"mrpc\"", "data.eval_split=\"test\"", "seed=42"]);
+        let cell = &p.cells[2];
+        assert_eq!(cell.dir, Path::new("runs/tables/g/small/mrpc/mi/seed42"));
+        assert_eq!(
+            cell.sets,
+            [
+                "data.task=\"mrpc\"",
+                "data.eval_split=\"test\"",
+                "data.limit_train=100",
+                "init_from=\"runs/glue-mrpc-minilm\"",
+                "seed=42"
+            ]
+        );
+
+        let pt = |task: &str, method: &str, metric: &str, sparsity: f64, value: f64| Point {
+            task: task.into(),
+            metric: metric.into(),
+            ..point(method, sparsity, value, 42)
+        };
+        let points = vec![
+            pt("rte", "dense", "accuracy", 0.0, 60.0),
+            pt("rte", "mi", "accuracy", 0.5, 58.0),
+            pt("rte", "l1", "accuracy", 0.5, 57.0),
+            pt("mrpc", "dense", "f1", 0.0, 82.0),
+            pt("mrpc", "mi", "f1", 0.5, 80.0),
+            pt("mrpc", "l1", "f1", 0.5, 81.0),
+            // Another task's metric name in a task is not reported.
+            pt("mrpc", "mi", "accuracy", 0.5, 1.0),
+        ];
+        let sections = sections(&spec, &points);
+        assert_eq!(
+            sections.iter().map(|s| s.label.as_str()).collect::<Vec<_>>(),
+            ["rte", "MRPC", "Average over tasks"]
+        );
+        assert_eq!(sections[1].aggs[0].metric, "f1");
+        assert_eq!(sections[1].aggs[0].cells["mi"][&500].mean, 80.0);
+        let avg = &sections[2].aggs[0];
+        assert_eq!(
+            (avg.cells["mi"][&500].mean, avg.cells["l1"][&500].mean, avg.dense.unwrap().mean),
+            (69.0, 69.0, 71.0)
+        );
+        let verdicts: Vec<(&str, Verdict)> =
+            check_claims(&spec, &sections).into_iter().map(|(_, l, v, _)| (l, v)).collect();
+        assert_eq!(
+            verdicts,
+            [("rte", Verdict::Pass), ("MRPC", Verdict::Fails), ("Average over tasks", Verdict::Fails)]
+        );
+        let md = report_markdown(&spec, &plan(&spec, &opts()).unwrap(), &sections);
+        assert!(md.contains("## MRPC: f1") && md.contains("80.00 (paper 80.00)"), "{md}");
+        assert!(md.contains("## Average over tasks: average of accuracy / f1"), "{md}");
+        assert!(md.contains("| mi | mrpc f1 | 50.0% | 80.00 |"), "{md}");
+    }
+
+    #[test]
+    fn task_errors_name_the_key() {
+        let e = parse_spec(&TASKS.replace("metrics = [\"f1\"]", "metrics = [\"f1\", \"acc\"]")).unwrap_err().0;
+        assert!(e.contains("task[1].metrics"), "{e}");
+        let e = parse_spec(&TASKS.replace("task = \"mrpc\"\n", "task = \"sst2\"\n")).unwrap_err().0;
+        assert!(e.contains("reference[0].task") && e.contains("sst2"), "{e}");
+        let e = parse_spec(&TASKS.replace("name = \"mrpc\"", "name = \"rte\"")).unwrap_err().0;
+        assert!(e.contains("task[1].name"), "{e}");
+        let spec = parse_spec(&TASKS.replace("runs/glue-${task}-minilm", "runs/dense")).unwrap();
+        let e = plan(&spec, &opts()).unwrap_err().0;
+        assert!(e.contains("share the run directory runs/dense"), "{e}");
     }
 
     /// Every spec under configs/tables parses, and at every scale every run
