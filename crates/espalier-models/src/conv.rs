@@ -32,6 +32,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use espalier_core::Result;
 use gemm::Parallelism;
 
+use crate::dense::{matmul, Mat};
 use crate::fused::{cpu_slice, fusable, with_data, CResult, SharedOut};
 
 /// Geometry of a convolution: input `(B, C, H, W)`, square `k × k` kernel.
@@ -150,54 +151,6 @@ fn col2im(cols: &[f32], g: Geom, img: &mut [f32], ld: usize, off: usize) {
                 }
             }
         }
-    }
-}
-
-/// A row-major `rows × cols` view for [`matmul`] (optionally read transposed).
-#[derive(Clone, Copy)]
-struct Mat {
-    ptr: *const f32,
-    /// Element strides of a row step and a column step.
-    rs: isize,
-    cs: isize,
-}
-
-impl Mat {
-    fn new(data: &[f32], cols: usize) -> Self {
-        Mat { ptr: data.as_ptr(), rs: cols as isize, cs: 1 }
-    }
-    fn t(self) -> Self {
-        Mat { ptr: self.ptr, rs: self.cs, cs: self.rs }
-    }
-}
-
-/// `dst (m × n, row-major) = [dst +] a (m × k) · b (k × n)`.
-fn matmul(dst: &mut [f32], accumulate: bool, a: Mat, b: Mat, (m, k, n): (usize, usize, usize), par: Parallelism) {
-    assert!(dst.len() >= m * n);
-    // SAFETY: `dst` holds m·n elements; `a` and `b` point into live slices of
-    // at least m·k and k·n elements with the strides given (built by `Mat`).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.ptr,
-            a.cs,
-            a.rs,
-            b.ptr,
-            b.cs,
-            b.rs,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        )
     }
 }
 

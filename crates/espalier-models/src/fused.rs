@@ -670,28 +670,30 @@ impl CustomOp1 for ReluOp {
     }
 }
 
+/// Helpers of the fused kernels' tests (here and in [`crate::dense`]).
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_core::{Device, Var, D};
-    use espalier_core::Rng;
+pub(crate) mod testing {
+    use candle_core::{Device, Tensor, Var};
+    use espalier_core::{Result, Rng};
 
-    fn randn(shape: &[usize], std: f32, seed: u64) -> Result<Tensor> {
+    /// `N(0, std²)` entries.
+    pub(crate) fn randn(shape: &[usize], std: f32, seed: u64) -> Result<Tensor> {
         let mut rng = Rng::new(seed);
         let v: Vec<f32> = (0..shape.iter().product()).map(|_| rng.normal() as f32 * std).collect();
         Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
     }
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+    /// Largest absolute difference.
+    pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
         Ok((a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
     }
 
-    type Fun<'a> = &'a dyn Fn(&[Tensor]) -> Result<Tensor>;
+    pub(crate) type Fun<'a> = &'a dyn Fn(&[Tensor]) -> Result<Tensor>;
 
     /// Runs `fused` and `composed` on the same inputs; returns the largest
     /// difference of the outputs and of each input's gradient (of a random
     /// linear function of the output, so every output element matters).
-    fn compare(inputs: &[Tensor], fused: Fun, composed: Fun) -> Result<(f32, Vec<f32>)> {
+    pub(crate) fn compare(inputs: &[Tensor], fused: Fun, composed: Fun) -> Result<(f32, Vec<f32>)> {
         let run = |f: Fun| -> Result<(Tensor, Vec<Tensor>)> {
             let vars: Vec<Var> = inputs.iter().map(Var::from_tensor).collect::<candle_core::Result<_>>()?;
             let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
@@ -707,6 +709,13 @@ mod tests {
         let gd = g1.iter().zip(&g0).map(|(a, b)| max_diff(a, b)).collect::<Result<_>>()?;
         Ok((max_diff(&y1, &y0)?, gd))
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{compare, randn};
+    use super::*;
+    use candle_core::{Device, D};
 
     #[test]
     fn layer_norm_matches_composition() -> Result<()> {

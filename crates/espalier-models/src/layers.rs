@@ -28,19 +28,10 @@ impl Linear {
     }
 
     /// Applies the layer to `(..., in)`.
+    /// One fused op on the CPU ([`crate::dense::linear`]).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let w = self.weight.effective()?;
-        let y = match x.dims() {
-            [b1, b2, _] => {
-                let (b1, b2) = (*b1, *b2);
-                x.reshape((b1 * b2, ()))?.matmul(&w.t()?)?.reshape((b1, b2, ()))?
-            }
-            _ => x.matmul(&w.t()?)?,
-        };
-        Ok(match &self.bias {
-            Some(b) => y.broadcast_add(&b.effective()?)?,
-            None => y,
-        })
+        let b = self.bias.as_ref().map(|b| b.effective()).transpose()?;
+        crate::dense::linear(x, &self.weight.effective()?, b.as_ref())
     }
 }
 

@@ -7,6 +7,7 @@
 
 pub mod bert;
 pub mod conv;
+pub mod dense;
 pub mod fused;
 pub mod layers;
 pub mod lenet;
