@@ -41,6 +41,11 @@ impl Mat {
     pub(crate) fn new(data: &[f32], cols: usize) -> Self {
         Mat { ptr: data.as_ptr(), rs: cols as isize, cs: 1 }
     }
+    /// A block whose rows are `row_stride` elements apart in `data` (a
+    /// head's columns of a `(T, H·d)` matrix).
+    pub(crate) fn strided(data: &[f32], row_stride: usize) -> Self {
+        Self::new(data, row_stride)
+    }
     pub(crate) fn t(self) -> Self {
         Mat { ptr: self.ptr, rs: self.cs, cs: self.rs }
     }
@@ -56,16 +61,34 @@ pub(crate) fn matmul(
     par: Parallelism,
 ) {
     assert!(dst.len() >= m * n);
-    // SAFETY: `dst` holds m·n elements; `a` and `b` point into live slices of
-    // at least m·k and k·n elements with the strides given (built by `Mat`).
+    // SAFETY: `dst` holds m·n elements, rows n apart.
+    unsafe { matmul_to(dst.as_mut_ptr(), n, accumulate, a, b, (m, k, n), par) }
+}
+
+/// [`matmul`] into `m` rows of `n` elements that are `dst_rs` elements apart.
+///
+/// # Safety
+/// `dst` must point to such rows, valid for writes and not read or written
+/// by anyone else during the call; `a` and `b` must point into live slices
+/// of at least `m × k` and `k × n` elements with their strides.
+pub(crate) unsafe fn matmul_to(
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    a: Mat,
+    b: Mat,
+    (m, k, n): (usize, usize, usize),
+    par: Parallelism,
+) {
+    // SAFETY: the caller's contract.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
-            n as isize,
+            dst_rs as isize,
             accumulate,
             a.ptr,
             a.cs,

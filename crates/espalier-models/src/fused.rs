@@ -175,6 +175,11 @@ impl SharedOut {
         SharedOut(out.as_mut_ptr())
     }
 
+    /// The start of the buffer (for strided writes).
+    pub(crate) fn ptr(self) -> *mut f32 {
+        self.0
+    }
+
     /// # Safety
     /// `range` (in elements) lies inside the buffer and no other worker
     /// touches it while the slice lives.
@@ -237,9 +242,9 @@ fn par_elems(out: &mut [f32], f: impl Fn(Range<usize>, &mut [f32]) + Sync) {
 /// the CPU has them (so the loops vectorise 8 wide with fused multiply-add),
 /// and for the baseline target otherwise.
 macro_rules! simd_fn {
-    ($(#[$m:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
         $(#[$m])*
-        fn $name($($arg: $ty),*) {
+        $vis fn $name($($arg: $ty),*) {
             #[inline(always)]
             fn body($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
@@ -449,7 +454,7 @@ struct SoftmaxOp {
 
 simd_fn! {
     /// Rows of `s` (each `bias.len()` long): `p = softmax(s·scale + bias)`.
-    fn softmax_rows(s: &[f32], bias: &[f32], p: &mut [f32], scale: f32) {
+    pub(crate) fn softmax_rows(s: &[f32], bias: &[f32], p: &mut [f32], scale: f32) {
         let n = bias.len();
         for (sr, pr) in s.chunks_exact(n).zip(p.chunks_exact_mut(n)) {
             let mut max = f32::NEG_INFINITY;
@@ -480,7 +485,7 @@ simd_fn! {
 
 simd_fn! {
     /// `ds = scale·p·(dp − Σ dp·p)` for rows of length `n`.
-    fn softmax_bwd_rows(p: &[f32], dp: &[f32], ds: &mut [f32], n: usize, scale: f32) {
+    pub(crate) fn softmax_bwd_rows(p: &[f32], dp: &[f32], ds: &mut [f32], n: usize, scale: f32) {
         for ((pr, dpr), dsr) in p.chunks_exact(n).zip(dp.chunks_exact(n)).zip(ds.chunks_exact_mut(n)) {
             let dot = sum8(pr, |i| pr[i] * dpr[i]);
             for i in 0..n {

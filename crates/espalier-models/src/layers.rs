@@ -139,9 +139,19 @@ impl LayerNorm {
 /// so the keep probability is 1 − p to within 2⁻³³. The mask depends only on
 /// the state of `rng` and the element count; `rng` advances by four draws.
 pub fn dropout(x: &Tensor, p: f64, rng: Option<&mut Rng>) -> Result<Tensor> {
-    let Some(rng) = rng else { return Ok(x.clone()) };
+    match dropout_mask(x.elem_count(), p, rng) {
+        None => Ok(x.clone()),
+        Some(mask) => Ok(x.mul(&Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?)?),
+    }
+}
+
+/// The scaled keep mask of [`dropout`] for `n` elements (`1/(1 − p)` where
+/// kept, 0 where dropped), or `None` when nothing is dropped (no `rng`, or
+/// `p ≤ 0`).
+pub fn dropout_mask(n: usize, p: f64, rng: Option<&mut Rng>) -> Option<Vec<f32>> {
+    let rng = rng?;
     if p <= 0.0 {
-        return Ok(x.clone());
+        return None;
     }
     let scale = ((1.0 / (1.0 - p)) as f32).to_bits();
     // At p ≥ 1 the threshold exceeds every 32-bit draw: everything is dropped.
@@ -149,7 +159,7 @@ pub fn dropout(x: &Tensor, p: f64, rng: Option<&mut Rng>) -> Result<Tensor> {
     // Branch-free: the bits of 1/(1 − p) where kept, of 0.0 where dropped.
     let keep = |r: u64| f32::from_bits(scale & ((r >= threshold) as u32).wrapping_neg());
     let mut lanes: [Rng; 4] = std::array::from_fn(|_| Rng::new(rng.next_u64()));
-    let mut mask = vec![0f32; x.elem_count()];
+    let mut mask = vec![0f32; n];
     let mut blocks = mask.chunks_exact_mut(8);
     for block in &mut blocks {
         for (pair, lane) in block.chunks_exact_mut(2).zip(&mut lanes) {
@@ -165,8 +175,7 @@ pub fn dropout(x: &Tensor, p: f64, rng: Option<&mut Rng>) -> Result<Tensor> {
             *second = keep(r >> 32);
         }
     }
-    let m = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-    Ok(x.mul(&m)?)
+    Some(mask)
 }
 
 /// A lookup table `(vocab, dim)`.

@@ -5,6 +5,7 @@
 //! the forward pass, and describes itself by a serde [`ModelConfig`] that a
 //! checkpoint header records, so a checkpoint alone rebuilds the model.
 
+pub mod attention;
 pub mod bert;
 pub mod conv;
 pub mod dense;

@@ -45,7 +45,7 @@ use espalier_core::{GroupSet, Keep, Member, Param, ParamBuilder, ParamKind, Para
 use espalier_data::{Batch, Inputs};
 
 use crate::fused::{self, Gelu};
-use crate::layers::{dropout, Embedding, LayerNorm, Linear};
+use crate::layers::{dropout, dropout_mask, Embedding, LayerNorm, Linear};
 use crate::{loss, Mode, Model, ModelConfig, StepOutput};
 
 pub use config::{BertConfig, BertTask, HiddenAct};
@@ -266,13 +266,8 @@ impl Bert {
     ) -> Result<Option<Tensor>> {
         let Some([q, k, v]) = &a.qkv else { return Ok(None) };
         let (b, t, _) = x.dims3()?;
-        let (nh, d) = (a.heads, a.head_size);
-        let split =
-            |l: &Linear| -> Result<Tensor> { Ok(l.forward(x)?.reshape((b, t, nh, d))?.transpose(1, 2)?.contiguous()?) };
-        let (q, k, v) = (split(q)?, split(k)?, split(v)?);
-        let probs = fused::masked_softmax(&q.matmul(&k.t()?)?, bias, 1.0 / (d as f64).sqrt())?;
-        let probs = dropout(&probs, self.cfg.attention_probs_dropout_prob, rng)?;
-        Ok(Some(probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, nh * d))?))
+        let mask = dropout_mask(b * a.heads * t * t, self.cfg.attention_probs_dropout_prob, rng);
+        Ok(Some(crate::attention::attention(&q.forward(x)?, &k.forward(x)?, &v.forward(x)?, bias, a.heads, mask)?))
     }
 
     fn attention(&self, a: &BertAttention, x: &Tensor, bias: &Tensor, mut rng: Option<&mut Rng>) -> Result<Tensor> {
