@@ -217,3 +217,86 @@ fn a_killed_table_completes_on_restart_without_rerunning_finished_cells() {
     }
     assert!(dir.join("results/README.md").exists() && dir.join("results/plot.png").exists());
 }
+
+/// A table over two tasks (two MNIST subset sizes) whose dense
+/// prerequisite lives in a shared run directory (`dir`): every run is made
+/// once, the report has a section per task and their average, the CSV one
+/// row per run, and a second invocation reruns nothing.
+#[test]
+fn a_table_over_tasks_shares_its_prerequisites_and_averages() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let q = |p: &str| toml::Value::String(root().join(p).display().to_string());
+    let (dense, l1) = (q("configs/structured/mlp1000-dense.toml"), q("configs/structured/mlp1000-l1.toml"));
+    let text = format!(
+        r#"
+[table]
+name = "tasks"
+title = "Two tasks"
+metrics = ["accuracy"]
+scale = "tiny"
+average = true
+
+[scale.tiny]
+description = "MNIST subsets, 1 dense epoch."
+sets = ['data.path="mnist-subset"', "data.limit_test=200", "train.batch_size=100", "train.eval_batch_size=200"]
+prereq_sets = ["train.epochs=1", "model.hidden=[32]"]
+cell_sets = ["structured.calibration=100"]
+vars = {{ dense = "shared/dense-${{task}}" }}
+
+[[task]]
+name = "small"
+sets = ["data.limit_train=200"]
+
+[[task]]
+name = "large"
+label = "Large"
+sets = ["data.limit_train=400"]
+
+[[prereq]]
+name = "dense"
+config = {dense}
+dir = "${{dense}}"
+
+[[method]]
+name = "l1"
+config = {l1}
+from = "dense"
+sweep = {{ key = "structured.keep", values = [16, 8] }}
+
+[[reference]]
+method = "dense"
+task = "average"
+value = 90.0
+source = "made up"
+
+[[claim]]
+text = "L1 stays within 100 points of dense"
+kind = "within_dense"
+a = "l1"
+tolerance = 100.0
+"#
+    );
+    std::fs::write(dir.join("tiny.toml"), text).unwrap();
+    let stdout = ok(&table_cmd(dir, &[]).output().unwrap());
+    assert!(stdout.contains("ran 6 runs, skipped 0"), "{stdout}");
+    for task in ["small", "large"] {
+        assert!(dir.join(format!("shared/dense-{task}/summary.json")).exists(), "{task}: no shared dense run");
+        assert!(dir.join(format!("runs/{task}/l1/keep-8/seed0/summary.json")).exists(), "{task}: no cell");
+    }
+    let readme = std::fs::read_to_string(dir.join("results/README.md")).unwrap();
+    for want in [
+        "## small: accuracy",
+        "## Large: accuracy",
+        "## Average over tasks: average of accuracy",
+        "(paper 90.00, made up)",
+    ] {
+        assert!(readme.contains(want), "README lacks {want:?}:\n{readme}");
+    }
+    assert_eq!(readme.matches("**PASS** — L1 stays within").count(), 3, "{readme}");
+    let csv = std::fs::read_to_string(dir.join("results/results.csv")).unwrap();
+    // Per task: the dense run and two swept cells.
+    assert_eq!(csv.lines().count(), 1 + 2 * 3, "{csv}");
+    let stdout = ok(&table_cmd(dir, &[]).output().unwrap());
+    assert!(stdout.contains("ran 0 runs, skipped 6 finished runs"), "{stdout}");
+}
