@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod params;
 pub mod rng;
 pub mod select;
+pub mod simd;
 
 pub use error::{Error, Result};
 pub use groups::{GroupSet, Keep, Member};

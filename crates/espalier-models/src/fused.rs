@@ -238,31 +238,7 @@ fn par_elems(out: &mut [f32], f: impl Fn(Range<usize>, &mut [f32]) + Sync) {
     });
 }
 
-/// Defines `fn $name(args)` that runs its body compiled for AVX2+FMA when
-/// the CPU has them (so the loops vectorise 8 wide with fused multiply-add),
-/// and for the baseline target otherwise.
-macro_rules! simd_fn {
-    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
-        $(#[$m])*
-        $vis fn $name($($arg: $ty),*) {
-            #[inline(always)]
-            fn body($($arg: $ty),*) $body
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2($($arg: $ty),*) {
-                    body($($arg),*)
-                }
-                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                    // SAFETY: the features were just detected.
-                    return unsafe { avx2($($arg),*) };
-                }
-            }
-            body($($arg),*)
-        }
-    };
-}
-pub(crate) use simd_fn;
+pub(crate) use espalier_core::simd_fn;
 
 // ---------------------------------------------------------------------------
 // Scalar math that vectorises.
@@ -646,8 +622,10 @@ simd_fn! {
 
 simd_fn! {
     fn relu_bwd(y: &[f32], dy: &[f32], dx: &mut [f32]) {
-        for i in 0..dx.len() {
-            dx[i] = if y[i] > 0.0 { dy[i] } else { 0.0 };
+        // Zipped (no bounds checks), so the select vectorises instead of
+        // branching on the sign of every element.
+        for ((d, &yi), &gi) in dx.iter_mut().zip(y).zip(dy) {
+            *d = if yi > 0.0 { gi } else { 0.0 };
         }
     }
 }

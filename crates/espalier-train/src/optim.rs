@@ -518,46 +518,50 @@ pub(crate) mod fused {
         Ok(true)
     }
 
-    fn sgd_plain(w: &mut [f32], g: &[f32], h: &SgdHyper) {
-        let (lr, wd) = (h.lr, h.weight_decay);
-        if wd > 0.0 {
-            for (w, &g) in w.iter_mut().zip(g) {
-                *w -= (g + *w * wd) * lr;
-            }
-        } else {
-            for (w, &g) in w.iter_mut().zip(g) {
-                *w -= g * lr;
+    espalier_core::simd_fn! {
+        fn sgd_plain(w: &mut [f32], g: &[f32], h: &SgdHyper) {
+            let (lr, wd) = (h.lr, h.weight_decay);
+            if wd > 0.0 {
+                for (w, &g) in w.iter_mut().zip(g) {
+                    *w -= (g + *w * wd) * lr;
+                }
+            } else {
+                for (w, &g) in w.iter_mut().zip(g) {
+                    *w -= g * lr;
+                }
             }
         }
     }
 
-    /// d = ∇ + λw; b = μb + d (b₀ = d); d = d + μb (Nesterov) or b; w −= ηd.
-    fn sgd_momentum(w: &mut [f32], g: &[f32], b: &mut [f32], first: bool, h: &SgdHyper) {
-        // Monomorphised per case so that each loop is branch-free and vectorises.
-        #[inline(always)]
-        fn run<const DECAY: bool, const FIRST: bool, const NESTEROV: bool>(
-            w: &mut [f32],
-            g: &[f32],
-            b: &mut [f32],
-            h: &SgdHyper,
-        ) {
-            let (lr, wd, mu) = (h.lr, h.weight_decay, h.momentum);
-            for ((w, &g), b) in w.iter_mut().zip(g).zip(b.iter_mut()) {
-                let d = if DECAY { g + *w * wd } else { g };
-                *b = if FIRST { d } else { *b * mu + d };
-                let d = if NESTEROV { d + *b * mu } else { *b };
-                *w -= d * lr;
+    espalier_core::simd_fn! {
+        /// d = ∇ + λw; b = μb + d (b₀ = d); d = d + μb (Nesterov) or b; w −= ηd.
+        fn sgd_momentum(w: &mut [f32], g: &[f32], b: &mut [f32], first: bool, h: &SgdHyper) {
+            // Monomorphised per case so that each loop is branch-free and vectorises.
+            #[inline(always)]
+            fn run<const DECAY: bool, const FIRST: bool, const NESTEROV: bool>(
+                w: &mut [f32],
+                g: &[f32],
+                b: &mut [f32],
+                h: &SgdHyper,
+            ) {
+                let (lr, wd, mu) = (h.lr, h.weight_decay, h.momentum);
+                for ((w, &g), b) in w.iter_mut().zip(g).zip(b.iter_mut()) {
+                    let d = if DECAY { g + *w * wd } else { g };
+                    *b = if FIRST { d } else { *b * mu + d };
+                    let d = if NESTEROV { d + *b * mu } else { *b };
+                    *w -= d * lr;
+                }
             }
-        }
-        match (h.weight_decay > 0.0, first, h.nesterov) {
-            (false, false, false) => run::<false, false, false>(w, g, b, h),
-            (false, false, true) => run::<false, false, true>(w, g, b, h),
-            (false, true, false) => run::<false, true, false>(w, g, b, h),
-            (false, true, true) => run::<false, true, true>(w, g, b, h),
-            (true, false, false) => run::<true, false, false>(w, g, b, h),
-            (true, false, true) => run::<true, false, true>(w, g, b, h),
-            (true, true, false) => run::<true, true, false>(w, g, b, h),
-            (true, true, true) => run::<true, true, true>(w, g, b, h),
+            match (h.weight_decay > 0.0, first, h.nesterov) {
+                (false, false, false) => run::<false, false, false>(w, g, b, h),
+                (false, false, true) => run::<false, false, true>(w, g, b, h),
+                (false, true, false) => run::<false, true, false>(w, g, b, h),
+                (false, true, true) => run::<false, true, true>(w, g, b, h),
+                (true, false, false) => run::<true, false, false>(w, g, b, h),
+                (true, false, true) => run::<true, false, true>(w, g, b, h),
+                (true, true, false) => run::<true, true, false>(w, g, b, h),
+                (true, true, true) => run::<true, true, true>(w, g, b, h),
+            }
         }
     }
 
@@ -589,15 +593,17 @@ pub(crate) mod fused {
         Ok(true)
     }
 
-    /// m = β₁m + (1−β₁)g; v = β₂v + (1−β₂)g²; w = w(1 − ηλ) − η (m/bc₁) / (√(v/bc₂) + ε).
-    fn adamw_kernel(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: &AdamHyper) {
-        let AdamHyper { lr, beta1, beta2, one_minus_beta1, one_minus_beta2, inv_bc1, inv_bc2, eps, decay } = *h;
-        for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-            *m = *m * beta1 + g * one_minus_beta1;
-            *v = *v * beta2 + (g * g) * one_minus_beta2;
-            let denom = (*v * inv_bc2).sqrt() + eps;
-            let upd = (*m * inv_bc1) / denom;
-            *w = *w * decay - upd * lr;
+    espalier_core::simd_fn! {
+        /// m = β₁m + (1−β₁)g; v = β₂v + (1−β₂)g²; w = w(1 − ηλ) − η (m/bc₁) / (√(v/bc₂) + ε).
+        fn adamw_kernel(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: &AdamHyper) {
+            let AdamHyper { lr, beta1, beta2, one_minus_beta1, one_minus_beta2, inv_bc1, inv_bc2, eps, decay } = *h;
+            for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+                *m = *m * beta1 + g * one_minus_beta1;
+                *v = *v * beta2 + (g * g) * one_minus_beta2;
+                let denom = (*v * inv_bc2).sqrt() + eps;
+                let upd = (*m * inv_bc1) / denom;
+                *w = *w * decay - upd * lr;
+            }
         }
     }
 }
