@@ -404,6 +404,20 @@ impl Spec {
         task.map_or("", |i| &self.task[i].name)
     }
 
+    /// The tasks to run: each `[[task]]`, or one implicit task (`None`).
+    fn task_indices(&self) -> Vec<Option<usize>> {
+        if self.task.is_empty() {
+            vec![None]
+        } else {
+            (0..self.task.len()).map(Some).collect()
+        }
+    }
+
+    /// The built-in `${task}` and `${seed}` values of a run.
+    fn builtins(&self, task: Option<usize>, seed: u64) -> [(&'static str, String); 2] {
+        [("task", self.task_name(task).to_string()), ("seed", seed.to_string())]
+    }
+
     /// Checks what types cannot: names, references between sections.
     pub fn validate(&self) -> Result<(), String> {
         let t = &self.table;
@@ -618,8 +632,7 @@ pub fn plan(spec: &Spec, opts: &TableOptions) -> Result<Plan, ConfigError> {
     let expand_path = |p: &Path, builtins: &[(&str, String)]| {
         scale.expand(&p.to_string_lossy(), &scale_name, builtins).map(PathBuf::from)
     };
-    let tasks: Vec<Option<usize>> =
-        if spec.task.is_empty() { vec![None] } else { (0..spec.task.len()).map(Some).collect() };
+    let tasks = spec.task_indices();
     let mut prereqs: Vec<Job> = Vec::new();
     let mut prereq_dirs = BTreeMap::new();
     let mut cells = Vec::new();
@@ -630,7 +643,7 @@ pub fn plan(spec: &Spec, opts: &TableOptions) -> Result<Plan, ConfigError> {
         let prefix = task.map_or(String::new(), |t| format!("{}/", t.name));
         for p in &spec.prereq {
             for &seed in &seeds {
-                let builtins = [("task", task.map_or(String::new(), |t| t.name.clone())), ("seed", seed.to_string())];
+                let builtins = spec.builtins(ti, seed);
                 let dir = match &p.dir {
                     Some(d) => expand_path(Path::new(d), &builtins)?,
                     None => root.join("prereq").join(&p.name).join(format!("seed{seed}")),
@@ -677,8 +690,7 @@ pub fn plan(spec: &Spec, opts: &TableOptions) -> Result<Plan, ConfigError> {
             };
             for point in &points {
                 for &seed in &seeds {
-                    let builtins =
-                        [("task", task.map_or(String::new(), |t| t.name.clone())), ("seed", seed.to_string())];
+                    let builtins = spec.builtins(ti, seed);
                     let mut sets = task_sets.to_vec();
                     sets.extend(m.sets.iter().cloned());
                     sets.extend(scale.sets.iter().cloned());
@@ -1138,8 +1150,7 @@ pub struct Section {
 /// The report's sections: one per task (one in all without tasks), then
 /// the average over tasks when the spec asks for it.
 pub fn sections(spec: &Spec, points: &[Point]) -> Vec<Section> {
-    let tasks: Vec<Option<usize>> =
-        if spec.task.is_empty() { vec![None] } else { (0..spec.task.len()).map(Some).collect() };
+    let tasks = spec.task_indices();
     let mut out: Vec<Section> = tasks
         .iter()
         .map(|&ti| Section {
