@@ -27,7 +27,9 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use espalier_core::init::Init;
 use espalier_core::{Param, ParamBuilder, ParamKind, Result};
 
-use crate::fused::{affine_grads, cpu_slice, fusable, par_rows, par_rows_reading, sum8, with_data, CResult};
+use crate::fused::{
+    affine_grads, cpu_slice, fusable, output, par_rows, par_rows_reading, relu_grad, sum8, with_data, CResult,
+};
 
 /// PyTorch's default ε.
 pub const EPS: f64 = 1e-5;
@@ -73,6 +75,16 @@ impl BatchNorm2d {
     /// Normalises `(B, C, H, W)`: batch statistics (and a running-statistics
     /// update) when `train`, running statistics otherwise.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_act(x, train, false)
+    }
+
+    /// `relu(self.forward(x, train))`, in the same pass over the data on the
+    /// CPU (the conv → BN → ReLU of every ResNet block).
+    pub fn forward_relu(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_act(x, train, true)
+    }
+
+    fn forward_act(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
         if c != self.channels() {
             espalier_core::bail!(
@@ -96,20 +108,22 @@ impl BatchNorm2d {
                 let (mean, var) = channel_stats(&x)?;
                 let dev = x.device();
                 self.update_running(&Tensor::from_slice(&mean, c, dev)?, &Tensor::from_slice(&var, c, dev)?, n)?;
-                BatchNormOp::new(mean, &var, self.eps, true)
+                BatchNormOp::new(mean, &var, self.eps, true, relu)
             } else {
                 let stat = |p: &Param| -> Result<Vec<f32>> { Ok(p.tensor().detach().to_dtype(DType::F32)?.to_vec1()?) };
-                BatchNormOp::new(stat(&self.running_mean)?, &stat(&self.running_var)?, self.eps, false)
+                BatchNormOp::new(stat(&self.running_mean)?, &stat(&self.running_var)?, self.eps, false, relu)
             };
             return Ok(x.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?);
         }
-        if !train {
+        let y = if train {
+            let (y, mean, var) = train_composed(x, &gamma, &beta, self.eps)?;
+            self.update_running(&mean, &var, n)?;
+            y
+        } else {
             let (mean, var) = (self.running_mean.tensor().detach(), self.running_var.tensor().detach());
-            return eval_composed(x, &gamma, &beta, &mean, &var, self.eps);
-        }
-        let (y, mean, var) = train_composed(x, &gamma, &beta, self.eps)?;
-        self.update_running(&mean, &var, n)?;
-        Ok(y)
+            eval_composed(x, &gamma, &beta, &mean, &var, self.eps)?
+        };
+        Ok(if relu { y.relu()? } else { y })
     }
 
     /// `r ← (1 − m)·r + m·s` for the mean and the unbiased variance of a batch
@@ -195,13 +209,16 @@ struct BatchNormOp {
     /// them. Evaluation (running statistics): the op is a per-channel affine
     /// map and `dx = γ·r·dy`.
     batch_stats: bool,
+    /// A ReLU on the output, in the same pass (its backward masks `dy` by
+    /// `y > 0` first).
+    relu: bool,
 }
 
 impl BatchNormOp {
     /// The op for per-channel `mean` and (biased) `var`, with `r = 1/√(var + ε)`.
-    fn new(mean: Vec<f32>, var: &[f32], eps: f64, batch_stats: bool) -> Self {
+    fn new(mean: Vec<f32>, var: &[f32], eps: f64, batch_stats: bool, relu: bool) -> Self {
         let rstd = var.iter().map(|v| 1.0 / (v + eps as f32).sqrt()).collect();
-        BatchNormOp { mean, rstd, batch_stats }
+        BatchNormOp { mean, rstd, batch_stats, relu }
     }
 
     /// `(B, C, H·W)` of the input layout.
@@ -234,13 +251,18 @@ impl CustomOp3 for BatchNormOp {
         // y = x·a + s per channel, with a = γ·r and s = β − μ·a.
         let a: Vec<f32> = (0..c).map(|i| g[i] * self.rstd[i]).collect();
         let shift: Vec<f32> = (0..c).map(|i| beta[i] - self.mean[i] * a[i]).collect();
-        let mut y = vec![0f32; x.len()];
-        par_rows(&mut y, hw, |planes, out| {
-            for (i, plane) in planes.enumerate() {
-                let ch = plane % c;
-                affine(&x[plane * hw..(plane + 1) * hw], a[ch], shift[ch], &mut out[i * hw..(i + 1) * hw]);
-            }
-        });
+        let plane_fn = if self.relu { affine_relu } else { affine };
+        // SAFETY: `par_rows` hands every plane to `plane_fn`, which writes all of it.
+        let y = unsafe {
+            output(x.len(), |y| {
+                par_rows(y, hw, |planes, out| {
+                    for (i, plane) in planes.enumerate() {
+                        let ch = plane % c;
+                        plane_fn(&x[plane * hw..(plane + 1) * hw], a[ch], shift[ch], &mut out[i * hw..(i + 1) * hw]);
+                    }
+                })
+            })
+        };
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -249,13 +271,20 @@ impl CustomOp3 for BatchNormOp {
         x: &Tensor,
         gamma: &Tensor,
         _beta: &Tensor,
-        _y: &Tensor,
+        y: &Tensor,
         grad: &Tensor,
     ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (b, c, hw) = self.dims(x.layout())?;
         let nf = (b * hw) as f32;
-        let (dx, dg, db) = with_data(&[x, grad, gamma], "batch_norm backward", |d| {
+        let (dx, dg, db) = with_data(&[x, grad, gamma, y], "batch_norm backward", |d| {
             let (x, dy, g) = (d[0], d[1], d[2]);
+            let masked;
+            let dy = if self.relu {
+                masked = relu_grad(d[3], dy);
+                &masked[..]
+            } else {
+                dy
+            };
             // Per channel: Σ dy (= dβ) and Σ dy·x̂ (= dγ).
             let mut sums = vec![0f32; 2 * c];
             par_rows_reading(&mut sums, 2, x.len(), |channels, out| {
@@ -309,6 +338,14 @@ crate::fused::simd_fn! {
 }
 
 crate::fused::simd_fn! {
+    fn affine_relu(x: &[f32], a: f32, s: f32, y: &mut [f32]) {
+        for (yi, xi) in y.iter_mut().zip(x) {
+            *yi = (xi * a + s).max(0.0);
+        }
+    }
+}
+
+crate::fused::simd_fn! {
     /// `dx = γr·(dy − mean(dy) − x̂·mean(dy·x̂))` over one plane.
     #[allow(clippy::too_many_arguments)]
     fn bn_dx(x: &[f32], dy: &[f32], m: f32, r: f32, gr: f32, mean_dy: f32, mean_dyx: f32, dx: &mut [f32]) {
@@ -339,26 +376,33 @@ mod tests {
     /// offset mean (where a one-pass variance would lose digits).
     #[test]
     fn fused_batch_norm_matches_composition() -> Result<()> {
-        for (i, &(b, c, h, w)) in [(4, 3, 5, 7), (2, 16, 8, 8), (3, 5, 1, 3), (8, 2, 11, 9)].iter().enumerate() {
+        let cases = [(4, 3, 5, 7), (2, 16, 8, 8), (3, 5, 1, 3), (8, 2, 11, 9)];
+        for (i, &(b, c, h, w), relu) in cases.iter().enumerate().flat_map(|(i, s)| [(i, s, false), (i, s, true)]) {
             let x = Var::from_tensor(&randn(&[b, c, h, w], i as u64, 3.0)?)?;
             let g = Var::from_tensor(&randn(&[c], 100 + i as u64, 1.0)?)?;
             let be = Var::from_tensor(&randn(&[c], 200 + i as u64, 0.0)?)?;
             let r = randn(&[b, c, h, w], 300 + i as u64, 0.0)?;
             let (want, mean, var) = train_composed(x.as_tensor(), g.as_tensor(), be.as_tensor(), EPS)?;
+            let want = if relu { want.relu()? } else { want };
             let (m, v) = channel_stats(x.as_tensor())?;
             assert!(
                 max_diff(&Tensor::new(m.as_slice(), &Device::Cpu)?, &mean.flatten_all()?)? < 1e-5,
                 "case {i}: mean"
             );
             assert!(max_diff(&Tensor::new(v.as_slice(), &Device::Cpu)?, &var.flatten_all()?)? < 1e-4, "case {i}: var");
-            let got = x.as_tensor().apply_op3(g.as_tensor(), be.as_tensor(), BatchNormOp::new(m, &v, EPS, true))?;
-            assert!(max_diff(&got, &want)? < 1e-5, "case {i}: forward");
+            let got =
+                x.as_tensor().apply_op3(g.as_tensor(), be.as_tensor(), BatchNormOp::new(m, &v, EPS, true, relu))?;
+            assert!(max_diff(&got, &want)? < 1e-5, "case {i} (relu {relu}): forward");
             let gw = want.mul(&r)?.sum_all()?.backward()?;
             let gg = got.mul(&r)?.sum_all()?.backward()?;
             for (name, v) in [("dx", &x), ("dgamma", &g), ("dbeta", &be)] {
                 let (a, e) = (gg.get(v.as_tensor()).unwrap(), gw.get(v.as_tensor()).unwrap());
                 let scale = e.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?.max(1.0);
-                assert!(max_diff(a, e)? / scale < 1e-4, "case {i}: {name} differs by {}", max_diff(a, e)?);
+                assert!(
+                    max_diff(a, e)? / scale < 1e-4,
+                    "case {i} (relu {relu}): {name} differs by {}",
+                    max_diff(a, e)?
+                );
             }
         }
         Ok(())
@@ -369,20 +413,23 @@ mod tests {
     /// i-SpaSP's consumer backpropagate through BN in evaluation mode).
     #[test]
     fn fused_eval_batch_norm_matches_composition() -> Result<()> {
-        let x = Var::from_tensor(&randn(&[3, 5, 4, 6], 5, 1.0)?)?;
-        let g = Var::from_tensor(&randn(&[5], 1, 1.0)?)?;
-        let be = Var::from_tensor(&randn(&[5], 2, 0.0)?)?;
-        let (mean, var) = (randn(&[5], 3, 0.5)?, randn(&[5], 4, 0.0)?.abs()?);
-        let r = randn(&[3, 5, 4, 6], 6, 0.0)?;
-        let want = eval_composed(x.as_tensor(), g.as_tensor(), be.as_tensor(), &mean, &var, EPS)?;
-        let op = BatchNormOp::new(mean.to_vec1()?, &var.to_vec1::<f32>()?, EPS, false);
-        let got = x.as_tensor().apply_op3(g.as_tensor(), be.as_tensor(), op)?;
-        assert!(max_diff(&got, &want)? < 1e-4, "forward");
-        let gw = want.mul(&r)?.sum_all()?.backward()?;
-        let gg = got.mul(&r)?.sum_all()?.backward()?;
-        for (name, v) in [("dx", &x), ("dgamma", &g), ("dbeta", &be)] {
-            let d = max_diff(gg.get(v.as_tensor()).unwrap(), gw.get(v.as_tensor()).unwrap())?;
-            assert!(d < 1e-3, "{name} differs by {d}");
+        for relu in [false, true] {
+            let x = Var::from_tensor(&randn(&[3, 5, 4, 6], 5, 1.0)?)?;
+            let g = Var::from_tensor(&randn(&[5], 1, 1.0)?)?;
+            let be = Var::from_tensor(&randn(&[5], 2, 0.0)?)?;
+            let (mean, var) = (randn(&[5], 3, 0.5)?, randn(&[5], 4, 0.0)?.abs()?);
+            let r = randn(&[3, 5, 4, 6], 6, 0.0)?;
+            let want = eval_composed(x.as_tensor(), g.as_tensor(), be.as_tensor(), &mean, &var, EPS)?;
+            let want = if relu { want.relu()? } else { want };
+            let op = BatchNormOp::new(mean.to_vec1()?, &var.to_vec1::<f32>()?, EPS, false, relu);
+            let got = x.as_tensor().apply_op3(g.as_tensor(), be.as_tensor(), op)?;
+            assert!(max_diff(&got, &want)? < 1e-4, "forward (relu {relu})");
+            let gw = want.mul(&r)?.sum_all()?.backward()?;
+            let gg = got.mul(&r)?.sum_all()?.backward()?;
+            for (name, v) in [("dx", &x), ("dgamma", &g), ("dbeta", &be)] {
+                let d = max_diff(gg.get(v.as_tensor()).unwrap(), gw.get(v.as_tensor()).unwrap())?;
+                assert!(d < 1e-3, "{name} differs by {d} (relu {relu})");
+            }
         }
         Ok(())
     }

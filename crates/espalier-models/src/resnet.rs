@@ -32,7 +32,7 @@ use espalier_core::{GroupSet, Keep, Member, ParamBuilder, ParamStore, Result};
 use espalier_data::{Batch, Inputs};
 use serde::{Deserialize, Serialize};
 
-use crate::fused::relu;
+use crate::fused::add_relu;
 use crate::layers::{Conv2d, Linear};
 use crate::norm::BatchNorm2d;
 use crate::pool::{global_avg_pool, max_pool2d};
@@ -307,12 +307,10 @@ impl Block {
         let mut h = x.clone();
         let last = self.convs.len() - 1;
         for (i, (conv, bn)) in self.convs.iter().enumerate() {
-            h = bn.forward(&conv.forward(&h)?, train)?;
-            if i < last {
-                h = relu(&h)?;
-            }
+            let z = conv.forward(&h)?;
+            h = if i < last { bn.forward_relu(&z, train)? } else { bn.forward(&z, train)? };
         }
-        relu(&(h + self.shortcut.forward(x, train)?)?)
+        add_relu(&h, &self.shortcut.forward(x, train)?)
     }
 }
 
@@ -375,7 +373,7 @@ impl ResNet {
     /// The stem and the first `blocks` blocks.
     fn features(&self, x: &Tensor, train: bool, blocks: usize) -> Result<Tensor> {
         check_images(x, self.cfg.in_channels, "ResNet")?;
-        let mut h = relu(&self.bn1.forward(&self.conv1.forward(x)?, train)?)?;
+        let mut h = self.bn1.forward_relu(&self.conv1.forward(x)?, train)?;
         if self.stem_pool {
             h = max_pool2d(&h, 3, 2, 1)?;
         }
@@ -469,7 +467,7 @@ impl Model for ResNet {
         let before: usize = self.stages[..s].iter().map(Vec::len).sum::<usize>() + b;
         let mut h = self.features(x, false, before)?;
         for (conv, bn) in &self.stages[s][b].convs[..=j] {
-            h = relu(&bn.forward(&conv.forward(&h)?, false)?)?;
+            h = bn.forward_relu(&conv.forward(&h)?, false)?;
         }
         Ok(h)
     }
