@@ -379,7 +379,7 @@ mod tests {
         // the W-step gradient: g + ρ(W - Z + U) = 0 + 0.2·[0, -2, 0, 1]
         let mut grads = (w.effective()? * 0.0)?.sum_all()?.backward()?;
         grads.insert(w.tensor(), w.tensor().zeros_like()?);
-        admm.adjust_grads(&store, &mut grads, &StepInfo { epoch: 0, global_step: 1 })?;
+        admm.adjust_grads(&store, &mut grads, &StepInfo { epoch: 0, global_step: 1, lr: 0.0 })?;
         let g = grads.get(w.tensor()).unwrap().to_vec2::<f32>()?;
         for (a, b) in g[0].iter().zip([0f32, -0.4, 0., 0.2]) {
             assert!((a - b).abs() < 1e-6, "{g:?}");
@@ -396,7 +396,7 @@ mod tests {
         // after the ADMM phase (epoch >= until_epoch) the gradient is untouched
         let mut grads = (w.effective()? * 0.0)?.sum_all()?.backward()?;
         grads.insert(w.tensor(), w.tensor().zeros_like()?);
-        admm.adjust_grads(&store, &mut grads, &StepInfo { epoch: 1, global_step: 3 })?;
+        admm.adjust_grads(&store, &mut grads, &StepInfo { epoch: 1, global_step: 3, lr: 0.0 })?;
         assert_eq!(grads.get(w.tensor()).unwrap().to_vec2::<f32>()?, [[0.; 4]]);
         // state round-trip
         let (mut again, _) = Admm::new(admm.cfg.clone(), Selector::default(), TWO_FOUR, 1);
@@ -419,7 +419,7 @@ mod tests {
         let push = Tensor::new(&[[0f32, 0.0, -1.0, 0.0]], &Device::Cpu)?;
         for step in 0..10 {
             let mut grads = (w.effective()? * &push)?.sum_all()?.backward()?;
-            sr.adjust_grads(&store, &mut grads, &StepInfo { epoch: 0, global_step: step })?;
+            sr.adjust_grads(&store, &mut grads, &StepInfo { epoch: 0, global_step: step, lr: 0.0 })?;
             let g = grads.get(w.tensor()).unwrap().clone();
             if step == 0 {
                 // straight through the mask, plus the decay of the pruned w[3]
@@ -427,7 +427,7 @@ mod tests {
                 assert!((gv[0][2] - (-1.0 + 2e-4 * 0.2)).abs() < 1e-6 && (gv[0][3] - 2e-4 * 0.1).abs() < 1e-7);
             }
             w.set(&(w.tensor() - (g * 0.1)?)?)?;
-            sr.on_step(&store, &StepInfo { epoch: 0, global_step: step + 1 })?;
+            sr.on_step(&store, &StepInfo { epoch: 0, global_step: step + 1, lr: 0.0 })?;
         }
         assert_eq!(w.mask().unwrap().to_vec2::<f32>()?, [[1., 0., 1., 0.]]);
         assert!(sr.flips() >= 2);

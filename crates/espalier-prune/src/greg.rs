@@ -370,7 +370,7 @@ mod tests {
     }
 
     fn step(g: &mut GReg, store: &ParamStore, n: u64) -> Result<()> {
-        g.on_step(store, &StepInfo { epoch: 0, global_step: n })
+        g.on_step(store, &StepInfo { epoch: 0, global_step: n, lr: 0.0 })
     }
 
     #[test]

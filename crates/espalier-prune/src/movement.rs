@@ -88,7 +88,7 @@ mod tests {
         let c = Tensor::new(&[[-1f32, 1.0, -1.0, 1.0]], &dev)?;
         for step in 0..2 {
             let mut grads = (w.effective()? * &c)?.sum_all()?.backward()?;
-            tracker.adjust_grads(&store, &mut grads, &StepInfo { epoch: 0, global_step: step })?;
+            tracker.adjust_grads(&store, &mut grads, &StepInfo { epoch: 0, global_step: step, lr: 0.0 })?;
             // the gradient itself is untouched
             assert_eq!(grads.get(w.tensor()).unwrap().to_vec2::<f32>()?, c.to_vec2::<f32>()?);
         }

@@ -12,6 +12,18 @@
 //! weights, whose gradient λ·W_i,:/‖W_i,:‖₂ pulls whole rows (output units,
 //! filters) and columns (inputs, input channels) towards zero together, so
 //! that magnitude pruning later empties them.
+//!
+//! With an adaptive optimizer (Adam/AdamW) that gradient is normalised away:
+//! every weight moves at most about one learning rate per step whatever λ
+//! is, so the penalty cannot pull a line to zero faster than the task loss
+//! holds it (on a fine-tuned MiniLM at lr 5e-5, λ from 1e-3 to 1e-2 left no
+//! line empty). `proximal = true` takes the penalty's step exactly instead,
+//! after each optimizer step, as proximal gradient descent does for a
+//! non-smooth term (Parikh & Boyd 2014, §6.5.4, the group-lasso prox):
+//! `line ← line · max(0, 1 − η·λ/‖line‖₂)` with the step's learning rate η,
+//! rows first and then columns, decoupled from the adaptive scaling the way
+//! AdamW's weight decay is. A line whose norm falls below η·λ becomes exactly
+//! zero.
 
 use std::collections::BTreeMap;
 
@@ -28,6 +40,9 @@ pub struct StepInfo {
     pub epoch: usize,
     /// Optimizer steps taken over the whole run.
     pub global_step: u64,
+    /// Learning rate of the optimizer step just taken (`on_step`), or of the
+    /// coming one; 0 where there is none (e.g. `on_epoch`).
+    pub lr: f64,
 }
 
 /// A term of the training objective beyond the task loss.
@@ -92,6 +107,11 @@ pub enum RegularizerConfig {
         /// first retraining round, i.e. after the dense epochs.
         #[serde(default)]
         start_epoch: usize,
+        /// Take the penalty's proximal step after every optimizer step
+        /// (`line ← line·max(0, 1 − lr·λ/‖line‖)`) instead of adding its
+        /// gradient (see the module docs: needed under Adam/AdamW).
+        #[serde(default)]
+        proximal: bool,
         /// Which parameters (default: prunable weights).
         #[serde(default)]
         params: SelectorSpec,
@@ -133,10 +153,11 @@ impl RegularizerConfig {
             RegularizerConfig::L2 { lambda, params } => {
                 Box::new(Norm { l1: false, lambda: *lambda, selector: Selector::new(params)? })
             }
-            RegularizerConfig::GroupLasso { lambda, lines, start_epoch, params } => Box::new(GroupLasso {
+            RegularizerConfig::GroupLasso { lambda, lines, start_epoch, proximal, params } => Box::new(GroupLasso {
                 lambda: *lambda,
                 lines: *lines,
                 start_epoch: *start_epoch,
+                proximal: *proximal,
                 selector: Selector::new(params)?,
             }),
         })
@@ -148,10 +169,40 @@ pub struct GroupLasso {
     lambda: f64,
     lines: Lines,
     start_epoch: usize,
+    proximal: bool,
     selector: Selector,
 }
 
 impl GroupLasso {
+    /// The selected matrices (and convolution kernels), with their weights
+    /// viewed as `(rows, cols, rest)`: a kernel window belongs to its row and
+    /// its column.
+    fn lines_of<'a>(&'a self, params: &'a ParamStore) -> impl Iterator<Item = &'a espalier_core::Param> + 'a {
+        params.iter().filter(|p| self.selector.matches(p) && p.dims().len() >= 2)
+    }
+
+    /// The line groupings in use: the dims summed over for rows, for columns.
+    fn groupings(&self) -> Vec<[usize; 2]> {
+        let mut out = Vec::new();
+        if self.lines != Lines::Cols {
+            out.push([1, 2]);
+        }
+        if self.lines != Lines::Rows {
+            out.push([0, 2]);
+        }
+        out
+    }
+
+    /// The proximal step of `t·Σ‖line‖₂` on `w` for the lines along `dims`:
+    /// `w·max(0, 1 − t/‖line‖)` (an all-zero line stays zero).
+    fn prox(w: &Tensor, dims: &[usize], t: f64) -> Result<Tensor> {
+        let norms = w.sqr()?.sum_keepdim(dims)?.sqrt()?;
+        let pos = norms.gt(0.0)?.to_dtype(w.dtype())?;
+        let inv = (pos.clone() / (norms + (1.0 - &pos)?)?)?;
+        let scale = (1.0 - (inv * t)?)?.relu()?;
+        Ok(w.broadcast_mul(&scale)?)
+    }
+
     /// ∂/∂W of λ Σ ‖line‖₂ for the lines along `dims` (those summed over):
     /// λ·W/‖line‖, zero for an all-zero line (its subgradient set holds 0).
     fn grad(&self, w: &Tensor, dims: &[usize]) -> Result<Tensor> {
@@ -168,23 +219,34 @@ impl Regularizer for GroupLasso {
         "group_lasso"
     }
     fn adjust_grads(&mut self, params: &ParamStore, grads: &mut GradStore, step: &StepInfo) -> Result<()> {
-        if step.epoch < self.start_epoch {
+        if self.proximal || step.epoch < self.start_epoch {
             return Ok(());
         }
-        for p in params.iter().filter(|p| self.selector.matches(p) && p.dims().len() >= 2) {
+        for p in self.lines_of(params) {
             let Some(g) = grads.get(p.tensor()) else { continue };
             let d = p.dims();
-            // [rows, cols, rest]: a kernel window belongs to its row and its column.
             let w = p.effective()?.reshape((d[0], d[1], d[2..].iter().product::<usize>()))?;
             let mut extra = w.zeros_like()?;
-            if self.lines != Lines::Cols {
-                extra = (extra + self.grad(&w, &[1, 2])?)?;
-            }
-            if self.lines != Lines::Rows {
-                extra = (extra + self.grad(&w, &[0, 2])?)?;
+            for dims in self.groupings() {
+                extra = (extra + self.grad(&w, &dims)?)?;
             }
             let g = (g + extra.reshape(d)?)?;
             grads.insert(p.tensor(), g);
+        }
+        Ok(())
+    }
+    fn on_step(&mut self, params: &ParamStore, step: &StepInfo) -> Result<()> {
+        if !self.proximal || step.epoch < self.start_epoch {
+            return Ok(());
+        }
+        let t = step.lr * self.lambda;
+        for p in self.lines_of(params) {
+            let d = p.dims();
+            let mut w = p.effective()?.reshape((d[0], d[1], d[2..].iter().product::<usize>()))?;
+            for dims in self.groupings() {
+                w = Self::prox(&w, &dims, t)?;
+            }
+            p.set(&w.reshape(d)?)?;
         }
         Ok(())
     }
@@ -275,15 +337,16 @@ mod tests {
             lambda,
             lines: Lines::Both,
             start_epoch: 1,
+            proximal: false,
             params: SelectorSpec::default(),
         };
         let mut reg = cfg.build()?;
         // loss = sum(w ⊙ m): its own gradient is m, subtracted below
         let mut grads = w.effective()?.sum_all()?.backward()?;
         // before start_epoch: nothing
-        reg.adjust_grads(&store, &mut grads, &StepInfo { epoch: 0, global_step: 0 })?;
+        reg.adjust_grads(&store, &mut grads, &StepInfo { epoch: 0, global_step: 0, lr: 0.0 })?;
         assert_eq!(grads.get(w.tensor()).unwrap().to_vec2::<f64>()?, m.to_vec2::<f64>()?);
-        reg.adjust_grads(&store, &mut grads, &StepInfo { epoch: 1, global_step: 0 })?;
+        reg.adjust_grads(&store, &mut grads, &StepInfo { epoch: 1, global_step: 0, lr: 0.0 })?;
         let g = (grads.get(w.tensor()).unwrap() - &m)?.to_vec2::<f64>()?;
         let w0 = w.tensor().to_vec2::<f64>()?;
         let mv = m.to_vec2::<f64>()?;
@@ -301,6 +364,49 @@ mod tests {
                 let fd = (value(&Tensor::new(plus, &dev)?)? - value(&Tensor::new(minus, &dev)?)?) / (2.0 * h);
                 assert!((fd - g[i][j]).abs() < 1e-6, "({i},{j}): {fd} vs {}", g[i][j]);
             }
+        }
+        Ok(())
+    }
+
+    /// The proximal step by hand: rows scaled by max(0, 1 − lr·λ/‖row‖),
+    /// then columns; a row whose norm is below lr·λ becomes exactly zero;
+    /// the gradient is left alone and nothing happens before `start_epoch`.
+    #[test]
+    fn proximal_group_lasso_shrinks_lines_and_empties_short_ones() -> Result<()> {
+        let dev = Device::Cpu;
+        let pb = ParamBuilder::from_seed(2, DType::F64, &dev);
+        let w = pb.pp("fc").param("weight", &[3, 2], ParamKind::Weight, Init::Const(0.0))?;
+        w.set(&Tensor::new(&[[3f64, 4.], [0.3, 0.4], [0., 2.]], &dev)?)?;
+        let store = pb.finish().0;
+        let cfg = |lines| RegularizerConfig::GroupLasso {
+            lambda: 10.0,
+            lines,
+            start_epoch: 1,
+            proximal: true,
+            params: SelectorSpec::default(),
+        };
+        // lr·λ = 0.1·10 = 1: row norms 5, 0.5, 2 -> scales 0.8, 0, 0.5.
+        let step = |epoch| StepInfo { epoch, global_step: 1, lr: 0.1 };
+        let mut reg = cfg(Lines::Rows).build()?;
+        let mut grads = w.effective()?.sum_all()?.backward()?;
+        reg.adjust_grads(&store, &mut grads, &step(1))?;
+        assert_eq!(grads.get(w.tensor()).unwrap().to_vec2::<f64>()?, [[1.0; 2]; 3], "gradient untouched");
+        reg.on_step(&store, &step(0))?;
+        assert_eq!(w.tensor().to_vec2::<f64>()?[0], [3.0, 4.0], "before start_epoch");
+        reg.on_step(&store, &step(1))?;
+        let got = w.tensor().to_vec2::<f64>()?;
+        let want = [[2.4, 3.2], [0.0, 0.0], [0.0, 1.0]];
+        for (g, e) in got.iter().flatten().zip(want.iter().flatten()) {
+            assert!((g - e).abs() < 1e-12, "rows: {got:?} vs {want:?}");
+        }
+        // Both: rows as above, then columns of that (norms 2.4 and √(3.2² + 1)).
+        w.set(&Tensor::new(&[[3f64, 4.], [0.3, 0.4], [0., 2.]], &dev)?)?;
+        cfg(Lines::Both).build()?.on_step(&store, &step(1))?;
+        let got = w.tensor().to_vec2::<f64>()?;
+        let c1 = 1.0 - 1.0 / (3.2f64 * 3.2 + 1.0).sqrt();
+        let want = [[2.4 * (1.0 - 1.0 / 2.4), 3.2 * c1], [0.0, 0.0], [0.0, c1]];
+        for (g, e) in got.iter().flatten().zip(want.iter().flatten()) {
+            assert!((g - e).abs() < 1e-12, "both: {got:?} vs {want:?}");
         }
         Ok(())
     }

@@ -153,7 +153,7 @@ impl Trainer {
             let batch = data.train_batch(idx, self.opts.seed, epoch as u64, device)?;
             let mut rng = Rng::derive(self.opts.seed, "dropout", &[epoch as u64, i as u64]);
             let out = model.forward_t(&batch, &mut Mode::Train(&mut rng))?;
-            let info = StepInfo { epoch, global_step: self.global_step };
+            let info = StepInfo { epoch, global_step: self.global_step, lr: 0.0 };
             let mut loss = out.loss.clone();
             for r in &self.regularizers {
                 if let Some(p) = r.penalty(params, &info)? {
@@ -172,7 +172,7 @@ impl Trainer {
             self.optimizer.step(&grads, lr)?;
             params.enforce_masks()?;
             self.global_step += 1;
-            let info = StepInfo { epoch, global_step: self.global_step };
+            let info = StepInfo { epoch, global_step: self.global_step, lr };
             for r in &mut self.regularizers {
                 r.on_step(params, &info)?;
             }
@@ -210,7 +210,7 @@ impl Trainer {
             }
         }
         bar.finish_and_clear();
-        let info = StepInfo { epoch, global_step: self.global_step };
+        let info = StepInfo { epoch, global_step: self.global_step, lr: 0.0 };
         for r in &mut self.regularizers {
             r.on_epoch(params, &info)?;
         }
