@@ -93,10 +93,59 @@ pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<T
     Ok(x.contiguous()?.apply_op2(&w.contiguous()?, ConvOp(g))?)
 }
 
+/// A stride-1 "same" convolution (`2·pad + 1 = k`: the output is `H × W`).
+fn is_same(g: Geom) -> bool {
+    g.stride == 1 && 2 * g.pad + 1 == g.k
+}
+
+/// The span of kernel offset `(ky, kx)` of a [`is_same`] convolution over
+/// the flattened `H·W` plane: output pixel `p` reads input pixel `p + shift`
+/// for `p` in `a..b` (clipped to the plane), output rows outside `lo..hi`
+/// read outside the image, and in each row the `edge` columns at the left
+/// (`dx < 0`) or right (`dx > 0`) end wrap around to the neighbouring row
+/// and read nothing. `None` when no output pixel reads inside the image.
+struct Span {
+    lo: usize,
+    hi: usize,
+    a: usize,
+    b: usize,
+    shift: isize,
+    dx: isize,
+    edge: usize,
+}
+
+impl Span {
+    fn new(g: Geom, ky: usize, kx: usize) -> Option<Span> {
+        let (h, w) = (g.h, g.w);
+        let (dy, dx) = (ky as isize - g.pad as isize, kx as isize - g.pad as isize);
+        // Output rows whose input row `oy + dy` is inside the image.
+        let (y0, y1) = ((-dy).max(0) as usize, (h as isize - dy).clamp(0, h as isize) as usize);
+        if y0 >= y1 {
+            return None;
+        }
+        let (lo, hi) = (y0 * w, y1 * w);
+        let shift = dy * w as isize + dx;
+        // The ends of lo..hi that would read outside the plane (at most |dx|
+        // pixels) lie in the wrapping columns.
+        let a = lo.max((-shift).max(0) as usize);
+        let b = hi.min((h as isize * w as isize - shift).max(0) as usize);
+        Some(Span { lo, hi, a, b, shift, dx, edge: dx.unsigned_abs().min(w) })
+    }
+
+    /// The wrapping columns of one output row of width `w`.
+    fn edge_cols(&self, w: usize) -> Range<usize> {
+        if self.dx < 0 {
+            0..self.edge
+        } else {
+            w - self.edge..w
+        }
+    }
+}
+
 /// im2col of one image `(C, H, W)` into columns `off..off + L` of `cols`
 /// (`K` rows of stride `ld`); every entry there is written.
 fn im2col(img: &[f32], g: Geom, cols: &mut [f32], ld: usize, off: usize) {
-    if g.stride == 1 && 2 * g.pad + 1 == g.k {
+    if is_same(g) {
         return im2col_same(img, g, cols, ld, off);
     }
     let (oh, ow, k, l) = (g.oh(), g.ow(), g.k, g.l());
@@ -136,38 +185,25 @@ fn im2col(img: &[f32], g: Geom, cols: &mut [f32], ld: usize, off: usize) {
 /// afterwards. Copying row segments of 8–32 pixels one by one was a third
 /// of a ResNet-20 forward pass.
 fn im2col_same(img: &[f32], g: Geom, cols: &mut [f32], ld: usize, off: usize) {
-    let (h, w, k) = (g.h, g.w, g.k);
-    let hw = h * w;
+    let (hw, k) = (g.h * g.w, g.k);
     for c in 0..g.c {
         let plane = &img[c * hw..(c + 1) * hw];
         for ky in 0..k {
-            let dy = ky as isize - g.pad as isize;
-            // Output rows whose input row `oy + dy` is inside the image.
-            let (y0, y1) = ((-dy).max(0) as usize, (h as isize - dy).clamp(0, h as isize) as usize);
             for kx in 0..k {
-                let dx = kx as isize - g.pad as isize;
                 let row = &mut cols[((c * k + ky) * k + kx) * ld + off..][..hw];
-                if y0 >= y1 {
+                let Some(sp) = Span::new(g, ky, kx) else {
                     row.fill(0.0);
                     continue;
+                };
+                row[..sp.lo].fill(0.0);
+                row[sp.hi..].fill(0.0);
+                if sp.a < sp.b {
+                    let src = (sp.a as isize + sp.shift) as usize;
+                    row[sp.a..sp.b].copy_from_slice(&plane[src..src + sp.b - sp.a]);
                 }
-                let (lo, hi) = (y0 * w, y1 * w);
-                row[..lo].fill(0.0);
-                row[hi..].fill(0.0);
-                // Output pixel p reads input pixel p + shift; the ends of
-                // [lo, hi) that would read outside the plane (at most |dx|
-                // pixels) lie in the columns zeroed below.
-                let shift = dy * w as isize + dx;
-                let a = lo.max((-shift).max(0) as usize);
-                let b = hi.min((hw as isize - shift).max(0) as usize);
-                if a < b {
-                    row[a..b].copy_from_slice(&plane[(a as isize + shift) as usize..(b as isize + shift) as usize]);
-                }
-                let edge = dx.unsigned_abs().min(w);
-                if edge > 0 {
-                    for line in row[lo..hi].chunks_exact_mut(w) {
-                        let cols = if dx < 0 { &mut line[..edge] } else { &mut line[w - edge..] };
-                        cols.fill(0.0);
+                if sp.edge > 0 {
+                    for line in row[sp.lo..sp.hi].chunks_exact_mut(g.w) {
+                        line[sp.edge_cols(g.w)].fill(0.0);
                     }
                 }
             }
@@ -185,6 +221,9 @@ fn col2im(cols: &[f32], g: Geom, img: &mut [f32], ld: usize, off: usize) {
             for kx in 0..k {
                 let row = &cols[((c * k + ky) * k + kx) * ld + off..][..l];
                 let valid = g.valid_ox(kx);
+                if valid.is_empty() {
+                    continue;
+                }
                 let first = valid.start * g.stride + kx;
                 for oy in 0..oh {
                     let Some(iy) = g.src(oy, ky, g.h) else { continue };
@@ -388,6 +427,8 @@ mod tests {
             (2, 2, 2, 3, 3, 5, 1, 2),
             (1, 3, 7, 1, 2, 3, 1, 1),
             (2, 2, 6, 4, 3, 1, 1, 0),
+            (1, 2, 4, 1, 3, 5, 1, 2),
+            (3, 16, 8, 8, 8, 3, 1, 1),
         ]
         .iter()
         .enumerate()
