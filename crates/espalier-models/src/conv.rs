@@ -249,6 +249,10 @@ fn col2im(cols: &[f32], g: Geom, img: &mut [f32], ld: usize, off: usize) {
 /// weight gradient is not rewritten image after image.
 const MIN_COLUMNS: usize = 256;
 
+/// Smallest product (in flops) run as a parallel `gemm` when there are fewer
+/// images than threads.
+const PAR_GEMM_FLOPS: usize = 1 << 24;
+
 /// Per-worker buffers: the columns of a group `(K, n·L)` and the group's
 /// output or output gradient `(Cout, n·L)` when it spans several images.
 /// Each thread keeps its own between calls (allocating and zeroing them per
@@ -287,7 +291,11 @@ fn for_groups(g: Geom, cout: usize, f: impl Fn(Range<usize>, &mut Scratch, Paral
         (chunk.start * nb..(chunk.end * nb).min(g.b)).step_by(nb).map(|b0| b0..(b0 + nb).min(g.b))
     };
     if serial {
-        let par = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
+        // A parallel `gemm` only pays for waking the pool on big products:
+        // a 32×32 ResNet-20 image's (16 × 144 × 1024) took 3× longer on two
+        // threads than on one.
+        let flops = 2 * cout * g.kk() * g.l() * g.b;
+        let par = if threads > 1 && flops >= PAR_GEMM_FLOPS { Parallelism::Rayon(threads) } else { Parallelism::None };
         with_scratch(cols, out, |s| f(0..g.b, s, par));
     } else {
         candle_core::utils::barrier_pool().execute_chunked(g.b.div_ceil(nb), |chunk| {

@@ -1243,6 +1243,8 @@ fn references_markdown(spec: &Spec, sections: &[Section]) -> String {
         let label = spec.method.iter().find(|m| m.name == r.method).map_or("dense", |m| m.label());
         let agg = sections.iter().flat_map(|s| &s.aggs).find(|a| reference_for(spec, r, a));
         let metric = match (agg, &r.task) {
+            // The average's metric name already says so.
+            (Some(a), Some(t)) if t == "average" => a.metric.clone(),
             (Some(a), Some(t)) => format!("{t} {}", a.metric),
             (Some(a), None) => a.metric.clone(),
             (None, _) => r.metric.clone().unwrap_or_else(|| spec.table.metrics[0].clone()),
@@ -1387,7 +1389,13 @@ fn claims_markdown(spec: &Spec, sections: &[Section]) -> String {
     }
     let mut md = String::from("\n## Claims checked against our numbers (means over seeds)\n\n");
     for (c, label, v, evidence) in check_claims(spec, sections) {
-        let metric = c.metric.as_deref().unwrap_or(&spec.table.metrics[0]);
+        let column = c.metric.as_deref().unwrap_or(&spec.table.metrics[0]);
+        // The section's own name for the column (`f1` where it is `accuracy`).
+        let metric = sections
+            .iter()
+            .find(|s| s.label == label)
+            .and_then(|s| s.aggs.iter().find(|a| a.column == column))
+            .map_or(column, |a| a.metric.as_str());
         let tol = if c.tolerance != 0.0 { format!(", tolerance {} points", c.tolerance) } else { String::new() };
         let on = if label.is_empty() { String::new() } else { format!("{label}, ") };
         md += &format!("- **{}** — {} ({on}{metric}{tol}): {evidence}.\n", v.word(), c.text);
