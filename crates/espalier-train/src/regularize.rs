@@ -196,21 +196,14 @@ impl GroupLasso {
     /// The proximal step of `t·Σ‖line‖₂` on `w` for the lines along `dims`:
     /// `w·max(0, 1 − t/‖line‖)` (an all-zero line stays zero).
     fn prox(w: &Tensor, dims: &[usize], t: f64) -> Result<Tensor> {
-        let norms = w.sqr()?.sum_keepdim(dims)?.sqrt()?;
-        let pos = norms.gt(0.0)?.to_dtype(w.dtype())?;
-        let inv = (pos.clone() / (norms + (1.0 - &pos)?)?)?;
-        let scale = (1.0 - (inv * t)?)?.relu()?;
+        let scale = (1.0 - (inv_norms(w, dims)? * t)?)?.relu()?;
         Ok(w.broadcast_mul(&scale)?)
     }
 
     /// ∂/∂W of λ Σ ‖line‖₂ for the lines along `dims` (those summed over):
     /// λ·W/‖line‖, zero for an all-zero line (its subgradient set holds 0).
     fn grad(&self, w: &Tensor, dims: &[usize]) -> Result<Tensor> {
-        let norms = w.sqr()?.sum_keepdim(dims)?.sqrt()?;
-        // 1/‖line‖ where the norm is positive, else 0.
-        let pos = norms.gt(0.0)?.to_dtype(w.dtype())?;
-        let inv = (pos.clone() / (norms + (1.0 - &pos)?)?)?;
-        Ok((w.broadcast_mul(&inv)? * self.lambda)?)
+        Ok((w.broadcast_mul(&inv_norms(w, dims)?)? * self.lambda)?)
     }
 }
 
@@ -250,6 +243,14 @@ impl Regularizer for GroupLasso {
         }
         Ok(())
     }
+}
+
+/// `1/‖line‖₂` of the lines along `dims` (those summed over), 0 for an
+/// all-zero line.
+fn inv_norms(w: &Tensor, dims: &[usize]) -> Result<Tensor> {
+    let norms = w.sqr()?.sum_keepdim(dims)?.sqrt()?;
+    let pos = norms.gt(0.0)?.to_dtype(w.dtype())?;
+    Ok((pos.clone() / (norms + (1.0 - &pos)?)?)?)
 }
 
 /// L1 or L2 weight penalty applied through the gradient.
