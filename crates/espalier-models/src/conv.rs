@@ -362,9 +362,12 @@ impl CustomOp2 for ConvOp {
         let g = self.0;
         let cout = w.dims()[0];
         let (kk, l) = (g.kk(), g.l());
+        // The images fed to the stem need no gradient: no dcols product and
+        // no col2im for them.
+        let want_dx = x.track_op();
         let (dx, dw) = with_data(&[x, w, dy], "conv2d backward", |d| {
             let (x, w, dy) = (d[0], d[1], d[2]);
-            let mut dx = vec![0f32; g.b * g.chw()];
+            let mut dx = if want_dx { vec![0f32; g.b * g.chw()] } else { Vec::new() };
             let dw = Mutex::new(vec![0f32; cout * kk]);
             let out = SharedOut::new(&mut dx);
             for_groups(g, cout, |images, s, par| {
@@ -383,19 +386,22 @@ impl CustomOp2 for ConvOp {
                 };
                 // dW += dY (Cout, n·L) · colsᵀ (n·L, K)
                 matmul(&mut dw_part, true, Mat::new(dyg, n * l), Mat::new(&s.cols, n * l).t(), (cout, n * l, kk), par);
-                // dcols (K, n·L) = Wᵀ (K, Cout) · dY (Cout, n·L), into the same scratch.
-                matmul(&mut s.cols, false, Mat::new(w, kk).t(), Mat::new(dyg, n * l), (kk, cout, n * l), par);
-                // SAFETY: each group's gradient blocks are written by one worker.
-                let dxg = unsafe { out.slice(images.start * g.chw()..images.end * g.chw()) };
-                for j in 0..n {
-                    col2im(&s.cols, g, &mut dxg[j * g.chw()..(j + 1) * g.chw()], n * l, j * l);
+                if want_dx {
+                    // dcols (K, n·L) = Wᵀ (K, Cout) · dY (Cout, n·L), into the same scratch.
+                    matmul(&mut s.cols, false, Mat::new(w, kk).t(), Mat::new(dyg, n * l), (kk, cout, n * l), par);
+                    // SAFETY: each group's gradient blocks are written by one worker.
+                    let dxg = unsafe { out.slice(images.start * g.chw()..images.end * g.chw()) };
+                    for j in 0..n {
+                        col2im(&s.cols, g, &mut dxg[j * g.chw()..(j + 1) * g.chw()], n * l, j * l);
+                    }
                 }
                 let mut total = dw.lock().unwrap_or_else(|e| e.into_inner());
                 total.iter_mut().zip(&dw_part).for_each(|(t, p)| *t += p);
             });
             Ok((dx, dw.into_inner().unwrap_or_else(|e| e.into_inner())))
         })?;
-        Ok((Some(Tensor::from_vec(dx, x.shape(), x.device())?), Some(Tensor::from_vec(dw, w.shape(), w.device())?)))
+        let dx = want_dx.then(|| Tensor::from_vec(dx, x.shape(), x.device())).transpose()?;
+        Ok((dx, Some(Tensor::from_vec(dw, w.shape(), w.device())?)))
     }
 }
 
@@ -454,6 +460,12 @@ mod tests {
                 let (a, e) = (g1.get(v.as_tensor()).unwrap(), g2.get(v.as_tensor()).unwrap());
                 assert!(max_rel_diff(a, e)? < 1e-5, "case {i}: {name}");
             }
+            // Plain data in (a stem): no ∂L/∂x, the same ∂L/∂W.
+            let data = x.as_tensor().detach();
+            let g3 = conv2d(&data, wt.as_tensor(), s, p)?.mul(&r)?.sum_all()?.backward()?;
+            assert!(g3.get(&data).is_none(), "case {i}: the data got a gradient");
+            let (a, e) = (g3.get(wt.as_tensor()).unwrap(), g2.get(wt.as_tensor()).unwrap());
+            assert!(max_rel_diff(a, e)? < 1e-5, "case {i}: dw without dx");
         }
         Ok(())
     }
