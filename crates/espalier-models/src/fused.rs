@@ -264,6 +264,10 @@ pub(crate) use espalier_core::simd_fn;
 
 /// `eˣ`: Cephes' `expf` (range reduction to `[−ln2/2, ln2/2]`, degree-6
 /// polynomial, exponent by bit arithmetic); 0 below −87.3 (and for −∞).
+///
+/// Written so that loops calling it vectorise: the integer `n` is read from
+/// the bits of the rounding sum (a saturating `n as i32` compiles to scalar
+/// conversions), and the cut-off is a select, not a branch.
 #[inline(always)]
 fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
@@ -271,7 +275,8 @@ fn exp(x: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0; // 1.5·2²³: adding it rounds to an integer
     let xc = x.clamp(-87.3, 88.7);
-    let n = (xc * LOG2E + ROUND) - ROUND;
+    let t = xc * LOG2E + ROUND;
+    let n = t - ROUND;
     let r = xc - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4f32;
     p = p * r + 1.398_199_9e-3;
@@ -280,11 +285,15 @@ fn exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) << 23) as u32);
+    // t = ROUND + n exactly (|n| ≤ 128 is far below the 2²² the trick
+    // allows), so its low bits hold n in two's complement.
+    let n_int = t.to_bits().wrapping_sub(ROUND.to_bits());
+    let scale = f32::from_bits(n_int.wrapping_add(127) << 23);
+    let e = y * scale;
     if x < -87.3 {
         0.0
     } else {
-        y * scale
+        e
     }
 }
 
@@ -306,19 +315,37 @@ fn tanh(x: f32) -> f32 {
     1.0 - 2.0 / (exp(2.0 * xc) + 1.0)
 }
 
-/// Sum with eight partial sums, so the loop vectorises.
+/// `Σᵢ f(a[i])` with eight partial sums, so that the loop vectorises.
 #[inline(always)]
-pub(crate) fn sum8(xs: &[f32], f: impl Fn(usize) -> f32) -> f32 {
+pub(crate) fn sum8(a: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    sum8_3(a, a, a, |x, _, _| f(x))
+}
+
+/// `Σᵢ f(a[i], b[i])` over `a`'s length, with eight partial sums.
+#[inline(always)]
+pub(crate) fn sum8_2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
+    sum8_3(a, b, a, |x, y, _| f(x, y))
+}
+
+/// `Σᵢ f(a[i], b[i], c[i])` over `a`'s length, with eight partial sums
+/// over `chunks_exact(8)` and the tail added after them. (Reading the
+/// operands by index kept a bounds check per element in the loop, which
+/// then did not vectorise.)
+#[inline(always)]
+pub(crate) fn sum8_3(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) -> f32 {
+    let n = a.len();
+    let (b, c) = (&b[..n], &c[..n]);
+    let full = n / 8 * 8;
     let mut acc = [0f32; 8];
-    let full = xs.len() / 8 * 8;
-    for i in (0..full).step_by(8) {
-        for (k, a) in acc.iter_mut().enumerate() {
-            *a += f(i + k);
+    let lanes = a[..full].chunks_exact(8).zip(b[..full].chunks_exact(8)).zip(c[..full].chunks_exact(8));
+    for ((a8, b8), c8) in lanes {
+        for k in 0..8 {
+            acc[k] += f(a8[k], b8[k], c8[k]);
         }
     }
     let mut s = acc.iter().sum::<f32>();
-    for i in full..xs.len() {
-        s += f(i);
+    for ((&x, &y), &z) in a[full..].iter().zip(&b[full..]).zip(&c[full..]) {
+        s += f(x, y, z);
     }
     s
 }
@@ -351,8 +378,8 @@ struct LayerNormOp {
 #[inline(always)]
 fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
     let n = x.len() as f32;
-    let mean = sum8(x, |i| x[i]) / n;
-    let var = sum8(x, |i| (x[i] - mean) * (x[i] - mean)) / n;
+    let mean = sum8(x, |v| v) / n;
+    let var = sum8(x, |v| (v - mean) * (v - mean)) / n;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
@@ -361,8 +388,8 @@ simd_fn! {
         let n = g.len();
         for (xr, yr) in x.chunks_exact(n).zip(y.chunks_exact_mut(n)) {
             let (mean, r) = row_stats(xr, eps);
-            for i in 0..n {
-                yr[i] = (xr[i] - mean) * r * g[i] + b[i];
+            for (((y, &x), &g), &b) in yr.iter_mut().zip(xr).zip(g).zip(b) {
+                *y = (x - mean) * r * g + b;
             }
         }
     }
@@ -375,8 +402,9 @@ simd_fn! {
         let nf = n as f32;
         for ((xr, dyr), dxr) in x.chunks_exact(n).zip(dy.chunks_exact(n)).zip(dx.chunks_exact_mut(n)) {
             let (mean, r) = row_stats(xr, eps);
-            let mean_g = sum8(xr, |i| dyr[i] * g[i]) / nf;
-            let mean_gx = sum8(xr, |i| dyr[i] * g[i] * (xr[i] - mean) * r) / nf;
+            let mean_g = sum8_2(dyr, g, |d, g| d * g) / nf;
+            let mean_gx = sum8_3(dyr, g, xr, |d, g, x| d * g * (x - mean) * r) / nf;
+            let (g, dg, db) = (&g[..n], &mut dg[..n], &mut db[..n]);
             for i in 0..n {
                 let xh = (xr[i] - mean) * r;
                 dxr[i] = r * (dyr[i] * g[i] - mean_g - xh * mean_gx);
@@ -450,19 +478,31 @@ struct SoftmaxOp {
 simd_fn! {
     /// Rows of `s` (each `bias.len()` long): `p = softmax(s·scale + bias)`.
     pub(crate) fn softmax_rows(s: &[f32], bias: &[f32], p: &mut [f32], scale: f32) {
+        // Eight lanes at a time over `chunks_exact(8)` (no bounds checks,
+        // running maxima by select rather than f32::max and its NaN rule), so
+        // that every pass vectorises; the tail of a row is done one by one.
         let n = bias.len();
+        let full = n / 8 * 8;
         for (sr, pr) in s.chunks_exact(n).zip(p.chunks_exact_mut(n)) {
-            let mut max = f32::NEG_INFINITY;
-            for i in 0..n {
-                pr[i] = sr[i] * scale + bias[i];
-                max = max.max(pr[i]);
+            let mut m8 = [f32::NEG_INFINITY; 8];
+            let lanes = sr[..full].chunks_exact(8).zip(bias[..full].chunks_exact(8));
+            for ((s8, b8), p8) in lanes.zip(pr[..full].chunks_exact_mut(8)) {
+                for k in 0..8 {
+                    let v = s8[k] * scale + b8[k];
+                    p8[k] = v;
+                    m8[k] = if v > m8[k] { v } else { m8[k] };
+                }
+            }
+            let mut max = m8.iter().fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+            for ((&s, &b), p) in sr[full..].iter().zip(&bias[full..]).zip(&mut pr[full..]) {
+                *p = s * scale + b;
+                max = if *p > max { *p } else { max };
             }
             let mut acc = [0f32; 8];
-            let full = n / 8 * 8;
-            for i in (0..full).step_by(8) {
+            for p8 in pr[..full].chunks_exact_mut(8) {
                 for k in 0..8 {
-                    pr[i + k] = exp(pr[i + k] - max);
-                    acc[k] += pr[i + k];
+                    p8[k] = exp(p8[k] - max);
+                    acc[k] += p8[k];
                 }
             }
             let mut sum = acc.iter().sum::<f32>();
@@ -482,7 +522,7 @@ simd_fn! {
     /// `ds = scale·p·(dp − Σ dp·p)` for rows of length `n`.
     pub(crate) fn softmax_bwd_rows(p: &[f32], dp: &[f32], ds: &mut [f32], n: usize, scale: f32) {
         for ((pr, dpr), dsr) in p.chunks_exact(n).zip(dp.chunks_exact(n)).zip(ds.chunks_exact_mut(n)) {
-            let dot = sum8(pr, |i| pr[i] * dpr[i]);
+            let dot = sum8_2(pr, dpr, |p, d| p * d);
             for i in 0..n {
                 dsr[i] = scale * pr[i] * (dpr[i] - dot);
             }
@@ -550,39 +590,36 @@ const INV_SQRT_2PI: f32 = 0.398_942_3;
 
 simd_fn! {
     fn gelu_erf_fwd(x: &[f32], y: &mut [f32]) {
-        for i in 0..x.len() {
-            y[i] = 0.5 * x[i] * (1.0 + erf(x[i] * std::f32::consts::FRAC_1_SQRT_2));
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y = 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
         }
     }
 }
 
 simd_fn! {
     fn gelu_erf_bwd(x: &[f32], dy: &[f32], dx: &mut [f32]) {
-        for i in 0..x.len() {
-            let v = x[i];
+        for ((dx, &v), &dy) in dx.iter_mut().zip(x).zip(dy) {
             let cdf = 0.5 * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
             let pdf = INV_SQRT_2PI * exp(-0.5 * v * v);
-            dx[i] = dy[i] * (cdf + v * pdf);
+            *dx = dy * (cdf + v * pdf);
         }
     }
 }
 
 simd_fn! {
     fn gelu_tanh_fwd(x: &[f32], y: &mut [f32]) {
-        for i in 0..x.len() {
-            let v = x[i];
-            y[i] = 0.5 * v * (1.0 + tanh(SQRT_2_OVER_PI * (v + 0.044715 * v * v * v)));
+        for (y, &v) in y.iter_mut().zip(x) {
+            *y = 0.5 * v * (1.0 + tanh(SQRT_2_OVER_PI * (v + 0.044715 * v * v * v)));
         }
     }
 }
 
 simd_fn! {
     fn gelu_tanh_bwd(x: &[f32], dy: &[f32], dx: &mut [f32]) {
-        for i in 0..x.len() {
-            let v = x[i];
+        for ((dx, &v), &dy) in dx.iter_mut().zip(x).zip(dy) {
             let t = tanh(SQRT_2_OVER_PI * (v + 0.044715 * v * v * v));
             let du = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * v * v);
-            dx[i] = dy[i] * (0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * du);
+            *dx = dy * (0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * du);
         }
     }
 }

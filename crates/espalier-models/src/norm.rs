@@ -28,7 +28,7 @@ use espalier_core::init::Init;
 use espalier_core::{Param, ParamBuilder, ParamKind, Result};
 
 use crate::fused::{
-    affine_grads, cpu_slice, fusable, output, par_rows, par_rows_reading, relu_grad, sum8, with_data, CResult,
+    affine_grads, cpu_slice, fusable, output, par_rows, par_rows_reading, relu_grad, sum8, sum8_2, with_data, CResult,
 };
 
 /// PyTorch's default ε.
@@ -195,9 +195,9 @@ fn channel_stats(x: &Tensor) -> Result<(Vec<f32>, Vec<f32>)> {
 /// `Σ x` (or `Σ (x − m)²` when `squares`) over one plane.
 fn plane_sum(p: &[f32], m: f32, squares: bool) -> f32 {
     if squares {
-        sum8(p, |i| (p[i] - m) * (p[i] - m))
+        sum8(p, |v| (v - m) * (v - m))
     } else {
-        sum8(p, |i| p[i])
+        sum8(p, |v| v)
     }
 }
 
@@ -294,8 +294,8 @@ impl CustomOp3 for BatchNormOp {
                     for bi in 0..b {
                         let o = (bi * c + ch) * hw;
                         let (xp, dp) = (&x[o..o + hw], &dy[o..o + hw]);
-                        s_dy += sum8(dp, |j| dp[j]) as f64;
-                        s_dyx += (sum8(dp, |j| dp[j] * (xp[j] - m)) * r) as f64;
+                        s_dy += sum8(dp, |d| d) as f64;
+                        s_dyx += (sum8_2(dp, xp, |d, x| d * (x - m)) * r) as f64;
                     }
                     out[2 * i] = s_dy as f32;
                     out[2 * i + 1] = s_dyx as f32;
