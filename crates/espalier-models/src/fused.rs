@@ -259,6 +259,20 @@ fn par_elems(out: &mut [f32], f: impl Fn(Range<usize>, &mut [f32]) + Sync) {
 
 pub(crate) use espalier_core::simd_fn;
 
+/// `dst += src`, element-wise, in parallel for long vectors.
+pub(crate) fn add_into(dst: &mut [f32], src: &[f32]) {
+    assert_eq!(dst.len(), src.len());
+    par_elems(dst, |r, o| add_slices(o, &src[r]));
+}
+
+simd_fn! {
+    fn add_slices(dst: &mut [f32], src: &[f32]) {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d += s;
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Scalar math that vectorises.
 
