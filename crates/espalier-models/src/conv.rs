@@ -33,7 +33,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use espalier_core::Result;
 use gemm::Parallelism;
 
-use crate::dense::{matmul, Mat};
+use crate::dense::{matmul, matmul_into, Mat};
 use crate::fused::{cpu_slice, fusable, output, with_data, CResult, SharedOut};
 
 /// Geometry of a convolution: input `(B, C, H, W)`, square `k × k` kernel.
@@ -430,35 +430,14 @@ impl CustomOp2 for ConvOp {
                 // were faster the first way (all layers transposed: 1.08x,
                 // only those up to 64 channels: 0.97x).
                 let transposed = cout <= 64;
+                let (dyg_m, cols_t) = (Mat::new(dyg, n * l), Mat::new(&s.cols, n * l).t());
                 if transposed {
-                    // SAFETY: dw_part holds K·Cout elements; dyg and the
-                    // scratch hold Cout and K rows of n·L.
-                    unsafe {
-                        gemm::gemm(
-                            cout,
-                            kk,
-                            n * l,
-                            dw_part.as_mut_ptr(),
-                            cout as isize,
-                            1,
-                            true,
-                            dyg.as_ptr(),
-                            1,
-                            (n * l) as isize,
-                            s.cols.as_ptr(),
-                            (n * l) as isize,
-                            1,
-                            1.0,
-                            1.0,
-                            false,
-                            false,
-                            false,
-                            par,
-                        )
-                    }
+                    // SAFETY: dw_part holds Cout·K elements, here stored
+                    // column by column; dyg and the scratch hold Cout and K
+                    // rows of n·L.
+                    unsafe { matmul_into(dw_part.as_mut_ptr(), (1, cout), true, dyg_m, cols_t, (cout, n * l, kk), par) }
                 } else {
-                    let (dyg, cols) = (Mat::new(dyg, n * l), Mat::new(&s.cols, n * l).t());
-                    matmul(&mut dw_part, true, dyg, cols, (cout, n * l, kk), par);
+                    matmul(&mut dw_part, true, dyg_m, cols_t, (cout, n * l, kk), par);
                 }
                 if want_dx {
                     // dcols (K, n·L) = Wᵀ (K, Cout) · dY (Cout, n·L), into the same scratch.

@@ -18,7 +18,12 @@
 //!   `∂L/∂b = Σ_rows G`.
 //!
 //! The products call `gemm` directly on the row-major buffers with the
-//! strides of each operand (no transposed copies). The fused path runs for
+//! strides of each operand (no transposed copies), each thread of candle's
+//! pool on its share of the batch rows with a single-threaded `gemm` (for
+//! `∂L/∂W` the shares are partial sums, added up after): `gemm`'s own
+//! threading ran the MNIST MLP's products at half that rate. Operands
+//! outside the autograd graph (the data fed to a first layer, a frozen
+//! weight) get no gradient. The fused path runs for
 //! f32 tensors on the CPU while [`crate::fused::set_enabled`] is on;
 //! otherwise [`reference::linear`] composes candle's ops.
 
@@ -74,12 +79,30 @@ pub(crate) fn matmul(
 /// [`matmul`] into `m` rows of `n` elements that are `dst_rs` elements apart.
 ///
 /// # Safety
-/// `dst` must point to such rows, valid for writes and not read or written
-/// by anyone else during the call; `a` and `b` must point into live slices
-/// of at least `m × k` and `k × n` elements with their strides.
+/// As for [`matmul_into`] with strides `(dst_rs, 1)`.
 pub(crate) unsafe fn matmul_to(
     dst: *mut f32,
     dst_rs: usize,
+    accumulate: bool,
+    a: Mat,
+    b: Mat,
+    dims: (usize, usize, usize),
+    par: Parallelism,
+) {
+    // SAFETY: the caller's contract.
+    unsafe { matmul_into(dst, (dst_rs, 1), accumulate, a, b, dims, par) }
+}
+
+/// `dst (m × n) = [dst +] a (m × k) · b (k × n)` with the destination's
+/// element `(i, j)` at `dst + i·rs + j·cs` (`(1, m)`: stored transposed).
+///
+/// # Safety
+/// `dst` must point to such an `m × n` block, valid for writes and not read
+/// or written by anyone else during the call; `a` and `b` must point into
+/// live slices of at least `m × k` and `k × n` elements with their strides.
+pub(crate) unsafe fn matmul_into(
+    dst: *mut f32,
+    (rs, cs): (usize, usize),
     accumulate: bool,
     a: Mat,
     b: Mat,
@@ -93,8 +116,8 @@ pub(crate) unsafe fn matmul_to(
             n,
             k,
             dst,
-            1,
-            dst_rs as isize,
+            cs as isize,
+            rs as isize,
             accumulate,
             a.ptr,
             a.cs,
