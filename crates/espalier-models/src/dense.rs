@@ -152,28 +152,31 @@ const MIN_ROWS: usize = 32;
 
 /// Into how many parts a product over `m` batch rows is split by hand: one
 /// per thread of candle's pool, each running a single-threaded `gemm` on its
-/// share. `gemm`'s own threading reached 85–140 GFLOP/s on the MNIST MLP's
-/// shapes (128 × 784 × 300) where this reaches 230–310, and 225–265 against
-/// 255–290 on BERT's weight gradients (`gemm_rate`, 2 threads).
-fn parts(m: usize, flops: usize) -> usize {
+/// share. `gemm`'s own threading reached 92–207 GFLOP/s on the MNIST MLP's
+/// first layer (128 × 784 × 300: Y, dX, dW) where this reaches 185–263, and
+/// 220–264 against 249–290 on BERT's weight gradients (`gemm_rate`, 2
+/// threads). Returns `(parts, rows per part)`.
+fn parts(m: usize, flops: usize) -> (usize, usize) {
     let threads = candle_core::utils::get_num_threads();
-    if threads < 2 || flops < 1 << 16 {
-        1
-    } else {
-        threads.min(m / MIN_ROWS).max(1)
-    }
+    split(m, if threads < 2 || flops < 1 << 16 { 1 } else { threads.min(m / MIN_ROWS).max(1) })
+}
+
+/// `m` rows in at most `p` parts of equal length but the last: `(parts,
+/// rows per part)`, every part non-empty.
+fn split(m: usize, p: usize) -> (usize, usize) {
+    let chunk = m.div_ceil(p.max(1)).max(1);
+    (m.div_ceil(chunk).max(1), chunk)
 }
 
 /// `dst (m × n) = [dst +] a (m × k) · b (k × n)` with `a` row-major (`a_rs` apart),
 /// its rows split over the pool (falls back to `gemm`'s own threading when
 /// there are too few rows).
 fn matmul_rows(dst: &mut [f32], accumulate: bool, a: &[f32], a_rs: usize, b: Mat, (m, k, n): (usize, usize, usize)) {
-    let p = parts(m, m * k * n);
+    let (p, chunk) = parts(m, m * k * n);
     if p == 1 {
         return matmul(dst, accumulate, Mat::new(a, a_rs), b, (m, k, n), parallelism(m * k * n));
     }
     let out = crate::fused::SharedOut::new(dst);
-    let chunk = m.div_ceil(p);
     candle_core::utils::barrier_pool().execute_chunked(p, |ids| {
         for i in ids {
             let rows = i * chunk..((i + 1) * chunk).min(m);
@@ -190,7 +193,7 @@ fn matmul_rows(dst: &mut [f32], accumulate: bool, a: &[f32], a_rs: usize, b: Mat
 /// products into its own buffer (the first into `dw`), then the buffers are
 /// added up.
 fn weight_grad(dw: &mut [f32], g: &[f32], x: &[f32], (m, n, k): (usize, usize, usize)) {
-    let p = parts(m, m * k * n);
+    let (p, chunk) = parts(m, m * k * n);
     let product = |o: &mut [f32], rows: Range<usize>| {
         let (gm, xm) = (Mat::new(&g[rows.start * n..], n).t(), Mat::new(&x[rows.start * k..], k));
         let par = if p == 1 { parallelism(m * k * n) } else { Parallelism::None };
@@ -199,7 +202,6 @@ fn weight_grad(dw: &mut [f32], g: &[f32], x: &[f32], (m, n, k): (usize, usize, u
     if p == 1 {
         return product(dw, 0..m);
     }
-    let chunk = m.div_ceil(p);
     // SAFETY: every part's product writes all n·k elements of its buffer.
     let partial = unsafe {
         crate::fused::output((p - 1) * n * k, |rest| {
@@ -449,6 +451,17 @@ mod tests {
                 "m{m} k{k} n{n}, GFLOP/s gemm-threads / split: y {fwd:.0} / {fwd_split:.0}, \
                  dx {bx:.0} / {bx_split:.0}, dW {bw:.0} / {bw_split:.0}"
             );
+        }
+    }
+
+    #[test]
+    fn split_leaves_no_part_empty() {
+        for m in [1, 31, 64, 65, 100, 1000, 4096] {
+            for p in 1..=48 {
+                let (parts, chunk) = split(m, p);
+                assert!(parts <= p.max(1) && parts * chunk >= m, "m {m} p {p}");
+                assert!((parts - 1) * chunk < m, "m {m} p {p}: the last part is empty");
+            }
         }
     }
 
