@@ -219,7 +219,8 @@ fn zero_edges(rows: &mut [f32], sp: &Span, w: usize) {
 }
 
 /// col2im of one image: adds columns `off..off + L` of `cols` (`K` rows of
-/// stride `ld`) onto `img` `(C, H, W)` (zeroed by the caller).
+/// stride `ld`) onto `img` `(C, H, W)` (zeroed by the caller). `cols` is
+/// scratch: the "same" path zeroes its padding entries in place.
 fn col2im(cols: &mut [f32], g: Geom, img: &mut [f32], ld: usize, off: usize) {
     if is_same(g) {
         return col2im_same(cols, g, img, ld, off);
@@ -441,7 +442,7 @@ impl CustomOp2 for ConvOp {
                 }
                 if want_dx {
                     // dcols (K, n·L) = Wᵀ (K, Cout) · dY (Cout, n·L), into the same scratch.
-                    matmul(&mut s.cols, false, Mat::new(w, kk).t(), Mat::new(dyg, n * l), (kk, cout, n * l), par);
+                    matmul(&mut s.cols, false, Mat::new(w, kk).t(), dyg_m, (kk, cout, n * l), par);
                     // SAFETY: each group's gradient blocks are written by one worker.
                     let dxg = unsafe { out.slice(images.start * g.chw()..images.end * g.chw()) };
                     for j in 0..n {
