@@ -90,7 +90,77 @@ pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<T
         return Ok(x.conv2d(w, padding, stride, 1, 1)?);
     }
     let g = Geom { b, c, h, w: wd, k, stride, pad: padding };
-    Ok(x.contiguous()?.apply_op2(&w.contiguous()?, ConvOp(g))?)
+    Ok(x.contiguous()?.apply_op2(&w.contiguous()?, ConvOp(g, true))?)
+}
+
+/// What [`conv2d_infer`] applies to each output channel `o` after the
+/// convolution: `y·scale[o] + shift[o]` (a BatchNorm in evaluation mode, and
+/// a bias, folded), plus `residual` (shaped like the output) if any, then
+/// ReLU if `relu`.
+pub struct Epilogue<'a> {
+    /// Per output channel.
+    pub scale: &'a [f32],
+    /// Per output channel.
+    pub shift: &'a [f32],
+    /// Added after the shift (a residual block's shortcut).
+    pub residual: Option<&'a Tensor>,
+    /// Whether a ReLU ends the map.
+    pub relu: bool,
+}
+
+/// Inference only: `conv2d(x, w)` followed by the [`Epilogue`], with the
+/// map applied to each image's output block right after its product, while
+/// it is in cache, instead of by separate passes over the whole batch (the
+/// BatchNorm, add and ReLU passes were a fifth of a ResNet-20 forward pass).
+/// The result is outside the autograd graph: nothing flows back through it.
+/// Off the fused CPU path it is the same map composed from candle's ops.
+pub fn conv2d_infer(x: &Tensor, w: &Tensor, stride: usize, padding: usize, epi: &Epilogue) -> Result<Tensor> {
+    let (b, c, h, wd) = x.dims4()?;
+    let (cout, wc, k, k2) = w.dims4()?;
+    if epi.scale.len() != cout || epi.shift.len() != cout {
+        espalier_core::bail!(
+            "conv2d_infer: {cout} output channels, {} scales and {} shifts",
+            epi.scale.len(),
+            epi.shift.len()
+        );
+    }
+    let g = Geom { b, c, h, w: wd, k, stride, pad: padding };
+    let res = epi.residual.map(|r| r.detach());
+    if let Some(r) = &res {
+        if r.dims() != [b, cout, g.oh(), g.ow()] {
+            espalier_core::bail!(
+                "conv2d_infer: residual {:?} for an output ({b}, {cout}, {}, {})",
+                r.dims(),
+                g.oh(),
+                g.ow()
+            );
+        }
+    }
+    let usable = fusable(x)
+        && w.dtype() == x.dtype()
+        && res.as_ref().is_none_or(fusable)
+        && k == k2
+        && wc == c
+        && stride > 0
+        && h + 2 * padding >= k
+        && wd + 2 * padding >= k;
+    if !usable {
+        let y = conv2d(&x.detach(), &w.detach(), stride, padding)?;
+        let per_channel = |v: &[f32]| -> Result<Tensor> {
+            Ok(Tensor::from_slice(v, (1, cout, 1, 1), y.device())?.to_dtype(y.dtype())?)
+        };
+        let mut y = y.broadcast_mul(&per_channel(epi.scale)?)?.broadcast_add(&per_channel(epi.shift)?)?;
+        if let Some(r) = &res {
+            y = (y + r)?;
+        }
+        return Ok(if epi.relu { y.relu()? } else { y });
+    }
+    let inputs: Vec<&Tensor> = [x, w].into_iter().chain(res.as_ref()).collect();
+    let y = with_data(&inputs, "conv2d_infer", |d| {
+        let fused = Fused { scale: epi.scale, shift: epi.shift, residual: d.get(2).copied(), relu: epi.relu };
+        Ok(forward_data(d[0], d[1], g, cout, true, Some(&fused)))
+    })?;
+    Ok(Tensor::from_vec(y, (b, cout, g.oh(), g.ow()), x.device())?)
 }
 
 /// A stride-1 "same" convolution (`2·pad + 1 = k`: the output is `H × W`).
@@ -318,11 +388,16 @@ fn with_scratch(cols: usize, out: usize, f: impl FnOnce(&mut Scratch)) {
 /// spread over candle's pool with a single-threaded `gemm` each, or (with
 /// fewer images than threads) one group on this thread with a parallel
 /// `gemm`.
-fn for_groups(g: Geom, cout: usize, f: impl Fn(Range<usize>, &mut Scratch, Parallelism) + Sync) {
+fn for_groups(
+    g: Geom,
+    cout: usize,
+    (cols_per_image, out_per_image): (usize, usize),
+    f: impl Fn(Range<usize>, &mut Scratch, Parallelism) + Sync,
+) {
     let threads = candle_core::utils::get_num_threads();
     let serial = g.b < threads;
     let nb = if serial { g.b } else { MIN_COLUMNS.div_ceil(g.l()).min(g.b / threads) };
-    let (cols, out) = (g.kk() * g.l() * nb, cout * g.l() * nb);
+    let (cols, out) = (cols_per_image * nb, out_per_image * nb);
     let groups = |chunk: Range<usize>| {
         (chunk.start * nb..(chunk.end * nb).min(g.b)).step_by(nb).map(|b0| b0..(b0 + nb).min(g.b))
     };
@@ -358,8 +433,193 @@ fn scatter(wide: &[f32], blocks: &mut [f32], rows: usize, l: usize, n: usize) {
     }
 }
 
-/// The convolution: `(x, w) → y`.
-struct ConvOp(Geom);
+/// The padded planes of the [`row_forward`]: `wp = W + 2·pad` pixels per
+/// row, `lr = (H + 2·pad)·wp` per plane.
+#[derive(Clone, Copy)]
+struct Padded {
+    wp: usize,
+    lr: usize,
+}
+
+impl Padded {
+    fn new(g: Geom) -> Self {
+        let wp = g.w + 2 * g.pad;
+        Padded { wp, lr: (g.h + 2 * g.pad) * wp }
+    }
+}
+
+/// Whether the forward pass of `g` goes by [`row_forward`]: stride-1 "same"
+/// convolutions with a real kernel (the 3×3 convolutions of every ResNet
+/// block).
+fn uses_rows(g: Geom, cout: usize) -> bool {
+    is_same(g) && g.k >= 3 && g.w >= 16 && cout < g.c
+}
+
+/// The weights `(Cout, C, k, k)` as `k` matrices `(Cout, C·k)`, one per
+/// kernel row `ky`, holding `w[o, c, ky, kx]` at column `c·k + kx`.
+fn weights_by_row(w: &[f32], cout: usize, g: Geom) -> Vec<f32> {
+    let (c, k) = (g.c, g.k);
+    let mut out = vec![0f32; k * cout * c * k];
+    for o in 0..cout {
+        for ci in 0..c {
+            for ky in 0..k {
+                let src = &w[((o * c + ci) * k + ky) * k..][..k];
+                out[(ky * cout + o) * c * k + ci * k..][..k].copy_from_slice(src);
+            }
+        }
+    }
+    out
+}
+
+/// The `C·k` rows of [`row_forward`] for images `x` (`n` of them, NCHW):
+/// row `(c, kx)` (of `n·lr` elements, image `j` at `j·lr`) is channel `c`'s
+/// zero-padded plane shifted left by `kx`, so that the input under kernel
+/// offset `(ky, kx)` of the output pixel at padded position `q = oy·wp + ox`
+/// is entry `q + ky·wp` of row `(c, kx)`.
+fn shifted_rows(x: &[f32], g: Geom, pd: Padded, n: usize, rows: &mut [f32]) {
+    let (ld, k, hw) = (n * pd.lr, g.k, g.h * g.w);
+    for c in 0..g.c {
+        let (first, rest) = rows[c * k * ld..(c + 1) * k * ld].split_at_mut(ld);
+        for j in 0..n {
+            let plane = &x[(j * g.c + c) * hw..][..hw];
+            let dst = &mut first[j * pd.lr..(j + 1) * pd.lr];
+            let mut end = 0;
+            for (y, line) in plane.chunks_exact(g.w).enumerate() {
+                let start = (y + g.pad) * pd.wp + g.pad;
+                dst[end..start].fill(0.0);
+                dst[start..start + g.w].copy_from_slice(line);
+                end = start + g.w;
+            }
+            dst[end..].fill(0.0);
+        }
+        for (kx, row) in (1..k).zip(rest.chunks_exact_mut(ld)) {
+            row[..ld - kx].copy_from_slice(&first[kx..]);
+            row[ld - kx..].fill(0.0);
+        }
+    }
+}
+
+/// Forward pass of a stride-1 "same" convolution without the column matrix
+/// (its `C·k²` rows are the nine shifts of each plane): the input is laid
+/// out once as the `C·k` [`shifted_rows`] (zero-padded planes shifted by
+/// `kx`, a third of the copying), and the output over the padded positions
+/// `(Cout, n·lr)` is `Σ_ky W_ky · R_ky`, where `R_ky` reads those rows from
+/// offset `ky·wp` — `k` products of depth `C·k` whose right-hand side is a
+/// strided view, not a copy. The `2·pad` wrapping columns of each output
+/// row and the padding rows between images are computed and dropped when
+/// the result is copied out. `y` holds the `n` images' outputs (NCHW).
+#[allow(clippy::too_many_arguments)]
+fn row_forward(
+    x: &[f32],
+    wr: &[f32],
+    g: Geom,
+    cout: usize,
+    n: usize,
+    s: &mut Scratch,
+    y: &mut [f32],
+    par: Parallelism,
+) {
+    let (pd, k, hw) = (Padded::new(g), g.k, g.h * g.w);
+    let (ld, ck) = (n * pd.lr, g.c * g.k);
+    shifted_rows(x, g, pd, n, &mut s.cols);
+    let m = (n - 1) * pd.lr + g.h * pd.wp;
+    for ky in 0..k {
+        let (a, b) = (Mat::new(&wr[ky * cout * ck..], ck), Mat::new(&s.cols[ky * pd.wp..], ld));
+        matmul(&mut s.out[..cout * m], ky > 0, a, b, (cout, ck, m), par);
+    }
+    for j in 0..n {
+        for o in 0..cout {
+            let src = &s.out[o * m + j * pd.lr..];
+            let dst = &mut y[(j * cout + o) * hw..][..hw];
+            for (oy, line) in dst.chunks_exact_mut(g.w).enumerate() {
+                line.copy_from_slice(&src[oy * pd.wp..][..g.w]);
+            }
+        }
+    }
+}
+
+/// The per-output-channel map [`conv2d_infer`] applies to each image's
+/// output while it is still in cache: `y ← y·scale[o] + shift[o]`, plus the
+/// residual, then ReLU.
+struct Fused<'a> {
+    scale: &'a [f32],
+    shift: &'a [f32],
+    residual: Option<&'a [f32]>,
+    relu: bool,
+}
+
+impl Fused<'_> {
+    /// Applies the map to the output blocks `y` of images `first..` (`l`
+    /// pixels per plane).
+    fn apply(&self, y: &mut [f32], first: usize, cout: usize, l: usize) {
+        for (i, plane) in y.chunks_exact_mut(l).enumerate() {
+            let o = i % cout;
+            let r = self.residual.map_or(&[][..], |r| &r[(first * cout + i) * l..][..l]);
+            epilogue_plane(plane, self.scale[o], self.shift[o], r, self.relu);
+        }
+    }
+}
+
+crate::fused::simd_fn! {
+    /// `y ← y·a + s (+ r)`, then `max(·, 0)` if `relu`; `r` empty for no
+    /// residual. The same operations, in the same order, as BatchNorm's
+    /// evaluation pass followed by the residual add and ReLU.
+    fn epilogue_plane(y: &mut [f32], a: f32, s: f32, r: &[f32], relu: bool) {
+        match (r.is_empty(), relu) {
+            (true, true) => y.iter_mut().for_each(|v| *v = (*v * a + s).max(0.0)),
+            (true, false) => y.iter_mut().for_each(|v| *v = *v * a + s),
+            (false, true) => y.iter_mut().zip(r).for_each(|(v, &ri)| *v = (*v * a + s + ri).max(0.0)),
+            (false, false) => y.iter_mut().zip(r).for_each(|(v, &ri)| *v = *v * a + s + ri),
+        }
+    }
+}
+
+/// The forward pass on the CPU: `(B, Cout, OH, OW)` from `x` `(B, C, H, W)`
+/// and `w` `(Cout, C, k, k)`, by [`row_forward`] where `rows` and
+/// [`uses_rows`] allow it, else by im2col; `epi` applied to each group's
+/// output as soon as it is written.
+fn forward_data(x: &[f32], w: &[f32], g: Geom, cout: usize, rows: bool, epi: Option<&Fused>) -> Vec<f32> {
+    let (kk, l) = (g.kk(), g.l());
+    let rows = rows && uses_rows(g, cout);
+    let wr = if rows { weights_by_row(w, cout, g) } else { Vec::new() };
+    let per_image = if rows {
+        let lr = Padded::new(g).lr;
+        (g.c * g.k * lr, cout * lr)
+    } else {
+        (kk * l, cout * l)
+    };
+    let conv = |y: &mut [f32]| {
+        let out = SharedOut::new(y);
+        for_groups(g, cout, per_image, |images, s, par| {
+            let n = images.len();
+            // SAFETY: each group's output blocks are written by one worker.
+            let yb = unsafe { out.slice(images.start * cout * l..images.end * cout * l) };
+            if rows {
+                let xb = &x[images.start * g.chw()..images.end * g.chw()];
+                row_forward(xb, &wr, g, cout, n, s, yb, par);
+            } else {
+                for (j, b) in images.clone().enumerate() {
+                    im2col(&x[b * g.chw()..(b + 1) * g.chw()], g, &mut s.cols, n * l, j * l);
+                }
+                let dst = if n == 1 { &mut *yb } else { &mut s.out[..] };
+                matmul(dst, false, Mat::new(w, kk), Mat::new(&s.cols, n * l), (cout, kk, n * l), par);
+                if n > 1 {
+                    scatter(&s.out, yb, cout, l, n);
+                }
+            }
+            if let Some(e) = epi {
+                e.apply(yb, images.start, cout, l);
+            }
+        })
+    };
+    // SAFETY: the groups cover every image, and each group's product
+    // (not accumulated) or copy writes all of its output blocks.
+    unsafe { output(g.b * cout * l, conv) }
+}
+
+/// The convolution: `(x, w) → y`; the flag picks [`row_forward`] where it
+/// applies ([`uses_rows`]) over im2col.
+struct ConvOp(Geom, bool);
 
 impl CustomOp2 for ConvOp {
     fn name(&self) -> &'static str {
@@ -371,26 +631,7 @@ impl CustomOp2 for ConvOp {
         let x = cpu_slice(s1, l1, self.name())?;
         let w = cpu_slice(s2, l2, self.name())?;
         let cout = l2.shape().dims()[0];
-        let (kk, l) = (g.kk(), g.l());
-        let conv = |y: &mut [f32]| {
-            let out = SharedOut::new(y);
-            for_groups(g, cout, |images, s, par| {
-                let n = images.len();
-                for (j, b) in images.clone().enumerate() {
-                    im2col(&x[b * g.chw()..(b + 1) * g.chw()], g, &mut s.cols, n * l, j * l);
-                }
-                // SAFETY: each group's output blocks are written by one worker.
-                let yb = unsafe { out.slice(images.start * cout * l..images.end * cout * l) };
-                let dst = if n == 1 { &mut *yb } else { &mut s.out[..] };
-                matmul(dst, false, Mat::new(w, kk), Mat::new(&s.cols, n * l), (cout, kk, n * l), par);
-                if n > 1 {
-                    scatter(&s.out, yb, cout, l, n);
-                }
-            })
-        };
-        // SAFETY: the groups cover every image, and each group's product
-        // (not accumulated) or scatter writes all of its output blocks.
-        let y = unsafe { output(g.b * cout * l, conv) };
+        let y = forward_data(x, w, g, cout, self.1, None);
         Ok((CpuStorage::F32(y), Shape::from((g.b, cout, g.oh(), g.ow()))))
     }
 
@@ -406,7 +647,7 @@ impl CustomOp2 for ConvOp {
             let mut dx = if want_dx { vec![0f32; g.b * g.chw()] } else { Vec::new() };
             let dw = Mutex::new(vec![0f32; cout * kk]);
             let out = SharedOut::new(&mut dx);
-            for_groups(g, cout, |images, s, par| {
+            for_groups(g, cout, (kk * l, cout * l), |images, s, par| {
                 let n = images.len();
                 let mut dw_part = vec![0f32; cout * kk];
                 for (j, b) in images.clone().enumerate() {
@@ -507,6 +748,12 @@ mod tests {
             (3, 16, 8, 8, 8, 3, 1, 1),
             // More than 64 output channels: dW in its own layout.
             (2, 3, 5, 5, 66, 3, 1, 1),
+            // Fewer output than input channels on planes 16 wide: the
+            // forward pass by shifted rows, alone, and with images side
+            // by side (short planes) in one product.
+            (2, 6, 16, 17, 4, 3, 1, 1),
+            (3, 8, 16, 20, 5, 5, 1, 2),
+            (5, 6, 2, 16, 3, 3, 1, 1),
         ]
         .iter()
         .enumerate()
@@ -530,6 +777,93 @@ mod tests {
             assert!(g3.get(&data).is_none(), "case {i}: the data got a gradient");
             let (a, e) = (g3.get(wt.as_tensor()).unwrap(), g2.get(wt.as_tensor()).unwrap());
             assert!(max_rel_diff(a, e)? < 1e-5, "case {i}: dw without dx");
+        }
+        Ok(())
+    }
+
+    /// Both forward paths agree, and the inference kernel equals the
+    /// convolution followed by the composed evaluation BatchNorm, residual
+    /// add and ReLU, on both paths and off the fused path.
+    #[test]
+    fn row_forward_and_inference_epilogue() -> Result<()> {
+        for (i, &(b, c, h, w, cout, k, s, p)) in
+            [(2, 6, 16, 17, 4, 3, 1, 1), (5, 6, 2, 16, 3, 3, 1, 1), (3, 4, 9, 8, 6, 3, 2, 1), (2, 3, 8, 8, 5, 1, 1, 0)]
+                .iter()
+                .enumerate()
+        {
+            let x = normal(&[b, c, h, w], 10 + i as u64)?;
+            let wt = normal(&[cout, c, k, k], 20 + i as u64)?;
+            let g = Geom { b, c, h, w, k, stride: s, pad: p };
+            let rows = x.apply_op2(&wt, ConvOp(g, true))?;
+            let cols = x.apply_op2(&wt, ConvOp(g, false))?;
+            assert!(max_rel_diff(&rows, &cols)? < 1e-5, "case {i}: rows vs im2col");
+            let scale: Vec<f32> = (0..cout).map(|o| 0.5 + o as f32 * 0.25).collect();
+            let shift: Vec<f32> = (0..cout).map(|o| o as f32 * 0.1 - 0.2).collect();
+            let res = normal(rows.dims(), 30 + i as u64)?;
+            let per_channel = |v: &[f32]| Tensor::from_slice(v, (1, cout, 1, 1), &Device::Cpu);
+            let affine = cols.broadcast_mul(&per_channel(&scale)?)?.broadcast_add(&per_channel(&shift)?)?;
+            for (residual, relu) in [(None, true), (None, false), (Some(&res), true), (Some(&res), false)] {
+                let mut want = affine.clone();
+                if let Some(r) = residual {
+                    want = (want + r)?;
+                }
+                if relu {
+                    want = want.relu()?;
+                }
+                let epi = Epilogue { scale: &scale, shift: &shift, residual, relu };
+                let got = conv2d_infer(&x, &wt, s, p, &epi)?;
+                assert!(max_rel_diff(&got, &want)? < 1e-5, "case {i}: fused epilogue {residual:?} {relu}");
+                // f64 is off the fused path: candle's ops.
+                let f64s = |t: &Tensor| t.to_dtype(candle_core::DType::F64);
+                let res64 = residual.map(f64s).transpose()?;
+                let epi = Epilogue { residual: res64.as_ref(), ..epi };
+                let composed = conv2d_infer(&f64s(&x)?, &f64s(&wt)?, s, p, &epi)?;
+                let composed = composed.to_dtype(candle_core::DType::F32)?;
+                assert!(max_rel_diff(&composed, &want)? < 1e-5, "case {i}: composed epilogue");
+            }
+        }
+        let x = normal(&[1, 2, 4, 4], 1)?;
+        let epi = Epilogue { scale: &[1.0; 2], shift: &[0.0; 3], residual: None, relu: false };
+        let e = conv2d_infer(&x, &normal(&[3, 2, 3, 3], 2)?, 1, 1, &epi).unwrap_err().to_string();
+        assert!(e.contains("3 output channels, 2 scales"), "{e}");
+        Ok(())
+    }
+
+    /// The forward pass of ResNet-20's 3×3 convolutions (dense and with half
+    /// the inner channels), row shifts against im2col, alternating:
+    /// `cargo test --release -p espalier-models --lib -- --ignored row_forward_timing --nocapture`
+    #[test]
+    #[ignore = "timing, run by hand in release"]
+    fn row_forward_timing() -> Result<()> {
+        for &b in &[1usize, 32, 128] {
+            for &(c, hw, cout) in &[
+                (16, 32, 16),
+                (16, 32, 8),
+                (8, 32, 16),
+                (32, 16, 32),
+                (32, 16, 16),
+                (16, 16, 32),
+                (64, 8, 64),
+                (64, 8, 32),
+                (32, 8, 64),
+            ] {
+                let x = normal(&[b, c, hw, hw], 1)?;
+                let w = normal(&[cout, c, 3, 3], 2)?;
+                let g = Geom { b, c, h: hw, w: hw, k: 3, stride: 1, pad: 1 };
+                let (mut t_rows, mut t_cols) = (Vec::new(), Vec::new());
+                let reps = if b == 1 { 200 } else { 15 };
+                for _ in 0..reps {
+                    for (rows, t) in [(true, &mut t_rows), (false, &mut t_cols)] {
+                        let start = std::time::Instant::now();
+                        std::hint::black_box(x.apply_op2(&w, ConvOp(g, rows))?);
+                        t.push(start.elapsed().as_secs_f64() * 1e3);
+                    }
+                }
+                t_rows.sort_by(f64::total_cmp);
+                t_cols.sort_by(f64::total_cmp);
+                let (r, c2) = (t_rows[reps / 2], t_cols[reps / 2]);
+                println!("b {b:3} x ({c:2},{hw:2},{hw:2}) -> {cout:2}: im2col {c2:8.3} ms, rows {r:8.3} ms, rows/im2col {:.2}", r / c2);
+            }
         }
         Ok(())
     }

@@ -91,6 +91,25 @@ impl Conv2d {
         Ok(Conv2d { weight, bias, padding, stride })
     }
 
+    /// Inference only: `bn(conv(x))` with `bn` in evaluation mode, plus
+    /// `residual`, then ReLU if `relu`, in one pass
+    /// ([`crate::conv::conv2d_infer`]); no gradient flows back through it.
+    pub fn forward_bn_infer(
+        &self,
+        bn: &crate::norm::BatchNorm2d,
+        x: &Tensor,
+        residual: Option<&Tensor>,
+        relu: bool,
+    ) -> Result<Tensor> {
+        let (scale, mut shift) = bn.eval_affine()?;
+        if let Some(b) = &self.bias {
+            let b: Vec<f32> = b.effective()?.detach().to_dtype(candle_core::DType::F32)?.to_vec1()?;
+            shift.iter_mut().zip(&b).zip(&scale).for_each(|((s, b), a)| *s += b * a);
+        }
+        let epi = crate::conv::Epilogue { scale: &scale, shift: &shift, residual, relu };
+        crate::conv::conv2d_infer(x, &self.weight.effective()?, self.stride, self.padding, &epi)
+    }
+
     /// Applies the convolution to `(B, C, H, W)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = crate::conv::conv2d(x, &self.weight.effective()?, self.stride, self.padding)?;

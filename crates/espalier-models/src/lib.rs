@@ -46,6 +46,11 @@ pub struct StepOutput {
 pub enum Mode<'a> {
     /// Evaluation: no dropout; BatchNorm uses (and keeps) its running statistics.
     Eval,
+    /// Evaluation whose outputs are never differentiated (benchmarks,
+    /// validation): as `Eval`, and models may use inference-only kernels
+    /// that leave the autograd graph (BatchNorm folded into the preceding
+    /// convolution's output pass).
+    Infer,
     /// Training; random draws (dropout) come from this stream, BatchNorm
     /// normalises with batch statistics and updates its running ones.
     Train(&'a mut Rng),

@@ -126,6 +126,19 @@ impl BatchNorm2d {
         Ok(if relu { y.relu()? } else { y })
     }
 
+    /// The evaluation-mode map as `x·scale + shift` per channel, with
+    /// `scale = γ/√(running_var + ε)` and `shift = β − running_mean·scale`
+    /// (computed as the fused evaluation kernel computes them).
+    pub fn eval_affine(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        let v = |p: &Param| -> Result<Vec<f32>> { Ok(p.tensor().detach().to_dtype(DType::F32)?.to_vec1()?) };
+        let (gamma, beta) = (v(&self.weight)?, v(&self.bias)?);
+        let (mean, var) = (v(&self.running_mean)?, v(&self.running_var)?);
+        let scale: Vec<f32> =
+            gamma.iter().zip(&var).map(|(g, var)| g * (1.0 / (var + self.eps as f32).sqrt())).collect();
+        let shift = beta.iter().zip(&mean).zip(&scale).map(|((b, m), a)| b - m * a).collect();
+        Ok((scale, shift))
+    }
+
     /// `r ← (1 − m)·r + m·s` for the mean and the unbiased variance of a batch
     /// of `n` values per channel; no gradient flows here.
     fn update_running(&self, mean: &Tensor, biased_var: &Tensor, n: usize) -> Result<()> {

@@ -223,6 +223,34 @@ impl ResNetConfig {
     }
 }
 
+/// How a forward pass normalises: batch statistics (`Train`), running
+/// statistics (`Eval`), or running statistics folded into each
+/// convolution's output pass with no gradient ([`Mode::Infer`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Pass {
+    Train,
+    Eval,
+    Infer,
+}
+
+impl Pass {
+    fn of(mode: &Mode) -> Self {
+        match mode {
+            Mode::Train(_) => Pass::Train,
+            Mode::Eval => Pass::Eval,
+            Mode::Infer => Pass::Infer,
+        }
+    }
+
+    fn train(train: bool) -> Self {
+        if train {
+            Pass::Train
+        } else {
+            Pass::Eval
+        }
+    }
+}
+
 /// A block's shortcut.
 enum Shortcut {
     /// Same shape: x.
@@ -234,7 +262,7 @@ enum Shortcut {
 }
 
 impl Shortcut {
-    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
         match self {
             Shortcut::Identity => Ok(x.clone()),
             Shortcut::Pad { stride, lo, hi } => {
@@ -244,7 +272,8 @@ impl Shortcut {
                     if *stride > 1 { x.index_select(&every(h)?, 2)?.index_select(&every(w)?, 3)? } else { x.clone() };
                 Ok(sub.pad_with_zeros(1, *lo, *hi)?)
             }
-            Shortcut::Projection(conv, bn) => bn.forward(&conv.forward(x)?, train),
+            Shortcut::Projection(conv, bn) if pass == Pass::Infer => conv.forward_bn_infer(bn, x, None, false),
+            Shortcut::Projection(conv, bn) => bn.forward(&conv.forward(x)?, pass == Pass::Train),
         }
     }
 }
@@ -303,14 +332,23 @@ impl Block {
         Ok(Block { convs, shortcut })
     }
 
-    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
         let mut h = x.clone();
         let last = self.convs.len() - 1;
+        if pass == Pass::Infer {
+            // The last convolution's pass also adds the shortcut and applies the ReLU.
+            let shortcut = self.shortcut.forward(x, pass)?;
+            for (i, (conv, bn)) in self.convs.iter().enumerate() {
+                h = conv.forward_bn_infer(bn, &h, (i == last).then_some(&shortcut), true)?;
+            }
+            return Ok(h);
+        }
+        let train = pass == Pass::Train;
         for (i, (conv, bn)) in self.convs.iter().enumerate() {
             let z = conv.forward(&h)?;
             h = if i < last { bn.forward_relu(&z, train)? } else { bn.forward(&z, train)? };
         }
-        add_relu(&h, &self.shortcut.forward(x, train)?)
+        add_relu(&h, &self.shortcut.forward(x, pass)?)
     }
 }
 
@@ -366,19 +404,27 @@ impl ResNet {
 
     /// `(B, classes)` logits of `(B, C, H, W)` images.
     pub fn logits(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let h = self.features(x, train, self.stages.iter().map(Vec::len).sum())?;
+        self.logits_pass(x, Pass::train(train))
+    }
+
+    fn logits_pass(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
+        let h = self.features(x, pass, self.stages.iter().map(Vec::len).sum())?;
         self.fc.forward(&global_avg_pool(&h)?)
     }
 
     /// The stem and the first `blocks` blocks.
-    fn features(&self, x: &Tensor, train: bool, blocks: usize) -> Result<Tensor> {
+    fn features(&self, x: &Tensor, pass: Pass, blocks: usize) -> Result<Tensor> {
         check_images(x, self.cfg.in_channels, "ResNet")?;
-        let mut h = self.bn1.forward_relu(&self.conv1.forward(x)?, train)?;
+        let mut h = if pass == Pass::Infer {
+            self.conv1.forward_bn_infer(&self.bn1, x, None, true)?
+        } else {
+            self.bn1.forward_relu(&self.conv1.forward(x)?, pass == Pass::Train)?
+        };
         if self.stem_pool {
             h = max_pool2d(&h, 3, 2, 1)?;
         }
         for block in self.stages.iter().flatten().take(blocks) {
-            h = block.forward(&h, train)?;
+            h = block.forward(&h, pass)?;
         }
         Ok(h)
     }
@@ -422,7 +468,7 @@ impl Model for ResNet {
         let Inputs::Dense(x) = &batch.inputs else {
             espalier_core::bail!("ResNet takes image inputs, not token sequences");
         };
-        let logits = self.logits(x, mode.is_train())?;
+        let logits = self.logits_pass(x, Pass::of(mode))?;
         Ok(StepOutput { loss: loss::cross_entropy(&logits, &batch.labels)?, logits, labels: batch.labels.clone() })
     }
     fn params(&self) -> &ParamStore {
@@ -465,7 +511,7 @@ impl Model for ResNet {
         };
         let (s, b, j) = self.inner_set(set)?;
         let before: usize = self.stages[..s].iter().map(Vec::len).sum::<usize>() + b;
-        let mut h = self.features(x, false, before)?;
+        let mut h = self.features(x, Pass::Eval, before)?;
         for (conv, bn) in &self.stages[s][b].convs[..=j] {
             h = bn.forward_relu(&conv.forward(&h)?, false)?;
         }

@@ -482,3 +482,30 @@ fn resnet20_step_timing() -> Result<()> {
     );
     Ok(())
 }
+
+/// The inference pass (BatchNorm, shortcut and ReLU folded into each
+/// convolution's output pass) gives the evaluation pass's logits: option A
+/// and B shortcuts, halved inner widths (the shifted-row convolutions),
+/// trained running statistics and a mask.
+#[test]
+fn inference_pass_gives_the_evaluation_logits() -> Result<()> {
+    let halved = ResNetConfig { inner_widths: Some(vec![vec![8], vec![16], vec![32]]), ..ResNetConfig::cifar(8) };
+    let projected = ResNetConfig { shortcut: Some(ShortcutKind::B), ..ResNetConfig::cifar(8) };
+    let resnet18 = ResNetConfig { num_classes: 10, ..ResNetConfig::imagenet(18) };
+    for (i, cfg) in [ResNetConfig::cifar(8), halved, projected, resnet18].into_iter().enumerate() {
+        let model = ModelConfig::Resnet(cfg.clone()).init(i as u64, &CPU)?;
+        let batch = images(4, 3, 32, 20 + i as u64)?;
+        for step in 0..2 {
+            sgd_step(model.as_ref(), &batch, 0.05, step)?;
+        }
+        let w = model.params().get("layer1.0.conv1.weight")?;
+        let mask = Tensor::from_iter((0..w.numel()).map(|j| (j % 3 != 0) as u8 as f32), &CPU)?.reshape(w.dims())?;
+        w.set_mask(Some(mask))?;
+        let eval = model.forward_t(&batch, &mut Mode::Eval)?.logits;
+        let infer = model.forward_t(&batch, &mut Mode::Infer)?.logits;
+        let scale = eval.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        let diff = max_abs_diff(&eval, &infer)?;
+        assert!(diff <= 1e-5 * scale.max(1.0), "{cfg:?}: inference differs from evaluation by {diff} (scale {scale})");
+    }
+    Ok(())
+}

@@ -264,7 +264,7 @@ pub fn evaluate(
     let (mut pred, mut gold) = (Vec::new(), Vec::new());
     for idx in batcher.plan(data.len(), 0) {
         let batch = data.batch(&idx, device)?;
-        let out = model.forward_t(&batch, &mut Mode::Eval)?;
+        let out = model.forward_t(&batch, &mut Mode::Infer)?;
         loss_sum += out.loss.to_dtype(DType::F64)?.to_scalar::<f64>()? * batch.len() as f64;
         n += batch.len();
         pred.extend(predictions(&out.logits)?);

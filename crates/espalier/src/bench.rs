@@ -465,7 +465,7 @@ pub fn shrink_latency(
         for rep in 0..=repeats {
             for (i, m) in models.iter().enumerate() {
                 let start = Instant::now();
-                std::hint::black_box(m.forward_t(&batch, &mut Mode::Eval)?.logits.flatten_all()?.sum_all()?);
+                std::hint::black_box(m.forward_t(&batch, &mut Mode::Infer)?.logits.flatten_all()?.sum_all()?);
                 if rep > 0 {
                     times[i].push(start.elapsed().as_secs_f64() * 1e3);
                 }

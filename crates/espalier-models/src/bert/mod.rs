@@ -368,7 +368,7 @@ impl Bert {
         };
         let rng = match mode {
             Mode::Train(r) => Some(&mut **r),
-            Mode::Eval => None,
+            Mode::Eval | Mode::Infer => None,
         };
         self.logits(input_ids, token_type_ids, attention_mask, rng)
     }
