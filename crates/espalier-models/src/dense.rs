@@ -138,7 +138,7 @@ pub(crate) unsafe fn matmul_into(
 /// candle's thread count as `gemm` parallelism, for products big enough to
 /// be worth waking the pool.
 fn parallelism(flops: usize) -> Parallelism {
-    let threads = candle_core::utils::get_num_threads();
+    let threads = crate::fused::num_threads();
     if threads > 1 && flops >= 1 << 16 {
         Parallelism::Rayon(threads)
     } else {
@@ -157,7 +157,7 @@ const MIN_ROWS: usize = 32;
 /// 220–264 against 249–290 on BERT's weight gradients (`gemm_rate`, 2
 /// threads). Returns `(parts, rows per part)`.
 fn parts(m: usize, flops: usize) -> (usize, usize) {
-    let threads = candle_core::utils::get_num_threads();
+    let threads = crate::fused::num_threads();
     split(m, if threads < 2 || flops < 1 << 16 { 1 } else { threads.min(m / MIN_ROWS).max(1) })
 }
 

@@ -48,6 +48,15 @@ pub fn set_enabled(on: bool) {
     ENABLED.store(on, Ordering::Relaxed);
 }
 
+/// candle's CPU thread count, read once. `candle_core::utils::get_num_threads`
+/// reads the environment on every call and, without `RAYON_NUM_THREADS`,
+/// parses `/proc/cpuinfo` for the physical core count: 15% of a batch-1
+/// ResNet-20 forward pass on two threads.
+pub fn num_threads() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(candle_core::utils::get_num_threads)
+}
+
 /// Whether the fused kernels are switched on.
 pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)

@@ -18,7 +18,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor, D};
 use espalier_core::Result;
 
-use crate::fused::{cpu_slice, fusable, par_rows, CResult};
+use crate::fused::{cpu_slice, fusable, output, par_rows, CResult};
 
 /// Window geometry of a square max-pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,11 +83,36 @@ pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
     Ok(x.mean((D::Minus2, D::Minus1))?)
 }
 
-/// Max-pooling composed from differentiable basic ops (any device): the
-/// fallback off the CPU and the baseline the kernel is tested against.
+/// A ResNet option-A shortcut (He et al. 2016, §3.3): every `stride`-th
+/// pixel of `(B, C, H, W)` in both directions, with `lo` zero channels
+/// before and `hi` after: `(B, lo + C + hi, ⌈H/s⌉, ⌈W/s⌉)`, with a gradient.
+/// One pass each way on the CPU (candle's two `index_select`s and
+/// `pad_with_zeros` were three full passes, on one thread).
+pub fn subsample_pad(x: &Tensor, stride: usize, lo: usize, hi: usize) -> Result<Tensor> {
+    if stride == 0 {
+        espalier_core::bail!("subsample_pad: stride must be at least 1");
+    }
+    x.dims4()?;
+    if !fusable(x) {
+        return reference::subsample_pad(x, stride, lo, hi);
+    }
+    Ok(x.contiguous()?.apply_op1(SubsamplePadOp { stride, lo, hi })?)
+}
+
+/// Max-pooling and the option-A shortcut composed from differentiable basic
+/// ops (any device): the fallbacks off the CPU and the baselines the kernels
+/// are tested against.
 pub mod reference {
     use candle_core::{Tensor, D};
     use espalier_core::Result;
+
+    /// [`super::subsample_pad`] by `index_select` and `pad_with_zeros`.
+    pub fn subsample_pad(x: &Tensor, stride: usize, lo: usize, hi: usize) -> Result<Tensor> {
+        let (_, _, h, w) = x.dims4()?;
+        let every = |n: usize| Tensor::from_iter((0..n).step_by(stride).map(|i| i as u32), x.device());
+        let sub = if stride > 1 { x.index_select(&every(h)?, 2)?.index_select(&every(w)?, 3)? } else { x.clone() };
+        Ok(sub.pad_with_zeros(1, lo, hi)?)
+    }
 
     /// `max_pool2d` as a maximum over the `k²` strided views of the padded input.
     pub fn max_pool2d(x: &Tensor, k: usize, stride: usize, padding: usize) -> Result<Tensor> {
@@ -118,6 +143,73 @@ pub mod reference {
             }
         }
         Ok(out.expect("k ≥ 1"))
+    }
+}
+
+/// [`subsample_pad`] on the CPU.
+struct SubsamplePadOp {
+    stride: usize,
+    lo: usize,
+    hi: usize,
+}
+
+impl SubsamplePadOp {
+    /// `(B, C, H, W, C_out, OH, OW)` for an input of shape `dims`.
+    fn dims(&self, dims: &[usize]) -> CResult<(usize, usize, usize, usize, usize, usize, usize)> {
+        let &[b, c, h, w] = dims else { candle_core::bail!("subsample_pad: expected (B, C, H, W), got {dims:?}") };
+        Ok((b, c, h, w, self.lo + c + self.hi, h.div_ceil(self.stride), w.div_ceil(self.stride)))
+    }
+}
+
+impl CustomOp1 for SubsamplePadOp {
+    fn name(&self) -> &'static str {
+        "espalier-subsample-pad"
+    }
+
+    fn cpu_fwd(&self, st: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let x = cpu_slice(st, l, self.name())?;
+        let (b, c, h, w, co, oh, ow) = self.dims(l.shape().dims())?;
+        let s = self.stride;
+        // SAFETY: every output plane is written, copied or zeroed.
+        let y = unsafe {
+            output(b * co * oh * ow, |y| {
+                par_rows(y, oh * ow, |planes, out| {
+                    for (plane, ys) in planes.zip(out.chunks_exact_mut(oh * ow)) {
+                        let ch = plane % co;
+                        if ch < self.lo || ch >= self.lo + c {
+                            ys.fill(0.0);
+                            continue;
+                        }
+                        let xs = &x[(plane / co * c + ch - self.lo) * h * w..][..h * w];
+                        for (i, row) in ys.chunks_exact_mut(ow).enumerate() {
+                            let src = &xs[i * s * w..][..w];
+                            row.iter_mut().zip(src.iter().step_by(s)).for_each(|(d, v)| *d = *v);
+                        }
+                    }
+                })
+            })
+        };
+        Ok((CpuStorage::F32(y), Shape::from((b, co, oh, ow))))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
+        let (b, c, h, w, co, oh, ow) = self.dims(arg.dims())?;
+        let s = self.stride;
+        let dx = crate::fused::with_data(&[grad], "subsample_pad backward", |d| {
+            let dy = d[0];
+            let mut dx = vec![0f32; b * c * h * w];
+            par_rows(&mut dx, h * w, |planes, out| {
+                for (plane, xs) in planes.zip(out.chunks_exact_mut(h * w)) {
+                    let gs = &dy[((plane / c) * co + self.lo + plane % c) * oh * ow..][..oh * ow];
+                    for (i, row) in gs.chunks_exact(ow).enumerate() {
+                        let dst = &mut xs[i * s * w..][..w];
+                        dst.iter_mut().step_by(s).zip(row).for_each(|(d, g)| *d = *g);
+                    }
+                }
+            });
+            Ok(dx)
+        })?;
+        Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
     }
 }
 
@@ -191,6 +283,29 @@ impl CustomOp2 for MaxPoolGradOp {
 mod tests {
     use super::*;
     use candle_core::{DType, Device, Var};
+
+    /// The option-A shortcut kernel against its composition, values and
+    /// gradient, odd sizes and strides 1–3.
+    #[test]
+    fn subsample_pad_matches_its_composition() -> Result<()> {
+        for (i, &(shape, s, lo, hi)) in
+            [((2, 3, 8, 8), 2, 2, 3), ((3, 2, 7, 5), 2, 1, 1), ((1, 4, 9, 10), 3, 0, 2), ((2, 2, 3, 3), 1, 1, 0)]
+                .iter()
+                .enumerate()
+        {
+            let x = Var::from_tensor(&input(shape, 40 + i as u64)?)?;
+            let ours = subsample_pad(x.as_tensor(), s, lo, hi)?;
+            let theirs = reference::subsample_pad(x.as_tensor(), s, lo, hi)?;
+            assert_eq!(ours.dims(), theirs.dims(), "case {i}");
+            assert_eq!(ours.flatten_all()?.to_vec1::<f32>()?, theirs.flatten_all()?.to_vec1::<f32>()?, "case {i}");
+            let r = input(ours.dims4()?, 50 + i as u64)?;
+            let g1 = ours.mul(&r)?.sum_all()?.backward()?;
+            let g2 = theirs.mul(&r)?.sum_all()?.backward()?;
+            let (a, e) = (g1.get(x.as_tensor()).unwrap(), g2.get(x.as_tensor()).unwrap());
+            assert_eq!(a.flatten_all()?.to_vec1::<f32>()?, e.flatten_all()?.to_vec1::<f32>()?, "case {i}: gradient");
+        }
+        Ok(())
+    }
 
     fn input(shape: (usize, usize, usize, usize), seed: u64) -> Result<Tensor> {
         let n = shape.0 * shape.1 * shape.2 * shape.3;

@@ -265,13 +265,7 @@ impl Shortcut {
     fn forward(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
         match self {
             Shortcut::Identity => Ok(x.clone()),
-            Shortcut::Pad { stride, lo, hi } => {
-                let (_, _, h, w) = x.dims4()?;
-                let every = |n: usize| Tensor::from_iter((0..n).step_by(*stride).map(|i| i as u32), x.device());
-                let sub =
-                    if *stride > 1 { x.index_select(&every(h)?, 2)?.index_select(&every(w)?, 3)? } else { x.clone() };
-                Ok(sub.pad_with_zeros(1, *lo, *hi)?)
-            }
+            Shortcut::Pad { stride, lo, hi } => crate::pool::subsample_pad(x, *stride, *lo, *hi),
             Shortcut::Projection(conv, bn) if pass == Pass::Infer => conv.forward_bn_infer(bn, x, None, false),
             Shortcut::Projection(conv, bn) => bn.forward(&conv.forward(x)?, pass == Pass::Train),
         }

@@ -518,7 +518,7 @@ pub(crate) mod fused {
     ) {
         let n = w.len();
         assert!(g.len() == n && (a.is_empty() || a.len() == n) && (b.is_empty() || b.len() == n));
-        if n < PAR_MIN || candle_core::utils::get_num_threads() < 2 {
+        if n < PAR_MIN || espalier_models::fused::num_threads() < 2 {
             return kernel(w, g, a, b);
         }
         let bufs = Bufs { w: w.as_mut_ptr(), g: g.as_ptr(), a: a.as_mut_ptr(), b: b.as_mut_ptr() };
