@@ -130,13 +130,21 @@ impl BatchNorm2d {
     /// `scale = γ/√(running_var + ε)` and `shift = β − running_mean·scale`
     /// (computed as the fused evaluation kernel computes them).
     pub fn eval_affine(&self) -> Result<(Vec<f32>, Vec<f32>)> {
-        let v = |p: &Param| -> Result<Vec<f32>> { Ok(p.tensor().detach().to_dtype(DType::F32)?.to_vec1()?) };
-        let (gamma, beta) = (v(&self.weight)?, v(&self.bias)?);
-        let (mean, var) = (v(&self.running_mean)?, v(&self.running_var)?);
-        let scale: Vec<f32> =
-            gamma.iter().zip(&var).map(|(g, var)| g * (1.0 / (var + self.eps as f32).sqrt())).collect();
-        let shift = beta.iter().zip(&mean).zip(&scale).map(|((b, m), a)| b - m * a).collect();
-        Ok((scale, shift))
+        let eps = self.eps as f32;
+        let map = |[gamma, beta, mean, var]: [&[f32]; 4]| -> (Vec<f32>, Vec<f32>) {
+            let scale: Vec<f32> = gamma.iter().zip(var).map(|(g, v)| g * (1.0 / (v + eps).sqrt())).collect();
+            let shift = beta.iter().zip(mean).zip(&scale).map(|((b, m), a)| b - m * a).collect();
+            (scale, shift)
+        };
+        let params = [&self.weight, &self.bias, &self.running_mean, &self.running_var].map(|p| p.tensor());
+        if params.iter().all(|t| fusable(t)) {
+            // Read in place: four copies per layer were a measurable part
+            // of a batch-1 inference pass.
+            return Ok(with_data(&params, "batch_norm eval_affine", |d| Ok(map([d[0], d[1], d[2], d[3]])))?);
+        }
+        let v = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.detach().to_dtype(DType::F32)?.to_vec1()?) };
+        let [g, b, m, var] = [v(params[0])?, v(params[1])?, v(params[2])?, v(params[3])?];
+        Ok(map([&g, &b, &m, &var]))
     }
 
     /// `r ← (1 − m)·r + m·s` for the mean and the unbiased variance of a batch
