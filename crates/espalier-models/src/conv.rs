@@ -22,6 +22,13 @@
 //! columns instead of keeping them. With fewer images than threads, the
 //! images run one after another with a parallel `gemm` instead.
 //!
+//! Two variants of the forward pass: 3×3 "same" convolutions that narrow
+//! the channels on wide planes skip the column matrix (`row_forward`:
+//! three products over shifted rows of the zero-padded input), and
+//! [`conv2d_infer`], for inference, finishes each image's output with a
+//! per-channel affine map (an evaluation-mode BatchNorm), a residual and a
+//! ReLU while it is in cache.
+//!
 //! This path runs for f32 tensors on the CPU while the fused kernels are on
 //! ([`crate::fused::set_enabled`]); otherwise [`conv2d`] is candle's.
 

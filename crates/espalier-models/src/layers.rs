@@ -91,17 +91,21 @@ impl Conv2d {
         Ok(Conv2d { weight, bias, padding, stride })
     }
 
-    /// Inference only: `bn(conv(x))` with `bn` in evaluation mode, plus
-    /// `residual`, then ReLU if `relu`, in one pass
+    /// Inference only: `bn(conv(x))` with `bn` (if any) in evaluation mode,
+    /// plus `residual`, then ReLU if `relu`, in one pass
     /// ([`crate::conv::conv2d_infer`]); no gradient flows back through it.
-    pub fn forward_bn_infer(
+    pub fn forward_infer(
         &self,
-        bn: &crate::norm::BatchNorm2d,
+        bn: Option<&crate::norm::BatchNorm2d>,
         x: &Tensor,
         residual: Option<&Tensor>,
         relu: bool,
     ) -> Result<Tensor> {
-        let (scale, mut shift) = bn.eval_affine()?;
+        let cout = self.weight.dims()[0];
+        let (scale, mut shift) = match bn {
+            Some(bn) => bn.eval_affine()?,
+            None => (vec![1.0; cout], vec![0.0; cout]),
+        };
         if let Some(b) = &self.bias {
             let b: Vec<f32> = b.effective()?.detach().to_dtype(candle_core::DType::F32)?.to_vec1()?;
             shift.iter_mut().zip(&b).zip(&scale).for_each(|((s, b), a)| *s += b * a);

@@ -227,14 +227,14 @@ impl ResNetConfig {
 /// statistics (`Eval`), or running statistics folded into each
 /// convolution's output pass with no gradient ([`Mode::Infer`]).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Pass {
+pub(crate) enum Pass {
     Train,
     Eval,
     Infer,
 }
 
 impl Pass {
-    fn of(mode: &Mode) -> Self {
+    pub(crate) fn of(mode: &Mode) -> Self {
         match mode {
             Mode::Train(_) => Pass::Train,
             Mode::Eval => Pass::Eval,
@@ -266,7 +266,7 @@ impl Shortcut {
         match self {
             Shortcut::Identity => Ok(x.clone()),
             Shortcut::Pad { stride, lo, hi } => crate::pool::subsample_pad(x, *stride, *lo, *hi),
-            Shortcut::Projection(conv, bn) if pass == Pass::Infer => conv.forward_bn_infer(bn, x, None, false),
+            Shortcut::Projection(conv, bn) if pass == Pass::Infer => conv.forward_infer(Some(bn), x, None, false),
             Shortcut::Projection(conv, bn) => bn.forward(&conv.forward(x)?, pass == Pass::Train),
         }
     }
@@ -333,7 +333,7 @@ impl Block {
             // The last convolution's pass also adds the shortcut and applies the ReLU.
             let shortcut = self.shortcut.forward(x, pass)?;
             for (i, (conv, bn)) in self.convs.iter().enumerate() {
-                h = conv.forward_bn_infer(bn, &h, (i == last).then_some(&shortcut), true)?;
+                h = conv.forward_infer(Some(bn), &h, (i == last).then_some(&shortcut), true)?;
             }
             return Ok(h);
         }
@@ -410,7 +410,7 @@ impl ResNet {
     fn features(&self, x: &Tensor, pass: Pass, blocks: usize) -> Result<Tensor> {
         check_images(x, self.cfg.in_channels, "ResNet")?;
         let mut h = if pass == Pass::Infer {
-            self.conv1.forward_bn_infer(&self.bn1, x, None, true)?
+            self.conv1.forward_infer(Some(&self.bn1), x, None, true)?
         } else {
             self.bn1.forward_relu(&self.conv1.forward(x)?, pass == Pass::Train)?
         };

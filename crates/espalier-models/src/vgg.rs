@@ -23,7 +23,7 @@ use crate::fused::relu;
 use crate::layers::{Conv2d, Linear};
 use crate::norm::BatchNorm2d;
 use crate::pool::{global_avg_pool, max_pool2d};
-use crate::resnet::check_images;
+use crate::resnet::{check_images, Pass};
 use crate::{loss, Mode, Model, ModelConfig, StepOutput};
 
 /// VGG configuration.
@@ -129,6 +129,11 @@ impl Vgg {
 
     /// `(B, classes)` logits of `(B, C, H, W)` images (at least 32×32).
     pub fn logits(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.logits_mode(x, if train { Pass::Train } else { Pass::Eval })
+    }
+
+    fn logits_mode(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
+        let train = pass == Pass::Train;
         check_images(x, self.cfg.in_channels, "VGG")?;
         let (_, _, h, w) = x.dims4()?;
         if h < 32 || w < 32 {
@@ -137,6 +142,7 @@ impl Vgg {
         let mut h = x.clone();
         for layer in &self.features {
             h = match layer {
+                Layer::Conv(conv, bn) if pass == Pass::Infer => conv.forward_infer(bn.as_ref(), &h, None, true)?,
                 Layer::Conv(conv, Some(bn)) => bn.forward_relu(&conv.forward(&h)?, train)?,
                 Layer::Conv(conv, None) => relu(&conv.forward(&h)?)?,
                 Layer::Pool => max_pool2d(&h, 2, 2, 0)?,
@@ -151,7 +157,7 @@ impl Model for Vgg {
         let Inputs::Dense(x) = &batch.inputs else {
             espalier_core::bail!("VGG takes image inputs, not token sequences");
         };
-        let logits = self.logits(x, mode.is_train())?;
+        let logits = self.logits_mode(x, Pass::of(mode))?;
         Ok(StepOutput { loss: loss::cross_entropy(&logits, &batch.labels)?, logits, labels: batch.labels.clone() })
     }
     fn params(&self) -> &ParamStore {

@@ -484,9 +484,10 @@ fn resnet20_step_timing() -> Result<()> {
 }
 
 /// The inference pass (BatchNorm, shortcut and ReLU folded into each
-/// convolution's output pass) gives the evaluation pass's logits: option A
-/// and B shortcuts, halved inner widths (the shifted-row convolutions),
-/// trained running statistics and a mask.
+/// convolution's output pass) gives the evaluation pass's logits: ResNets
+/// with option A and B shortcuts, halved inner widths (the shifted-row
+/// convolutions), trained running statistics and a mask; VGG with and
+/// without BatchNorm.
 #[test]
 fn inference_pass_gives_the_evaluation_logits() -> Result<()> {
     let halved = ResNetConfig { inner_widths: Some(vec![vec![8], vec![16], vec![32]]), ..ResNetConfig::cifar(8) };
@@ -501,6 +502,19 @@ fn inference_pass_gives_the_evaluation_logits() -> Result<()> {
         let w = model.params().get("layer1.0.conv1.weight")?;
         let mask = Tensor::from_iter((0..w.numel()).map(|j| (j % 3 != 0) as u8 as f32), &CPU)?.reshape(w.dims())?;
         w.set_mask(Some(mask))?;
+        let eval = model.forward_t(&batch, &mut Mode::Eval)?.logits;
+        let infer = model.forward_t(&batch, &mut Mode::Infer)?.logits;
+        let scale = eval.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        let diff = max_abs_diff(&eval, &infer)?;
+        assert!(diff <= 1e-5 * scale.max(1.0), "{cfg:?}: inference differs from evaluation by {diff} (scale {scale})");
+    }
+    // VGG with and without BatchNorm (convolutions with a bias).
+    for (i, cfg) in
+        [VggConfig::cifar(11), VggConfig { batch_norm: false, ..VggConfig::cifar(11) }].into_iter().enumerate()
+    {
+        let model = ModelConfig::Vgg(cfg.clone()).init(10 + i as u64, &CPU)?;
+        let batch = images(2, 3, 32, 30 + i as u64)?;
+        sgd_step(model.as_ref(), &batch, 0.01, 0)?;
         let eval = model.forward_t(&batch, &mut Mode::Eval)?.logits;
         let infer = model.forward_t(&batch, &mut Mode::Infer)?.logits;
         let scale = eval.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
