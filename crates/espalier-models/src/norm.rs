@@ -128,14 +128,10 @@ impl BatchNorm2d {
 
     /// The evaluation-mode map as `x·scale + shift` per channel, with
     /// `scale = γ/√(running_var + ε)` and `shift = β − running_mean·scale`
-    /// (computed as the fused evaluation kernel computes them).
+    /// (the fused evaluation kernel's own map).
     pub fn eval_affine(&self) -> Result<(Vec<f32>, Vec<f32>)> {
         let eps = self.eps as f32;
-        let map = |[gamma, beta, mean, var]: [&[f32]; 4]| -> (Vec<f32>, Vec<f32>) {
-            let scale: Vec<f32> = gamma.iter().zip(var).map(|(g, v)| g * (1.0 / (v + eps).sqrt())).collect();
-            let shift = beta.iter().zip(mean).zip(&scale).map(|((b, m), a)| b - m * a).collect();
-            (scale, shift)
-        };
+        let map = |[gamma, beta, mean, var]: [&[f32]; 4]| affine_map(gamma, beta, mean, &rstd(var, eps));
         let params = [&self.weight, &self.bias, &self.running_mean, &self.running_var].map(|p| p.tensor());
         if params.iter().all(|t| fusable(t)) {
             // Read in place: four copies per layer were a measurable part
@@ -238,8 +234,7 @@ struct BatchNormOp {
 impl BatchNormOp {
     /// The op for per-channel `mean` and (biased) `var`, with `r = 1/√(var + ε)`.
     fn new(mean: Vec<f32>, var: &[f32], eps: f64, batch_stats: bool, relu: bool) -> Self {
-        let rstd = var.iter().map(|v| 1.0 / (v + eps as f32).sqrt()).collect();
-        BatchNormOp { mean, rstd, batch_stats, relu }
+        BatchNormOp { rstd: rstd(var, eps as f32), mean, batch_stats, relu }
     }
 
     /// `(B, C, H·W)` of the input layout.
@@ -250,6 +245,19 @@ impl BatchNormOp {
         }
         Ok((b, c, h * w))
     }
+}
+
+/// `1/√(var + ε)` per channel.
+fn rstd(var: &[f32], eps: f32) -> Vec<f32> {
+    var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect()
+}
+
+/// The normalisation `(x − μ)·r·γ + β` as `x·a + s` per channel: `a = γ·r`,
+/// `s = β − μ·a` (the evaluation kernel and [`BatchNorm2d::eval_affine`]).
+fn affine_map(gamma: &[f32], beta: &[f32], mean: &[f32], rstd: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let a: Vec<f32> = gamma.iter().zip(rstd).map(|(g, r)| g * r).collect();
+    let s = beta.iter().zip(mean).zip(&a).map(|((b, m), a)| b - m * a).collect();
+    (a, s)
 }
 
 impl CustomOp3 for BatchNormOp {
@@ -270,8 +278,7 @@ impl CustomOp3 for BatchNormOp {
             (cpu_slice(s1, l1, self.name())?, cpu_slice(s2, l2, self.name())?, cpu_slice(s3, l3, self.name())?);
         let (_, c, hw) = self.dims(l1)?;
         // y = x·a + s per channel, with a = γ·r and s = β − μ·a.
-        let a: Vec<f32> = (0..c).map(|i| g[i] * self.rstd[i]).collect();
-        let shift: Vec<f32> = (0..c).map(|i| beta[i] - self.mean[i] * a[i]).collect();
+        let (a, shift) = affine_map(g, beta, &self.mean, &self.rstd);
         let plane_fn = if self.relu { affine_relu } else { affine };
         // SAFETY: `par_rows` hands every plane to `plane_fn`, which writes all of it.
         let y = unsafe {
