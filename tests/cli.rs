@@ -450,7 +450,7 @@ fn admm_pattern_pruning_with_sr_ste_obeys_the_pattern_and_resumes() {
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(full.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["method"], "admm-magnitude-2:4-sr-ste");
-    let trace = summary["admm_trace"].as_array().unwrap();
+    let trace = summary["method_report"]["admm_trace"].as_array().unwrap();
     assert!(trace.len() >= 4, "{trace:?}");
     let gaps: Vec<f64> = trace.iter().map(|t| t["primal_gap"].as_f64().unwrap()).collect();
     assert!(gaps[1..].iter().all(|g| *g < gaps[0]), "ADMM brings W towards the pattern: {gaps:?}");
@@ -549,7 +549,7 @@ fn structured_pruning_shrinks_saves_and_reloads() {
     assert!(text.contains(&format!("accuracy {acc:.2}")), "eval printed:\n{text}\nexpected accuracy {acc:.2}");
     let report = std::fs::read_to_string(p.join("report.md")).unwrap();
     assert!(report.contains("| fc1 | 16 | 64 |"), "{report}");
-    // Latency of the dense (checkpoint) and shrunk (model) networks side by
+    // Latency of the dense (dense.safetensors) and shrunk (model) networks side by
     // side; the FLOP ratio of 784-64-10 to 784-16-10 is 4.
     let out = espalier(&["bench", p.to_str().unwrap(), "--batch-sizes", "8", "--repeats", "2"]);
     ok(&out);
@@ -564,11 +564,26 @@ fn structured_pruning_shrinks_saves_and_reloads() {
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(g.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["structured"]["widths"]["fc1"], serde_json::json!([16, 64]), "{summary}");
-    let trace = summary["structured"]["greg_trace"].as_array().unwrap();
+    let trace = summary["method_report"]["greg_trace"].as_array().unwrap();
     assert_eq!(trace[0]["phase"], "uniform", "{summary}");
     assert!(trace.iter().any(|t| t["phase"] == "push"), "{summary}");
     // 2 regularization epochs and 1 fine-tuning epoch after round 0.
     assert_eq!(metrics(&g).iter().filter(|r| r["type"] == "epoch" && r["round"] == 1).count(), 3);
+    let report = std::fs::read_to_string(g.join("report.md")).unwrap();
+    assert!(report.contains("GReg penalty:"), "{report}");
+    // Stopped inside the penalty phase and again after it: the method's state
+    // (λ, the chosen units) and the phase resume to the same numbers.
+    let g2 = run_dir(tmp.path(), "greg-parts");
+    run_in_parts(&write_config(tmp.path(), "g.toml", &greg), &g2, &[Some(1), Some(1), None]);
+    assert_same_run(&g2, &g);
+    // Stopped after the shrink (inside fine-tuning): the shrunk model resumes.
+    let p2 = run_dir(tmp.path(), "pruned-parts");
+    let two_epochs = pruned.replace("finetune_epochs = 1", "finetune_epochs = 2");
+    let cfg2 = write_config(tmp.path(), "p2.toml", &two_epochs);
+    let full2 = run_dir(tmp.path(), "pruned-full");
+    run_in_parts(&cfg2, &full2, &[None]);
+    run_in_parts(&cfg2, &p2, &[Some(1), None]);
+    assert_same_run(&p2, &full2);
     // A dense run is not a structured one.
     let out = espalier(&["bench", d.to_str().unwrap()]);
     assert!(!out.status.success() && stderr(&out).contains("not a structured run"), "{}", stderr(&out));

@@ -9,6 +9,7 @@
 //! and the epoch the same way; evaluation asks for [`Dataset::batch`].
 
 pub mod cifar;
+pub mod config;
 pub mod glue;
 pub mod mnist;
 pub mod root;
@@ -18,6 +19,7 @@ pub mod xnli;
 use candle_core::{Device, Tensor};
 use espalier_core::{Result, Rng};
 
+pub use config::{Data, DataConfig};
 pub use root::DataRoot;
 
 /// The inputs of one batch.

@@ -12,6 +12,7 @@ pub mod dense;
 pub mod fused;
 pub mod layers;
 pub mod lenet;
+pub mod load;
 pub mod loss;
 pub mod mlp;
 pub mod norm;
@@ -26,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 pub use bert::{Bert, BertConfig, BertTask};
 pub use lenet::{LeNet5, LeNet5Config};
+pub use load::{load_model, model_name};
 pub use mlp::{Activation, Mlp, MlpConfig};
 pub use norm::BatchNorm2d;
 pub use resnet::{ResNet, ResNetConfig, ResNetStyle, ShortcutKind, Stem};

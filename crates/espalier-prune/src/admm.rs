@@ -1,8 +1,8 @@
-//! ADMM pattern pruning and SR-STE retraining (PAPERS.md §6).
-//!
-//! **ADMM** (Zhang et al., "A Systematic DNN Weight Pruning Framework using
-//! ADMM", ECCV 2018; applied to N:M patterns of transformers in the 2024
-//! semi-structured paper) solves min f(W) s.t. W ∈ S, where S is the set of
+//! ADMM pruning towards a sparsity pattern (Zhang, Ye, Zhang, Tang, Wen,
+//! Fardad & Wang, "A Systematic DNN Weight Pruning Framework using
+//! Alternating Direction Method of Multipliers", ECCV 2018, arXiv 1804.03294,
+//! eqs. 4–9; applied to N:M patterns of transformers in the 2024
+//! semi-structured pruning work). It solves min f(W) s.t. W ∈ S, where S is the set of
 //! weights that obey the pattern, by splitting W = Z:
 //! - W-step: train on f(W) + ρ/2 Σ_l ‖W_l − Z_l + U_l‖², i.e. the gradient
 //!   gets ρ(W − Z + U) ([`Admm::adjust_grads`]);
@@ -14,16 +14,8 @@
 //! ‖W − Z‖/‖W‖ is logged at every update and kept in the trace. After the
 //! ADMM phase the schedule's pruning step projects W hard (W ← Π_S(W)) and
 //! masked retraining follows.
-//!
-//! **SR-STE** (Zhou et al., "Learning N:M Fine-grained Structured Sparse
-//! Neural Networks From Scratch", ICLR 2021): the retraining keeps dense
-//! weights; the forward pass uses W ⊙ M with M recomputed from |W| after
-//! every step, the gradient passes straight through the mask
-//! ([`espalier_core::Param::set_straight_through`]), and the pruned weights
-//! decay: W ← W − γ(∇_{W⊙M} L + λ_w (1 − M) ⊙ W). Masks can therefore change.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor};
@@ -130,30 +122,26 @@ pub struct Admm {
     rho: f64,
     z: BTreeMap<String, Tensor>,
     u: BTreeMap<String, Tensor>,
-    trace: Arc<Mutex<Vec<AdmmPoint>>>,
+    trace: Vec<AdmmPoint>,
 }
 
 impl Admm {
-    /// The regularizer and a handle on its trace.
-    pub fn new(
-        cfg: AdmmConfig,
-        selector: Selector,
-        projection: Projection,
-        until_epoch: usize,
-    ) -> (Self, Arc<Mutex<Vec<AdmmPoint>>>) {
-        let trace = Arc::new(Mutex::new(Vec::new()));
+    /// ADMM on the selected parameters towards `projection`'s pattern,
+    /// while the epoch is below `until_epoch`.
+    pub fn new(cfg: AdmmConfig, selector: Selector, projection: Projection, until_epoch: usize) -> Self {
         let rho = cfg.rho;
-        let admm = Admm {
-            cfg,
-            selector,
-            projection,
-            until_epoch,
-            rho,
-            z: BTreeMap::new(),
-            u: BTreeMap::new(),
-            trace: trace.clone(),
-        };
-        (admm, trace)
+        Admm { cfg, selector, projection, until_epoch, rho, z: BTreeMap::new(), u: BTreeMap::new(), trace: Vec::new() }
+    }
+
+    /// ρ and the primal gap at every Z/U update (since the run started; the
+    /// trace is checkpointed with the run).
+    pub fn trace(&self) -> &[AdmmPoint] {
+        &self.trace
+    }
+
+    /// Restores a trace saved with [`Admm::trace`].
+    pub fn set_trace(&mut self, trace: Vec<AdmmPoint>) {
+        self.trace = trace;
     }
 
     /// Current ρ.
@@ -192,7 +180,7 @@ impl Admm {
             self.z.insert(n.clone(), z);
         }
         let gap = (gap / norm.max(f64::MIN_POSITIVE)).sqrt();
-        self.trace.lock().expect("admm trace lock").push(AdmmPoint { step, rho: self.rho, primal_gap: gap });
+        self.trace.push(AdmmPoint { step, rho: self.rho, primal_gap: gap });
         tracing::info!(step, rho = self.rho, primal_gap = format!("{gap:.4}"), "ADMM Z/U update");
         if !first {
             self.rho *= self.cfg.rho_growth;
@@ -263,108 +251,28 @@ impl Regularizer for Admm {
     }
 }
 
-/// SR-STE settings (`[prune.sr_ste]`).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct SrSteConfig {
-    /// λ_w, the decay of the pruned weights.
-    #[serde(default = "default_decay")]
-    pub decay: f64,
-}
-
-fn default_decay() -> f64 {
-    2e-4
-}
-
-impl SrSteConfig {
-    /// Checks the values; `path` prefixes key names.
-    pub fn validate(&self, path: &str) -> std::result::Result<(), String> {
-        if !(self.decay >= 0.0 && self.decay.is_finite()) {
-            return Err(format!("{path}.decay must be a finite number >= 0, found {}", self.decay));
-        }
-        Ok(())
-    }
-}
-
-/// SR-STE on the selected parameters that are in straight-through mode.
-pub struct SrSte {
-    decay: f64,
-    selector: Selector,
-    projection: Projection,
-    flips: u64,
-}
-
-impl SrSte {
-    /// The regularizer for `projection`'s pattern.
-    pub fn new(cfg: &SrSteConfig, selector: Selector, projection: Projection) -> Self {
-        SrSte { decay: cfg.decay, selector, projection, flips: 0 }
-    }
-    /// Mask entries changed since the last epoch's end.
-    pub fn flips(&self) -> u64 {
-        self.flips
-    }
-}
-
-impl Regularizer for SrSte {
-    fn name(&self) -> &str {
-        "sr_ste"
-    }
-    fn adjust_grads(&mut self, params: &ParamStore, grads: &mut GradStore, _step: &StepInfo) -> Result<()> {
-        for p in params.iter().filter(|p| self.selector.matches(p) && p.straight_through()) {
-            let (Some(g), Some(m)) = (grads.get(p.tensor()), p.mask()) else { continue };
-            let extra = ((1.0 - m)? * p.tensor())?;
-            let g = (g + (extra * self.decay)?)?;
-            grads.insert(p.tensor(), g);
-        }
-        Ok(())
-    }
-    fn on_step(&mut self, params: &ParamStore, _step: &StepInfo) -> Result<()> {
-        let ps: Vec<_> = params.iter().filter(|p| self.selector.matches(p) && p.straight_through()).collect();
-        if ps.is_empty() {
-            return Ok(());
-        }
-        let names: Vec<String> = ps.iter().map(|p| p.name().to_string()).collect();
-        let ws: Vec<Tensor> = ps.iter().map(|p| p.tensor().clone()).collect();
-        for (p, m) in ps.iter().zip(self.projection.masks(&names, &ws)?) {
-            if let Some(old) = p.mask() {
-                let changed = old.ne(&m)?.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
-                self.flips += changed as u64;
-            }
-            p.set_mask(Some(m))?;
-        }
-        Ok(())
-    }
-    fn on_epoch(&mut self, _params: &ParamStore, step: &StepInfo) -> Result<()> {
-        if self.flips > 0 {
-            tracing::info!(epoch = step.epoch, mask_changes = self.flips, "SR-STE");
-        }
-        self.flips = 0;
-        Ok(())
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use candle_core::Device;
     use espalier_core::init::Init;
     use espalier_core::{ParamBuilder, ParamKind};
 
-    fn one_weight(values: &[f32]) -> Result<(ParamStore, espalier_core::Param)> {
+    pub(crate) fn one_weight(values: &[f32]) -> Result<(ParamStore, espalier_core::Param)> {
         let pb = ParamBuilder::from_seed(0, DType::F32, &Device::Cpu);
         let w = pb.pp("fc").param("weight", &[1, values.len()], ParamKind::Weight, Init::Const(0.0))?;
         w.set(&Tensor::new(values, &Device::Cpu)?.reshape((1, values.len()))?)?;
         Ok((pb.finish().0, w))
     }
 
-    const TWO_FOUR: Projection =
+    pub(crate) const TWO_FOUR: Projection =
         Projection { granularity: Granularity::NOfM { n: 2, m: 4 }, scope: Scope::Layer, sparsity: 0.5 };
 
     #[test]
     fn admm_updates_match_a_hand_computed_example() -> Result<()> {
         let (store, w) = one_weight(&[4.0, -1.0, 3.0, 0.5])?;
         let cfg = AdmmConfig { rho: 0.1, rho_growth: 2.0, every_steps: Some(1), every_epochs: None };
-        let (mut admm, trace) = Admm::new(cfg, Selector::default(), TWO_FOUR, 1);
+        let mut admm = Admm::new(cfg, Selector::default(), TWO_FOUR, 1);
         // initialisation: Z = Π(W) = [4, 0, 3, 0], U = 0, ρ unchanged
         let gap = admm.update(&store, 0)?;
         assert_eq!(admm.z["fc.weight"].to_vec2::<f32>()?, [[4., 0., 3., 0.]]);
@@ -379,7 +287,7 @@ mod tests {
         // the W-step gradient: g + ρ(W - Z + U) = 0 + 0.2·[0, -2, 0, 1]
         let mut grads = (w.effective()? * 0.0)?.sum_all()?.backward()?;
         grads.insert(w.tensor(), w.tensor().zeros_like()?);
-        admm.adjust_grads(&store, &mut grads, &StepInfo { epoch: 0, global_step: 1, lr: 0.0 })?;
+        admm.adjust_grads(&store, &mut grads, &StepInfo { epoch: 0, global_step: 1, lr: 0.0, ..Default::default() })?;
         let g = grads.get(w.tensor()).unwrap().to_vec2::<f32>()?;
         for (a, b) in g[0].iter().zip([0f32, -0.4, 0., 0.2]) {
             assert!((a - b).abs() < 1e-6, "{g:?}");
@@ -390,47 +298,19 @@ mod tests {
         admm.update(&store, 2)?;
         assert_eq!(admm.z["fc.weight"].to_vec2::<f32>()?, [[0., -4., 2., 0.]]);
         assert_eq!(admm.u["fc.weight"].to_vec2::<f32>()?, [[1., 0., 0., 1.]]);
-        assert_eq!(trace.lock().unwrap().len(), 3);
+        assert_eq!(admm.trace().len(), 3);
         // Z and U carry no autograd history from one update to the next.
         assert!(!admm.z["fc.weight"].track_op() && !admm.u["fc.weight"].track_op());
         // after the ADMM phase (epoch >= until_epoch) the gradient is untouched
         let mut grads = (w.effective()? * 0.0)?.sum_all()?.backward()?;
         grads.insert(w.tensor(), w.tensor().zeros_like()?);
-        admm.adjust_grads(&store, &mut grads, &StepInfo { epoch: 1, global_step: 3, lr: 0.0 })?;
+        admm.adjust_grads(&store, &mut grads, &StepInfo { epoch: 1, global_step: 3, lr: 0.0, ..Default::default() })?;
         assert_eq!(grads.get(w.tensor()).unwrap().to_vec2::<f32>()?, [[0.; 4]]);
         // state round-trip
-        let (mut again, _) = Admm::new(admm.cfg.clone(), Selector::default(), TWO_FOUR, 1);
+        let mut again = Admm::new(admm.cfg.clone(), Selector::default(), TWO_FOUR, 1);
         again.load_state(&admm.state()?)?;
         assert_eq!(again.rho(), admm.rho());
         assert_eq!(again.u["fc.weight"].to_vec2::<f32>()?, [[1., 0., 0., 1.]]);
-        Ok(())
-    }
-
-    /// A pruned weight that the loss keeps pushing up grows through the
-    /// straight-through gradient until it overtakes a kept one: the mask
-    /// changes. With a hard mask it would stay at zero forever.
-    #[test]
-    fn sr_ste_lets_a_mask_change() -> Result<()> {
-        let (store, w) = one_weight(&[1.0, 0.9, 0.2, 0.1])?;
-        let mut sr = SrSte::new(&SrSteConfig { decay: 2e-4 }, Selector::default(), TWO_FOUR);
-        w.set_straight_through(true)?;
-        sr.on_step(&store, &StepInfo::default())?;
-        assert_eq!(w.mask().unwrap().to_vec2::<f32>()?, [[1., 1., 0., 0.]]);
-        let push = Tensor::new(&[[0f32, 0.0, -1.0, 0.0]], &Device::Cpu)?;
-        for step in 0..10 {
-            let mut grads = (w.effective()? * &push)?.sum_all()?.backward()?;
-            sr.adjust_grads(&store, &mut grads, &StepInfo { epoch: 0, global_step: step, lr: 0.0 })?;
-            let g = grads.get(w.tensor()).unwrap().clone();
-            if step == 0 {
-                // straight through the mask, plus the decay of the pruned w[3]
-                let gv = g.to_vec2::<f32>()?;
-                assert!((gv[0][2] - (-1.0 + 2e-4 * 0.2)).abs() < 1e-6 && (gv[0][3] - 2e-4 * 0.1).abs() < 1e-7);
-            }
-            w.set(&(w.tensor() - (g * 0.1)?)?)?;
-            sr.on_step(&store, &StepInfo { epoch: 0, global_step: step + 1, lr: 0.0 })?;
-        }
-        assert_eq!(w.mask().unwrap().to_vec2::<f32>()?, [[1., 0., 1., 0.]]);
-        assert!(sr.flips() >= 2);
         Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! Growing regularization (Wang, Qin, Zhang & Fu, "Neural Pruning via
-//! Growing Regularization", ICLR 2021; PAPERS.md §5), for the units of
-//! [`GroupSet`]s (neurons, channels, heads, feed-forward units).
+//! Growing Regularization", ICLR 2021, arXiv 2012.09243, eq. 2 and
+//! Algorithms 1–2), for the units of [`GroupSet`]s (neurons, channels,
+//! heads, feed-forward units).
 //!
 //! GReg-1: the units to remove are chosen once, by the L1 norm of their
 //! weights, before the regularization phase. Every `interval` optimizer steps
@@ -18,16 +19,22 @@
 //! penalty (`kept_penalty`, −1e-4) on the kept ones.
 //!
 //! The λ trajectory and the magnitude ratio are logged at every increase and
-//! kept in [`GRegState::trace`].
+//! kept in [`GRegState::trace`] (the method's report).
+//!
+//! As a [`Method`]: dense training, then the penalty phase (round 1, until
+//! the penalty is done or `max_epochs`), then the shrink and fine-tuning.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor};
-use espalier_core::{GroupSet, Keep, ParamStore, Result};
+use espalier_core::{GroupSet, Keep, ParamStore, Result, Selector};
 use espalier_train::regularize::{Regularizer, StepInfo};
 use serde::{Deserialize, Serialize};
+
+use crate::method::{Action, Context, Length, Method, MethodReport, Phase as PlanPhase, Plan, Selection};
+use crate::structured::{selected_sets, structured_plan, StructuredConfig};
 
 /// GReg settings (`[structured.greg]`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -146,9 +153,8 @@ pub struct TracePoint {
     pub ratio: f64,
 }
 
-/// The shared state of a GReg run: the regularizer updates it, the caller
-/// reads it between epochs.
-#[derive(Clone, Debug)]
+/// Where a GReg run is (checkpointed with the run).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct GRegState {
     /// Current phase.
     pub phase: Phase,
@@ -163,39 +169,138 @@ pub struct GRegState {
     pub trace: Vec<TracePoint>,
 }
 
-/// The GReg regularizer over `sets`, keeping `kept` units per set.
+/// GReg-1 or GReg-2 over the selected group sets of a structured config.
 pub struct GReg {
     cfg: GRegConfig,
+    structured: StructuredConfig,
     sets: Vec<GroupSet>,
     kept: BTreeMap<String, usize>,
-    state: Arc<Mutex<GRegState>>,
+    state: GRegState,
     steps: u64,
     /// GReg-2 (uniform phase first, negative penalty on kept units).
     two: bool,
+    /// The penalty phase is running.
+    active: bool,
+    started: Option<Instant>,
+    selector: Selector,
 }
 
 impl GReg {
-    /// GReg-1 (`uniform = false`: units chosen now by L1 norm) or GReg-2.
-    pub fn new(
-        cfg: GRegConfig,
-        sets: Vec<GroupSet>,
-        kept: BTreeMap<String, usize>,
-        params: &ParamStore,
-        uniform: bool,
-    ) -> Result<(Self, Arc<Mutex<GRegState>>)> {
-        let keep = if uniform { None } else { Some(choose(params, &sets, &kept)?) };
-        let state = Arc::new(Mutex::new(GRegState {
-            phase: if uniform { Phase::Uniform } else { Phase::Push },
-            lambda: 0.0,
-            keep,
-            stable_steps: 0,
-            trace: Vec::new(),
-        }));
-        Ok((GReg { cfg, sets, kept, state: state.clone(), steps: 0, two: uniform }, state))
+    /// The method of `structured` (`method = "greg1"` or `"greg2"`).
+    pub fn new(structured: StructuredConfig) -> Self {
+        let two = structured.method == crate::GroupCriterion::Greg2;
+        GReg {
+            cfg: structured.greg.clone(),
+            structured,
+            sets: Vec::new(),
+            kept: BTreeMap::new(),
+            state: GRegState {
+                phase: if two { Phase::Uniform } else { Phase::Push },
+                lambda: 0.0,
+                keep: None,
+                stable_steps: 0,
+                trace: Vec::new(),
+            },
+            steps: 0,
+            two,
+            active: false,
+            started: None,
+            selector: Selector::default(),
+        }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, GRegState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    /// The penalty on `sets`, keeping `kept` units per set, starting now
+    /// (GReg-1 chooses its units at once, by L1 norm).
+    pub fn begin(&mut self, sets: Vec<GroupSet>, kept: BTreeMap<String, usize>, params: &ParamStore) -> Result<()> {
+        self.state.keep = if self.two { None } else { Some(choose(params, &sets, &kept)?) };
+        self.sets = sets;
+        self.kept = kept;
+        self.active = true;
+        self.started = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Where the run is.
+    pub fn state(&self) -> &GRegState {
+        &self.state
+    }
+}
+
+/// What GReg checkpoints beyond tensors.
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    state: GRegState,
+    steps: u64,
+    active: bool,
+}
+
+impl Method for GReg {
+    fn describe(&self) -> String {
+        format!("structured-{}", self.structured.method.key())
+    }
+    fn plan(&self, dense_epochs: usize) -> Plan {
+        let penalty = PlanPhase {
+            round: 1,
+            length: Length::UntilDone { max_epochs: self.cfg.max_epochs },
+            start: vec![Action::NewOptimizer],
+        };
+        structured_plan(&self.structured, dense_epochs, Some(penalty))
+    }
+    fn selector(&self) -> &Selector {
+        &self.selector
+    }
+    fn start_phase(&mut self, index: usize, cx: &mut Context) -> Result<()> {
+        if index == 1 {
+            let sets = selected_sets(cx.model, &self.structured)?;
+            let kept = sets.iter().map(|s| (s.name.clone(), self.structured.kept(s.size))).collect();
+            self.begin(sets, kept, cx.model.params())?;
+        } else {
+            self.active = false;
+        }
+        Ok(())
+    }
+    fn done(&self) -> bool {
+        self.state.phase == Phase::Done
+    }
+    fn select(&mut self, cx: &mut Context) -> Result<Selection> {
+        let keep = match &self.state.keep {
+            Some(k) => k.clone(),
+            None => choose(cx.model.params(), &self.sets, &self.kept)?,
+        };
+        let seconds = self.started.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        Ok(Selection { keep, seconds, ..Selection::default() })
+    }
+    fn save(&self) -> serde_json::Value {
+        serde_json::to_value(Saved { state: self.state.clone(), steps: self.steps, active: self.active })
+            .unwrap_or_default()
+    }
+    fn load(&mut self, v: &serde_json::Value) -> Result<()> {
+        let saved: Saved = serde_json::from_value(v.clone())
+            .map_err(|e| espalier_core::Error::msg(format!("GReg state in the checkpoint: {e}")))?;
+        (self.state, self.steps, self.active) = (saved.state, saved.steps, saved.active);
+        Ok(())
+    }
+    fn report(&self) -> Option<MethodReport> {
+        let st = &self.state;
+        let last = st.trace.last();
+        let mut md = format!(
+            "\nGReg penalty: {} λ increases, final λ {:.4}, kept/pruned magnitude ratio {:.1}, phase `{:?}`{}.\n",
+            st.trace.len(),
+            st.lambda,
+            last.map_or(0.0, |t| t.ratio),
+            st.phase,
+            if st.phase == Phase::Done { "" } else { " (did not converge within structured.greg.max_epochs)" }
+        );
+        if !st.trace.is_empty() {
+            md += "\n| step | phase | λ | ratio |\n|---:|---|---:|---:|\n";
+            let every = st.trace.len().div_ceil(20);
+            for (i, t) in st.trace.iter().enumerate() {
+                if i % every == 0 || i + 1 == st.trace.len() {
+                    md += &format!("| {} | {:?} | {:.4} | {:.2} |\n", t.step, t.phase, t.lambda, t.ratio);
+                }
+            }
+        }
+        Some(MethodReport { json: serde_json::json!({ "greg_trace": st.trace }), markdown: md })
     }
 }
 
@@ -261,8 +366,8 @@ impl Regularizer for GReg {
     /// the kept penalty (GReg-2) or 0 for kept ones, the uniform λ for all
     /// in GReg-2's first phase.
     fn adjust_grads(&mut self, params: &ParamStore, grads: &mut GradStore, _step: &StepInfo) -> Result<()> {
-        let st = self.lock();
-        if st.phase == Phase::Done {
+        let st = &self.state;
+        if !self.active || st.phase == Phase::Done {
             return Ok(());
         }
         let kept_lambda = if self.two { self.cfg.kept_penalty } else { 0.0 };
@@ -296,9 +401,12 @@ impl Regularizer for GReg {
     }
 
     fn on_step(&mut self, params: &ParamStore, step: &StepInfo) -> Result<()> {
+        if !self.active {
+            return Ok(());
+        }
         self.steps += 1;
         let steps = self.steps;
-        let mut st = self.lock();
+        let st = &mut self.state;
         match st.phase {
             Phase::Done => return Ok(()),
             Phase::Stabilize => {
@@ -345,6 +453,20 @@ impl Regularizer for GReg {
         }
         Ok(())
     }
+
+    fn on_epoch(&mut self, _params: &ParamStore, step: &StepInfo) -> Result<()> {
+        if self.active {
+            let ratio = self.state.trace.last().map_or(0.0, |t| t.ratio);
+            tracing::info!(
+                epoch = step.epoch,
+                phase = ?self.state.phase,
+                lambda = self.state.lambda,
+                ratio = format!("{ratio:.1}"),
+                "GReg"
+            );
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -369,26 +491,36 @@ mod tests {
         Ok((pb.finish().0, vec![set]))
     }
 
+    fn greg(cfg: GRegConfig, two: bool, sets: Vec<GroupSet>, store: &ParamStore) -> Result<GReg> {
+        let method = if two { "greg2" } else { "greg1" };
+        let mut sc: StructuredConfig = serde_json::from_value(serde_json::json!({ "method": method, "keep": 2 }))
+            .map_err(|e| espalier_core::Error::msg(e.to_string()))?;
+        sc.greg = cfg;
+        let mut g = GReg::new(sc);
+        g.begin(sets, BTreeMap::from([("fc1".into(), 2)]), store)?;
+        Ok(g)
+    }
+
     fn step(g: &mut GReg, store: &ParamStore, n: u64) -> Result<()> {
-        g.on_step(store, &StepInfo { epoch: 0, global_step: n, lr: 0.0 })
+        g.on_step(store, &StepInfo { epoch: 0, global_step: n, lr: 0.0, ..Default::default() })
     }
 
     #[test]
     fn greg1_penalty_grows_by_the_schedule_on_the_pruned_units_only() -> Result<()> {
         let (store, sets) = store()?;
         let cfg = GRegConfig { interval: 3, delta: 0.5, ceiling: 1.2, ratio_stop: 1e9, ..GRegConfig::default() };
-        let (mut g, state) = GReg::new(cfg, sets, BTreeMap::from([("fc1".into(), 2)]), &store, false)?;
-        assert_eq!(state.lock().unwrap().keep.as_ref().unwrap()["fc1"], vec![0, 2]);
+        let mut g = greg(cfg, false, sets, &store)?;
+        assert_eq!(g.state.keep.as_ref().unwrap()["fc1"], vec![0, 2]);
         let mut lambdas = Vec::new();
         for n in 1..=10 {
             step(&mut g, &store, n)?;
-            lambdas.push(state.lock().unwrap().lambda);
+            lambdas.push(g.state.lambda);
         }
         // +0.5 every 3 steps, frozen once it reaches 1.2 (at step 9: 1.5).
         assert_eq!(lambdas, [0.0, 0.0, 0.5, 0.5, 0.5, 1.0, 1.0, 1.0, 1.5, 1.5]);
-        assert_eq!(state.lock().unwrap().phase, Phase::Done);
+        assert_eq!(g.state.phase, Phase::Done);
         // grad += λ·w on rows 1 and 3 only (λ = 1.5 while it was pushing).
-        state.lock().unwrap().phase = Phase::Push;
+        g.state.phase = Phase::Push;
         let w = store.get("fc1.weight")?;
         let mut grads = w.tensor().zeros_like()?.sum_all()?.backward()?;
         grads.insert(w.tensor(), w.tensor().zeros_like()?);
@@ -410,23 +542,23 @@ mod tests {
             stabilize_steps: 2,
             ..GRegConfig::default()
         };
-        let (mut g, state) = GReg::new(cfg, sets, BTreeMap::from([("fc1".into(), 2)]), &store, true)?;
-        assert!(state.lock().unwrap().keep.is_none());
+        let mut g = greg(cfg, true, sets, &store)?;
+        assert!(g.state.keep.is_none());
         for n in 1..=3 {
             step(&mut g, &store, n)?;
         }
-        let st = state.lock().unwrap().clone();
+        let st = g.state.clone();
         assert_eq!(st.phase, Phase::Push);
         assert_eq!(st.keep.as_ref().unwrap()["fc1"], vec![0, 2]);
         // The weights already give mean|kept| / mean|pruned| = 4.5 / 0.9 = 5 ≥ 2:
         // the next increase stops the push, then 2 steps of stabilisation.
         step(&mut g, &store, 4)?;
-        assert_eq!(state.lock().unwrap().phase, Phase::Stabilize);
-        let ratio = state.lock().unwrap().trace.last().unwrap().ratio;
+        assert_eq!(g.state.phase, Phase::Stabilize);
+        let ratio = g.state.trace.last().unwrap().ratio;
         assert!((ratio - 5.0).abs() < 1e-6, "{ratio}");
         step(&mut g, &store, 5)?;
         step(&mut g, &store, 6)?;
-        assert_eq!(state.lock().unwrap().phase, Phase::Done);
+        assert_eq!(g.state.phase, Phase::Done);
         Ok(())
     }
 }

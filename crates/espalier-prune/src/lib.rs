@@ -1,28 +1,40 @@
-//! Pruning: importance scores, mask computation and schedules.
+//! Pruning methods, each one module behind the [`Method`] trait.
 //!
-//! Structure, importance and schedule are kept apart: an [`Importance`]
-//! scores weights, [`masks_for`] turns scores into masks at a target
-//! sparsity (globally or per layer), and a [`Plan`] (built from a
-//! [`ScheduleConfig`]) says when to prune, rewind and reset the optimizer; the
-//! run loop carries those actions out. A [`Granularity`] says what is pruned
-//! together (single weights, N:M patterns, blocks).
+//! A method owns its config and its validation, what it adds to training
+//! (it is the step loop's [`espalier_train::Regularizer`] hook: observe,
+//! penalty, gradient adjustment, step and epoch updates), its phase logic
+//! (the [`Plan`] of phases and the [`Action`]s that open them), its masks or
+//! unit selection, and its report section. The experiment session carries
+//! out the plan and never names a method.
 //!
-//! Methods that shape the weights while training are regularizers in the
-//! training loop's slot: [`MovementTracker`] (movement scores), [`Admm`] and
-//! [`SrSte`] (pattern pruning), GReg ([`greg`]); SPUR's row/column group
-//! lasso is `espalier_train`'s `group_lasso`.
+//! - [`unstructured`]: masks on a [`schedule`] (one-shot, IMP with rewinding,
+//!   gradual) from an importance criterion ([`magnitude`], random,
+//!   [`movement`]) at a [`pattern`] granularity, with [`admm`] and
+//!   [`sr_ste`] as its training terms and SPUR as IMP with a group lasso;
+//! - [`structured`]: one-pass unit criteria (random, l1, l2, activation,
+//!   taylor, movement, i-SpaSP, MI), a physical shrink and fine-tuning;
+//! - [`greg`]: GReg-1/2, units chosen and pushed to zero by a growing penalty.
+//!
+//! Structure, importance and schedule are kept apart (SparseML's modifiers,
+//! Torch-Pruning's pruner / importance / scheduler split), so any criterion
+//! works with any granularity and schedule.
 
 pub mod admm;
 pub mod greg;
 pub mod magnitude;
+pub mod method;
 pub mod movement;
 pub mod pattern;
 pub mod schedule;
+pub mod sr_ste;
 pub mod structured;
+pub mod unstructured;
 
-pub use admm::{Admm, AdmmConfig, Projection, SrSte, SrSteConfig};
-pub use magnitude::{masks_for, Importance, MaskRule, MovementScores, Scope};
-pub use movement::MovementTracker;
+pub use admm::{Admm, AdmmConfig, AdmmPoint, Projection};
+pub use magnitude::{masks_for, Importance, MaskRule, Scope, Scorer};
+pub use method::{Action, Context, Dense, Length, Method, MethodReport, Phase, Plan, Selection};
 pub use pattern::Granularity;
-pub use schedule::{Action, Phase, Plan, Rewind, ScheduleConfig};
-pub use structured::{GroupCriterion, MiEstimator, Selection, StructuredConfig};
+pub use schedule::{Rewind, ScheduleConfig};
+pub use sr_ste::{SrSte, SrSteConfig};
+pub use structured::{GroupCriterion, MiEstimator, StructuredConfig};
+pub use unstructured::PruneConfig;

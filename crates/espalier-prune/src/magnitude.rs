@@ -1,31 +1,116 @@
-//! Pruning by magnitude (Han et al. 2015), movement (Sanh et al. 2020) or at
-//! random, at any [`Granularity`] (single weights, N:M patterns, blocks).
+//! Masks from importance scores, and the two score-free criteria:
+//! magnitude |w| (Han, Pool, Tran & Dally, "Learning both Weights and
+//! Connections for Efficient Neural Networks", NeurIPS 2015, arXiv
+//! 1506.02626) and uniform random scores (the floor every criterion must
+//! clear).
 //!
+//! An [`Importance`] names a criterion in the config; [`Importance::build`]
+//! is the registry that turns it into a [`Scorer`]. [`masks_for`] turns a
+//! scorer's scores into masks at a target sparsity, at any [`Granularity`]
+//! (single weights, N:M patterns, blocks) and [`Scope`] (one threshold over
+//! all selected matrices, one per matrix, or one per output row).
 //! Already-pruned weights stay pruned: a new mask only removes further
-//! weights. With `Scope::Global` the threshold is shared by all selected
-//! matrices; with `Scope::Layer` every matrix is pruned to the same sparsity.
-//! Ties are broken by position, so the result is deterministic.
+//! weights. Ties are broken by position, so the result is deterministic.
 
 use std::collections::BTreeMap;
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor};
 use espalier_core::{Param, ParamStore, Result, Rng, Selector};
+use espalier_data::Batch;
+use espalier_models::Model;
 use serde::{Deserialize, Serialize};
 
 use crate::pattern::{keep_masks, Granularity, Scored};
 
-/// How a weight's importance is scored.
+/// The unstructured criteria (`prune.importance`). Adding one: a module with
+/// its [`Scorer`], a variant here and its line in [`Importance::build`].
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Importance {
-    /// |w| (Han et al. 2015).
+    /// |w|.
     #[default]
     Magnitude,
-    /// Uniform random scores (the floor every criterion must clear).
+    /// Uniform random scores.
     Random,
-    /// Movement (Sanh et al. 2020): S = −Σ_t W ⊙ ∂L/∂W accumulated over the
-    /// training steps; weights moving away from zero score high.
+    /// Movement ([`crate::movement`]).
     Movement,
+}
+
+impl Importance {
+    /// The scorer of this criterion (the registry).
+    pub fn build(self) -> Box<dyn Scorer> {
+        match self {
+            Importance::Magnitude => Box::new(Magnitude),
+            Importance::Random => Box::new(RandomScores),
+            Importance::Movement => Box::new(crate::movement::Movement::default()),
+        }
+    }
+}
+
+/// Scores weights for pruning (higher = keep).
+pub trait Scorer: Send {
+    /// The config name, for messages.
+    fn name(&self) -> &'static str;
+    /// Scores of `p`'s weights in row-major order. Only the entries where
+    /// `alive` holds matter (the others are pruned already); a scorer that
+    /// draws random numbers draws one per alive entry, in order.
+    fn scores(&mut self, p: &Param, alive: &[bool], rng: &mut Rng) -> Result<Vec<f32>>;
+    /// Sees the task loss's gradients of every training step (statistics
+    /// gathered while training).
+    fn observe(&mut self, _params: &ParamStore, _selector: &Selector, _grads: &GradStore) -> Result<()> {
+        Ok(())
+    }
+    /// Whether it runs the model on calibration data before scoring.
+    fn needs_calibration(&self) -> bool {
+        false
+    }
+    /// Gathers statistics of `model` on the calibration batches.
+    fn calibrate(&mut self, _model: &dyn Model, _selector: &Selector, _batches: &[Batch]) -> Result<()> {
+        Ok(())
+    }
+    /// Whether it can score during training (the gradual schedule), when no
+    /// calibration pass can run.
+    fn scores_while_training(&self) -> bool {
+        !self.needs_calibration()
+    }
+    /// Checkpoint state, keyed by parameter name.
+    fn state(&self) -> Result<BTreeMap<String, Tensor>> {
+        Ok(BTreeMap::new())
+    }
+    /// Restores [`Scorer::state`].
+    fn load_state(&mut self, _state: &BTreeMap<String, Tensor>) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// |w|.
+pub struct Magnitude;
+
+impl Scorer for Magnitude {
+    fn name(&self) -> &'static str {
+        "magnitude"
+    }
+    fn scores(&mut self, p: &Param, _alive: &[bool], _rng: &mut Rng) -> Result<Vec<f32>> {
+        Ok(flat(p.tensor())?.into_iter().map(f32::abs).collect())
+    }
+}
+
+/// Uniform random scores.
+pub struct RandomScores;
+
+impl Scorer for RandomScores {
+    fn name(&self) -> &'static str {
+        "random"
+    }
+    fn scores(&mut self, _p: &Param, alive: &[bool], rng: &mut Rng) -> Result<Vec<f32>> {
+        Ok(alive.iter().map(|&a| if a { rng.uniform() as f32 } else { 0.0 }).collect())
+    }
+}
+
+/// A tensor's values, row-major, as `f32`.
+pub fn flat(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
 }
 
 /// Over which set of weights the target sparsity holds.
@@ -37,14 +122,15 @@ pub enum Scope {
     Global,
     /// Each selected matrix pruned to the target.
     Layer,
+    /// Each output row (dim 0) of each matrix pruned to the target (Wanda's
+    /// comparison group; unstructured granularity only).
+    Row,
 }
 
-/// How, at what granularity and over which scope weights are pruned.
+/// At what granularity and over which scope weights are pruned.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct MaskRule {
-    /// Scores.
-    pub importance: Importance,
-    /// One threshold or one per matrix.
+    /// One threshold, one per matrix or one per row.
     pub scope: Scope,
     /// Single weights, N:M patterns or blocks.
     pub granularity: Granularity,
@@ -52,51 +138,15 @@ pub struct MaskRule {
     pub seed: u64,
 }
 
-/// Accumulated movement scores by parameter name (see [`crate::movement`]).
-pub type MovementScores = BTreeMap<String, Tensor>;
-
-fn scores(p: &Param, importance: Importance, rng: &mut Rng, movement: Option<&MovementScores>) -> Result<Vec<f32>> {
-    let w = match importance {
-        Importance::Movement => match movement.and_then(|m| m.get(p.name())) {
-            Some(s) => s.clone(),
-            None => espalier_core::bail!(
-                "movement importance has no accumulated scores for {} (no training step has run since \
-                 the run started or resumed)",
-                p.name()
-            ),
-        },
-        _ => p.tensor().clone(),
-    };
-    let w = w.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-    let mask = match p.mask() {
-        Some(m) => Some(m.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?),
-        None => None,
-    };
-    Ok(w.iter()
-        .enumerate()
-        .map(|(i, &x)| {
-            if mask.as_ref().is_some_and(|m| m[i] == 0.0) {
-                f32::NEG_INFINITY
-            } else {
-                match importance {
-                    Importance::Magnitude => x.abs(),
-                    Importance::Movement => x,
-                    Importance::Random => rng.uniform() as f32,
-                }
-            }
-        })
-        .collect())
-}
-
-/// Masks that prune the selected parameters of `store` to `sparsity` by
-/// `rule` (`movement` holds the scores of [`Importance::Movement`]).
-/// Unselected parameters keep their current masks (if any).
+/// Masks that prune the selected parameters of `store` to `sparsity` by the
+/// scores of `scorer` under `rule`. Unselected parameters keep their current
+/// masks (if any).
 pub fn masks_for(
     store: &ParamStore,
     selector: &Selector,
+    scorer: &mut dyn Scorer,
     rule: &MaskRule,
     sparsity: f64,
-    movement: Option<&MovementScores>,
 ) -> Result<BTreeMap<String, Tensor>> {
     let selected: Vec<&Param> = store.iter().filter(|p| selector.matches(p)).collect();
     if selected.is_empty() {
@@ -104,11 +154,16 @@ pub fn masks_for(
     }
     let mut rng = Rng::derive(rule.seed, "prune", &[(sparsity * 1e6) as u64]);
     let dims: Vec<Vec<usize>> = selected.iter().map(|p| p.dims()).collect();
-    let scored: Vec<Scored> = selected
-        .iter()
-        .zip(&dims)
-        .map(|(p, d)| Ok(Scored { name: p.name(), dims: d, scores: scores(p, rule.importance, &mut rng, movement)? }))
-        .collect::<Result<_>>()?;
+    let mut scored = Vec::with_capacity(selected.len());
+    for (p, d) in selected.iter().zip(&dims) {
+        let alive: Vec<bool> = match p.mask() {
+            Some(m) => flat(&m)?.into_iter().map(|v| v != 0.0).collect(),
+            None => vec![true; p.numel()],
+        };
+        let raw = scorer.scores(p, &alive, &mut rng)?;
+        let scores = raw.into_iter().zip(&alive).map(|(s, &a)| if a { s } else { f32::NEG_INFINITY }).collect();
+        scored.push(Scored { name: p.name(), dims: d, scores });
+    }
     let keep = keep_masks(&scored, rule.granularity, rule.scope, sparsity)?;
     let mut masks = store.masks();
     for (p, k) in selected.iter().zip(keep) {
@@ -125,8 +180,15 @@ mod tests {
     use espalier_core::init::Init;
     use espalier_core::{ParamBuilder, ParamKind, SparsityReport};
 
-    fn rule(importance: Importance, scope: Scope, seed: u64) -> MaskRule {
-        MaskRule { importance, scope, granularity: Granularity::Unstructured, seed }
+    fn masks(
+        s: &ParamStore,
+        importance: Importance,
+        scope: Scope,
+        seed: u64,
+        sparsity: f64,
+    ) -> Result<BTreeMap<String, Tensor>> {
+        let rule = MaskRule { scope, granularity: Granularity::Unstructured, seed };
+        masks_for(s, &Selector::default(), importance.build().as_mut(), &rule, sparsity)
     }
 
     fn store() -> Result<ParamStore> {
@@ -142,14 +204,14 @@ mod tests {
         let s = store()?;
         let orig = s.get("a.weight")?.tensor().flatten_all()?.to_vec1::<f32>()?;
         let sel = Selector::default();
-        let m = masks_for(&s, &sel, &rule(Importance::Magnitude, Scope::Global, 0), 0.5, None)?;
+        let m = masks(&s, Importance::Magnitude, Scope::Global, 0, 0.5)?;
         s.set_masks(&m)?;
         let r = SparsityReport::of(&s, &sel)?;
         assert_eq!(r.kept(), 60);
         // the small-std layer b is pruned much harder under a global threshold
         assert!(r.layers[1].sparsity() > 0.9, "{}", r.table());
         let before = s.masks()["a.weight"].flatten_all()?.to_vec1::<f32>()?;
-        let m = masks_for(&s, &sel, &rule(Importance::Magnitude, Scope::Layer, 0), 0.75, None)?;
+        let m = masks(&s, Importance::Magnitude, Scope::Layer, 0, 0.75)?;
         s.set_masks(&m)?;
         let after = m["a.weight"].flatten_all()?.to_vec1::<f32>()?;
         assert_eq!(after.iter().filter(|&&x| x == 1.0).count(), 25);
@@ -167,12 +229,32 @@ mod tests {
     #[test]
     fn random_importance_hits_the_target_and_is_seeded() -> Result<()> {
         let s = store()?;
-        let sel = Selector::default();
-        let m1 = masks_for(&s, &sel, &rule(Importance::Random, Scope::Layer, 7), 0.3, None)?;
-        let m2 = masks_for(&s, &sel, &rule(Importance::Random, Scope::Layer, 7), 0.3, None)?;
+        let m1 = masks(&s, Importance::Random, Scope::Layer, 7, 0.3)?;
+        let m2 = masks(&s, Importance::Random, Scope::Layer, 7, 0.3)?;
         let a1 = m1["a.weight"].flatten_all()?.to_vec1::<f32>()?;
         assert_eq!(a1, m2["a.weight"].flatten_all()?.to_vec1::<f32>()?);
         assert_eq!(a1.iter().filter(|&&x| x == 0.0).count(), 30);
+        Ok(())
+    }
+
+    /// Row scope: every output row keeps the same number of weights, its own
+    /// largest, whatever the other rows hold.
+    #[test]
+    fn row_scope_prunes_every_row_to_the_target() -> Result<()> {
+        let s = store()?;
+        let m = masks(&s, Importance::Magnitude, Scope::Row, 0, 0.6)?;
+        let w = s.get("a.weight")?.tensor().to_vec2::<f32>()?;
+        let k = m["a.weight"].to_vec2::<f32>()?;
+        for (row, keep) in w.iter().zip(&k) {
+            assert_eq!(keep.iter().filter(|&&x| x == 1.0).count(), 4);
+            let min_kept =
+                row.iter().zip(keep).filter(|(_, k)| **k == 1.0).map(|(x, _)| x.abs()).fold(f32::MAX, f32::min);
+            let max_pruned = row.iter().zip(keep).filter(|(_, k)| **k == 0.0).map(|(x, _)| x.abs()).fold(0.0, f32::max);
+            assert!(min_kept >= max_pruned, "{row:?} {keep:?}");
+        }
+        // b.weight is [5, 4]: 60% of 4 rounds to 2 pruned per row.
+        let kb = m["b.weight"].to_vec2::<f32>()?;
+        assert!(kb.iter().all(|r| r.iter().filter(|&&x| x == 1.0).count() == 2), "{kb:?}");
         Ok(())
     }
 }

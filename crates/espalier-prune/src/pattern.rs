@@ -1,9 +1,10 @@
 //! Pruning granularities: which sets of weights are kept or removed together.
 //!
-//! - Unstructured: any weight, by score, to a target sparsity (globally or
-//!   per matrix).
-//! - N:M patterns (PAPERS.md §6; the semi-structured sparsity of Ampere-class
-//!   tensor cores): within every run of M consecutive weights along the input
+//! - Unstructured: any weight, by score, to a target sparsity (globally, per
+//!   matrix or per output row).
+//! - N:M patterns (the semi-structured sparsity of Ampere-class tensor cores;
+//!   Mishra et al., "Accelerating Sparse Deep Neural Networks", 2021, arXiv
+//!   2104.08378): within every run of M consecutive weights along the input
 //!   dimension, at most N are non-zero. The input dimension is the flattened
 //!   trailing dimensions (a linear weight `[out, in]` is blocked along `in`;
 //!   a convolution `[out, in, kh, kw]` along `in·kh·kw`). The sparsity is
@@ -81,6 +82,14 @@ pub struct Scored<'a> {
 /// N:M, which implies its own). Ties are broken by position.
 pub fn keep_masks(scored: &[Scored], granularity: Granularity, scope: Scope, sparsity: f64) -> Result<Vec<Vec<f32>>> {
     match granularity {
+        Granularity::Unstructured if scope == Scope::Row => Ok(scored
+            .iter()
+            .map(|s| {
+                let (_, cols) = out_in(s);
+                let rows: Vec<&[f32]> = s.scores.chunks(cols.max(1)).collect();
+                lowest_pruned(&rows, Scope::Layer, sparsity).concat()
+            })
+            .collect()),
         Granularity::Unstructured => {
             let all: Vec<&[f32]> = scored.iter().map(|s| s.scores.as_slice()).collect();
             Ok(lowest_pruned(&all, scope, sparsity))
@@ -186,7 +195,7 @@ pub(crate) fn lowest_pruned(all: &[&[f32]], scope: Scope, sparsity: f64) -> Vec<
                 keep[li][gi - offsets[li]] = 0.0;
             }
         }
-        Scope::Layer => {
+        Scope::Layer | Scope::Row => {
             for (li, s) in all.iter().enumerate() {
                 let pairs: Vec<(f32, usize)> = s.iter().copied().zip(0..).collect();
                 let k = (sparsity * s.len() as f64).round() as usize;

@@ -7,15 +7,21 @@
 //! the next epoch.
 //!
 //! - One-shot: train, prune once to the target, fine-tune.
-//! - IMP (Han et al. 2015; Frankle & Carbin 2019): each round prunes a
-//!   fraction `rate` of the *remaining* weights, so after r rounds the
-//!   sparsity is 1 − (1 − rate)^r; optional rewind of the survivors to their
-//!   initial values or to the weights after epoch k (Frankle et al. 2020).
-//! - Gradual (Zhu & Gupta 2017, the schedule of movement pruning): the
-//!   cubic s_t = s_f + (s_0 − s_f)(1 − (t − t_0)/(n·Δt))³, applied every Δt
-//!   steps between `start_epoch` and `end_epoch` of the dense phase.
+//! - IMP (Han, Pool, Tran & Dally 2015, arXiv 1506.02626; Frankle & Carbin,
+//!   "The Lottery Ticket Hypothesis", ICLR 2019, arXiv 1803.03635): each
+//!   round prunes a fraction `rate` of the *remaining* weights, so after r
+//!   rounds the sparsity is 1 − (1 − rate)^r; optional rewind of the
+//!   survivors to their initial values or to the weights after epoch k
+//!   (Frankle, Dziugaite, Roy & Carbin, "Linear Mode Connectivity and the
+//!   Lottery Ticket Hypothesis", ICML 2020, arXiv 1912.05671).
+//! - Gradual (Zhu & Gupta, "To prune, or not to prune", 2017, arXiv
+//!   1710.01878, eq. 1; the schedule of movement pruning): the cubic
+//!   s_t = s_f + (s_0 − s_f)(1 − (t − t_0)/(n·Δt))³, applied every Δt steps
+//!   between `start_epoch` and `end_epoch` of the dense phase.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::method::{Action, Length, Phase, Plan};
 
 /// What to rewind the surviving weights to at the start of each round.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -128,35 +134,6 @@ fn yes() -> bool {
     true
 }
 
-/// One thing the run loop must do before an epoch.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Action {
-    /// Snapshot the current weights as the rewind target.
-    SaveRewindPoint,
-    /// Prune to this overall sparsity of the selected weights.
-    Prune {
-        /// Target sparsity.
-        sparsity: f64,
-    },
-    /// Reset surviving weights to the rewind snapshot.
-    Rewind,
-    /// Fresh optimizer state.
-    ResetOptimizer,
-}
-
-/// A stretch of training with one learning-rate schedule.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Phase {
-    /// 0 = dense training; r ≥ 1 = after the r-th pruning.
-    pub round: usize,
-    /// Epochs in the phase.
-    pub epochs: usize,
-    /// Actions before its first epoch.
-    pub start: Vec<Action>,
-    /// The sparsity the phase trains at (for reports).
-    pub sparsity: f64,
-}
-
 /// The cubic schedule of a gradual plan, in global epochs and steps.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Cubic {
@@ -187,17 +164,6 @@ impl Cubic {
         let frac = (t - t0) as f64 / (t1 - t0).max(1) as f64;
         Some(self.last + (self.initial - self.last) * (1.0 - frac).powi(3))
     }
-}
-
-/// The expanded schedule.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Plan {
-    /// Training phases in order.
-    pub phases: Vec<Phase>,
-    /// Global epoch at whose start the rewind snapshot is taken.
-    pub rewind_point: Option<usize>,
-    /// Gradual pruning during the dense phase.
-    pub gradual: Option<Cubic>,
 }
 
 impl ScheduleConfig {
@@ -255,28 +221,22 @@ impl ScheduleConfig {
 
     /// Expands the schedule after `dense_epochs` of dense training.
     pub fn plan(&self, dense_epochs: usize) -> Plan {
-        let dense = Phase { round: 0, epochs: dense_epochs, start: vec![], sparsity: 0.0 };
+        let dense = Phase { round: 0, length: Length::Epochs(dense_epochs), start: vec![] };
         match *self {
             ScheduleConfig::OneShot { sparsity, finetune_epochs } => Plan {
                 phases: vec![
                     dense,
-                    Phase { round: 1, epochs: finetune_epochs, start: vec![Action::Prune { sparsity }], sparsity },
+                    Phase {
+                        round: 1,
+                        length: Length::Epochs(finetune_epochs),
+                        start: vec![Action::Prune { sparsity }],
+                    },
                 ],
                 rewind_point: None,
-                gradual: None,
             },
-            ScheduleConfig::Imp { rate, rounds, target_sparsity, epochs_per_round, rewind, reset_optimizer } => {
-                let n = match (rounds, target_sparsity) {
-                    (Some(r), _) => r,
-                    (None, Some(t)) => ((1.0 - t).ln() / (1.0 - rate).ln() - 1e-9).ceil().max(1.0) as usize,
-                    (None, None) => 1,
-                };
+            ScheduleConfig::Imp { rate, epochs_per_round, rewind, reset_optimizer, .. } => {
                 let mut phases = vec![dense];
-                for r in 1..=n {
-                    let mut s = 1.0 - (1.0 - rate).powi(r as i32);
-                    if let Some(t) = target_sparsity {
-                        s = s.min(t);
-                    }
+                for (r, s) in self.round_sparsities(rate).into_iter().enumerate() {
                     let mut start = vec![Action::Prune { sparsity: s }];
                     if rewind != Rewind::None {
                         start.push(Action::Rewind);
@@ -284,78 +244,69 @@ impl ScheduleConfig {
                     if reset_optimizer {
                         start.push(Action::ResetOptimizer);
                     }
-                    phases.push(Phase { round: r, epochs: epochs_per_round, start, sparsity: s });
+                    phases.push(Phase { round: r + 1, length: Length::Epochs(epochs_per_round), start });
                 }
-                Plan { phases, rewind_point: rewind.epoch(), gradual: None }
+                Plan { phases, rewind_point: rewind.epoch() }
             }
-            ScheduleConfig::Gradual { final_sparsity, initial_sparsity, start_epoch, end_epoch, every_steps } => Plan {
-                phases: vec![Phase { sparsity: final_sparsity, ..dense }],
-                rewind_point: None,
-                gradual: Some(Cubic {
+            ScheduleConfig::Gradual { .. } => Plan { phases: vec![dense], rewind_point: None },
+        }
+    }
+
+    /// IMP: the sparsity after each round.
+    fn round_sparsities(&self, rate: f64) -> Vec<f64> {
+        let ScheduleConfig::Imp { rounds, target_sparsity, .. } = *self else { return vec![] };
+        let n = match (rounds, target_sparsity) {
+            (Some(r), _) => r,
+            (None, Some(t)) => ((1.0 - t).ln() / (1.0 - rate).ln() - 1e-9).ceil().max(1.0) as usize,
+            (None, None) => 1,
+        };
+        (1..=n)
+            .map(|r| {
+                let s = 1.0 - (1.0 - rate).powi(r as i32);
+                target_sparsity.map_or(s, |t| s.min(t))
+            })
+            .collect()
+    }
+
+    /// The cubic schedule of a gradual plan.
+    pub fn gradual(&self) -> Option<Cubic> {
+        match *self {
+            ScheduleConfig::Gradual { final_sparsity, initial_sparsity, start_epoch, end_epoch, every_steps } => {
+                Some(Cubic {
                     initial: initial_sparsity,
                     last: final_sparsity,
                     start_epoch,
                     end_epoch,
                     every: every_steps,
-                }),
-            },
-        }
-    }
-}
-
-impl Plan {
-    /// A plan of dense training only.
-    pub fn dense(epochs: usize) -> Self {
-        Plan {
-            phases: vec![Phase { round: 0, epochs, start: vec![], sparsity: 0.0 }],
-            rewind_point: None,
-            gradual: None,
-        }
-    }
-
-    /// Epochs over all phases.
-    pub fn total_epochs(&self) -> usize {
-        self.phases.iter().map(|p| p.epochs).sum()
-    }
-
-    /// (phase index, epoch within the phase) of a global epoch.
-    pub fn locate(&self, epoch: usize) -> Option<(usize, usize)> {
-        let mut e = epoch;
-        for (i, p) in self.phases.iter().enumerate() {
-            if e < p.epochs {
-                return Some((i, e));
+                })
             }
-            e -= p.epochs;
+            _ => None,
         }
-        None
     }
 
-    /// Actions of phases that have no epochs and start before `epoch`
-    /// included, then the actions opening `epoch` itself: everything the
-    /// loop must do before training epoch `epoch` (or, with
-    /// `epoch == total_epochs()`, before finishing).
-    pub fn actions_before(&self, epoch: usize) -> Vec<Action> {
-        let mut out = Vec::new();
-        if self.rewind_point == Some(epoch) {
-            out.push(Action::SaveRewindPoint);
+    /// The sparsity a one-shot schedule prunes to (0 for the others).
+    pub fn one_shot_sparsity(&self) -> f64 {
+        match *self {
+            ScheduleConfig::OneShot { sparsity, .. } => sparsity,
+            _ => 0.0,
         }
-        let mut start = 0;
-        for p in &self.phases {
-            if start == epoch {
-                out.extend(p.start.iter().cloned());
-            }
-            start += p.epochs;
-            if start > epoch {
-                break;
-            }
-        }
-        out
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sparsities(p: &Plan) -> Vec<f64> {
+        p.phases
+            .iter()
+            .flat_map(|ph| ph.start.iter())
+            .filter_map(|a| match a {
+                Action::Prune { sparsity } => Some(*sparsity),
+                _ => None,
+            })
+            .collect()
+    }
 
     #[test]
     fn imp_rounds_reach_target() {
@@ -370,24 +321,25 @@ mod tests {
         c.validate("prune.schedule", 3).unwrap();
         let p = c.plan(3);
         assert_eq!(p.phases.len(), 12); // 0.8^10 = 0.107 > 0.1, so 11 rounds
-        assert!((p.phases.last().unwrap().sparsity - 0.9).abs() < 1e-12);
-        assert!((p.phases[1].sparsity - 0.2).abs() < 1e-12);
-        assert!((p.phases[2].sparsity - 0.36).abs() < 1e-12);
-        assert_eq!(p.total_epochs(), 3 + 22);
-        assert_eq!(p.actions_before(0), vec![Action::SaveRewindPoint]);
-        assert_eq!(p.actions_before(1), vec![]);
+        let s = sparsities(&p);
+        assert!((s.last().unwrap() - 0.9).abs() < 1e-12);
+        assert!((s[0] - 0.2).abs() < 1e-12);
+        assert!((s[1] - 0.36).abs() < 1e-12);
+        assert_eq!(p.phases.iter().map(|ph| ph.length.max_epochs()).sum::<usize>(), 3 + 22);
+        assert_eq!(p.rewind_point, Some(0));
+        assert_eq!(p.phases[0].start, vec![]);
         assert_eq!(
-            p.actions_before(3),
+            p.phases[1].start,
             vec![Action::Prune { sparsity: 1.0 - 0.8 }, Action::Rewind, Action::ResetOptimizer]
         );
-        assert_eq!(p.locate(4), Some((1, 1)));
+        assert_eq!(p.phases[1].round, 1);
     }
 
     #[test]
     fn one_shot_without_finetune_prunes_at_the_end() {
         let p = ScheduleConfig::OneShot { sparsity: 0.5, finetune_epochs: 0 }.plan(2);
-        assert_eq!(p.actions_before(2), vec![Action::Prune { sparsity: 0.5 }]);
-        assert_eq!(p.total_epochs(), 2);
+        assert_eq!(p.phases[1].start, vec![Action::Prune { sparsity: 0.5 }]);
+        assert_eq!(p.phases[1].length, Length::Epochs(0));
     }
 
     #[test]

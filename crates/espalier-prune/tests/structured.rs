@@ -217,7 +217,7 @@ fn resnet_inner_channels_mask_and_shrink_agree() -> Result<()> {
     Ok(())
 }
 
-/// i-SpaSP on a ResNet basic block (PAPERS.md §4: "a ResNet basic block
+/// i-SpaSP on a ResNet basic block (as Espalier defines it for ResNets: "a ResNet basic block
 /// conv1/bn1 → conv2/bn2"): the consumer map is conv2 with bn2's evaluation
 /// scale, so what it loses when channels are dropped is exactly what the
 /// block's `bn2(conv2(·))` loses; and the output residual falls as the block

@@ -3,8 +3,10 @@
 //! evaluation.
 //!
 //! One step, in this order: forward → loss (+ penalties) → backward →
-//! regularizer gradient adjustments → gradient clipping → optimizer step →
-//! re-apply masks → hooks.
+//! observers (statistics of the task gradient) → regularizer gradient
+//! adjustments → gradient clipping → optimizer step → re-apply masks → step
+//! hooks. The pruning method plugs into every slot as one more
+//! [`Regularizer`], after the config's own.
 
 pub mod lr;
 pub mod optim;

@@ -7,8 +7,9 @@
 //! here act on the gradient directly (grad += λ·sign(w), grad += λ·w), the
 //! exact gradients of λ‖w‖₁ and λ/2‖w‖², without a second graph.
 //!
-//! The group lasso over rows and columns is SPUR's retraining term
-//! (PAPERS.md §2): R(W) = λ_r Σ_i ‖W_i,:‖₂ + λ_c Σ_j ‖W_:,j‖₂ on the masked
+//! The group lasso over rows and columns is SPUR's retraining term (Park et
+//! al., "Structured Pattern Pruning Using Regularization", 2021, arXiv
+//! 2109.08814): R(W) = λ_r Σ_i ‖W_i,:‖₂ + λ_c Σ_j ‖W_:,j‖₂ on the masked
 //! weights, whose gradient λ·W_i,:/‖W_i,:‖₂ pulls whole rows (output units,
 //! filters) and columns (inputs, input channels) towards zero together, so
 //! that magnitude pruning later empties them.
@@ -43,12 +44,21 @@ pub struct StepInfo {
     /// Learning rate of the optimizer step just taken (`on_step`), or of the
     /// coming one; 0 where there is none (e.g. `on_epoch`).
     pub lr: f64,
+    /// Index of the step within its epoch (0-based).
+    pub step_in_epoch: usize,
+    /// Optimizer steps in the epoch.
+    pub steps_per_epoch: usize,
 }
 
 /// A term of the training objective beyond the task loss.
 pub trait Regularizer: Send {
     /// Short name for logs.
     fn name(&self) -> &str;
+    /// Sees the task loss's gradients before any regularizer adjusts them
+    /// (statistics gathered during training, e.g. movement scores).
+    fn observe(&mut self, _params: &ParamStore, _grads: &GradStore, _step: &StepInfo) -> Result<()> {
+        Ok(())
+    }
     /// A differentiable penalty added to the loss.
     fn penalty(&self, _params: &ParamStore, _step: &StepInfo) -> Result<Option<Tensor>> {
         Ok(None)
@@ -345,9 +355,9 @@ mod tests {
         // loss = sum(w ⊙ m): its own gradient is m, subtracted below
         let mut grads = w.effective()?.sum_all()?.backward()?;
         // before start_epoch: nothing
-        reg.adjust_grads(&store, &mut grads, &StepInfo { epoch: 0, global_step: 0, lr: 0.0 })?;
+        reg.adjust_grads(&store, &mut grads, &StepInfo { epoch: 0, global_step: 0, lr: 0.0, ..Default::default() })?;
         assert_eq!(grads.get(w.tensor()).unwrap().to_vec2::<f64>()?, m.to_vec2::<f64>()?);
-        reg.adjust_grads(&store, &mut grads, &StepInfo { epoch: 1, global_step: 0, lr: 0.0 })?;
+        reg.adjust_grads(&store, &mut grads, &StepInfo { epoch: 1, global_step: 0, lr: 0.0, ..Default::default() })?;
         let g = (grads.get(w.tensor()).unwrap() - &m)?.to_vec2::<f64>()?;
         let w0 = w.tensor().to_vec2::<f64>()?;
         let mv = m.to_vec2::<f64>()?;
@@ -387,7 +397,7 @@ mod tests {
             params: SelectorSpec::default(),
         };
         // lr·λ = 0.1·10 = 1: row norms 5, 0.5, 2 -> scales 0.8, 0, 0.5.
-        let step = |epoch| StepInfo { epoch, global_step: 1, lr: 0.1 };
+        let step = |epoch| StepInfo { epoch, global_step: 1, lr: 0.1, ..Default::default() };
         let mut reg = cfg(Lines::Rows).build()?;
         let mut grads = w.effective()?.sum_all()?.backward()?;
         reg.adjust_grads(&store, &mut grads, &step(1))?;

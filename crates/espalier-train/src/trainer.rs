@@ -68,9 +68,6 @@ pub struct PhasePos {
     pub epochs_in_phase: usize,
 }
 
-/// Called after each optimizer step (gradual pruning hooks in here).
-pub type StepHook<'a> = dyn FnMut(&dyn Model, &StepInfo, usize, usize) -> Result<()> + 'a;
-
 /// The one training loop.
 pub struct Trainer {
     /// The optimizer.
@@ -128,7 +125,10 @@ impl Trainer {
     }
 
     /// Trains `model` for one epoch over `data`. `epoch` is the run-wide
-    /// epoch index (it seeds the shuffle, the augmentation and the dropout streams).
+    /// epoch index (it seeds the shuffle, the augmentation and the dropout
+    /// streams). `method` is the pruning method's hook into the step: it
+    /// observes first, and adds its penalty, gradient adjustment and step and
+    /// epoch updates after the trainer's own regularizers.
     pub fn train_epoch(
         &mut self,
         model: &dyn Model,
@@ -136,7 +136,7 @@ impl Trainer {
         epoch: usize,
         phase: PhasePos,
         device: &Device,
-        mut hook: Option<&mut StepHook>,
+        mut method: Option<&mut dyn Regularizer>,
     ) -> Result<EpochStats> {
         let start = Instant::now();
         let batcher =
@@ -153,16 +153,27 @@ impl Trainer {
             let batch = data.train_batch(idx, self.opts.seed, epoch as u64, device)?;
             let mut rng = Rng::derive(self.opts.seed, "dropout", &[epoch as u64, i as u64]);
             let out = model.forward_t(&batch, &mut Mode::Train(&mut rng))?;
-            let info = StepInfo { epoch, global_step: self.global_step, lr: 0.0 };
+            let info =
+                StepInfo { epoch, global_step: self.global_step, lr: 0.0, step_in_epoch: i, steps_per_epoch: spe };
             let mut loss = out.loss.clone();
-            for r in &self.regularizers {
-                if let Some(p) = r.penalty(params, &info)? {
+            let penalties = self.regularizers.iter().map(|r| r.penalty(params, &info));
+            for p in penalties.chain(method.as_deref().map(|m| m.penalty(params, &info))) {
+                if let Some(p) = p? {
                     loss = (loss + p)?;
                 }
             }
             let mut grads = loss.backward()?;
             for r in &mut self.regularizers {
+                r.observe(params, &grads, &info)?;
+            }
+            if let Some(m) = method.as_deref_mut() {
+                m.observe(params, &grads, &info)?;
+            }
+            for r in &mut self.regularizers {
                 r.adjust_grads(params, &mut grads, &info)?;
+            }
+            if let Some(m) = method.as_deref_mut() {
+                m.adjust_grads(params, &mut grads, &info)?;
             }
             if let Some(max) = self.opts.clip_grad_norm {
                 clip_grad_norm(params, &mut grads, max)?;
@@ -172,12 +183,13 @@ impl Trainer {
             self.optimizer.step(&grads, lr)?;
             params.enforce_masks()?;
             self.global_step += 1;
-            let info = StepInfo { epoch, global_step: self.global_step, lr };
+            let info = StepInfo { lr, ..info };
+            let info = StepInfo { global_step: self.global_step, ..info };
             for r in &mut self.regularizers {
                 r.on_step(params, &info)?;
             }
-            if let Some(h) = hook.as_mut() {
-                h(model, &info, i, spe)?;
+            if let Some(m) = method.as_deref_mut() {
+                m.on_step(params, &info)?;
             }
             let b = batch.len();
             loss_sum += out.loss.to_dtype(DType::F64)?.to_scalar::<f64>()? * b as f64;
@@ -210,9 +222,12 @@ impl Trainer {
             }
         }
         bar.finish_and_clear();
-        let info = StepInfo { epoch, global_step: self.global_step, lr: 0.0 };
+        let info = StepInfo { epoch, global_step: self.global_step, steps_per_epoch: spe, ..Default::default() };
         for r in &mut self.regularizers {
             r.on_epoch(params, &info)?;
+        }
+        if let Some(m) = method {
+            m.on_epoch(params, &info)?;
         }
         Ok(EpochStats {
             loss: loss_sum / n_seen.max(1) as f64,

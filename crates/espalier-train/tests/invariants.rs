@@ -7,12 +7,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use espalier_core::{checkpoint, ParamBuilder, Result, Selector};
+use espalier_core::{checkpoint, ParamBuilder, ParamStore, Result, Rng, Selector};
 use espalier_data::mnist::{self, Flavor, Split};
 use espalier_data::{Dataset, TensorDataset};
 use espalier_models::{LeNet5Config, MlpConfig, Mode, Model, ModelConfig};
 use espalier_train::trainer::PhasePos;
-use espalier_train::{LrSchedule, OptimizerConfig, StepInfo, Trainer, TrainerOptions};
+use espalier_train::{LrSchedule, OptimizerConfig, Regularizer, StepInfo, Trainer, TrainerOptions};
 
 fn subset(n: usize) -> TensorDataset {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist-subset");
@@ -35,13 +35,37 @@ fn optimizers() -> Vec<OptimizerConfig> {
 
 /// Half of every prunable weight masked, at random positions.
 fn random_masks(model: &dyn Model) -> Result<BTreeMap<String, Tensor>> {
-    let rule = espalier_prune::MaskRule {
-        importance: espalier_prune::Importance::Random,
-        scope: espalier_prune::Scope::Layer,
-        granularity: espalier_prune::Granularity::Unstructured,
-        seed: 11,
-    };
-    espalier_prune::masks_for(model.params(), &Selector::default(), &rule, 0.5, None)
+    let selector = Selector::default();
+    let mut rng = Rng::derive(11, "test-masks", &[]);
+    let mut masks = BTreeMap::new();
+    for p in model.params().iter().filter(|p| selector.matches(p)) {
+        let m: Vec<f32> = (0..p.numel()).map(|_| if rng.uniform() < 0.5 { 0.0 } else { 1.0 }).collect();
+        masks.insert(p.name().to_string(), Tensor::from_vec(m, p.dims(), &Device::Cpu)?);
+    }
+    Ok(masks)
+}
+
+/// A step hook that checks, after every optimizer step, that the masked
+/// weights are exactly zero.
+struct MaskCheck {
+    masks: BTreeMap<String, Tensor>,
+    checked: usize,
+}
+
+impl Regularizer for MaskCheck {
+    fn name(&self) -> &str {
+        "mask-check"
+    }
+    fn on_step(&mut self, params: &ParamStore, _: &StepInfo) -> Result<()> {
+        for (name, mask) in &self.masks {
+            let w = params.get(name)?.tensor().flatten_all()?.to_vec1::<f32>()?;
+            let k = mask.flatten_all()?.to_vec1::<f32>()?;
+            let bad = w.iter().zip(&k).filter(|(w, k)| **k == 0.0 && **w != 0.0).count();
+            assert_eq!(bad, 0, "{name}: {bad} masked weights are non-zero after a step");
+        }
+        self.checked += 1;
+        Ok(())
+    }
 }
 
 #[test]
@@ -68,19 +92,9 @@ fn masked_weights_stay_exactly_zero_after_every_step() -> Result<()> {
             trainer.train_epoch(model.as_ref(), &data, 0, pos, &Device::Cpu, None)?;
             let masks = random_masks(model.as_ref())?;
             model.params().set_masks(&masks)?;
-            let mut checked = 0;
-            let mut hook = |m: &dyn Model, _: &StepInfo, _: usize, _: usize| -> Result<()> {
-                for (name, mask) in &masks {
-                    let w = m.params().get(name)?.tensor().flatten_all()?.to_vec1::<f32>()?;
-                    let k = mask.flatten_all()?.to_vec1::<f32>()?;
-                    let bad = w.iter().zip(&k).filter(|(w, k)| **k == 0.0 && **w != 0.0).count();
-                    assert_eq!(bad, 0, "{name}: {bad} masked weights are non-zero after a step");
-                }
-                checked += 1;
-                Ok(())
-            };
-            trainer.train_epoch(model.as_ref(), &data, 1, pos, &Device::Cpu, Some(&mut hook))?;
-            assert_eq!(checked, 8);
+            let mut check = MaskCheck { masks, checked: 0 };
+            trainer.train_epoch(model.as_ref(), &data, 1, pos, &Device::Cpu, Some(&mut check))?;
+            assert_eq!(check.checked, 8);
         }
     }
     Ok(())

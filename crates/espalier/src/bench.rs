@@ -435,7 +435,7 @@ fn synthetic_batch(
 }
 
 /// Times the forward pass (evaluation mode) of a structured run's dense
-/// model (`checkpoint.safetensors`, the state before the shrink) and of its
+/// model (`dense.safetensors`, the state before the shrink) and of its
 /// shrunk model (`model.safetensors`), alternating, `repeats` times per
 /// batch size after a warm-up; reports median latencies, the speedup and
 /// the FLOP ratio it is measured against.
@@ -448,8 +448,15 @@ pub fn shrink_latency(
     use anyhow::Context;
     use espalier_models::{Mode, Model};
     let device = Device::Cpu;
-    let (dense, _) = crate::run::load_model(&run_dir.join("checkpoint.safetensors"), &device)
-        .with_context(|| format!("{}: the dense model (checkpoint.safetensors)", run_dir.display()))?;
+    // The model before the shrink: `dense.safetensors` (runs before it
+    // existed kept it as the checkpoint).
+    let dense_path = ["dense.safetensors", "checkpoint.safetensors"]
+        .iter()
+        .map(|f| run_dir.join(f))
+        .find(|p| p.exists())
+        .with_context(|| format!("{}: no dense.safetensors (the model before the shrink)", run_dir.display()))?;
+    let (dense, _) = crate::run::load_model(&dense_path, &device)
+        .with_context(|| format!("{}: the dense model", dense_path.display()))?;
     let (small, header) = crate::run::load_model(&run_dir.join("model.safetensors"), &device)
         .with_context(|| format!("{}: the shrunk model (model.safetensors)", run_dir.display()))?;
     if header.get("structured").is_none() {

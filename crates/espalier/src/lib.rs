@@ -3,7 +3,6 @@
 
 pub mod bench;
 pub mod config;
-pub mod data;
 pub mod plot;
 pub mod run;
 pub mod table;

@@ -172,7 +172,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            if e.chain().any(|c| c.is::<ConfigError>()) {
+            let config_error = |c: &(dyn std::error::Error + 'static)| {
+                c.is::<ConfigError>() || c.downcast_ref::<espalier_experiment::Error>().is_some_and(|e| e.is_config())
+            };
+            if e.chain().any(config_error) {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE

@@ -1,0 +1,239 @@
+//! Datasets as an experiment config names them (`[data]`, tagged by
+//! `dataset`), and loading them under a data root.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use espalier_core::{bail, Error, Metric, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::cifar::{self, CifarDataset, Labels, Variant};
+use crate::glue::{self, GlueDataset, GlueTask};
+use crate::mnist::{self, Flavor};
+use crate::tokenize::Tokenizer;
+use crate::{DataRoot, Dataset, Prefix};
+
+/// Datasets, tagged by `dataset`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "dataset", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DataConfig {
+    /// MNIST (IDX files, raw or .gz).
+    Mnist(IdxData),
+    /// Fashion-MNIST (same format).
+    FashionMnist(IdxData),
+    /// A GLUE task in the standard GLUE directory layout.
+    Glue(GlueData),
+    /// CIFAR-10, binary version (`cifar-10-batches-bin`).
+    Cifar10(CifarData),
+    /// CIFAR-100, binary version (`cifar-100-binary`).
+    Cifar100(CifarData),
+}
+
+/// Where the CIFAR binary files are, how much of them to use, and how to
+/// augment the training images.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CifarData {
+    /// Directory of the binary batch files, relative to the data root
+    /// (default: `cifar-10-batches-bin` or `cifar-100-binary`).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Use only the first N training examples.
+    #[serde(default)]
+    pub limit_train: Option<usize>,
+    /// Use only the first N test examples.
+    #[serde(default)]
+    pub limit_test: Option<usize>,
+    /// Random 32×32 crops of the 4-pixel padded image and horizontal flips
+    /// in training (He et al. 2016, §4.2).
+    #[serde(default = "yes")]
+    pub augment: bool,
+    /// CIFAR-100's `fine` (100) or `coarse` (20) classes.
+    #[serde(default)]
+    pub labels: Labels,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A GLUE task and how to tokenize it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GlueData {
+    /// `cola`, `sst2`, `mrpc`, `stsb`, `qqp`, `mnli`, `mnli-mm`, `qnli`, `rte`, `wnli`.
+    pub task: GlueTask,
+    /// The GLUE root under the data root (default `glue`).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Tokenizer directory (`tokenizer.json` or `vocab.txt`); default: the
+    /// pretrained model's directory.
+    #[serde(default)]
+    pub tokenizer: Option<PathBuf>,
+    /// Longest sequence after tokenization (longer pairs are truncated
+    /// longest-first).
+    #[serde(default = "default_max_len")]
+    pub max_seq_len: usize,
+    /// The split evaluated every epoch: `dev` (default), or `test` where
+    /// it is labelled (MRPC's Microsoft test file).
+    #[serde(default = "default_eval_split")]
+    pub eval_split: String,
+    /// Use only the first N training examples.
+    #[serde(default)]
+    pub limit_train: Option<usize>,
+    /// Use only the first N evaluation examples.
+    #[serde(default)]
+    pub limit_eval: Option<usize>,
+}
+
+fn default_max_len() -> usize {
+    128
+}
+fn default_eval_split() -> String {
+    "dev".into()
+}
+
+/// Where IDX files are and how much of them to use.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IdxData {
+    /// Directory of the four IDX files, relative to the data root
+    /// (default: `mnist` or `fashion-mnist`).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Use only the first N training examples.
+    #[serde(default)]
+    pub limit_train: Option<usize>,
+    /// Use only the first N test examples.
+    #[serde(default)]
+    pub limit_test: Option<usize>,
+}
+
+impl DataConfig {
+    /// A short name for reports (`mnist`, `glue-sst2`, `cifar100-coarse`).
+    pub fn name(&self) -> String {
+        match self {
+            DataConfig::Mnist(_) => "mnist".into(),
+            DataConfig::FashionMnist(_) => "fashion-mnist".into(),
+            DataConfig::Glue(g) => format!("glue-{}", g.task.key()),
+            DataConfig::Cifar10(_) => "cifar10".into(),
+            DataConfig::Cifar100(c) if c.labels == Labels::Coarse => "cifar100-coarse".into(),
+            DataConfig::Cifar100(_) => "cifar100".into(),
+        }
+    }
+
+    /// The `(channels, height·width, classes)` of an image dataset.
+    pub fn image_shape(&self) -> Option<(usize, usize, usize)> {
+        match self {
+            DataConfig::Mnist(_) | DataConfig::FashionMnist(_) => Some((1, 28 * 28, 10)),
+            DataConfig::Cifar10(c) => Some((3, 32 * 32, c.labels.num_classes(Variant::Cifar10))),
+            DataConfig::Cifar100(c) => Some((3, 32 * 32, c.labels.num_classes(Variant::Cifar100))),
+            DataConfig::Glue(_) => None,
+        }
+    }
+
+    /// Loads the datasets under `root`; `model_dir` is the pretrained
+    /// model's directory (its tokenizer is the default for text data).
+    pub fn load(&self, root: &DataRoot, model_dir: Option<&Path>) -> Result<Data> {
+        load(self, root, model_dir)
+    }
+}
+
+/// An error with what was being done.
+fn context(e: Error, what: String) -> Error {
+    Error::msg(format!("{what}: {e}"))
+}
+
+/// The train and test sets of an experiment, with the metrics to report.
+pub struct Data {
+    /// Training set.
+    pub train: Arc<dyn Dataset>,
+    /// Evaluation set.
+    pub test: Arc<dyn Dataset>,
+    /// Metrics, the first one primary.
+    pub metrics: Vec<Metric>,
+    /// Where the files were read from.
+    pub source: PathBuf,
+}
+
+/// Loads the datasets of `cfg` under `root`; `model_dir` is the pretrained
+/// model's directory (its tokenizer is the default for text data).
+fn load(cfg: &DataConfig, root: &DataRoot, model_dir: Option<&Path>) -> Result<Data> {
+    match cfg {
+        DataConfig::Mnist(idx) => load_idx(idx, root, Flavor::Mnist, "mnist"),
+        DataConfig::FashionMnist(idx) => load_idx(idx, root, Flavor::FashionMnist, "fashion-mnist"),
+        DataConfig::Glue(g) => load_glue(g, root, model_dir),
+        DataConfig::Cifar10(c) => load_cifar(c, root, Variant::Cifar10),
+        DataConfig::Cifar100(c) => load_cifar(c, root, Variant::Cifar100),
+    }
+}
+
+fn load_cifar(c: &CifarData, root: &DataRoot, variant: Variant) -> Result<Data> {
+    let default = variant.default_dir();
+    let dir = root.join(c.path.clone().unwrap_or_else(|| default.into()));
+    let hint = || {
+        format!(
+            "loading {default} from {} (data root {}: set --data-dir or ESPALIER_DATA)",
+            dir.display(),
+            root.0.display()
+        )
+    };
+    let mut train = CifarDataset::load(&dir, variant, cifar::Split::Train, c.labels)
+        .map_err(|e| context(e, hint()))?
+        .with_augmentation(c.augment);
+    let mut test = CifarDataset::load(&dir, variant, cifar::Split::Test, c.labels).map_err(|e| context(e, hint()))?;
+    if let Some(n) = c.limit_train {
+        train = train.take(n);
+    }
+    if let Some(n) = c.limit_test {
+        test = test.take(n);
+    }
+    Ok(Data { train: Arc::new(train), test: Arc::new(test), metrics: vec![Metric::Accuracy], source: dir })
+}
+
+fn load_glue(g: &GlueData, root: &DataRoot, model_dir: Option<&Path>) -> Result<Data> {
+    let glue_root = root.join(g.path.clone().unwrap_or_else(|| "glue".into()));
+    let Some(tok_dir) = g.tokenizer.as_deref().or(model_dir) else {
+        bail!("GLUE data needs a tokenizer: set data.tokenizer or [pretrained]")
+    };
+    let tok = Tokenizer::from_dir(tok_dir)
+        .map_err(|e| context(e, format!("loading the tokenizer from {}", tok_dir.display())))?;
+    let eval_split: glue::Split =
+        g.eval_split.parse().map_err(|e| Error::msg(format!("key `data.eval_split`: {e}")))?;
+    let hint = || format!("loading GLUE {} from {}", g.task, glue_root.display());
+    let train = GlueDataset::load(&glue_root, g.task, glue::Split::Train, &tok, g.max_seq_len)
+        .map_err(|e| context(e, hint()))?;
+    let test =
+        GlueDataset::load(&glue_root, g.task, eval_split, &tok, g.max_seq_len).map_err(|e| context(e, hint()))?;
+    if !test.is_labelled() {
+        bail!("GLUE {} {eval_split} split has no labels: choose another data.eval_split", g.task);
+    }
+    let limit = |d: Arc<dyn Dataset>, n: Option<usize>| -> Arc<dyn Dataset> {
+        match n {
+            Some(n) => Arc::new(Prefix::new(d, n)),
+            None => d,
+        }
+    };
+    let (train, test) = (limit(Arc::new(train), g.limit_train), limit(Arc::new(test), g.limit_eval));
+    Ok(Data { train, test, metrics: g.task.metrics().to_vec(), source: glue_root.join(g.task.dir_name()) })
+}
+
+fn load_idx(idx: &IdxData, root: &DataRoot, flavor: Flavor, default: &str) -> Result<Data> {
+    let dir = root.join(idx.path.clone().unwrap_or_else(|| default.into()));
+    let hint = || {
+        format!(
+            "loading {default} from {} (data root {}: set --data-dir or ESPALIER_DATA)",
+            dir.display(),
+            root.0.display()
+        )
+    };
+    let mut train = mnist::load(&dir, mnist::Split::Train, flavor).map_err(|e| context(e, hint()))?;
+    let mut test = mnist::load(&dir, mnist::Split::Test, flavor).map_err(|e| context(e, hint()))?;
+    if let Some(n) = idx.limit_train {
+        train = train.take(n)?;
+    }
+    if let Some(n) = idx.limit_test {
+        test = test.take(n)?;
+    }
+    Ok(Data { train: Arc::new(train), test: Arc::new(test), metrics: vec![Metric::Accuracy], source: dir })
+}

@@ -1,0 +1,470 @@
+//! The session: runs an experiment's every phase through one epoch loop.
+//!
+//! The method states the plan ([`espalier_prune::Plan`]): phases of training
+//! (fixed length, or until the method says it is done), each opened by
+//! actions. The session carries the actions out (rewind, optimizer resets
+//! and rebuilds itself; masks and unit selection by asking the method; the
+//! physical shrink, BatchNorm re-estimation and evaluation of the shrunk
+//! model itself), trains every epoch with the method hooked into the step,
+//! evaluates, records, keeps the best epoch of each phase with
+//! `train.keep_best`, and checkpoints after every epoch and every phase, so
+//! that a run killed anywhere resumes and ends with the numbers of an
+//! uninterrupted one. It never names a method.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::Device;
+use espalier_core::{ParamKind, ParamStore, Rng, SparsityReport};
+use espalier_data::{Batch, Data, DataRoot};
+use espalier_models::{load_model, Mode, Model};
+use espalier_prune::{Action, Context as MethodContext, Length, Method, Phase, Plan};
+use espalier_train::trainer::PhasePos;
+use espalier_train::{evaluate, EvalStats, Optimizer, Regularizer, Trainer, TrainerOptions};
+
+use crate::config::{self, ConfigError, Experiment};
+use crate::error::{Context, Error, Result};
+use crate::model::{build_model, experiment_model_name, pretrained_dir};
+use crate::record::{best_since, epoch_record, metrics_map, LineStats, Record};
+use crate::report::{report_markdown, results_csv, StructuredReport, Summary};
+use crate::rundir::{save_model, Progress, RunDir, Shrunk};
+
+/// How to run (what is not part of the experiment itself).
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// The run directory.
+    pub out: PathBuf,
+    /// Where datasets are found.
+    pub data_root: DataRoot,
+    /// Draw progress bars.
+    pub progress: bool,
+    /// Stop after this many epochs in this invocation (the run stays
+    /// resumable); for time-boxed sessions and tests of resumption.
+    pub max_epochs: Option<usize>,
+}
+
+/// One experiment being run.
+pub struct Session<'a> {
+    exp: &'a Experiment,
+    opts: &'a RunOptions,
+    dir: RunDir,
+    device: Device,
+    data: Data,
+    model: Box<dyn Model>,
+    method: Box<dyn Method>,
+    plan: Plan,
+    trainer: Trainer,
+    progress: Progress,
+}
+
+/// Input problems are config errors: reported before anything is written.
+fn input<T>(r: Result<T>) -> Result<T> {
+    r.map_err(|e| if e.is_config() { e } else { ConfigError(e.to_string()).into() })
+}
+
+/// A fresh trainer (optimizer state, regularizers) over `params` with the
+/// experiment's `[train]` settings.
+fn new_trainer(exp: &Experiment, params: &ParamStore, progress: bool, global_step: u64) -> Result<Trainer> {
+    Ok(Trainer {
+        optimizer: new_optimizer(exp, params)?,
+        regularizers: exp.train.regularizers.iter().map(|r| r.build()).collect::<std::result::Result<_, _>>()?,
+        opts: TrainerOptions {
+            batch_size: exp.train.batch_size,
+            clip_grad_norm: exp.train.clip_grad_norm,
+            lr_schedule: exp.train.lr_schedule.clone(),
+            seed: exp.seed,
+            progress,
+        },
+        global_step,
+    })
+}
+
+fn new_optimizer(exp: &Experiment, params: &ParamStore) -> Result<Box<dyn Optimizer>> {
+    Ok(exp.train.optimizer.build(params)?)
+}
+
+/// A seeded sample of `n` training examples in batches of `batch_size` (the
+/// same sample for the same seed and `n`).
+fn calibration_batches(
+    data: &Data,
+    n: usize,
+    batch_size: usize,
+    seed: u64,
+    device: &Device,
+) -> espalier_core::Result<Vec<Batch>> {
+    let len = data.train.len();
+    let mut idx: Vec<usize> = (0..len).collect();
+    let mut rng = Rng::derive(seed, "calibration", &[]);
+    for i in (1..len).rev() {
+        idx.swap(i, rng.below(i + 1));
+    }
+    idx.truncate(n.min(len));
+    idx.sort_unstable();
+    idx.chunks(batch_size.max(1)).map(|c| data.train.batch(c, device)).collect()
+}
+
+impl<'a> Session<'a> {
+    /// Validates the inputs (data, model), prepares the run directory, and
+    /// restores the checkpoint when there is one.
+    pub fn new(exp: &'a Experiment, opts: &'a RunOptions) -> Result<Self> {
+        let device = config::device(&exp.device)?;
+        // Input problems (a missing or truncated data file) are reported
+        // before the run directory is created or touched.
+        let model_dir = input(pretrained_dir(exp))?;
+        let data = input(exp.data.load(&opts.data_root, model_dir.as_deref()).map_err(Error::from))?;
+        let model = input(build_model(exp, model_dir.as_deref(), &device))?;
+        let mut method = exp.method()?;
+        let dir = RunDir::new(&opts.out);
+        dir.prepare(exp)?;
+        let plan = method.plan(exp.train.epochs);
+        let mut trainer = new_trainer(exp, model.params(), opts.progress, 0)?;
+        let (model, progress) = if dir.checkpoint().exists() {
+            let new_opt = |p: &ParamStore| new_optimizer(exp, p);
+            let (model, progress, state) = dir.restore(model, &mut trainer, &new_opt, method.as_mut(), &device)?;
+            if progress.phase_started && progress.phase < plan.phases.len() {
+                let mut calib = |n| calibration_batches(&data, n, exp.train.eval_batch_size, exp.seed, &device);
+                let mut cx = MethodContext::new(model.as_ref(), exp.seed, &mut calib);
+                method.start_phase(progress.phase, &mut cx)?;
+            }
+            method.load(&state)?;
+            tracing::info!(epoch = progress.next_epoch, "resuming {}", opts.out.display());
+            (model, progress)
+        } else {
+            (model, Progress::default())
+        };
+        Ok(Session { exp, opts, dir, device, data, model, method, plan, trainer, progress })
+    }
+
+    /// Runs (or resumes) the experiment. Returns `None` when stopped early
+    /// by `max_epochs`.
+    pub fn run(mut self) -> Result<Option<Summary>> {
+        let summary_path = self.dir.file("summary.json");
+        if self.progress.phase >= self.plan.phases.len() && summary_path.exists() {
+            let bytes = std::fs::read(&summary_path).map_err(|e| espalier_core::Error::io(&summary_path, e))?;
+            tracing::info!("{} is complete; nothing to do", self.opts.out.display());
+            return Ok(Some(
+                serde_json::from_slice(&bytes).with_context(|| format!("reading {}", summary_path.display()))?,
+            ));
+        }
+        tracing::info!(
+            model = %experiment_model_name(self.exp, &self.model.config()),
+            params = self.model.params().numel(),
+            method = %self.method.describe(),
+            data = %self.data.source.display(),
+            train = self.data.train.len(),
+            test = self.data.test.len(),
+            "run {}",
+            self.opts.out.display()
+        );
+        let started = Instant::now();
+        let mut done_here = 0;
+        while self.progress.phase < self.plan.phases.len() {
+            let phase = self.plan.phases[self.progress.phase].clone();
+            if !self.progress.phase_started {
+                self.start_phase(&phase)?;
+            }
+            if self.phase_over(&phase) {
+                self.end_phase(&phase, None)?;
+                continue;
+            }
+            if self.opts.max_epochs.is_some_and(|m| done_here >= m) {
+                tracing::info!(epoch = self.progress.next_epoch, "stopping early (--max-epochs); run again to resume");
+                return Ok(None);
+            }
+            let eval = self.train_epoch(&phase)?;
+            done_here += 1;
+            if self.phase_over(&phase) {
+                self.end_phase(&phase, Some(eval))?;
+            } else {
+                self.checkpoint()?;
+            }
+        }
+        let summary = self.finish()?;
+        tracing::info!("finished in {:.1}s", started.elapsed().as_secs_f64());
+        Ok(Some(summary))
+    }
+
+    fn checkpoint(&self) -> Result<()> {
+        self.dir.save_checkpoint(self.model.as_ref(), &self.trainer, self.method.as_ref(), &self.progress)
+    }
+
+    /// Saves the rewind point when the next epoch is the plan's.
+    fn save_rewind_point(&mut self) -> Result<()> {
+        if self.plan.rewind_point == Some(self.progress.next_epoch) && self.progress.rewind.is_none() {
+            self.progress.rewind = Some(self.model.params().snapshot()?);
+        }
+        Ok(())
+    }
+
+    /// The phase's opening actions, then the method's set-up.
+    fn start_phase(&mut self, phase: &Phase) -> Result<()> {
+        self.save_rewind_point()?;
+        for a in &phase.start {
+            self.act(a)?;
+        }
+        let Session { exp, data, device, model, method, progress, .. } = self;
+        let mut calib = |n| calibration_batches(data, n, exp.train.eval_batch_size, exp.seed, device);
+        let mut cx = MethodContext::new(model.as_ref(), exp.seed, &mut calib);
+        method.start_phase(progress.phase, &mut cx)?;
+        progress.phase_started = true;
+        progress.phase_first_epoch = progress.next_epoch;
+        Ok(())
+    }
+
+    fn phase_over(&self, phase: &Phase) -> bool {
+        let e = self.progress.epoch_in_phase;
+        match phase.length {
+            Length::Epochs(n) => e >= n,
+            Length::UntilDone { max_epochs } => e >= max_epochs || (e > 0 && self.method.done()),
+        }
+    }
+
+    /// Carries out one action.
+    fn act(&mut self, action: &Action) -> Result<()> {
+        match action {
+            Action::Rewind => {
+                let snap = self.progress.rewind.as_ref().context("rewind requested before a rewind point was saved")?;
+                self.model.params().load(snap, "rewind snapshot")?;
+                self.model.params().enforce_masks()?;
+            }
+            Action::ResetOptimizer => self.trainer.optimizer.reset(),
+            Action::NewOptimizer => {
+                let step = self.trainer.global_step;
+                self.trainer = new_trainer(self.exp, self.model.params(), self.opts.progress, step)?;
+            }
+            Action::Prune { sparsity } => {
+                let Session { exp, data, device, model, method, .. } = self;
+                let mut calib = |n| calibration_batches(data, n, exp.train.eval_batch_size, exp.seed, device);
+                let mut cx = MethodContext::new(model.as_ref(), exp.seed, &mut calib);
+                method.prune(&mut cx, *sparsity)?;
+            }
+            Action::Shrink { recalibrate_bn } => self.shrink(*recalibrate_bn)?,
+        }
+        Ok(())
+    }
+
+    /// Chooses the units, shrinks the model physically, re-estimates its
+    /// BatchNorm statistics if asked, and evaluates it.
+    fn shrink(&mut self, recalibrate: usize) -> Result<()> {
+        let sel = {
+            let Session { exp, data, device, model, method, .. } = self;
+            let mut calib = |n| calibration_batches(data, n, exp.train.eval_batch_size, exp.seed, device);
+            let mut cx = MethodContext::new(model.as_ref(), exp.seed, &mut calib);
+            method.select(&mut cx)?
+        };
+        let dense = self.model.as_ref();
+        // The model before the shrink, for comparisons (`espalier bench RUN_DIR`).
+        save_model(&self.dir.file("dense.safetensors"), dense, serde_json::json!({}))?;
+        let small = espalier_models::shrink(dense, &sel.keep)?;
+        let widths = dense
+            .group_sets()
+            .iter()
+            .filter_map(|s| sel.keep.get(&s.name).map(|k| (s.name.clone(), (k.len(), s.size))))
+            .collect();
+        if recalibrate > 0 && small.params().iter().any(|p| p.kind() == ParamKind::Buffer) {
+            self.recalibrate_bn(small.as_ref(), recalibrate)?;
+        }
+        let before = self.evaluate(small.as_ref())?;
+        let primary = self.data.metrics[0];
+        tracing::info!(
+            seconds = format!("{:.2}", sel.seconds),
+            params = small.params().numel(),
+            "shrunk; {} {:.2} before fine-tuning",
+            primary.name(),
+            before.get(primary).unwrap_or(f64::NAN)
+        );
+        let (p0, p1) = (dense.params().numel(), small.params().numel());
+        let report = StructuredReport {
+            method: self.method.describe(),
+            widths,
+            residual: sel.residual,
+            select_seconds: sel.seconds,
+            parameters_before: p0,
+            parameters_after: p1,
+            metrics_before_finetune: metrics_map(&before),
+            calibration: sel.calibration,
+        };
+        self.model = small;
+        self.progress.shrink = Some(Shrunk { dense_parameters: p0, report });
+        Ok(())
+    }
+
+    /// Re-estimates the BatchNorm running statistics of `model` from `n`
+    /// training examples (the calibration sample, in training-size batches):
+    /// forward passes in training mode, no gradient step.
+    fn recalibrate_bn(&self, model: &dyn Model, n: usize) -> Result<()> {
+        let start = Instant::now();
+        let exp = self.exp;
+        let batches = calibration_batches(&self.data, n, exp.train.batch_size, exp.seed, &self.device)?;
+        for (i, b) in batches.iter().enumerate() {
+            let mut rng = Rng::derive(exp.seed, "recalibrate-bn", &[i as u64]);
+            model.forward_t(b, &mut Mode::Train(&mut rng))?;
+        }
+        tracing::info!(
+            batches = batches.len(),
+            seconds = format!("{:.1}", start.elapsed().as_secs_f64()),
+            "BatchNorm statistics re-estimated"
+        );
+        Ok(())
+    }
+
+    fn evaluate(&self, model: &dyn Model) -> Result<EvalStats> {
+        let exp = self.exp;
+        Ok(evaluate(model, self.data.test.as_ref(), exp.train.eval_batch_size, &self.device, &self.data.metrics)?)
+    }
+
+    /// (sparsity, kept, prunable, line statistics) of the model now: the
+    /// masks' sparsity of the method's weights, or after a shrink the
+    /// fraction of parameters removed.
+    fn measure(&self) -> Result<(f64, usize, usize, Option<LineStats>)> {
+        if let Some(s) = &self.progress.shrink {
+            let (p0, p1) = (s.dense_parameters, self.model.params().numel());
+            return Ok((1.0 - p1 as f64 / p0 as f64, p1, p0, None));
+        }
+        let sp = SparsityReport::of(self.model.params(), self.method.selector())?;
+        let lines = self.method.reports_lines().then(|| LineStats::of(&sp));
+        Ok((sp.sparsity(), sp.kept(), sp.numel(), lines))
+    }
+
+    /// One training epoch of `phase`, evaluated and recorded.
+    fn train_epoch(&mut self, phase: &Phase) -> Result<EvalStats> {
+        self.save_rewind_point()?;
+        let epoch = self.progress.next_epoch;
+        let pos = PhasePos { epoch_in_phase: self.progress.epoch_in_phase, epochs_in_phase: phase.length.max_epochs() };
+        let hooks: &mut dyn Regularizer = self.method.as_mut();
+        let stats = self.trainer.train_epoch(
+            self.model.as_ref(),
+            self.data.train.as_ref(),
+            epoch,
+            pos,
+            &self.device,
+            Some(hooks),
+        )?;
+        let eval = self.evaluate(self.model.as_ref())?;
+        let (sparsity, ..) = self.measure()?;
+        let primary = self.data.metrics[0];
+        tracing::info!(
+            epoch,
+            round = phase.round,
+            sparsity = format!("{sparsity:.4}"),
+            train_loss = format!("{:.4}", stats.loss),
+            test_loss = format!("{:.4}", eval.loss),
+            "{} {:.2} ({:.1}s)",
+            primary.name(),
+            eval.get(primary).unwrap_or(f64::NAN),
+            stats.seconds
+        );
+        let history = &mut self.progress.history;
+        history.push(epoch_record(epoch, phase.round, sparsity, &stats, &eval));
+        let next = self.plan.phases.get(self.progress.phase + 1);
+        let ends_round = next.is_none_or(|n| n.round != phase.round);
+        if self.exp.train.keep_best && ends_round {
+            let name = primary.name();
+            let before = best_since(&history[..history.len() - 1], self.progress.phase_first_epoch, name);
+            let now = eval.get(primary).unwrap_or(f64::NEG_INFINITY);
+            if before.is_none_or(|b| now > b.metrics.get(name).copied().unwrap_or(f64::NEG_INFINITY)) {
+                save_model(
+                    &self.dir.file("best.safetensors"),
+                    self.model.as_ref(),
+                    serde_json::json!({ "epoch": epoch, "round": phase.round, "metrics": metrics_map(&eval) }),
+                )?;
+            }
+        }
+        self.progress.next_epoch += 1;
+        self.progress.epoch_in_phase += 1;
+        Ok(eval)
+    }
+
+    /// Closes a phase: the round's record when the round ends here, then on
+    /// to the next phase (checkpointed).
+    fn end_phase(&mut self, phase: &Phase, last: Option<EvalStats>) -> Result<()> {
+        let next = self.plan.phases.get(self.progress.phase + 1);
+        if next.is_none_or(|n| n.round != phase.round) {
+            let eval = match last {
+                Some(e) => e,
+                None => self.evaluate(self.model.as_ref())?,
+            };
+            let (sparsity, kept, prunable, lines) = self.measure()?;
+            let best = if self.exp.train.keep_best {
+                best_since(&self.progress.history, self.progress.phase_first_epoch, self.data.metrics[0].name())
+            } else {
+                None
+            };
+            self.progress.history.push(Record::Round {
+                round: phase.round,
+                sparsity,
+                kept,
+                prunable,
+                test_loss: eval.loss,
+                metrics: metrics_map(&eval),
+                best,
+                lines,
+            });
+        }
+        if matches!(phase.length, Length::UntilDone { .. }) && !self.method.done() {
+            tracing::warn!("{}: the phase reached its epoch limit before the method was done", self.method.describe());
+        }
+        self.progress.phase += 1;
+        self.progress.epoch_in_phase = 0;
+        self.progress.phase_started = false;
+        self.checkpoint()
+    }
+
+    /// The final model and the reports.
+    fn finish(mut self) -> Result<Summary> {
+        self.method.finish(self.model.params())?;
+        let (exp, opts, model) = (self.exp, self.opts, self.model.as_ref());
+        let name = opts.out.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let report = self.method.report().unwrap_or_default();
+        let summary = Summary {
+            name,
+            model: experiment_model_name(exp, &model.config()),
+            data: exp.data.name(),
+            method: self.method.describe(),
+            seed: exp.seed,
+            metric: self.data.metrics[0].name().to_string(),
+            rounds: self.progress.history.iter().filter(|r| matches!(r, Record::Round { .. })).cloned().collect(),
+            sparsity: SparsityReport::of(model.params(), self.method.selector())?,
+            parameters: model.params().numel(),
+            structured: self.progress.shrink.as_ref().map(|s| s.report.clone()),
+            method_report: report.json,
+            method_markdown: report.markdown,
+        };
+        // The final model: weights and masks, rebuildable from the header alone.
+        let mut extra = serde_json::json!({ "sparsity": summary.sparsity.sparsity() });
+        if let Some(st) = &summary.structured {
+            // Without its timing: the saved model's bytes do not depend on
+            // how fast (or in how many parts) the run went.
+            extra["structured"] = serde_json::to_value(StructuredReport { select_seconds: 0.0, ..st.clone() })?;
+        }
+        save_model(&self.dir.file("model.safetensors"), model, extra)?;
+        let write = |f: &str, text: String| espalier_core::checkpoint::write_atomic(&self.dir.file(f), text.as_bytes());
+        write("report.md", report_markdown(&summary))?;
+        write("results.csv", results_csv(&summary))?;
+        write("summary.json", serde_json::to_string_pretty(&summary)?)?;
+        Ok(summary)
+    }
+}
+
+/// Runs (or resumes) `exp` into `opts.out`. Returns `None` when stopped
+/// early by `max_epochs`.
+pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<Option<Summary>> {
+    Session::new(exp, opts)?.run()
+}
+
+/// Evaluates the model saved in a run directory on its test set.
+pub fn eval_run(dir: &Path, data_root: &DataRoot) -> Result<(EvalStats, SparsityReport)> {
+    let exp = config::load(&dir.join("config.toml"), &[])?;
+    let device = config::device(&exp.device)?;
+    let path = ["model.safetensors", "checkpoint.safetensors"]
+        .iter()
+        .map(|f| dir.join(f))
+        .find(|p| p.exists())
+        .with_context(|| format!("{}: no model.safetensors or checkpoint.safetensors", dir.display()))?;
+    let (model, _) = load_model(&path, &device)?;
+    let model_dir = pretrained_dir(&exp)?;
+    let data = exp.data.load(data_root, model_dir.as_deref())?;
+    let method = exp.method()?;
+    let eval = evaluate(model.as_ref(), data.test.as_ref(), exp.train.eval_batch_size, &device, &data.metrics)?;
+    Ok((eval, SparsityReport::of(model.params(), method.selector())?))
+}

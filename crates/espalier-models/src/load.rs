@@ -1,0 +1,37 @@
+//! Models saved by Espalier: a checkpoint alone rebuilds its model (the
+//! config is in the safetensors header, a shrunk model's widths included).
+
+use std::path::Path;
+
+use candle_core::{DType, Device};
+use espalier_core::{bail, checkpoint, ParamBuilder, Result};
+
+use crate::{Model, ModelConfig};
+
+/// Short names for reports (`lenet-300-100`, `resnet-20`, `bert-L6-H384-A12`).
+pub fn model_name(m: &ModelConfig) -> String {
+    match m {
+        ModelConfig::Mlp(c) if c.hidden == [300, 100] && c.input_dim == 784 => "lenet-300-100".into(),
+        ModelConfig::Mlp(c) => format!("mlp-{}", c.hidden.iter().map(|h| h.to_string()).collect::<Vec<_>>().join("-")),
+        ModelConfig::Lenet5(_) => "lenet-5".into(),
+        ModelConfig::Bert(c) => format!("bert-L{}-H{}-A{}", c.num_hidden_layers, c.hidden_size, c.num_attention_heads),
+        ModelConfig::Resnet(c) => format!("resnet-{}", c.depth),
+        ModelConfig::Vgg(c) => format!("vgg-{}{}", c.depth, if c.batch_norm { "-bn" } else { "" }),
+    }
+}
+
+/// Rebuilds a model from a checkpoint file alone (config from its header,
+/// masks restored); returns it with the header.
+pub fn load_model(path: &Path, device: &Device) -> Result<(Box<dyn Model>, serde_json::Value)> {
+    let ck = checkpoint::load(path, device)?;
+    let cfg: ModelConfig = serde_json::from_value(ck.header["model"].clone())
+        .map_err(|e| espalier_core::Error::format(path, format!("the header has no valid model config ({e})")))?;
+    let pb = ParamBuilder::from_tensors(ck.params(), path.display().to_string(), DType::F32, device);
+    let model = cfg.build(&pb)?;
+    let (_, unused) = pb.finish();
+    if !unused.is_empty() {
+        bail!("{}: tensors not used by the {} model: {}", path.display(), model_name(&cfg), unused.join(", "));
+    }
+    model.params().set_masks(&ck.masks())?;
+    Ok((model, ck.header))
+}

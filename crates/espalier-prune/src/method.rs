@@ -1,0 +1,209 @@
+//! The method trait: everything a pruning method does to an experiment.
+//!
+//! An experiment is a sequence of [`Phase`]s (dense training, pruning
+//! rounds, penalty phases that run until the method says it is done,
+//! fine-tuning after a shrink). A [`Method`] states that plan, opens each
+//! phase with [`Action`]s that the session carries out (the generic ones
+//! itself; pruning and unit selection by asking the method), hooks into every
+//! training step as a [`Regularizer`] (observe → penalty → gradient
+//! adjustment → step and epoch updates), and reports about itself at the end.
+//! The session never names a method: strategies return actions, the loop
+//! executes them (burn's checkpointing and early-stopping strategies).
+
+use std::collections::BTreeMap;
+
+use espalier_core::{Keep, ParamStore, Result, Selector};
+use espalier_data::Batch;
+use espalier_models::Model;
+use espalier_train::Regularizer;
+use serde::{Deserialize, Serialize};
+
+/// How long a phase trains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Length {
+    /// A fixed number of epochs (possibly 0).
+    Epochs(usize),
+    /// Until [`Method::done`] holds after an epoch, at most `max_epochs`.
+    UntilDone {
+        /// Upper bound (also the length the learning-rate schedule assumes).
+        max_epochs: usize,
+    },
+}
+
+impl Length {
+    /// The most epochs the phase can take.
+    pub fn max_epochs(self) -> usize {
+        match self {
+            Length::Epochs(n) | Length::UntilDone { max_epochs: n } => n,
+        }
+    }
+}
+
+/// A stretch of training with one learning-rate schedule (it restarts in
+/// every phase).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Phase {
+    /// 0 = dense training; r ≥ 1 = after the r-th pruning step. A round may
+    /// span several phases; its record is written when its last phase ends.
+    pub round: usize,
+    /// How long it trains.
+    pub length: Length,
+    /// What happens before its first epoch.
+    pub start: Vec<Action>,
+}
+
+/// One thing the session does before a phase's first epoch.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Masks at this sparsity of the selected weights ([`Method::prune`]).
+    Prune {
+        /// Target sparsity.
+        sparsity: f64,
+    },
+    /// Reset surviving weights to the rewind snapshot ([`Plan::rewind_point`]).
+    Rewind,
+    /// Fresh optimizer state.
+    ResetOptimizer,
+    /// A fresh optimizer over the current parameters (after a shrink, or for
+    /// a phase that trains with a new objective).
+    NewOptimizer,
+    /// Choose units ([`Method::select`]), shrink the model physically,
+    /// re-estimate BatchNorm statistics from this many training examples
+    /// (0: off), and evaluate the shrunk model.
+    Shrink {
+        /// Examples for the BatchNorm re-estimation.
+        recalibrate_bn: usize,
+    },
+}
+
+/// A method's phases.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// In order; the first is dense training.
+    pub phases: Vec<Phase>,
+    /// Run-wide epoch at whose start the weights are saved for rewinding.
+    pub rewind_point: Option<usize>,
+}
+
+impl Plan {
+    /// Dense training only.
+    pub fn dense(epochs: usize) -> Self {
+        Plan { phases: vec![Phase { round: 0, length: Length::Epochs(epochs), start: vec![] }], rewind_point: None }
+    }
+}
+
+/// What a method may use when it acts: the model, the run's seed and a
+/// seeded sample of training examples.
+pub struct Context<'a> {
+    /// The model.
+    pub model: &'a dyn Model,
+    /// The run's seed.
+    pub seed: u64,
+    calibration: &'a mut dyn FnMut(usize) -> Result<Vec<Batch>>,
+}
+
+impl<'a> Context<'a> {
+    /// A context whose calibration sample comes from `calibration(n)`.
+    pub fn new(model: &'a dyn Model, seed: u64, calibration: &'a mut dyn FnMut(usize) -> Result<Vec<Batch>>) -> Self {
+        Context { model, seed, calibration }
+    }
+
+    /// A seeded sample of `n` training examples (no augmentation), in
+    /// evaluation-size batches; the same sample for the same `n`.
+    pub fn calibration(&mut self, n: usize) -> Result<Vec<Batch>> {
+        (self.calibration)(n)
+    }
+}
+
+/// The units a structured method keeps, and what it measured.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Selection {
+    /// Kept units per group set.
+    pub keep: Keep,
+    /// Relative output residual `‖Y − H_S A_Sᵀ‖/‖Y‖` per set on the
+    /// calibration data, where the set has a consumer.
+    pub residual: BTreeMap<String, f64>,
+    /// Wall-clock seconds of the selection.
+    pub seconds: f64,
+    /// Calibration examples used.
+    pub calibration: usize,
+}
+
+/// A method's own section of the run's report.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MethodReport {
+    /// For `summary.json` (`method_report`).
+    pub json: serde_json::Value,
+    /// For `report.md`.
+    pub markdown: String,
+}
+
+/// A pruning method (one module each; built from the experiment's config).
+pub trait Method: Regularizer {
+    /// The name reports use, e.g. `imp-magnitude-global-rewind-init`.
+    fn describe(&self) -> String;
+    /// The phases of the experiment after `dense_epochs` of dense training.
+    fn plan(&self, dense_epochs: usize) -> Plan;
+    /// The weights whose sparsity is reported (and pruned, for masks).
+    fn selector(&self) -> &Selector;
+    /// Whether rounds report the empty rows and columns of the masks.
+    fn reports_lines(&self) -> bool {
+        false
+    }
+    /// Phase `index` of the plan starts (after its actions).
+    fn start_phase(&mut self, _index: usize, _cx: &mut Context) -> Result<()> {
+        Ok(())
+    }
+    /// Whether an [`Length::UntilDone`] phase has done its work.
+    fn done(&self) -> bool {
+        true
+    }
+    /// Masks at `sparsity` ([`Action::Prune`]).
+    fn prune(&mut self, _cx: &mut Context, sparsity: f64) -> Result<()> {
+        espalier_core::bail!("{} does not prune with masks (asked for sparsity {sparsity})", self.describe())
+    }
+    /// The units to keep ([`Action::Shrink`]).
+    fn select(&mut self, _cx: &mut Context) -> Result<Selection> {
+        espalier_core::bail!("{} does not choose units", self.describe())
+    }
+    /// The run's training is over (e.g. straight-through masks become hard).
+    fn finish(&mut self, _params: &ParamStore) -> Result<()> {
+        Ok(())
+    }
+    /// State beyond tensors ([`Regularizer::state`]) for checkpoints.
+    fn save(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+    /// Restores what [`Method::save`] wrote.
+    fn load(&mut self, _state: &serde_json::Value) -> Result<()> {
+        Ok(())
+    }
+    /// The method's section of the report, if it has one.
+    fn report(&self) -> Option<MethodReport> {
+        None
+    }
+}
+
+/// No pruning: dense training only.
+#[derive(Debug, Default)]
+pub struct Dense {
+    selector: Selector,
+}
+
+impl Regularizer for Dense {
+    fn name(&self) -> &str {
+        "dense"
+    }
+}
+
+impl Method for Dense {
+    fn describe(&self) -> String {
+        "dense".into()
+    }
+    fn plan(&self, dense_epochs: usize) -> Plan {
+        Plan::dense(dense_epochs)
+    }
+    fn selector(&self) -> &Selector {
+        &self.selector
+    }
+}

@@ -1,0 +1,406 @@
+//! Structured pruning: which units of each [`GroupSet`] to keep, then a
+//! physically smaller model (the session shrinks it) and fine-tuning.
+//!
+//! A [`Criterion`] chooses the units of one set at a time; each lives in a
+//! module of its own (higher score = keep):
+//!
+//! - [`random`]: uniform scores (the floor);
+//! - [`norm`]: `l1` / `l2`, `Σ|w|` / `√Σw²` over every element the unit owns
+//!   (Li, Kadav, Durdanovic, Samet & Graf, "Pruning Filters for Efficient
+//!   ConvNets", ICLR 2017, arXiv 1608.08710, §3.1);
+//! - [`activation`]: mean `|h|` of the unit on calibration data;
+//! - [`taylor`]: first-order Taylor (Molchanov, Mallya, Tyree, Frosio & Kautz,
+//!   "Importance Estimation for Neural Network Pruning", CVPR 2019, arXiv
+//!   1906.10771, eq. 8 for groups);
+//! - [`movement`]: movement pruning's score summed over a unit;
+//! - [`ispasp`]: i-SpaSP (Wolfe & Kyrillidis, "i-SpaSP: Structured Neural
+//!   Pruning via Sparse Signal Recovery", 2022, arXiv 2112.04905);
+//! - [`mi`]: layer-wise mutual information, top-down (Fan et al., "Layer-wise
+//!   Model Pruning based on Mutual Information", EMNLP 2021, arXiv
+//!   2108.12594).
+//!
+//! GReg ([`crate::greg`]) chooses its units by training instead and is a
+//! method of its own. [`GroupCriterion`] names them all in the config;
+//! [`StructuredConfig::method`] is the registry.
+//!
+//! The output residual `‖Y − H_S A_Sᵀ‖/‖Y‖` of every set with a consumer
+//! ([`Model::consume`]) is reported for every criterion, so that criteria can
+//! be compared on it ([`consumer`]).
+
+pub mod activation;
+pub mod consumer;
+pub mod ispasp;
+pub mod mi;
+pub mod movement;
+pub mod norm;
+pub mod random;
+pub mod taylor;
+
+use std::time::Instant;
+
+use candle_core::{DType, Tensor};
+use espalier_core::select::Pattern;
+use espalier_core::{bail, GroupSet, Result, Rng, Selector};
+use espalier_data::Batch;
+use espalier_models::Model;
+use espalier_train::Regularizer;
+use serde::{Deserialize, Serialize};
+
+pub use crate::method::Selection;
+use crate::method::{Action, Context, Length, Method, Phase, Plan};
+use consumer::Consumer;
+
+/// How units are scored.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupCriterion {
+    /// Uniform random scores.
+    Random,
+    /// Sum of |w| over the unit.
+    #[default]
+    L1,
+    /// Euclidean norm of the unit's weights.
+    L2,
+    /// Mean |activation| on calibration data.
+    Activation,
+    /// First-order Taylor `(Σ w·∂L/∂w)²`.
+    Taylor,
+    /// Movement score `−Σ w·∂L/∂w` (signed).
+    Movement,
+    /// i-SpaSP (sparse signal recovery).
+    Ispasp,
+    /// Layer-wise mutual information, top-down.
+    Mi,
+    /// GReg-1: units chosen by L1 norm, pushed to zero by a growing L2
+    /// penalty during training, then removed ([`crate::greg`]).
+    Greg1,
+    /// GReg-2: a uniform growing penalty first, then as GReg-1.
+    Greg2,
+}
+
+impl GroupCriterion {
+    /// The criterion that scores units once (the registry); `None` for GReg,
+    /// which chooses its units by training ([`crate::greg`]).
+    pub fn criterion(self, cfg: &StructuredConfig) -> Option<Box<dyn Criterion>> {
+        Some(match self {
+            GroupCriterion::Random => Box::new(random::Random),
+            GroupCriterion::L1 => Box::new(norm::Norm { l1: true }),
+            GroupCriterion::L2 => Box::new(norm::Norm { l1: false }),
+            GroupCriterion::Activation => Box::new(activation::Activation),
+            GroupCriterion::Taylor => Box::new(taylor::Taylor::default()),
+            GroupCriterion::Movement => Box::new(movement::UnitMovement::default()),
+            GroupCriterion::Ispasp => Box::new(ispasp::Ispasp { iterations: cfg.iterations }),
+            GroupCriterion::Mi => Box::new(mi::Mi::new(cfg.estimator, cfg.bins)),
+            GroupCriterion::Greg1 | GroupCriterion::Greg2 => return None,
+        })
+    }
+
+    /// The config name (`l1`, `ispasp`, …).
+    pub fn key(self) -> String {
+        serde_json::to_value(self).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+    }
+}
+
+/// Mutual-information estimator for hidden–hidden pairs.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum MiEstimator {
+    /// `−½ log(1 − ρ²)` (jointly Gaussian).
+    #[default]
+    Gaussian,
+    /// Quantile bins and the discrete MI.
+    Binned,
+}
+
+/// Settings of a structured pruning step.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StructuredConfig {
+    /// The criterion.
+    #[serde(default)]
+    pub method: GroupCriterion,
+    /// Which group sets are pruned, by name (globs or `re:`; default all).
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Fraction of each selected set's units that is kept.
+    #[serde(default)]
+    pub keep_ratio: Option<f64>,
+    /// Number of units kept in each selected set.
+    #[serde(default)]
+    pub keep: Option<usize>,
+    /// Calibration examples (from the training set, a seeded sample).
+    #[serde(default = "default_calibration")]
+    pub calibration: usize,
+    /// i-SpaSP iterations T.
+    #[serde(default = "default_iterations")]
+    pub iterations: usize,
+    /// MI estimator for hidden–hidden pairs.
+    #[serde(default)]
+    pub estimator: MiEstimator,
+    /// Quantile bins for binned MI (and for the label MI of the top set).
+    #[serde(default = "default_bins")]
+    pub bins: usize,
+    /// Fine-tuning epochs after the shrink (learning-rate schedule restarted).
+    #[serde(default)]
+    pub finetune_epochs: usize,
+    /// Training examples (a seeded sample, no augmentation) passed through
+    /// the shrunk model in training mode, without any update, to re-estimate
+    /// its BatchNorm running statistics before it is evaluated: removing
+    /// channels shifts the inputs of every later BN layer. The statistics are
+    /// exponential averages (momentum 0.1), so use at least 30 batches' worth
+    /// (the old statistics keep 0.9^batches of their weight). 0 = off; models
+    /// without BatchNorm ignore it.
+    #[serde(default)]
+    pub recalibrate_bn: usize,
+    /// GReg settings (methods `greg1`, `greg2`).
+    #[serde(default)]
+    pub greg: crate::greg::GRegConfig,
+}
+
+fn default_calibration() -> usize {
+    1000
+}
+fn default_iterations() -> usize {
+    20
+}
+fn default_bins() -> usize {
+    16
+}
+
+impl StructuredConfig {
+    /// Checks the values; `path` prefixes key names.
+    pub fn validate(&self, path: &str) -> std::result::Result<(), String> {
+        match (self.keep_ratio, self.keep) {
+            (Some(r), None) if !(r > 0.0 && r <= 1.0) => {
+                Err(format!("key `{path}.keep_ratio` must be in (0, 1], found {r}"))
+            }
+            (None, Some(0)) => Err(format!("key `{path}.keep` must be at least 1")),
+            (Some(_), Some(_)) => Err(format!("give `{path}.keep_ratio` or `{path}.keep`, not both")),
+            (None, None) => Err(format!("missing `{path}.keep_ratio` (a fraction) or `{path}.keep` (a unit count)")),
+            _ => Ok(()),
+        }?;
+        let needs_data = self.method.criterion(self).is_some_and(|c| c.needs_calibration());
+        if needs_data && self.calibration == 0 {
+            return Err(format!("key `{path}.calibration` must be at least 1 for method {:?}", self.method));
+        }
+        if self.iterations == 0 {
+            return Err(format!("key `{path}.iterations` must be at least 1"));
+        }
+        if self.bins < 2 {
+            return Err(format!("key `{path}.bins` must be at least 2"));
+        }
+        for g in &self.groups {
+            Pattern::parse(g).map_err(|e| format!("key `{path}.groups`: {e}"))?;
+        }
+        self.greg.validate(&format!("{path}.greg"))?;
+        Ok(())
+    }
+
+    /// The method this section configures (the registry: a one-pass
+    /// criterion, or GReg).
+    pub fn method(&self) -> Result<Box<dyn Method>> {
+        Ok(match self.method {
+            GroupCriterion::Greg1 | GroupCriterion::Greg2 => Box::new(crate::greg::GReg::new(self.clone())),
+            _ => Box::new(Structured::new(self.clone())),
+        })
+    }
+
+    /// How many units of a set of `size` are kept.
+    pub fn kept(&self, size: usize) -> usize {
+        match (self.keep, self.keep_ratio) {
+            (Some(k), _) => k.min(size),
+            (None, Some(r)) => ((r * size as f64).round() as usize).clamp(1, size),
+            (None, None) => size,
+        }
+    }
+}
+
+/// The group sets of `model` that `cfg.groups` selects (all by default).
+pub fn selected_sets(model: &dyn Model, cfg: &StructuredConfig) -> Result<Vec<GroupSet>> {
+    let patterns: Vec<Pattern> = cfg.groups.iter().map(|g| Pattern::parse(g)).collect::<Result<_>>()?;
+    let all = model.group_sets();
+    let sets: Vec<GroupSet> =
+        all.iter().filter(|s| patterns.is_empty() || patterns.iter().any(|p| p.matches(&s.name))).cloned().collect();
+    if sets.is_empty() {
+        let names: Vec<&str> = all.iter().map(|s| s.name.as_str()).collect();
+        bail!("structured.groups {:?} matches no group set (the model has: {})", cfg.groups, names.join(", "));
+    }
+    Ok(sets)
+}
+
+/// What a criterion sees of one group set.
+pub struct SetView<'a> {
+    /// The model.
+    pub model: &'a dyn Model,
+    /// The set.
+    pub set: &'a GroupSet,
+    /// Calibration batches (empty when the criterion needs none and the
+    /// caller has none).
+    pub calib: &'a [Batch],
+    /// The set's consumer on the calibration data, where it has one.
+    pub consumer: Option<&'a Consumer<'a>>,
+    /// The run's seeded stream for structured selection.
+    pub rng: &'a mut Rng,
+}
+
+/// Chooses the units of one group set at a time (one module each).
+pub trait Criterion: Send {
+    /// Whether it runs the model on calibration data.
+    fn needs_calibration(&self) -> bool;
+    /// Whether it needs the set's consumer (an error where there is none).
+    fn needs_consumer(&self) -> bool {
+        false
+    }
+    /// Visit the sets from the output down (each set scored against the
+    /// units kept above it) rather than in model order.
+    fn top_down(&self) -> bool {
+        false
+    }
+    /// Work shared by all sets, before the first.
+    fn prepare(&mut self, _model: &dyn Model, _calib: &[Batch]) -> Result<()> {
+        Ok(())
+    }
+    /// The `k` units of `view.set` to keep, ascending.
+    fn choose(&mut self, view: &mut SetView, k: usize) -> Result<Vec<usize>>;
+}
+
+/// Chooses the units to keep in the selected group sets of `model` with the
+/// one-pass criterion of `cfg.method`.
+pub fn select(model: &dyn Model, cfg: &StructuredConfig, calib: &[Batch], seed: u64) -> Result<Selection> {
+    let start = Instant::now();
+    let Some(mut criterion) = cfg.method.criterion(cfg) else {
+        bail!("{:?} chooses its units during training (a phase of its own), not in one pass", cfg.method);
+    };
+    let owned = selected_sets(model, cfg)?;
+    if criterion.needs_calibration() && calib.is_empty() {
+        bail!("method {:?} needs calibration data", cfg.method);
+    }
+    let mut rng = Rng::derive(seed, "structured-select", &[]);
+    let mut sel = Selection::default();
+    criterion.prepare(model, calib)?;
+    let order: Vec<&GroupSet> =
+        if criterion.top_down() { owned.iter().rev().collect() } else { owned.iter().collect() };
+    for set in order {
+        let k = cfg.kept(set.size);
+        // The consumer's view of the activations: i-SpaSP's residual, and the
+        // output residual reported for every method.
+        let consumer = if set.consumer.is_some() && !calib.is_empty() {
+            Some(Consumer::new(model, set, calib)?)
+        } else if criterion.needs_consumer() {
+            bail!("{:?} on `{}`: the group set declares no consumer", cfg.method, set.name);
+        } else {
+            None
+        };
+        let mut view = SetView { model, set, calib, consumer: consumer.as_ref(), rng: &mut rng };
+        let keep = criterion.choose(&mut view, k)?;
+        if let Some(c) = &consumer {
+            sel.residual.insert(set.name.clone(), c.relative_residual(&keep)?);
+        }
+        tracing::info!(set = %set.name, kept = keep.len(), of = set.size, "selected units");
+        sel.keep.insert(set.name.clone(), keep);
+    }
+    sel.seconds = start.elapsed().as_secs_f64();
+    sel.calibration = calib.iter().map(|b| b.len()).sum();
+    Ok(sel)
+}
+
+/// Structured pruning with a one-pass criterion: dense training, the units
+/// chosen and the model shrunk, then fine-tuning (round 1).
+pub struct Structured {
+    cfg: StructuredConfig,
+    selector: Selector,
+}
+
+impl Structured {
+    /// The method of `cfg` (a one-pass criterion).
+    pub fn new(cfg: StructuredConfig) -> Self {
+        Structured { cfg, selector: Selector::default() }
+    }
+}
+
+/// The phases of a structured method: dense training, then `extra` (GReg's
+/// penalty phase), then the shrink and fine-tuning, all after the dense
+/// phase in round 1.
+pub(crate) fn structured_plan(cfg: &StructuredConfig, dense_epochs: usize, extra: Option<Phase>) -> Plan {
+    let mut phases = vec![Phase { round: 0, length: Length::Epochs(dense_epochs), start: vec![] }];
+    phases.extend(extra);
+    phases.push(Phase {
+        round: 1,
+        length: Length::Epochs(cfg.finetune_epochs),
+        start: vec![Action::Shrink { recalibrate_bn: cfg.recalibrate_bn }, Action::NewOptimizer],
+    });
+    Plan { phases, rewind_point: None }
+}
+
+impl Regularizer for Structured {
+    fn name(&self) -> &str {
+        "structured"
+    }
+}
+
+impl Method for Structured {
+    fn describe(&self) -> String {
+        format!("structured-{}", self.cfg.method.key())
+    }
+    fn plan(&self, dense_epochs: usize) -> Plan {
+        structured_plan(&self.cfg, dense_epochs, None)
+    }
+    fn selector(&self) -> &Selector {
+        &self.selector
+    }
+    /// Every criterion gets calibration data: the output residual is reported
+    /// for all of them.
+    fn select(&mut self, cx: &mut Context) -> Result<Selection> {
+        let calib = cx.calibration(self.cfg.calibration.max(1))?;
+        select(cx.model, &self.cfg, &calib, cx.seed)
+    }
+}
+
+/// Indices of the `k` largest scores, sorted ascending (ties: lower index).
+pub(crate) fn top_k(scores: &[f64], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    idx.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    let mut keep: Vec<usize> = idx.into_iter().take(k).collect();
+    keep.sort_unstable();
+    keep
+}
+
+/// Per-unit sums of per-column values (units own `block` columns).
+pub(crate) fn unit_sums(set: &GroupSet, cols: &[f64]) -> Vec<f64> {
+    (0..set.size).map(|u| cols[u * set.block..(u + 1) * set.block].iter().sum()).collect()
+}
+
+/// Calibration activations of a set, `(rows, size·block)`.
+pub(crate) fn activations(model: &dyn Model, calib: &[Batch], set: &str) -> Result<Tensor> {
+    let hs: Vec<Tensor> = calib.iter().map(|b| model.probe(b, set)).collect::<Result<_>>()?;
+    Ok(Tensor::cat(&hs, 0)?.to_dtype(DType::F32)?)
+}
+
+/// Per-column sums of `|t|` (or of `t²` when `squares`) over every axis but 1.
+pub(crate) fn axis1_sums(t: &Tensor, squares: bool) -> Result<Vec<f64>> {
+    let t = if squares { t.sqr()? } else { t.abs()? };
+    let t = t.transpose(0, 1)?.flatten_from(1)?.sum(1)?;
+    Ok(t.to_vec1::<f32>()?.into_iter().map(f64::from).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_is_sorted_and_breaks_ties_by_index() {
+        assert_eq!(top_k(&[1.0, 3.0, 3.0, 0.5, 2.0], 3), vec![1, 2, 4]);
+        assert_eq!(top_k(&[1.0, 1.0, 1.0], 2), vec![0, 1]);
+    }
+
+    #[test]
+    fn config_validation_names_keys() {
+        let mut c: StructuredConfig = serde_json::from_str(r#"{"method": "ispasp", "keep_ratio": 0.5}"#).unwrap();
+        assert!(c.validate("structured").is_ok());
+        assert_eq!(c.kept(1000), 500);
+        c.keep_ratio = Some(1.5);
+        assert!(c.validate("structured").unwrap_err().contains("structured.keep_ratio"));
+        c.keep_ratio = None;
+        assert!(c.validate("structured").unwrap_err().contains("keep"));
+    }
+}

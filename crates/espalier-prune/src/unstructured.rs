@@ -1,0 +1,321 @@
+//! Unstructured and pattern pruning with masks (`[prune]`): an importance
+//! criterion ([`Importance`]), a granularity (single weights, N:M, blocks), a
+//! scope and a schedule (one-shot, IMP with rewinding, gradual), with the
+//! training terms that shape the weights for the pruning step: ADMM during
+//! the dense phase ([`crate::admm`]), SR-STE during retraining
+//! ([`crate::sr_ste`]). SPUR (Park et al., "Structured Pattern Pruning Using
+//! Regularization", 2021, arXiv 2109.08814) is IMP with the row/column group
+//! lasso R(W) = λ(Σ_i ‖W_i,:‖₂ + Σ_j ‖W_:,j‖₂) of `espalier_train`'s
+//! `group_lasso` regularizer, and is named so in reports.
+
+use std::collections::BTreeMap;
+
+use candle_core::backprop::GradStore;
+use candle_core::Tensor;
+use espalier_core::select::SelectorSpec;
+use espalier_core::{ParamStore, Result, Selector};
+use espalier_train::{Regularizer, RegularizerConfig, StepInfo};
+use serde::{Deserialize, Serialize};
+
+use crate::admm::{Admm, AdmmConfig, AdmmPoint, Projection};
+use crate::magnitude::{masks_for, Importance, MaskRule, Scope, Scorer};
+use crate::method::{Context, Method, MethodReport, Plan};
+use crate::pattern::Granularity;
+use crate::schedule::{Cubic, Rewind, ScheduleConfig};
+use crate::sr_ste::{SrSte, SrSteConfig};
+
+/// What to prune, by which criterion, on which schedule (`[prune]`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PruneConfig {
+    /// Importance criterion.
+    #[serde(default)]
+    pub importance: Importance,
+    /// Global, per-layer or per-row threshold.
+    #[serde(default)]
+    pub scope: Scope,
+    /// Which parameters are pruned (default: weights outside the head).
+    #[serde(default)]
+    pub params: SelectorSpec,
+    /// When to prune.
+    pub schedule: ScheduleConfig,
+    /// What is pruned together: single weights (default), `n_of_m`
+    /// patterns or blocks.
+    #[serde(default)]
+    pub granularity: Granularity,
+    /// Training examples (a seeded sample) for criteria that run the model
+    /// before scoring.
+    #[serde(default = "default_calibration")]
+    pub calibration: usize,
+    /// ADMM during the dense phase, towards the pruning step's constraint
+    /// (one-shot schedules).
+    #[serde(default)]
+    pub admm: Option<AdmmConfig>,
+    /// SR-STE retraining after the pruning step (one-shot schedules).
+    #[serde(default)]
+    pub sr_ste: Option<SrSteConfig>,
+}
+
+fn default_calibration() -> usize {
+    128
+}
+
+impl PruneConfig {
+    /// Checks the section against `dense_epochs` of dense training; errors
+    /// name the key.
+    pub fn validate(&self, dense_epochs: usize) -> std::result::Result<(), String> {
+        Selector::new(&self.params).map_err(|e| format!("key `prune.params`: {e}"))?;
+        self.schedule.validate("prune.schedule", dense_epochs)?;
+        self.granularity.validate("prune.granularity")?;
+        let scorer = self.importance.build();
+        let one_shot = matches!(self.schedule, ScheduleConfig::OneShot { .. });
+        if let Some(implied) = self.granularity.implied_sparsity() {
+            match self.schedule {
+                ScheduleConfig::OneShot { sparsity, .. } if (sparsity - implied).abs() > 1e-9 => {
+                    return Err(format!(
+                        "prune.schedule.sparsity is {sparsity}, but the n_of_m granularity implies {implied}"
+                    ))
+                }
+                ScheduleConfig::OneShot { .. } => {}
+                _ => return Err("an n_of_m granularity needs a one_shot schedule (its sparsity is fixed)".into()),
+            }
+        }
+        if self.scope == Scope::Row && self.granularity != Granularity::Unstructured {
+            return Err("key `prune.scope`: `row` is for the unstructured granularity".into());
+        }
+        if scorer.needs_calibration() && self.calibration == 0 {
+            return Err(format!("key `prune.calibration` must be at least 1 for importance `{}`", scorer.name()));
+        }
+        if matches!(self.schedule, ScheduleConfig::Gradual { .. }) && !scorer.scores_while_training() {
+            return Err(format!(
+                "importance `{}` scores from a calibration pass and cannot prune during training: use a \
+                 one_shot or imp schedule",
+                scorer.name()
+            ));
+        }
+        if let Some(a) = &self.admm {
+            a.validate("prune.admm")?;
+            if !one_shot {
+                return Err("prune.admm needs a one_shot schedule (ADMM runs during the dense phase)".into());
+            }
+            if self.importance != Importance::Magnitude {
+                return Err("prune.admm projects by magnitude: use importance = \"magnitude\"".into());
+            }
+        }
+        if let Some(s) = &self.sr_ste {
+            s.validate("prune.sr_ste")?;
+            if !one_shot {
+                return Err("prune.sr_ste needs a one_shot schedule (SR-STE is the retraining phase)".into());
+            }
+            if self.importance != Importance::Magnitude {
+                return Err("prune.sr_ste recomputes masks by magnitude: use importance = \"magnitude\"".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The method of this section, for a run with `dense_epochs` of dense
+    /// training, the trainer's `regularizers` and `seed`.
+    pub fn method(
+        &self,
+        dense_epochs: usize,
+        regularizers: &[RegularizerConfig],
+        seed: u64,
+    ) -> Result<Box<dyn Method>> {
+        let selector = Selector::new(&self.params)?;
+        let projection = Projection {
+            granularity: self.granularity,
+            scope: self.scope,
+            sparsity: self.schedule.one_shot_sparsity(),
+        };
+        let admm = self.admm.clone().map(|a| Admm::new(a, selector.clone(), projection, dense_epochs));
+        let sr_ste = self.sr_ste.as_ref().map(|s| SrSte::new(s, selector.clone(), projection));
+        let spur = regularizers.iter().any(|r| matches!(r, RegularizerConfig::GroupLasso { .. }));
+        Ok(Box::new(Masking {
+            scorer: self.importance.build(),
+            rule: MaskRule { scope: self.scope, granularity: self.granularity, seed },
+            gradual: self.schedule.gradual(),
+            cfg: self.clone(),
+            selector,
+            admm,
+            sr_ste,
+            spur,
+        }))
+    }
+
+    fn key<T: Serialize>(v: T) -> String {
+        serde_json::to_value(v).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+    }
+}
+
+/// Pruning with masks on a schedule.
+pub struct Masking {
+    cfg: PruneConfig,
+    selector: Selector,
+    scorer: Box<dyn Scorer>,
+    rule: MaskRule,
+    gradual: Option<Cubic>,
+    admm: Option<Admm>,
+    sr_ste: Option<SrSte>,
+    spur: bool,
+}
+
+impl Masking {
+    fn masks(&mut self, params: &ParamStore, sparsity: f64) -> Result<BTreeMap<String, Tensor>> {
+        masks_for(params, &self.selector, self.scorer.as_mut(), &self.rule, sparsity)
+    }
+}
+
+/// Checkpoint keys of the parts: `<part>.<key>`.
+fn prefixed(out: &mut BTreeMap<String, Tensor>, part: &str, state: BTreeMap<String, Tensor>) {
+    out.extend(state.into_iter().map(|(k, v)| (format!("{part}.{k}"), v)));
+}
+
+fn part(state: &BTreeMap<String, Tensor>, part: &str) -> BTreeMap<String, Tensor> {
+    let prefix = format!("{part}.");
+    state.iter().filter_map(|(k, v)| k.strip_prefix(&prefix).map(|k| (k.to_string(), v.clone()))).collect()
+}
+
+impl Regularizer for Masking {
+    fn name(&self) -> &str {
+        "prune"
+    }
+    fn observe(&mut self, params: &ParamStore, grads: &GradStore, _step: &StepInfo) -> Result<()> {
+        self.scorer.observe(params, &self.selector, grads)
+    }
+    fn adjust_grads(&mut self, params: &ParamStore, grads: &mut GradStore, step: &StepInfo) -> Result<()> {
+        if let Some(a) = &mut self.admm {
+            a.adjust_grads(params, grads, step)?;
+        }
+        if let Some(s) = &mut self.sr_ste {
+            s.adjust_grads(params, grads, step)?;
+        }
+        Ok(())
+    }
+    fn on_step(&mut self, params: &ParamStore, step: &StepInfo) -> Result<()> {
+        if let Some(a) = &mut self.admm {
+            a.on_step(params, step)?;
+        }
+        if let Some(s) = &mut self.sr_ste {
+            s.on_step(params, step)?;
+        }
+        if let Some(target) = self.gradual.and_then(|c| c.target(step.epoch, step.step_in_epoch, step.steps_per_epoch))
+        {
+            let masks = self.masks(params, target)?;
+            params.set_masks(&masks)?;
+        }
+        Ok(())
+    }
+    fn on_epoch(&mut self, params: &ParamStore, step: &StepInfo) -> Result<()> {
+        if let Some(a) = &mut self.admm {
+            a.on_epoch(params, step)?;
+        }
+        if let Some(s) = &mut self.sr_ste {
+            s.on_epoch(params, step)?;
+        }
+        Ok(())
+    }
+    fn state(&self) -> Result<BTreeMap<String, Tensor>> {
+        let mut out = BTreeMap::new();
+        prefixed(&mut out, self.scorer.name(), self.scorer.state()?);
+        if let Some(a) = &self.admm {
+            prefixed(&mut out, "admm", a.state()?);
+        }
+        Ok(out)
+    }
+    fn load_state(&mut self, state: &BTreeMap<String, Tensor>) -> Result<()> {
+        let name = self.scorer.name();
+        self.scorer.load_state(&part(state, name))?;
+        if let Some(a) = &mut self.admm {
+            a.load_state(&part(state, "admm"))?;
+        }
+        Ok(())
+    }
+}
+
+impl Method for Masking {
+    fn describe(&self) -> String {
+        let p = &self.cfg;
+        let imp = self.scorer.name();
+        let scope = match p.granularity {
+            Granularity::Unstructured => PruneConfig::key(p.scope),
+            Granularity::NOfM { n, m } => format!("{n}:{m}"),
+            Granularity::Block { rows, cols } => format!("block{rows}x{cols}"),
+        };
+        let name = match &p.schedule {
+            ScheduleConfig::OneShot { .. } if p.admm.is_some() => format!("admm-{imp}-{scope}"),
+            ScheduleConfig::OneShot { .. } => format!("one-shot-{imp}-{scope}"),
+            ScheduleConfig::Imp { rewind, .. } => {
+                let base = if self.spur { "spur" } else { "imp" };
+                match rewind {
+                    Rewind::None => format!("{base}-{imp}-{scope}"),
+                    _ => format!("{base}-{imp}-{scope}-rewind-{}", PruneConfig::key(rewind).replace(':', "")),
+                }
+            }
+            ScheduleConfig::Gradual { .. } => format!("gradual-{imp}-{scope}"),
+        };
+        if p.sr_ste.is_some() {
+            name + "-sr-ste"
+        } else {
+            name
+        }
+    }
+    fn plan(&self, dense_epochs: usize) -> Plan {
+        self.cfg.schedule.plan(dense_epochs)
+    }
+    fn selector(&self) -> &Selector {
+        &self.selector
+    }
+    fn reports_lines(&self) -> bool {
+        true
+    }
+    fn prune(&mut self, cx: &mut Context, sparsity: f64) -> Result<()> {
+        if self.scorer.needs_calibration() {
+            let batches = cx.calibration(self.cfg.calibration)?;
+            self.scorer.calibrate(cx.model, &self.selector, &batches)?;
+        }
+        let params = cx.model.params();
+        let masks = self.masks(params, sparsity)?;
+        if self.sr_ste.is_some() {
+            // SR-STE retrains dense weights through the mask.
+            for q in params.iter().filter(|q| self.selector.matches(q)) {
+                q.set_straight_through(true)?;
+            }
+        }
+        params.set_masks(&masks)?;
+        tracing::info!(sparsity, "pruned");
+        Ok(())
+    }
+    /// SR-STE ends with hard masks: the saved model's pruned weights are zero.
+    fn finish(&mut self, params: &ParamStore) -> Result<()> {
+        for p in params.iter().filter(|p| p.straight_through()) {
+            p.set_straight_through(false)?;
+        }
+        Ok(())
+    }
+    fn save(&self) -> serde_json::Value {
+        match &self.admm {
+            Some(a) => serde_json::json!({ "admm_trace": a.trace() }),
+            None => serde_json::Value::Null,
+        }
+    }
+    fn load(&mut self, state: &serde_json::Value) -> Result<()> {
+        if let (Some(a), Some(t)) = (&mut self.admm, state.get("admm_trace")) {
+            let trace: Vec<AdmmPoint> = serde_json::from_value(t.clone())
+                .map_err(|e| espalier_core::Error::msg(format!("ADMM trace in the checkpoint: {e}")))?;
+            a.set_trace(trace);
+        }
+        Ok(())
+    }
+    fn report(&self) -> Option<MethodReport> {
+        let trace = self.admm.as_ref()?.trace();
+        let mut md = String::new();
+        if !trace.is_empty() {
+            md += "\nADMM Z/U updates (relative primal gap ‖W − Z‖/‖W‖):\n\n| step | ρ | primal gap |\n|---:|---:|---:|\n";
+            for pt in trace {
+                md += &format!("| {} | {:.3e} | {:.4} |\n", pt.step, pt.rho, pt.primal_gap);
+            }
+        }
+        Some(MethodReport { json: serde_json::json!({ "admm_trace": trace }), markdown: md })
+    }
+}
