@@ -159,3 +159,91 @@ pub fn csv(points: &[Point]) -> String {
     }
     out
 }
+
+/// The task of a CSV row (which has no task column): the spec's task whose
+/// name is the row's data name or ends it after a `-` or `_` (`glue-rte` is
+/// task `rte`); the empty task when the spec has none.
+fn task_of<'a>(spec: &'a Spec, data: &str) -> Option<&'a str> {
+    if spec.task.is_empty() {
+        return Some("");
+    }
+    let names = |t: &&'a super::spec::Task| {
+        data == t.name || [format!("-{}", t.name), format!("_{}", t.name)].iter().any(|s| data.ends_with(s.as_str()))
+    };
+    let mut hits = spec.task.iter().filter(names);
+    match (hits.next(), hits.next()) {
+        (Some(t), None) => Some(&t.name),
+        _ => None,
+    }
+}
+
+/// The points of a `results.csv` written by [`csv`] (without the sweep
+/// settings, which the CSV does not keep).
+pub fn points_from_csv(spec: &Spec, text: &str) -> anyhow::Result<Vec<Point>> {
+    let mut lines = text.lines().enumerate();
+    let header = lines.next().map(|(_, l)| l).unwrap_or_default();
+    if header != "model,data,method,sparsity,metric,value,seed" {
+        bail!("not a table's results.csv: header `{header}`");
+    }
+    let mut points = Vec::new();
+    for (i, line) in lines.filter(|(_, l)| !l.trim().is_empty()) {
+        let row = || format!("line {}", i + 1);
+        let f: Vec<&str> = line.split(',').collect();
+        let [model, data, method, sparsity, metric, value, seed] = f[..] else {
+            bail!("{}: expected 7 fields, found {}", row(), f.len());
+        };
+        let task = task_of(spec, data).with_context(|| {
+            format!("{}: data `{data}` names no single task of the spec (the task of a row is the one its data name ends with)", row())
+        })?;
+        points.push(Point {
+            task: task.to_string(),
+            method: method.to_string(),
+            model: model.to_string(),
+            data: data.to_string(),
+            sparsity: sparsity.parse().with_context(|| format!("{}: sparsity `{sparsity}`", row()))?,
+            setting: None,
+            metric: metric.to_string(),
+            value: value.parse().with_context(|| format!("{}: value `{value}`", row()))?,
+            seed: seed.parse().with_context(|| format!("{}: seed `{seed}`", row()))?,
+        });
+    }
+    Ok(points)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::aggregate::sections;
+    use crate::table::fixtures::{point, TASKS};
+    use crate::table::spec::parse_spec;
+
+    #[test]
+    fn csv_reads_back_with_tasks_from_the_data_names() {
+        let spec = parse_spec(TASKS).unwrap();
+        let pt = |task: &str, method: &str, metric: &str, sparsity: f64, value: f64, seed: u64| Point {
+            task: task.into(),
+            data: format!("glue-{task}"),
+            metric: metric.into(),
+            ..point(method, sparsity, value, seed)
+        };
+        let points = vec![
+            pt("rte", "dense", "accuracy", 0.0, 60.0, 42),
+            pt("rte", "mi", "accuracy", 0.5, 58.123456, 42),
+            pt("rte", "mi", "accuracy", 0.5, 57.0, 43),
+            pt("mrpc", "dense", "f1", 0.0, 82.0, 42),
+            pt("mrpc", "mi", "f1", 0.5, 80.0, 42),
+        ];
+        let back = points_from_csv(&spec, &csv(&points)).unwrap();
+        assert_eq!(back.len(), points.len());
+        assert_eq!((back[1].task.as_str(), back[1].value), ("rte", 58.1235));
+        assert_eq!(back[4].task, "mrpc");
+        let (a, b) = (sections(&spec, &points), sections(&spec, &back));
+        assert_eq!(a[1].aggs[0].cells["mi"][&500], b[1].aggs[0].cells["mi"][&500]);
+        assert_eq!(b[0].aggs[0].cells["mi"][&500].n, 2);
+
+        let bad = csv(&[Point { data: "glue-sst2".into(), ..points[0].clone() }]);
+        let e = points_from_csv(&spec, &bad).unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("glue-sst2"), "{e}");
+        assert!(points_from_csv(&spec, "a,b\n").is_err());
+    }
+}

@@ -91,9 +91,9 @@ mod spec;
 
 pub use aggregate::{aggregate, average, sections, Aggregate, Section, Stat};
 pub use claims::{check_claim, check_claims, Verdict};
-pub use collect::{collect, csv, Point};
+pub use collect::{collect, csv, points_from_csv, Point};
 pub use plan::{plan, run_plan, Job, Plan, Progress, TableOptions};
-pub use report::{plot_data, report_markdown, write_report};
+pub use report::{plot_data, report_markdown, write_plot_from_csv, write_report};
 pub use spec::{
     load_spec, parse_spec, Claim, ClaimKind, Method, Prereq, Reference, Scale, Spec, Sweep, TableMeta, Task, XAxis,
 };
@@ -123,4 +123,14 @@ pub fn table(opts: &TableOptions) -> anyhow::Result<bool> {
     }
     println!("wrote {}", plan.out.display());
     Ok(true)
+}
+
+/// `espalier plot`: re-draws a table's `plot.svg` and `plot.png` from the
+/// `results.csv` in its report directory (no run directories needed).
+/// Returns that directory.
+pub fn replot(opts: &TableOptions) -> anyhow::Result<std::path::PathBuf> {
+    let spec = load_spec(&opts.spec_path)?;
+    let plan = plan(&spec, opts)?;
+    write_plot_from_csv(&spec, &plan.out)?;
+    Ok(plan.out)
 }

@@ -2,12 +2,14 @@
 //! beside the paper's), `README.md`, the plot's data, and writing
 //! `results.csv`, `plot.svg`, `plot.png`, `command.txt` and `README.md`.
 
+use std::path::Path;
+
 use anyhow::Context;
 use espalier_core::checkpoint::write_atomic;
 
 use super::aggregate::{key, nearest, pct, reference_at, reference_for, sections, Aggregate, Section, Stat};
 use super::claims::claims_markdown;
-use super::collect::{collect, csv};
+use super::collect::{collect, csv, points_from_csv};
 use super::plan::Plan;
 use super::spec::{Spec, XAxis};
 
@@ -129,7 +131,9 @@ fn plotted(sections: &[Section]) -> Option<(&str, &Aggregate)> {
     s.aggs.first().map(|a| (s.label.as_str(), a))
 }
 
-/// The plot's data: one series per method of the primary metric.
+/// The plot's data: one series per method of the primary metric (mean ± the
+/// sample standard deviation over seeds), the dense reference, the paper's
+/// values of that task and metric, and a note saying what a point is.
 pub fn plot_data(spec: &Spec, agg: &Aggregate) -> crate::plot::PlotData {
     let series = spec
         .method
@@ -143,6 +147,16 @@ pub fn plot_data(spec: &Spec, agg: &Aggregate) -> crate::plot::PlotData {
                 .unwrap_or_default(),
         })
         .collect();
+    let paper = spec
+        .reference
+        .iter()
+        .filter(|r| reference_for(spec, r, agg))
+        .map(|r| crate::plot::PaperValue {
+            series: spec.method.iter().position(|m| m.name == r.method),
+            sparsity: r.sparsity * 100.0,
+            value: r.value,
+        })
+        .collect();
     crate::plot::PlotData {
         title: match agg.task.as_str() {
             "" => spec.table.title.clone(),
@@ -153,20 +167,91 @@ pub fn plot_data(spec: &Spec, agg: &Aggregate) -> crate::plot::PlotData {
         log_weights_left: spec.table.x_axis == XAxis::WeightsLeftLog,
         series,
         dense: agg.dense.map(|d| d.mean),
+        paper,
+        note: spread_note(agg),
     }
+}
+
+/// What a plotted point and its spread are.
+fn spread_note(agg: &Aggregate) -> String {
+    if agg.task == "average" {
+        return "Each point: the mean over tasks of each task's mean over seeds (no spread drawn).".into();
+    }
+    let ns: Vec<usize> = agg.cells.values().flat_map(|c| c.values().map(|s| s.n)).collect();
+    let (lo, hi) = (ns.iter().copied().min().unwrap_or(1), ns.iter().copied().max().unwrap_or(1));
+    if hi <= 1 {
+        return "One seed per point: no spread over seeds to draw.".into();
+    }
+    let seeds = if lo == hi { format!("{hi}") } else { format!("{lo} to {hi}") };
+    format!(
+        "Each point: the mean of {seeds} seeds. Shaded band and error bars: ± 1 sample standard deviation \
+         over the seeds."
+    )
+}
+
+/// Writes `plot.svg` and `plot.png` of the report's sections into `out`.
+fn write_plot(spec: &Spec, sections: &[Section], out: &Path) -> anyhow::Result<()> {
+    let (_, agg) = plotted(sections).context("no metric to plot")?;
+    let data = plot_data(spec, agg);
+    write_atomic(&out.join("plot.svg"), crate::plot::svg(&data).as_bytes())?;
+    write_atomic(&out.join("plot.png"), &crate::plot::png(&data)?)?;
+    Ok(())
 }
 
 /// Writes the report files of a finished plan into `plan.out`.
 pub fn write_report(spec: &Spec, plan: &Plan) -> anyhow::Result<Vec<Section>> {
     let points = collect(spec, plan)?;
     let sections = sections(spec, &points);
-    let (_, agg) = plotted(&sections).context("no metric to plot")?;
-    let data = plot_data(spec, agg);
     let out = &plan.out;
     write_atomic(&out.join("results.csv"), csv(&points).as_bytes())?;
-    write_atomic(&out.join("plot.svg"), crate::plot::svg(&data).as_bytes())?;
-    write_atomic(&out.join("plot.png"), &crate::plot::png(&data)?)?;
+    write_plot(spec, &sections, out)?;
     write_atomic(&out.join("command.txt"), format!("{}\n", plan.command).as_bytes())?;
     write_atomic(&out.join("README.md"), report_markdown(spec, plan, &sections).as_bytes())?;
     Ok(sections)
+}
+
+/// Re-draws `plot.svg` and `plot.png` in `dir` from the `results.csv`
+/// there, without the run directories (which are not kept with the
+/// results). Points are read back at the CSV's precision (4 decimals).
+pub fn write_plot_from_csv(spec: &Spec, dir: &Path) -> anyhow::Result<()> {
+    let path = dir.join("results.csv");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let points = points_from_csv(spec, &text).with_context(|| format!("in {}", path.display()))?;
+    write_plot(spec, &sections(spec, &points), dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plot::PaperValue;
+    use crate::table::collect::Point;
+    use crate::table::fixtures::{point, TASKS};
+    use crate::table::spec::parse_spec;
+
+    #[test]
+    fn the_plot_gets_its_tasks_paper_values_and_says_what_the_spread_is() {
+        let spec = parse_spec(TASKS).unwrap();
+        let pt = |task: &str, method: &str, metric: &str, value: f64, seed: u64| Point {
+            task: task.into(),
+            metric: metric.into(),
+            ..point(method, 0.5, value, seed)
+        };
+        let points = vec![
+            pt("rte", "mi", "accuracy", 58.0, 42),
+            pt("rte", "mi", "accuracy", 60.0, 43),
+            pt("mrpc", "mi", "f1", 79.0, 42),
+            pt("mrpc", "l1", "f1", 78.0, 42),
+        ];
+        let s = sections(&spec, &points);
+        let rte = plot_data(&spec, &s[0].aggs[0]);
+        assert!(rte.paper.is_empty());
+        assert_eq!(rte.series[0].points, [(50.0, 59.0, 2f64.sqrt())]);
+        assert!(rte.note.contains("mean of 2 seeds") && rte.note.contains("± 1 sample standard deviation"));
+        let mrpc = plot_data(&spec, &s[1].aggs[0]);
+        assert_eq!(mrpc.paper, [PaperValue { series: Some(0), sparsity: 50.0, value: 80.0 }]);
+        assert!(mrpc.note.starts_with("One seed per point"), "{}", mrpc.note);
+        assert!(mrpc.title.ends_with("(mrpc)"));
+        let avg = plot_data(&spec, &s[2].aggs[0]);
+        assert!(avg.note.contains("mean over tasks") && avg.title.ends_with("(average over tasks)"));
+    }
 }
