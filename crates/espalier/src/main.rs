@@ -82,6 +82,18 @@ enum Command {
         #[arg(long, hide = true)]
         max_cells: Option<usize>,
     },
+    /// Re-draw a table's plot.svg and plot.png from the results.csv in its
+    /// report directory (no run directories needed).
+    Plot {
+        /// The table spec (TOML).
+        spec: PathBuf,
+        /// The spec's scale (default: its `table.scale`).
+        #[arg(long)]
+        scale: Option<String>,
+        /// Report directory (default results/<table>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Time training (median over repeats): `mnist` epochs of LeNet-300-100
     /// with AdamW and SGD, or `bert` training steps of a pretrained model;
     /// or, given a structured run's directory, the inference latency of its
@@ -221,6 +233,21 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 quiet: cli.quiet,
             };
             espalier::table::table(&opts)?;
+        }
+        Command::Plot { spec, scale, out } => {
+            let opts = espalier::table::TableOptions {
+                spec_path: spec,
+                scale,
+                data_dir: None,
+                runs: None,
+                out,
+                jobs: 1,
+                max_cells: None,
+                report_only: true,
+                quiet: cli.quiet,
+            };
+            let dir = espalier::table::replot(&opts)?;
+            println!("wrote {}", dir.display());
         }
         Command::Check { config, sets } => {
             let exp = config::load(&config, &sets)?;

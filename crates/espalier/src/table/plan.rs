@@ -1,0 +1,381 @@
+//! Resolving a spec into runs and running them: [`TableOptions`], the
+//! [`Plan`] of prerequisite and cell [`Job`]s (directories, `--set`
+//! overrides, the command), whether a run is finished, and running the
+//! missing ones as child processes, `--jobs` at a time.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::spec::{value_text, Spec};
+use crate::config::{self, ConfigError, Experiment};
+
+/// How to run a table.
+#[derive(Clone, Debug)]
+pub struct TableOptions {
+    /// The spec file (as given: it is written into the command).
+    pub spec_path: PathBuf,
+    /// The scale (default: the spec's).
+    pub scale: Option<String>,
+    /// `--data-dir` passed to every run.
+    pub data_dir: Option<PathBuf>,
+    /// Root of the cells' run directories (default `runs/tables/<name>/<scale>`).
+    pub runs: Option<PathBuf>,
+    /// Where the report goes (default `results/<name>`, or
+    /// `results/<name>-<scale>` for another scale than the spec's).
+    pub out: Option<PathBuf>,
+    /// Cells run at once.
+    pub jobs: usize,
+    /// Stop after this many newly started runs (the table stays resumable).
+    pub max_cells: Option<usize>,
+    /// Only re-render the report from existing runs.
+    pub report_only: bool,
+    /// Quiet children.
+    pub quiet: bool,
+}
+
+/// One run of the table: a prerequisite or a cell.
+#[derive(Clone, Debug)]
+pub struct Job {
+    /// `prereq/<name>/seed<s>` or `<method>/<setting>/seed<s>`: for logs.
+    pub id: String,
+    /// Experiment config.
+    pub config: PathBuf,
+    /// All overrides, in order.
+    pub sets: Vec<String>,
+    /// Run directory.
+    pub dir: PathBuf,
+    /// The task (index into `spec.task`; None when the spec has none).
+    pub task: Option<usize>,
+    /// The method (None for prerequisites).
+    pub method: Option<usize>,
+    /// The sweep value's text (`keep=250`), if any.
+    pub setting: Option<String>,
+    /// Seed.
+    pub seed: u64,
+}
+
+/// The resolved plan of a table at one scale.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// Scale name.
+    pub scale: String,
+    /// Seeds.
+    pub seeds: Vec<u64>,
+    /// Prerequisite runs (run first).
+    pub prereqs: Vec<Job>,
+    /// The cells.
+    pub cells: Vec<Job>,
+    /// Root of the run directories.
+    pub runs: PathBuf,
+    /// Report directory.
+    pub out: PathBuf,
+    /// The command that produces the table.
+    pub command: String,
+}
+
+fn slug(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '=' => '-',
+            c if c.is_ascii_alphanumeric() || c == '.' || c == '-' => c,
+            _ => '_',
+        })
+        .collect()
+}
+
+fn toml_string(p: &Path) -> String {
+    toml::Value::String(p.to_string_lossy().into_owned()).to_string()
+}
+
+/// Resolves the spec into runs: directories, overrides, the command.
+pub fn plan(spec: &Spec, opts: &TableOptions) -> Result<Plan, ConfigError> {
+    let scale_name = opts.scale.clone().unwrap_or_else(|| spec.table.scale.clone());
+    let scale = spec.scale.get(&scale_name).ok_or_else(|| {
+        ConfigError(format!(
+            "{}: no [scale.{scale_name}] (scales: {})",
+            opts.spec_path.display(),
+            spec.scale.keys().cloned().collect::<Vec<_>>().join(", ")
+        ))
+    })?;
+    let seeds = scale.seeds.clone().unwrap_or_else(|| spec.table.seeds.clone());
+    let runs =
+        opts.runs.clone().unwrap_or_else(|| PathBuf::from("runs/tables").join(&spec.table.name).join(&scale_name));
+    let out = opts.out.clone().unwrap_or_else(|| {
+        let name = if scale_name == spec.table.scale {
+            spec.table.name.clone()
+        } else {
+            format!("{}-{scale_name}", spec.table.name)
+        };
+        PathBuf::from("results").join(name)
+    });
+    let expand_all = |sets: &[String], builtins: &[(&str, String)]| {
+        sets.iter().map(|x| scale.expand(x, &scale_name, builtins)).collect::<Result<Vec<_>, _>>()
+    };
+    let expand_path = |p: &Path, builtins: &[(&str, String)]| {
+        scale.expand(&p.to_string_lossy(), &scale_name, builtins).map(PathBuf::from)
+    };
+    let tasks = spec.task_indices();
+    let mut prereqs: Vec<Job> = Vec::new();
+    let mut prereq_dirs = BTreeMap::new();
+    let mut cells = Vec::new();
+    for &ti in &tasks {
+        let task = ti.map(|i| &spec.task[i]);
+        let task_sets = task.map_or(&[][..], |t| &t.sets[..]);
+        let root = task.map_or_else(|| runs.clone(), |t| runs.join(&t.name));
+        let prefix = task.map_or(String::new(), |t| format!("{}/", t.name));
+        for p in &spec.prereq {
+            for &seed in &seeds {
+                let builtins = spec.builtins(ti, seed);
+                let dir = match &p.dir {
+                    Some(d) => expand_path(Path::new(d), &builtins)?,
+                    None => root.join("prereq").join(&p.name).join(format!("seed{seed}")),
+                };
+                let id = format!("{prefix}prereq/{}/seed{seed}", p.name);
+                if let Some(other) = prereqs.iter().find(|j| j.dir == dir) {
+                    return Err(ConfigError(format!(
+                        "{}: prerequisites {} and {id} share the run directory {}; put `${{seed}}` or `${{task}}` \
+                         in its `dir`",
+                        opts.spec_path.display(),
+                        other.id,
+                        dir.display()
+                    )));
+                }
+                let mut sets = task_sets.to_vec();
+                sets.extend(p.sets.iter().cloned());
+                sets.extend(scale.sets.iter().cloned());
+                sets.extend(scale.prereq_sets.iter().cloned());
+                sets.push(format!("seed={seed}"));
+                prereq_dirs.insert((ti, p.name.clone(), seed), dir.clone());
+                prereqs.push(Job {
+                    id,
+                    config: expand_path(&p.config, &builtins)?,
+                    sets: expand_all(&sets, &builtins)?,
+                    dir,
+                    task: ti,
+                    method: None,
+                    setting: None,
+                    seed,
+                });
+            }
+        }
+        for (mi, m) in spec.method.iter().enumerate() {
+            let points: Vec<Option<(String, String)>> = match &m.sweep {
+                Some(s) => s
+                    .values
+                    .iter()
+                    .map(|v| {
+                        let short = s.key.rsplit('.').next().unwrap_or(&s.key);
+                        Some((format!("{}={}", s.key, v), format!("{short}={}", value_text(v))))
+                    })
+                    .collect(),
+                None => vec![None],
+            };
+            for point in &points {
+                for &seed in &seeds {
+                    let builtins = spec.builtins(ti, seed);
+                    let mut sets = task_sets.to_vec();
+                    sets.extend(m.sets.iter().cloned());
+                    sets.extend(scale.sets.iter().cloned());
+                    sets.extend(scale.cell_sets.iter().cloned());
+                    if let Some(f) = &m.from {
+                        let dir = &prereq_dirs[&(ti, f.clone(), seed)];
+                        sets.push(format!("init_from={}", toml_string(dir)));
+                    }
+                    let mut dir = root.join(&m.name);
+                    if let Some((set, setting)) = point {
+                        sets.push(set.clone());
+                        dir = dir.join(slug(setting));
+                    }
+                    sets.push(format!("seed={seed}"));
+                    let dir = dir.join(format!("seed{seed}"));
+                    let setting = point.as_ref().map(|(_, s)| s.clone());
+                    let id = format!(
+                        "{prefix}{}/{}seed{seed}",
+                        m.name,
+                        setting.as_ref().map(|s| format!("{s}/")).unwrap_or_default()
+                    );
+                    cells.push(Job {
+                        id,
+                        config: expand_path(&m.config, &builtins)?,
+                        sets: expand_all(&sets, &builtins)?,
+                        dir,
+                        task: ti,
+                        method: Some(mi),
+                        setting,
+                        seed,
+                    });
+                }
+            }
+        }
+    }
+    let mut command = format!("espalier table {}", opts.spec_path.display());
+    if opts.scale.as_ref().is_some_and(|s| s != &spec.table.scale) {
+        command += &format!(" --scale {scale_name}");
+    }
+    if let Some(d) = &opts.data_dir {
+        command += &format!(" --data-dir {}", d.display());
+    }
+    if let Some(r) = &opts.runs {
+        command += &format!(" --runs {}", r.display());
+    }
+    if let Some(o) = &opts.out {
+        command += &format!(" --out {}", o.display());
+    }
+    Ok(Plan { scale: scale_name, seeds, prereqs, cells, runs, out, command })
+}
+
+/// The experiment a job runs (checked before anything runs).
+pub(super) fn job_experiment(job: &Job) -> Result<Experiment, ConfigError> {
+    config::load(&job.config, &job.sets).map_err(|e| ConfigError(format!("table cell {}: {}", job.id, e.0)))
+}
+
+/// Whether a job's run directory holds its finished run. A directory that
+/// holds another experiment is an error (the spec changed under it).
+fn is_finished(job: &Job, exp: &Experiment) -> Result<bool, ConfigError> {
+    let cfg = job.dir.join("config.toml");
+    if !cfg.exists() {
+        return Ok(false);
+    }
+    let old = config::load(&cfg, &[])?;
+    if &old != exp {
+        return Err(ConfigError(format!(
+            "table cell {}: {} holds a different experiment than the spec now asks for; remove it or use --runs",
+            job.id,
+            job.dir.display()
+        )));
+    }
+    Ok(job.dir.join("summary.json").exists())
+}
+
+/// What `run_table` did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// Runs started (and finished) by this invocation.
+    pub ran: usize,
+    /// Runs found finished and skipped.
+    pub skipped: usize,
+    /// Whether every run is finished.
+    pub complete: bool,
+}
+
+/// The command line of a job.
+fn job_command(exe: &Path, job: &Job, opts: &TableOptions) -> Command {
+    let mut c = Command::new(exe);
+    c.arg("run").arg(&job.config);
+    for s in &job.sets {
+        c.arg("--set").arg(s);
+    }
+    c.arg("--out").arg(&job.dir);
+    if let Some(d) = &opts.data_dir {
+        c.arg("--data-dir").arg(d);
+    }
+    if opts.quiet || opts.jobs > 1 {
+        c.arg("--quiet");
+    }
+    c.stdout(Stdio::null());
+    c
+}
+
+/// Runs the jobs that are not finished, `opts.jobs` at a time, until
+/// `budget` new runs have started. Returns (ran, skipped, all finished).
+fn run_jobs(jobs: &[Job], opts: &TableOptions, budget: &mut Option<usize>) -> anyhow::Result<Progress> {
+    let exe = std::env::current_exe().context("locating the espalier binary")?;
+    let mut todo = Vec::new();
+    let mut skipped = 0;
+    for job in jobs {
+        let exp = job_experiment(job)?;
+        if is_finished(job, &exp)? {
+            tracing::info!("{}: finished, skipped", job.id);
+            skipped += 1;
+        } else {
+            todo.push(job);
+        }
+    }
+    let mut running: Vec<(&Job, Child)> = Vec::new();
+    let mut ran = 0;
+    let mut failed: Option<anyhow::Error> = None;
+    let mut queue = todo.iter().copied().peekable();
+    loop {
+        while failed.is_none() && running.len() < opts.jobs.max(1) && budget.is_none_or(|b| b > 0) {
+            let Some(job) = queue.next() else { break };
+            if let Some(b) = budget.as_mut() {
+                *b -= 1;
+            }
+            tracing::info!("{}: running into {}", job.id, job.dir.display());
+            let child = job_command(&exe, job, opts)
+                .spawn()
+                .with_context(|| format!("{}: starting {}", job.id, exe.display()))?;
+            running.push((job, child));
+        }
+        if running.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let mut i = 0;
+        while i < running.len() {
+            match running[i].1.try_wait().context("waiting for a table cell")? {
+                None => i += 1,
+                Some(status) => {
+                    let (job, _) = running.swap_remove(i);
+                    if status.success() {
+                        ran += 1;
+                        tracing::info!("{}: done", job.id);
+                    } else if failed.is_none() {
+                        failed = Some(anyhow::anyhow!(
+                            "table cell {} failed ({status}); rerun it alone with: espalier run {} {}--out {}",
+                            job.id,
+                            job.config.display(),
+                            job.sets.iter().map(|s| format!("--set '{s}' ")).collect::<String>(),
+                            job.dir.display()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    Ok(Progress { ran, skipped, complete: queue.peek().is_none() })
+}
+
+/// Runs the missing runs of a plan (prerequisites first). Stops early,
+/// resumable, when `opts.max_cells` runs have started.
+pub fn run_plan(plan: &Plan, opts: &TableOptions) -> anyhow::Result<Progress> {
+    let mut budget = opts.max_cells;
+    let pre = run_jobs(&plan.prereqs, opts, &mut budget)?;
+    if !pre.complete {
+        return Ok(Progress { complete: false, ..pre });
+    }
+    let cells = run_jobs(&plan.cells, opts, &mut budget)?;
+    Ok(Progress { ran: pre.ran + cells.ran, skipped: pre.skipped + cells.skipped, complete: cells.complete })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::table::fixtures::{opts, SPEC};
+    use crate::table::spec::parse_spec;
+
+    #[test]
+    fn plans_cells_with_overrides_in_order() {
+        let spec = parse_spec(SPEC).unwrap();
+        let p = plan(&spec, &opts()).unwrap();
+        assert_eq!(p.prereqs.len(), 1);
+        assert_eq!(p.cells.len(), 3);
+        let c = &p.cells[1];
+        assert_eq!(c.dir, Path::new("runs/tables/t/small/a/keep-20/seed0"));
+        assert_eq!(
+            c.sets,
+            ["train.epochs=2", "init_from=\"runs/tables/t/small/prereq/dense/seed0\"", "structured.keep=20", "seed=0"]
+        );
+        assert_eq!(p.out, Path::new("results/t"));
+        assert_eq!(p.command, "espalier table t.toml");
+    }
+}
