@@ -2,8 +2,7 @@
 //! to keep 28×28) → ReLU → max-pool 2 → conv 5×5 (16) → ReLU → max-pool 2 →
 //! fc 400→120 → fc 120→84 → head 84→classes.
 
-use espalier_core::{ParamBuilder, ParamStore, Result};
-use espalier_data::{Batch, Inputs};
+use espalier_core::{Batch, Inputs, ParamBuilder, ParamStore, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::layers::{Conv2d, Linear};

@@ -20,8 +20,7 @@ pub mod resnet;
 pub mod vgg;
 
 use candle_core::{DType, Device, Tensor};
-use espalier_core::{GroupSet, Keep, ParamBuilder, ParamStore, Result, Rng};
-use espalier_data::Batch;
+use espalier_core::{Batch, GroupSet, Keep, ParamBuilder, ParamStore, Result, Rng};
 use serde::{Deserialize, Serialize};
 
 pub use bert::{Bert, BertConfig, BertTask};

@@ -2,8 +2,7 @@
 //! (LeCun et al. 1998; the network of Han et al. 2015, Table 1).
 
 use candle_core::Tensor;
-use espalier_core::{GroupSet, Keep, Member, ParamBuilder, ParamStore, Result};
-use espalier_data::{Batch, Inputs};
+use espalier_core::{Batch, GroupSet, Inputs, Keep, Member, ParamBuilder, ParamStore, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::layers::Linear;

@@ -28,8 +28,7 @@
 //! `bn1.running_mean`, `layer1.0.conv1.weight`, `layer2.0.bn2.bias`, `fc.weight`.
 
 use candle_core::{Tensor, D};
-use espalier_core::{GroupSet, Keep, Member, ParamBuilder, ParamStore, Result};
-use espalier_data::{Batch, Inputs};
+use espalier_core::{Batch, GroupSet, Inputs, Keep, Member, ParamBuilder, ParamStore, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::fused::add_relu;

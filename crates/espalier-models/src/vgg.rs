@@ -15,8 +15,7 @@
 
 use candle_core::Tensor;
 use espalier_core::init::Init;
-use espalier_core::{ParamBuilder, ParamKind, ParamStore, Result};
-use espalier_data::{Batch, Inputs};
+use espalier_core::{Batch, Inputs, ParamBuilder, ParamKind, ParamStore, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::fused::relu;

@@ -7,8 +7,7 @@
 use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor, Var};
-use espalier_core::{checkpoint, ParamBuilder, ParamKind, Result, Rng};
-use espalier_data::{Batch, Inputs};
+use espalier_core::{checkpoint, Batch, Inputs, ParamBuilder, ParamKind, Result, Rng};
 use espalier_models::pool::{max_pool2d, reference};
 use espalier_models::{BatchNorm2d, Mode, Model, ModelConfig, ResNetConfig, ShortcutKind, Stem, VggConfig};
 

@@ -41,8 +41,7 @@ mod io;
 
 use candle_core::{DType, Device, Tensor};
 use espalier_core::init::Init;
-use espalier_core::{GroupSet, Keep, Member, Param, ParamBuilder, ParamKind, ParamStore, Result, Rng};
-use espalier_data::{Batch, Inputs};
+use espalier_core::{Batch, GroupSet, Inputs, Keep, Member, Param, ParamBuilder, ParamKind, ParamStore, Result, Rng};
 
 use crate::fused::{self, Gelu};
 use crate::layers::{dropout, dropout_mask, Embedding, LayerNorm, Linear};
