@@ -88,11 +88,11 @@ impl Model for LeNet5 {
         let Inputs::Dense(x) = &batch.inputs else {
             espalier_core::bail!("LeNet-5 takes image inputs, not token sequences");
         };
-        let h = crate::fused::relu(&self.conv1.forward(x)?)?.max_pool2d(2)?;
-        let h = crate::fused::relu(&self.conv2.forward(&h)?)?.max_pool2d(2)?;
+        let h = espalier_kernels::fused::relu(&self.conv1.forward(x)?)?.max_pool2d(2)?;
+        let h = espalier_kernels::fused::relu(&self.conv2.forward(&h)?)?.max_pool2d(2)?;
         let h = h.flatten_from(1)?;
-        let h = crate::fused::relu(&self.fc1.forward(&h)?)?;
-        let h = crate::fused::relu(&self.fc2.forward(&h)?)?;
+        let h = espalier_kernels::fused::relu(&self.fc1.forward(&h)?)?;
+        let h = espalier_kernels::fused::relu(&self.fc2.forward(&h)?)?;
         let logits = self.head.forward(&h)?;
         Ok(StepOutput { loss: loss::cross_entropy(&logits, &batch.labels)?, logits, labels: batch.labels.clone() })
     }

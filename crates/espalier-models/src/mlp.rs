@@ -27,10 +27,10 @@ impl Activation {
     /// Applies the nonlinearity.
     pub fn apply(self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
-            Activation::Relu => crate::fused::relu(x)?,
+            Activation::Relu => espalier_kernels::fused::relu(x)?,
             Activation::Tanh => x.tanh()?,
             Activation::Sigmoid => candle_nn::ops::sigmoid(x)?,
-            Activation::Gelu => crate::fused::gelu(x, crate::fused::Gelu::Erf)?,
+            Activation::Gelu => espalier_kernels::fused::gelu(x, espalier_kernels::fused::Gelu::Erf)?,
         })
     }
 }

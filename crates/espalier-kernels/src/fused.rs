@@ -37,7 +37,8 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Storage, Tensor};
 use espalier_core::Result;
 
-pub(crate) type CResult<T> = candle_core::Result<T>;
+/// candle's result type, which the `CustomOp` methods return.
+pub type CResult<T> = candle_core::Result<T>;
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
@@ -62,7 +63,9 @@ pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
-pub(crate) fn fusable(t: &Tensor) -> bool {
+/// Whether `t` takes the fused path: the kernels are on, and `t` is an f32
+/// tensor on the CPU.
+pub fn fusable(t: &Tensor) -> bool {
     enabled() && t.device().is_cpu() && t.dtype() == DType::F32
 }
 
@@ -160,7 +163,7 @@ pub(crate) fn cpu_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> CResult<
 }
 
 /// Runs `f` on the f32 data of each tensor (made contiguous first).
-pub(crate) fn with_data<R>(ts: &[&Tensor], op: &str, f: impl FnOnce(&[&[f32]]) -> CResult<R>) -> CResult<R> {
+pub fn with_data<R>(ts: &[&Tensor], op: &str, f: impl FnOnce(&[&[f32]]) -> CResult<R>) -> CResult<R> {
     let owned: Vec<Tensor> = ts.iter().map(|t| t.contiguous()).collect::<CResult<_>>()?;
     let guards: Vec<_> = owned.iter().map(|t| t.storage_and_layout()).collect();
     let mut slices = Vec::with_capacity(guards.len());
@@ -841,7 +844,7 @@ mod tests {
         // Sequence lengths 19, 7 and 1: padded keys get the min-float bias.
         let mask: Vec<f32> = [19, 7, 1].iter().flat_map(|&len| (0..t).map(move |j| (j < len) as u8 as f32)).collect();
         let mask = Tensor::from_vec(mask, (b, t), &Device::Cpu)?;
-        let bias = crate::bert::attention_bias(&mask, DType::F32)?;
+        let bias = crate::attention::attention_bias(&mask, DType::F32)?;
         let (dy, dg) = compare(std::slice::from_ref(&scores), &|s| masked_softmax(&s[0], &bias, 0.125), &|s| {
             reference::masked_softmax(&s[0], &bias, 0.125)
         })?;

@@ -871,7 +871,7 @@ mod tests {
 
     /// The forward pass of ResNet-20's 3×3 convolutions (dense and with half
     /// the inner channels), row shifts against im2col, alternating:
-    /// `cargo test --release -p espalier-models --lib -- --ignored row_forward_timing --nocapture`
+    /// `cargo test --release -p espalier-kernels --lib -- --ignored row_forward_timing --nocapture`
     #[test]
     #[ignore = "timing, run by hand in release"]
     fn row_forward_timing() -> Result<()> {
@@ -909,7 +909,7 @@ mod tests {
     }
 
     /// One ResNet-20 stage-1 convolution at batch 128, forward + backward:
-    /// `cargo test --release -p espalier-models --lib -- --ignored conv_timing --nocapture`
+    /// `cargo test --release -p espalier-kernels --lib -- --ignored conv_timing --nocapture`
     #[test]
     #[ignore = "timing, run by hand in release"]
     fn conv_timing() -> Result<()> {

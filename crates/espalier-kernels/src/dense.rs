@@ -420,7 +420,7 @@ mod tests {
 
     /// GFLOP/s of the three products of a linear layer (BERT's and the MNIST
     /// MLP's shapes), with `gemm`'s own threading and split by hand:
-    /// `cargo test --release -p espalier-models --lib -- --ignored gemm_rate --nocapture`
+    /// `cargo test --release -p espalier-kernels --lib -- --ignored gemm_rate --nocapture`
     #[test]
     #[ignore = "timing, run by hand in release"]
     fn gemm_rate() {
