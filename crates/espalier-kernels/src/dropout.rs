@@ -91,49 +91,4 @@ mod tests {
         assert_eq!(dropout(&x, 0.0, Some(&mut Rng::new(1)))?.to_vec1::<f32>()?, x.to_vec1::<f32>()?);
         Ok(())
     }
-
-    /// The previous implementation (one f64 draw per element), kept to time against.
-    fn dropout_per_element(x: &Tensor, p: f64, rng: &mut Rng) -> Result<Tensor> {
-        let scale = (1.0 / (1.0 - p)) as f32;
-        let keep: Vec<f32> = (0..x.elem_count()).map(|_| if rng.uniform() >= p { scale } else { 0.0 }).collect();
-        let m = Tensor::from_vec(keep, x.shape(), x.device())?.to_dtype(x.dtype())?;
-        Ok(x.mul(&m)?)
-    }
-
-    /// BERT-base attention-probability dropout at batch 32, sequence 128;
-    /// `cargo test --release -p espalier-kernels --lib -- --ignored dropout_timing --nocapture`
-    #[test]
-    #[ignore = "timing, run by hand in release"]
-    fn dropout_timing() -> Result<()> {
-        let x = Tensor::ones((32, 12, 128, 128), DType::F32, &Device::Cpu)?;
-        let mut rng = Rng::new(0);
-        let median_min = |f: &mut dyn FnMut() -> Result<()>| -> Result<(f64, f64)> {
-            let mut times = Vec::new();
-            for _ in 0..11 {
-                let t = std::time::Instant::now();
-                f()?;
-                times.push(t.elapsed().as_secs_f64() * 1e3);
-            }
-            times.sort_by(f64::total_cmp);
-            Ok((times[5], times[0]))
-        };
-        let (old_med, old_min) = median_min(&mut || {
-            std::hint::black_box(dropout_per_element(&x, 0.1, &mut rng)?);
-            Ok(())
-        })?;
-        let (med, min) = median_min(&mut || {
-            std::hint::black_box(dropout(&x, 0.1, Some(&mut rng))?);
-            Ok(())
-        })?;
-        // The multiplication alone, for reference: what any mask-based dropout pays.
-        let (mul_med, mul_min) = median_min(&mut || {
-            std::hint::black_box(x.mul(&x)?);
-            Ok(())
-        })?;
-        println!("dropout (32,12,128,128) p=0.1, median / min of 11:");
-        println!("  before (f64 per element): {old_med:6.1} / {old_min:6.1} ms");
-        println!("  after (4 streams, 32 bit): {med:6.1} / {min:6.1} ms");
-        println!("  x.mul alone (the floor):   {mul_med:6.1} / {mul_min:6.1} ms");
-        Ok(())
-    }
 }

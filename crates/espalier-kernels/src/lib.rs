@@ -27,3 +27,6 @@ pub mod dropout;
 pub mod fused;
 pub mod norm;
 pub mod pool;
+
+#[doc(hidden)]
+pub mod bench;
