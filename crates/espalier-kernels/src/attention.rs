@@ -1,5 +1,6 @@
-//! Multi-head scaled dot-product attention (Vaswani et al. 2017, eq. 1) as
-//! one fused CPU op with its own backward pass.
+//! Multi-head scaled dot-product attention (Vaswani et al. 2017, "Attention
+//! Is All You Need", arXiv:1706.03762, eq. 1 and §3.2.2) as one fused CPU op
+//! with its own backward pass.
 //!
 //! For each sequence `b` and head `h`, with `Q, K, V` the head's `T × d`
 //! blocks of the `(B, T, H·d)` projections (read in place, strided), the

@@ -1,6 +1,7 @@
 //! 2-D convolution as im2col + matrix products, image by image, with its own
-//! backward (Chellapilla et al. 2006, "High Performance Convolutional Neural
-//! Networks for Document Processing").
+//! backward (Chellapilla, Puri & Simard 2006, "High Performance
+//! Convolutional Neural Networks for Document Processing", IWFHR 2006, HAL
+//! inria-00112631; no arXiv version).
 //!
 //! With `K = C·k²` and `L = OH·OW`, the columns of an image are the `(K, L)`
 //! matrix whose row `(c, ky, kx)` holds, for every output pixel, the input

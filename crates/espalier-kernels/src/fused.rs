@@ -10,13 +10,16 @@
 //!
 //! The math, per row of length `n` (or per element):
 //!
-//! - LayerNorm (Ba et al. 2016): `x̂ = (x − μ)·r`, `r = 1/√(σ² + ε)`,
+//! - LayerNorm (Ba, Kiros & Hinton 2016, "Layer Normalization",
+//!   arXiv:1607.06450): `x̂ = (x − μ)·r`, `r = 1/√(σ² + ε)`,
 //!   `y = x̂·γ + β`; backward with `g = dy·γ`:
 //!   `dx = r·(g − mean(g) − x̂·mean(g·x̂))`, `dγ = Σ_rows dy·x̂`, `dβ = Σ_rows dy`.
-//! - Attention softmax (Vaswani et al. 2017, eq. 1): `p = softmax(s·c + b)`
+//! - Attention softmax (Vaswani et al. 2017, "Attention Is All You Need",
+//!   arXiv:1706.03762, eq. 1): `p = softmax(s·c + b)`
 //!   with scale `c = 1/√d` and the additive mask bias `b` of the row's
 //!   sequence; backward `ds = c·p·(dp − Σ dp·p)` (the mask gets no gradient).
-//! - GELU (Hendrycks & Gimpel 2016): `y = x·Φ(x)`, `Φ(x) = ½(1 + erf(x/√2))`,
+//! - GELU (Hendrycks & Gimpel 2016, "Gaussian Error Linear Units (GELUs)",
+//!   arXiv:1606.08415): `y = x·Φ(x)`, `Φ(x) = ½(1 + erf(x/√2))`,
 //!   `dy/dx = Φ(x) + x·φ(x)`; and its tanh approximation
 //!   `y = ½x(1 + tanh(u))`, `u = √(2/π)(x + 0.044715x³)`.
 //!
