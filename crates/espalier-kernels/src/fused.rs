@@ -31,7 +31,7 @@
 //! The fused path runs for contiguous f32 tensors on the CPU while
 //! [`set_enabled`] is on (the default); otherwise (other devices, other
 //! dtypes, or switched off to time the difference) the functions fall back to
-//! the compositions in [`reference`], which run anywhere.
+//! the compositions in [`reference`](mod@reference), which run anywhere.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,7 +46,7 @@ pub type CResult<T> = candle_core::Result<T>;
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
 /// Switches the fused kernels on or off for the whole process (on by
-/// default); off, every function here runs its [`reference`] composition.
+/// default); off, every function here runs its [`reference`](mod@reference) composition.
 /// Meant for benchmarks and tests that compare the two.
 pub fn set_enabled(on: bool) {
     ENABLED.store(on, Ordering::Relaxed);
