@@ -6,8 +6,11 @@
 //! tensor, the `block` consecutive indices `j·block .. (j+1)·block` along
 //! the member's axis: the producing rows (axis 0 of a weight and its bias)
 //! and the consuming columns (axis 1 of the next weight). Removing a unit
-//! removes all of them at once (PAPERS.md, notation), so masking a unit and
-//! slicing it out compute the same function.
+//! removes all of them at once (a neuron: row `j` of the layer that
+//! produces it, its bias, and column `j` of every layer that consumes it; a
+//! convolution channel likewise with its BatchNorm entries; a BERT attention
+//! head: its rows of Q, K and V and its columns of the output projection),
+//! so masking a unit and slicing it out compute the same function.
 //!
 //! [`mask_groups`] zeroes removed units through the masks (the model keeps
 //! its shape); [`slice_groups`] cuts them out (the shapes shrink; the model

@@ -3,8 +3,11 @@
 //! Besides the count of pruned weights, each matrix reports its *lines*: the
 //! rows (slices along dim 0: output units, filters) and columns (slices along
 //! dim 1: inputs, input channels) whose weights are all pruned. Those are what
-//! a structured shrink could physically remove, and what SPUR's group lasso
-//! (PAPERS.md §2) is meant to produce.
+//! a structured shrink could physically remove, and what SPUR's row and
+//! column group lasso (Park & Lee, "Structured Pattern Pruning Using
+//! Regularization", 2021, arXiv:2109.08814; as defined by Espalier,
+//! `R(W) = λ_r Σ_i ‖W_i,:‖₂ + λ_c Σ_j ‖W_:,j‖₂` on the masked weights) is
+//! meant to produce.
 
 use serde::{Deserialize, Serialize};
 

@@ -7,11 +7,14 @@
 //! zero, and [`ParamStore::enforce_masks`] keeps them exactly zero after every
 //! optimizer step (AdamW's moments would otherwise move them).
 //!
-//! A parameter can instead hold its mask in *straight-through* mode (SR-STE,
-//! Zhou et al. 2021; PAPERS.md §6): the forward pass still sees w ⊙ m, but
-//! the gradient reaches every weight as if there were no mask, and the pruned
-//! weights keep their values, so a mask recomputed from the dense weights can
-//! change from step to step.
+//! A parameter can instead hold its mask in *straight-through* mode (SR-STE:
+//! Zhou et al., "Learning N:M Fine-grained Structured Sparse Neural Networks
+//! From Scratch", ICLR 2021, arXiv:2102.04010, whose update is
+//! `W ← W − γ(∇_{W⊙M} L + λ_w (1 − M) ⊙ W)`): the forward pass still sees
+//! w ⊙ m, but the gradient reaches every weight as if there were no mask
+//! (the `∇_{W⊙M} L` term applied to the dense W), and the pruned weights keep
+//! their values, so a mask recomputed from the dense weights can change from
+//! step to step.
 //!
 //! Models are built through a [`ParamBuilder`], which either draws initial
 //! values from a seeded [`Rng`] stream derived from the parameter's name (so

@@ -1,13 +1,18 @@
-//! Building blocks whose weights are masked [`Param`]s.
+//! Building blocks whose weights are masked [`Param`]s; the computation is
+//! in `espalier-kernels`.
 //!
-//! Normalisation is [`crate::fused::layer_norm`]: candle's own fused
-//! `LayerNorm` has no backward pass, so gradients would silently stop there.
-//! Convolutions run as im2col + matrix product with their own backward
-//! ([`crate::conv`]), several times faster to train than candle's `conv2d`.
+//! Normalisation is [`espalier_kernels::fused::layer_norm`]: candle's own
+//! fused `LayerNorm` has no backward pass, so gradients would silently stop
+//! there. Convolutions run as im2col + matrix product with their own
+//! backward ([`espalier_kernels::conv`]), several times faster to train than
+//! candle's `conv2d`. Dropout ([`dropout`], [`dropout_mask`]) has no
+//! parameters and lives in [`espalier_kernels::dropout`].
 
 use candle_core::{Module, Tensor};
 use espalier_core::init::Init;
-use espalier_core::{Param, ParamBuilder, ParamKind, Result, Rng};
+use espalier_core::{Param, ParamBuilder, ParamKind, Result};
+
+pub use espalier_kernels::dropout::{dropout, dropout_mask};
 
 /// y = x Wᵀ + b, with W of shape `(out, in)` (PyTorch's layout).
 #[derive(Clone, Debug)]
@@ -28,10 +33,10 @@ impl Linear {
     }
 
     /// Applies the layer to `(..., in)`.
-    /// One fused op on the CPU ([`crate::dense::linear`]).
+    /// One fused op on the CPU ([`espalier_kernels::dense::linear`]).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let b = self.bias.as_ref().map(|b| b.effective()).transpose()?;
-        crate::dense::linear(x, &self.weight.effective()?, b.as_ref())
+        espalier_kernels::dense::linear(x, &self.weight.effective()?, b.as_ref())
     }
 }
 
@@ -93,7 +98,7 @@ impl Conv2d {
 
     /// Inference only: `bn(conv(x))` with `bn` (if any) in evaluation mode,
     /// plus `residual`, then ReLU if `relu`, in one pass
-    /// ([`crate::conv::conv2d_infer`]); no gradient flows back through it.
+    /// ([`espalier_kernels::conv::conv2d_infer`]); no gradient flows back through it.
     pub fn forward_infer(
         &self,
         bn: Option<&crate::norm::BatchNorm2d>,
@@ -110,13 +115,13 @@ impl Conv2d {
             let b: Vec<f32> = b.effective()?.detach().to_dtype(candle_core::DType::F32)?.to_vec1()?;
             shift.iter_mut().zip(&b).zip(&scale).for_each(|((s, b), a)| *s += b * a);
         }
-        let epi = crate::conv::Epilogue { scale: &scale, shift: &shift, residual, relu };
-        crate::conv::conv2d_infer(x, &self.weight.effective()?, self.stride, self.padding, &epi)
+        let epi = espalier_kernels::conv::Epilogue { scale: &scale, shift: &shift, residual, relu };
+        espalier_kernels::conv::conv2d_infer(x, &self.weight.effective()?, self.stride, self.padding, &epi)
     }
 
     /// Applies the convolution to `(B, C, H, W)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = crate::conv::conv2d(x, &self.weight.effective()?, self.stride, self.padding)?;
+        let y = espalier_kernels::conv::conv2d(x, &self.weight.effective()?, self.stride, self.padding)?;
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(&b.effective()?.reshape((1, (), 1, 1))?)?,
             None => y,
@@ -148,57 +153,8 @@ impl LayerNorm {
 
     /// (x − μ)/√(σ² + ε) · γ + β over the last dimension.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        crate::fused::layer_norm(x, self.weight.tensor(), self.bias.tensor(), self.eps)
+        espalier_kernels::fused::layer_norm(x, self.weight.tensor(), self.bias.tensor(), self.eps)
     }
-}
-
-/// Inverted dropout with masks drawn from the project's seeded RNG: each
-/// element is kept with probability 1 − p and scaled by 1/(1 − p).
-///
-/// The mask comes from four generators seeded by four draws of `rng`: four
-/// independent streams, which the CPU runs side by side, are several times
-/// faster than one. Each 64-bit draw decides two elements (its low, then its
-/// high 32 bits): an element is kept when its 32-bit draw is at least p·2³²,
-/// so the keep probability is 1 − p to within 2⁻³³. The mask depends only on
-/// the state of `rng` and the element count; `rng` advances by four draws.
-pub fn dropout(x: &Tensor, p: f64, rng: Option<&mut Rng>) -> Result<Tensor> {
-    match dropout_mask(x.elem_count(), p, rng) {
-        None => Ok(x.clone()),
-        Some(mask) => Ok(x.mul(&Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?)?),
-    }
-}
-
-/// The scaled keep mask of [`dropout`] for `n` elements (`1/(1 − p)` where
-/// kept, 0 where dropped), or `None` when nothing is dropped (no `rng`, or
-/// `p ≤ 0`).
-pub fn dropout_mask(n: usize, p: f64, rng: Option<&mut Rng>) -> Option<Vec<f32>> {
-    let rng = rng?;
-    if p <= 0.0 {
-        return None;
-    }
-    let scale = ((1.0 / (1.0 - p)) as f32).to_bits();
-    // At p ≥ 1 the threshold exceeds every 32-bit draw: everything is dropped.
-    let threshold = (p * 4_294_967_296.0).round() as u64;
-    // Branch-free: the bits of 1/(1 − p) where kept, of 0.0 where dropped.
-    let keep = |r: u64| f32::from_bits(scale & ((r >= threshold) as u32).wrapping_neg());
-    let mut lanes: [Rng; 4] = std::array::from_fn(|_| Rng::new(rng.next_u64()));
-    let mut mask = vec![0f32; n];
-    let mut blocks = mask.chunks_exact_mut(8);
-    for block in &mut blocks {
-        for (pair, lane) in block.chunks_exact_mut(2).zip(&mut lanes) {
-            let r = lane.next_u64();
-            pair[0] = keep(r & 0xFFFF_FFFF);
-            pair[1] = keep(r >> 32);
-        }
-    }
-    for (pair, lane) in blocks.into_remainder().chunks_mut(2).zip(&mut lanes) {
-        let r = lane.next_u64();
-        pair[0] = keep(r & 0xFFFF_FFFF);
-        if let Some(second) = pair.get_mut(1) {
-            *second = keep(r >> 32);
-        }
-    }
-    Some(mask)
 }
 
 /// A lookup table `(vocab, dim)`.
@@ -218,86 +174,5 @@ impl Embedding {
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         let w = self.weight.effective()?;
         Ok(candle_nn::Embedding::new(w, self.weight.dims()[1]).forward(ids)?)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_core::{DType, Device};
-
-    #[test]
-    fn dropout_keep_rate_scale_and_determinism() -> Result<()> {
-        let n = 1 << 20;
-        let x = Tensor::ones(n, DType::F32, &Device::Cpu)?;
-        for p in [0.1, 0.5, 0.9] {
-            let y = dropout(&x, p, Some(&mut Rng::new(7)))?.to_vec1::<f32>()?;
-            let scale = (1.0 / (1.0 - p)) as f32;
-            assert!(y.iter().all(|&v| v == 0.0 || v == scale), "p={p}: values other than 0 and 1/(1-p)");
-            let kept = y.iter().filter(|&&v| v != 0.0).count() as f64 / n as f64;
-            // Binomial standard deviation on 2^20 draws is at most 5e-4.
-            assert!((kept - (1.0 - p)).abs() < 3e-3, "p={p}: keep rate {kept}");
-            let again = dropout(&x, p, Some(&mut Rng::new(7)))?.to_vec1::<f32>()?;
-            assert_eq!(y, again, "p={p}: same Rng state, same mask");
-            let other = dropout(&x, p, Some(&mut Rng::new(8)))?.to_vec1::<f32>()?;
-            assert_ne!(y, other, "p={p}: another seed, another mask");
-        }
-        // Sizes that leave a partial block of eight (and an odd last element).
-        for n in [1, 7, 13, 8 * 1000 + 5] {
-            let x = Tensor::ones(n, DType::F32, &Device::Cpu)?;
-            let y = dropout(&x, 0.5, Some(&mut Rng::new(3)))?.to_vec1::<f32>()?;
-            assert!(y.iter().all(|&v| v == 0.0 || v == 2.0), "n={n}");
-            assert_eq!(y, dropout(&x, 0.5, Some(&mut Rng::new(3)))?.to_vec1::<f32>()?, "n={n}");
-        }
-        assert!(dropout(&x, 1.0, Some(&mut Rng::new(1)))?.to_vec1::<f32>()?.iter().all(|&v| v == 0.0));
-        // Off without an Rng or at p = 0.
-        assert_eq!(dropout(&x, 0.5, None)?.to_vec1::<f32>()?, x.to_vec1::<f32>()?);
-        assert_eq!(dropout(&x, 0.0, Some(&mut Rng::new(1)))?.to_vec1::<f32>()?, x.to_vec1::<f32>()?);
-        Ok(())
-    }
-
-    /// The previous implementation (one f64 draw per element), kept to time against.
-    fn dropout_per_element(x: &Tensor, p: f64, rng: &mut Rng) -> Result<Tensor> {
-        let scale = (1.0 / (1.0 - p)) as f32;
-        let keep: Vec<f32> = (0..x.elem_count()).map(|_| if rng.uniform() >= p { scale } else { 0.0 }).collect();
-        let m = Tensor::from_vec(keep, x.shape(), x.device())?.to_dtype(x.dtype())?;
-        Ok(x.mul(&m)?)
-    }
-
-    /// BERT-base attention-probability dropout at batch 32, sequence 128;
-    /// `cargo test --release -p espalier-models --lib -- --ignored dropout_timing --nocapture`
-    #[test]
-    #[ignore = "timing, run by hand in release"]
-    fn dropout_timing() -> Result<()> {
-        let x = Tensor::ones((32, 12, 128, 128), DType::F32, &Device::Cpu)?;
-        let mut rng = Rng::new(0);
-        let median_min = |f: &mut dyn FnMut() -> Result<()>| -> Result<(f64, f64)> {
-            let mut times = Vec::new();
-            for _ in 0..11 {
-                let t = std::time::Instant::now();
-                f()?;
-                times.push(t.elapsed().as_secs_f64() * 1e3);
-            }
-            times.sort_by(f64::total_cmp);
-            Ok((times[5], times[0]))
-        };
-        let (old_med, old_min) = median_min(&mut || {
-            std::hint::black_box(dropout_per_element(&x, 0.1, &mut rng)?);
-            Ok(())
-        })?;
-        let (med, min) = median_min(&mut || {
-            std::hint::black_box(dropout(&x, 0.1, Some(&mut rng))?);
-            Ok(())
-        })?;
-        // The multiplication alone, for reference: what any mask-based dropout pays.
-        let (mul_med, mul_min) = median_min(&mut || {
-            std::hint::black_box(x.mul(&x)?);
-            Ok(())
-        })?;
-        println!("dropout (32,12,128,128) p=0.1, median / min of 11:");
-        println!("  before (f64 per element): {old_med:6.1} / {old_min:6.1} ms");
-        println!("  after (4 streams, 32 bit): {med:6.1} / {min:6.1} ms");
-        println!("  x.mul alone (the floor):   {mul_med:6.1} / {mul_min:6.1} ms");
-        Ok(())
     }
 }

@@ -2,8 +2,7 @@
 //! to keep 28×28) → ReLU → max-pool 2 → conv 5×5 (16) → ReLU → max-pool 2 →
 //! fc 400→120 → fc 120→84 → head 84→classes.
 
-use espalier_core::{ParamBuilder, ParamStore, Result};
-use espalier_data::{Batch, Inputs};
+use espalier_core::{Batch, Inputs, ParamBuilder, ParamStore, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::layers::{Conv2d, Linear};
@@ -89,11 +88,11 @@ impl Model for LeNet5 {
         let Inputs::Dense(x) = &batch.inputs else {
             espalier_core::bail!("LeNet-5 takes image inputs, not token sequences");
         };
-        let h = crate::fused::relu(&self.conv1.forward(x)?)?.max_pool2d(2)?;
-        let h = crate::fused::relu(&self.conv2.forward(&h)?)?.max_pool2d(2)?;
+        let h = espalier_kernels::fused::relu(&self.conv1.forward(x)?)?.max_pool2d(2)?;
+        let h = espalier_kernels::fused::relu(&self.conv2.forward(&h)?)?.max_pool2d(2)?;
         let h = h.flatten_from(1)?;
-        let h = crate::fused::relu(&self.fc1.forward(&h)?)?;
-        let h = crate::fused::relu(&self.fc2.forward(&h)?)?;
+        let h = espalier_kernels::fused::relu(&self.fc1.forward(&h)?)?;
+        let h = espalier_kernels::fused::relu(&self.fc2.forward(&h)?)?;
         let logits = self.head.forward(&h)?;
         Ok(StepOutput { loss: loss::cross_entropy(&logits, &batch.labels)?, logits, labels: batch.labels.clone() })
     }

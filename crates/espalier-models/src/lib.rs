@@ -4,25 +4,27 @@
 //! loss, reads its weights through [`Param::effective`] so masks apply inside
 //! the forward pass, and describes itself by a serde [`ModelConfig`] that a
 //! checkpoint header records, so a checkpoint alone rebuilds the model.
+//!
+//! The layers ([`layers`], [`norm`]) own parameters; the computation they
+//! run is `espalier-kernels`' (re-exported here as [`attention`], [`conv`],
+//! [`dense`], [`dropout`], [`fused`] and [`pool`] for existing users).
+//!
+//! [`Param::effective`]: espalier_core::Param::effective
 
-pub mod attention;
 pub mod bert;
-pub mod conv;
-pub mod dense;
-pub mod fused;
 pub mod layers;
 pub mod lenet;
 pub mod load;
 pub mod loss;
 pub mod mlp;
 pub mod norm;
-pub mod pool;
 pub mod resnet;
 pub mod vgg;
 
+pub use espalier_kernels::{attention, conv, dense, dropout, fused, pool};
+
 use candle_core::{DType, Device, Tensor};
-use espalier_core::{GroupSet, Keep, ParamBuilder, ParamStore, Result, Rng};
-use espalier_data::Batch;
+use espalier_core::{Batch, GroupSet, Keep, ParamBuilder, ParamStore, Result, Rng};
 use serde::{Deserialize, Serialize};
 
 pub use bert::{Bert, BertConfig, BertTask};

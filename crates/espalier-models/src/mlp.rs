@@ -2,8 +2,7 @@
 //! (LeCun et al. 1998; the network of Han et al. 2015, Table 1).
 
 use candle_core::Tensor;
-use espalier_core::{GroupSet, Keep, Member, ParamBuilder, ParamStore, Result};
-use espalier_data::{Batch, Inputs};
+use espalier_core::{Batch, GroupSet, Inputs, Keep, Member, ParamBuilder, ParamStore, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::layers::Linear;
@@ -28,10 +27,10 @@ impl Activation {
     /// Applies the nonlinearity.
     pub fn apply(self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
-            Activation::Relu => crate::fused::relu(x)?,
+            Activation::Relu => espalier_kernels::fused::relu(x)?,
             Activation::Tanh => x.tanh()?,
             Activation::Sigmoid => candle_nn::ops::sigmoid(x)?,
-            Activation::Gelu => crate::fused::gelu(x, crate::fused::Gelu::Erf)?,
+            Activation::Gelu => espalier_kernels::fused::gelu(x, espalier_kernels::fused::Gelu::Erf)?,
         })
     }
 }

@@ -28,15 +28,14 @@
 //! `bn1.running_mean`, `layer1.0.conv1.weight`, `layer2.0.bn2.bias`, `fc.weight`.
 
 use candle_core::{Tensor, D};
-use espalier_core::{GroupSet, Keep, Member, ParamBuilder, ParamStore, Result};
-use espalier_data::{Batch, Inputs};
+use espalier_core::{Batch, GroupSet, Inputs, Keep, Member, ParamBuilder, ParamStore, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::fused::add_relu;
 use crate::layers::{Conv2d, Linear};
 use crate::norm::BatchNorm2d;
-use crate::pool::{global_avg_pool, max_pool2d};
 use crate::{loss, Mode, Model, ModelConfig, StepOutput};
+use espalier_kernels::fused::add_relu;
+use espalier_kernels::pool::{global_avg_pool, max_pool2d};
 
 /// Which ResNet family.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -265,7 +264,7 @@ impl Shortcut {
     fn forward(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
         match self {
             Shortcut::Identity => Ok(x.clone()),
-            Shortcut::Pad { stride, lo, hi } => crate::pool::subsample_pad(x, *stride, *lo, *hi),
+            Shortcut::Pad { stride, lo, hi } => espalier_kernels::pool::subsample_pad(x, *stride, *lo, *hi),
             Shortcut::Projection(conv, bn) if pass == Pass::Infer => conv.forward_infer(Some(bn), x, None, false),
             Shortcut::Projection(conv, bn) => bn.forward(&conv.forward(x)?, pass == Pass::Train),
         }

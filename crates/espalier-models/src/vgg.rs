@@ -15,16 +15,15 @@
 
 use candle_core::Tensor;
 use espalier_core::init::Init;
-use espalier_core::{ParamBuilder, ParamKind, ParamStore, Result};
-use espalier_data::{Batch, Inputs};
+use espalier_core::{Batch, Inputs, ParamBuilder, ParamKind, ParamStore, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::fused::relu;
 use crate::layers::{Conv2d, Linear};
 use crate::norm::BatchNorm2d;
-use crate::pool::{global_avg_pool, max_pool2d};
 use crate::resnet::{check_images, Pass};
 use crate::{loss, Mode, Model, ModelConfig, StepOutput};
+use espalier_kernels::fused::relu;
+use espalier_kernels::pool::{global_avg_pool, max_pool2d};
 
 /// VGG configuration.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -7,8 +7,7 @@ use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::optim::{AdamW, Optimizer, ParamsAdamW};
-use espalier_core::{ParamBuilder, Rng};
-use espalier_data::{Batch, Inputs};
+use espalier_core::{Batch, Inputs, ParamBuilder, Rng};
 use espalier_models::bert::{Bert, BertConfig, BertTask};
 use espalier_models::{Mode, Model, ModelConfig};
 

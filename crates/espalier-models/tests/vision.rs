@@ -7,8 +7,7 @@
 use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor, Var};
-use espalier_core::{checkpoint, ParamBuilder, ParamKind, Result, Rng};
-use espalier_data::{Batch, Inputs};
+use espalier_core::{checkpoint, Batch, Inputs, ParamBuilder, ParamKind, Result, Rng};
 use espalier_models::pool::{max_pool2d, reference};
 use espalier_models::{BatchNorm2d, Mode, Model, ModelConfig, ResNetConfig, ShortcutKind, Stem, VggConfig};
 
@@ -451,35 +450,6 @@ fn a_tiny_resnet_learns_synthetic_images() -> Result<()> {
     assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
     assert!(losses[11] < 0.5 * losses[0], "training loss did not fall: {losses:?}");
     assert!(last < 0.7 * losses[0], "eval loss {last} after {losses:?}");
-    Ok(())
-}
-
-/// A ResNet-20 training step (forward + backward, batch 128, 32×32) with the
-/// im2col convolution and with candle's `conv2d`:
-/// `cargo test --release -p espalier-models --test vision -- --ignored resnet20_step_timing --nocapture`
-#[test]
-#[ignore = "timing, run by hand in release"]
-fn resnet20_step_timing() -> Result<()> {
-    let model = ModelConfig::Resnet(ResNetConfig::cifar(20)).init(0, &CPU)?;
-    let batch = images(128, 3, 32, 1)?;
-    let median = |fused: bool| -> Result<f64> {
-        espalier_models::fused::set_enabled(fused);
-        let mut times = Vec::new();
-        for i in 0..5 {
-            let t = std::time::Instant::now();
-            let mut rng = Rng::new(i);
-            let out = model.forward_t(&batch, &mut Mode::Train(&mut rng))?;
-            std::hint::black_box(out.loss.backward()?);
-            times.push(t.elapsed().as_secs_f64());
-        }
-        times.sort_by(f64::total_cmp);
-        Ok(times[2])
-    };
-    let (candle, ours) = (median(false)?, median(true)?);
-    println!(
-        "ResNet-20 step, batch 128 (median of 5): candle conv2d {candle:.3} s, im2col {ours:.3} s ({:.1}x)",
-        candle / ours
-    );
     Ok(())
 }
 

@@ -16,8 +16,8 @@ use std::collections::BTreeMap;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor};
+use espalier_core::Batch;
 use espalier_core::{Param, ParamStore, Result, Rng, Selector};
-use espalier_data::Batch;
 use espalier_models::Model;
 use serde::{Deserialize, Serialize};
 

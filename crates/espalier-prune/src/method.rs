@@ -12,8 +12,8 @@
 
 use std::collections::BTreeMap;
 
+use espalier_core::Batch;
 use espalier_core::{Keep, ParamStore, Result, Selector};
-use espalier_data::Batch;
 use espalier_models::Model;
 use espalier_train::Regularizer;
 use serde::{Deserialize, Serialize};

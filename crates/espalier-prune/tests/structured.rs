@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Device, Tensor};
 use espalier_core::groups::mask_groups;
 use espalier_core::{checkpoint, Keep, ParamBuilder, Result, Rng};
-use espalier_data::{Batch, Inputs};
+use espalier_core::{Batch, Inputs};
 use espalier_models::{shrink, MlpConfig, Mode, Model, ModelConfig};
 use espalier_prune::structured::{select, GroupCriterion, StructuredConfig};
 

@@ -1,9 +1,11 @@
 //! BERT (Devlin et al. 2019, "BERT: Pre-training of Deep Bidirectional
-//! Transformers for Language Understanding"), trainable and prunable, with
-//! Hugging Face's parameter names and checkpoint layout.
+//! Transformers for Language Understanding", arXiv:1810.04805), trainable
+//! and prunable, with Hugging Face's parameter names and checkpoint layout.
 //!
-//! The computation is the Transformer encoder of Vaswani et al. (2017) as
-//! BERT uses it (post-LayerNorm), following HF `modeling_bert.py`:
+//! The computation is the Transformer encoder of Vaswani et al. (2017,
+//! "Attention Is All You Need", arXiv:1706.03762; eq. 1 for the attention)
+//! as BERT uses it (post-LayerNorm), following Hugging Face Transformers'
+//! `BertModel`:
 //!
 //! - embeddings: `LN(word[ids] + position[0..T] + token_type[tt])`, dropout;
 //! - per layer, self-attention with `h` heads of size `d = H / A`:
@@ -31,9 +33,10 @@
 //! `model.safetensors` (also sharded) or `pytorch_model.bin`.
 //!
 //! LayerNorm, the scaled and masked attention softmax and GELU are
-//! Espalier's fused kernels with their own backward ([`crate::fused`];
-//! candle's fused versions have no backward), and dropout masks come from the
-//! project's seeded [`Rng`] in [`Mode::Train`] only.
+//! Espalier's fused kernels with their own backward
+//! ([`espalier_kernels::fused`]; candle's fused versions have no backward),
+//! and dropout masks come from the project's seeded [`Rng`] in
+//! [`Mode::Train`] only.
 
 pub mod config;
 pub mod hub;
@@ -41,14 +44,14 @@ mod io;
 
 use candle_core::{DType, Device, Tensor};
 use espalier_core::init::Init;
-use espalier_core::{GroupSet, Keep, Member, Param, ParamBuilder, ParamKind, ParamStore, Result, Rng};
-use espalier_data::{Batch, Inputs};
+use espalier_core::{Batch, GroupSet, Inputs, Keep, Member, Param, ParamBuilder, ParamKind, ParamStore, Result, Rng};
 
-use crate::fused::{self, Gelu};
 use crate::layers::{dropout, dropout_mask, Embedding, LayerNorm, Linear};
 use crate::{loss, Mode, Model, ModelConfig, StepOutput};
+use espalier_kernels::fused::{self, Gelu};
 
 pub use config::{BertConfig, BertTask, HiddenAct};
+pub use espalier_kernels::attention::attention_bias;
 pub use io::{normalize_hf_names, read_weights, CONFIG_FILE, PYTORCH_FILE, SAFETENSORS_FILE, SAFETENSORS_INDEX_FILE};
 
 /// A dense layer with HF's init: W ~ N(0, σ²), b = 0.
@@ -56,20 +59,6 @@ fn dense(pb: &ParamBuilder, in_dim: usize, out_dim: usize, std: f64) -> Result<L
     let weight = pb.param("weight", &[out_dim, in_dim], ParamKind::Weight, Init::Normal { std })?;
     let bias = pb.param("bias", &[out_dim], ParamKind::Bias, Init::Const(0.0))?;
     Ok(Linear { weight, bias: Some(bias) })
-}
-
-/// The additive attention bias `(1 − mask)·min` of shape `(B, 1, 1, T)`
-/// from a `(B, T)` 0/1 mask (HF's extended attention mask).
-pub fn attention_bias(mask: &Tensor, dtype: DType) -> Result<Tensor> {
-    let (b, t) = mask.dims2()?;
-    let min = match dtype {
-        DType::F16 => -65504.0,
-        DType::BF16 => -3.3895313892515355e38,
-        DType::F64 => f64::MIN,
-        _ => f32::MIN as f64,
-    };
-    let m = mask.to_dtype(dtype)?;
-    Ok((m.ones_like()? - m)?.affine(min, 0.0)?.reshape((b, 1, 1, t))?)
 }
 
 /// Word, position and token-type embeddings, LayerNorm.
@@ -267,7 +256,14 @@ impl Bert {
         let Some([q, k, v]) = &a.qkv else { return Ok(None) };
         let (b, t, _) = x.dims3()?;
         let mask = dropout_mask(b * a.heads * t * t, self.cfg.attention_probs_dropout_prob, rng);
-        Ok(Some(crate::attention::attention(&q.forward(x)?, &k.forward(x)?, &v.forward(x)?, bias, a.heads, mask)?))
+        Ok(Some(espalier_kernels::attention::attention(
+            &q.forward(x)?,
+            &k.forward(x)?,
+            &v.forward(x)?,
+            bias,
+            a.heads,
+            mask,
+        )?))
     }
 
     fn attention(&self, a: &BertAttention, x: &Tensor, bias: &Tensor, mut rng: Option<&mut Rng>) -> Result<Tensor> {

@@ -3,8 +3,8 @@
 //! residual `‖A(H) − A(H_S)‖/‖A(H)‖` reported for every criterion.
 
 use candle_core::{DType, Tensor};
+use espalier_core::Batch;
 use espalier_core::{bail, GroupSet, Result};
-use espalier_data::Batch;
 use espalier_models::Model;
 
 use super::{axis1_sums, unit_sums};

@@ -7,8 +7,8 @@
 //! by the Gaussian estimate `−½ log(1 − ρ²)` or by binned discrete MI. The
 //! activations are the dense model's on the calibration data.
 use candle_core::{DType, Tensor};
+use espalier_core::Batch;
 use espalier_core::{bail, GroupSet, Result};
-use espalier_data::Batch;
 
 use super::{activations, top_k, unit_sums, Criterion, MiEstimator, SetView};
 
@@ -81,7 +81,7 @@ fn pooled(h: &Tensor, calib: &[Batch]) -> Result<Tensor> {
     }
     let mut lengths = Vec::with_capacity(examples);
     for b in calib {
-        let espalier_data::Inputs::Tokens { attention_mask, .. } = &b.inputs else {
+        let espalier_core::Inputs::Tokens { attention_mask, .. } = &b.inputs else {
             bail!("{rows} activation rows for {examples} examples, and the inputs are not token sequences");
         };
         let m = attention_mask.to_dtype(DType::F32)?.sum(1)?.to_vec1::<f32>()?;

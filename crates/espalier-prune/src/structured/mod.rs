@@ -40,8 +40,8 @@ use std::time::Instant;
 
 use candle_core::{DType, Tensor};
 use espalier_core::select::Pattern;
+use espalier_core::Batch;
 use espalier_core::{bail, GroupSet, Result, Rng, Selector};
-use espalier_data::Batch;
 use espalier_models::Model;
 use espalier_train::Regularizer;
 use serde::{Deserialize, Serialize};

@@ -9,8 +9,8 @@
 use std::collections::BTreeMap;
 
 use candle_core::Tensor;
+use espalier_core::Batch;
 use espalier_core::Result;
-use espalier_data::Batch;
 use espalier_models::Model;
 
 use super::taylor::{taylor_products, unit_products};

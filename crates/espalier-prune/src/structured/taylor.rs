@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 
 use candle_core::Tensor;
+use espalier_core::Batch;
 use espalier_core::{GroupSet, Result};
-use espalier_data::Batch;
 use espalier_models::{Mode, Model};
 
 use super::{top_k, Criterion, SetView};

@@ -10,13 +10,16 @@
 //!
 //! The math, per row of length `n` (or per element):
 //!
-//! - LayerNorm (Ba et al. 2016): `x̂ = (x − μ)·r`, `r = 1/√(σ² + ε)`,
+//! - LayerNorm (Ba, Kiros & Hinton 2016, "Layer Normalization",
+//!   arXiv:1607.06450): `x̂ = (x − μ)·r`, `r = 1/√(σ² + ε)`,
 //!   `y = x̂·γ + β`; backward with `g = dy·γ`:
 //!   `dx = r·(g − mean(g) − x̂·mean(g·x̂))`, `dγ = Σ_rows dy·x̂`, `dβ = Σ_rows dy`.
-//! - Attention softmax (Vaswani et al. 2017, eq. 1): `p = softmax(s·c + b)`
+//! - Attention softmax (Vaswani et al. 2017, "Attention Is All You Need",
+//!   arXiv:1706.03762, eq. 1): `p = softmax(s·c + b)`
 //!   with scale `c = 1/√d` and the additive mask bias `b` of the row's
 //!   sequence; backward `ds = c·p·(dp − Σ dp·p)` (the mask gets no gradient).
-//! - GELU (Hendrycks & Gimpel 2016): `y = x·Φ(x)`, `Φ(x) = ½(1 + erf(x/√2))`,
+//! - GELU (Hendrycks & Gimpel 2016, "Gaussian Error Linear Units (GELUs)",
+//!   arXiv:1606.08415): `y = x·Φ(x)`, `Φ(x) = ½(1 + erf(x/√2))`,
 //!   `dy/dx = Φ(x) + x·φ(x)`; and its tanh approximation
 //!   `y = ½x(1 + tanh(u))`, `u = √(2/π)(x + 0.044715x³)`.
 //!
@@ -28,21 +31,22 @@
 //! The fused path runs for contiguous f32 tensors on the CPU while
 //! [`set_enabled`] is on (the default); otherwise (other devices, other
 //! dtypes, or switched off to time the difference) the functions fall back to
-//! the compositions in [`reference`], which run anywhere.
+//! the compositions in [`reference`](mod@reference), which run anywhere.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 
+use crate::reduce::Partials;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Storage, Tensor};
 use espalier_core::Result;
 
-pub(crate) type CResult<T> = candle_core::Result<T>;
+/// candle's result type, which the `CustomOp` methods return.
+pub type CResult<T> = candle_core::Result<T>;
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
 /// Switches the fused kernels on or off for the whole process (on by
-/// default); off, every function here runs its [`reference`] composition.
+/// default); off, every function here runs its [`reference`](mod@reference) composition.
 /// Meant for benchmarks and tests that compare the two.
 pub fn set_enabled(on: bool) {
     ENABLED.store(on, Ordering::Relaxed);
@@ -62,7 +66,9 @@ pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
-pub(crate) fn fusable(t: &Tensor) -> bool {
+/// Whether `t` takes the fused path: the kernels are on, and `t` is an f32
+/// tensor on the CPU.
+pub fn fusable(t: &Tensor) -> bool {
     enabled() && t.device().is_cpu() && t.dtype() == DType::F32
 }
 
@@ -160,7 +166,7 @@ pub(crate) fn cpu_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> CResult<
 }
 
 /// Runs `f` on the f32 data of each tensor (made contiguous first).
-pub(crate) fn with_data<R>(ts: &[&Tensor], op: &str, f: impl FnOnce(&[&[f32]]) -> CResult<R>) -> CResult<R> {
+pub fn with_data<R>(ts: &[&Tensor], op: &str, f: impl FnOnce(&[&[f32]]) -> CResult<R>) -> CResult<R> {
     let owned: Vec<Tensor> = ts.iter().map(|t| t.contiguous()).collect::<CResult<_>>()?;
     let guards: Vec<_> = owned.iter().map(|t| t.storage_and_layout()).collect();
     let mut slices = Vec::with_capacity(guards.len());
@@ -475,16 +481,20 @@ impl CustomOp3 for LayerNormOp {
         let (dx, dg, db) = with_data(&[x, grad, gamma], "layer_norm backward", |d| {
             let (x, dy, g) = (d[0], d[1], d[2]);
             let mut dx = vec![0f32; x.len()];
-            let sums = Mutex::new((vec![0f32; n], vec![0f32; n]));
+            let parts = Partials::default();
             par_rows(&mut dx, n, |rows, out| {
-                let (mut dg, mut db) = (vec![0f32; n], vec![0f32; n]);
+                // dγ then dβ of these rows.
+                let mut part = vec![0f32; 2 * n];
+                let (dg, db) = part.split_at_mut(n);
                 let r = rows.start * n..rows.end * n;
-                ln_bwd_rows(&x[r.clone()], &dy[r], g, out, &mut dg, &mut db, self.eps);
-                let mut s = sums.lock().unwrap_or_else(|e| e.into_inner());
-                s.0.iter_mut().zip(&dg).for_each(|(a, b)| *a += b);
-                s.1.iter_mut().zip(&db).for_each(|(a, b)| *a += b);
+                ln_bwd_rows(&x[r.clone()], &dy[r], g, out, dg, db, self.eps);
+                parts.push(rows.start, part);
             });
-            let (dg, db) = sums.into_inner().unwrap_or_else(|e| e.into_inner());
+            // Summed in row order, whichever worker finished first.
+            let mut sums = vec![0f32; 2 * n];
+            parts.sum_into(&mut sums);
+            let db = sums.split_off(n);
+            let dg = sums;
             Ok((dx, dg, db))
         })?;
         affine_grads(x, gamma, dx, dg, db)
@@ -841,7 +851,7 @@ mod tests {
         // Sequence lengths 19, 7 and 1: padded keys get the min-float bias.
         let mask: Vec<f32> = [19, 7, 1].iter().flat_map(|&len| (0..t).map(move |j| (j < len) as u8 as f32)).collect();
         let mask = Tensor::from_vec(mask, (b, t), &Device::Cpu)?;
-        let bias = crate::bert::attention_bias(&mask, DType::F32)?;
+        let bias = crate::attention::attention_bias(&mask, DType::F32)?;
         let (dy, dg) = compare(std::slice::from_ref(&scores), &|s| masked_softmax(&s[0], &bias, 0.125), &|s| {
             reference::masked_softmax(&s[0], &bias, 0.125)
         })?;

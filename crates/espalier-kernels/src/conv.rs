@@ -1,6 +1,7 @@
 //! 2-D convolution as im2col + matrix products, image by image, with its own
-//! backward (Chellapilla et al. 2006, "High Performance Convolutional Neural
-//! Networks for Document Processing").
+//! backward (Chellapilla, Puri & Simard 2006, "High Performance
+//! Convolutional Neural Networks for Document Processing", IWFHR 2006, HAL
+//! inria-00112631; no arXiv version).
 //!
 //! With `K = C·k²` and `L = OH·OW`, the columns of an image are the `(K, L)`
 //! matrix whose row `(c, ky, kx)` holds, for every output pixel, the input
@@ -34,25 +35,26 @@
 
 use std::cell::RefCell;
 use std::ops::Range;
-use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use espalier_core::Result;
 use gemm::Parallelism;
+
+use crate::reduce::Partials;
 
 use crate::dense::{matmul, matmul_into, Mat};
 use crate::fused::{cpu_slice, fusable, output, with_data, CResult, SharedOut};
 
 /// Geometry of a convolution: input `(B, C, H, W)`, square `k × k` kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Geom {
-    b: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    k: usize,
-    stride: usize,
-    pad: usize,
+pub(crate) struct Geom {
+    pub(crate) b: usize,
+    pub(crate) c: usize,
+    pub(crate) h: usize,
+    pub(crate) w: usize,
+    pub(crate) k: usize,
+    pub(crate) stride: usize,
+    pub(crate) pad: usize,
 }
 
 impl Geom {
@@ -476,7 +478,7 @@ impl Padded {
 /// Whether the forward pass of `g` goes by [`row_forward`]: stride-1 "same"
 /// convolutions with a real kernel that narrow the channels, on planes at
 /// least 32 wide (the first convolution of a ResNet-20 stage-1 block with
-/// half its inner channels). Measured against im2col (`row_forward_timing`,
+/// half its inner channels). Measured against im2col (the `conv-rows` bench,
 /// batch 128, 2 threads): 16 → 8 channels on 32×32 0.77×, 16 → 16 0.91×,
 /// 8 → 16 1.02×, 32 → 16 on 16×16 0.96× but slower inside the network
 /// (`espalier bench` of the shrunk ResNet-20 at batch 1/32/128), 8×8 planes
@@ -649,7 +651,7 @@ fn forward_data(x: &[f32], w: &[f32], g: Geom, cout: usize, rows: bool, epi: Opt
 
 /// The convolution: `(x, w) → y`; the flag picks [`row_forward`] where it
 /// applies ([`uses_rows`]) over im2col.
-struct ConvOp(Geom, bool);
+pub(crate) struct ConvOp(pub(crate) Geom, pub(crate) bool);
 
 impl CustomOp2 for ConvOp {
     fn name(&self) -> &'static str {
@@ -675,7 +677,7 @@ impl CustomOp2 for ConvOp {
         let (dx, dw) = with_data(&[x, w, dy], "conv2d backward", |d| {
             let (x, w, dy) = (d[0], d[1], d[2]);
             let mut dx = if want_dx { vec![0f32; g.b * g.chw()] } else { Vec::new() };
-            let dw = Mutex::new(vec![0f32; cout * kk]);
+            let parts = Partials::default();
             let out = SharedOut::new(&mut dx);
             for_groups(g, cout, (kk * l, cout * l), |images, s, par| {
                 let n = images.len();
@@ -720,18 +722,21 @@ impl CustomOp2 for ConvOp {
                         col2im(&mut s.cols, g, &mut dxg[j * g.chw()..(j + 1) * g.chw()], n * l, j * l);
                     }
                 }
-                let mut total = dw.lock().unwrap_or_else(|e| e.into_inner());
                 if transposed {
+                    let mut part = vec![0f32; cout * kk];
                     for (k, row) in dw_part.chunks_exact(cout).enumerate() {
                         for (co, v) in row.iter().enumerate() {
-                            total[co * kk + k] += v;
+                            part[co * kk + k] = *v;
                         }
                     }
-                } else {
-                    total.iter_mut().zip(&dw_part).for_each(|(t, p)| *t += p);
+                    dw_part = part;
                 }
+                parts.push(images.start, dw_part);
             });
-            Ok((dx, dw.into_inner().unwrap_or_else(|e| e.into_inner())))
+            // Summed in image order, whichever worker finished first.
+            let mut dw = vec![0f32; cout * kk];
+            parts.sum_into(&mut dw);
+            Ok((dx, dw))
         })?;
         let dx = want_dx.then(|| Tensor::from_vec(dx, x.shape(), x.device())).transpose()?;
         Ok((dx, Some(Tensor::from_vec(dw, w.shape(), w.device())?)))
@@ -866,89 +871,6 @@ mod tests {
         let epi = Epilogue { scale: &[1.0; 2], shift: &[0.0; 3], residual: None, relu: false };
         let e = conv2d_infer(&x, &normal(&[3, 2, 3, 3], 2)?, 1, 1, &epi).unwrap_err().to_string();
         assert!(e.contains("3 output channels, 2 scales"), "{e}");
-        Ok(())
-    }
-
-    /// The forward pass of ResNet-20's 3×3 convolutions (dense and with half
-    /// the inner channels), row shifts against im2col, alternating:
-    /// `cargo test --release -p espalier-models --lib -- --ignored row_forward_timing --nocapture`
-    #[test]
-    #[ignore = "timing, run by hand in release"]
-    fn row_forward_timing() -> Result<()> {
-        for &b in &[1usize, 32, 128] {
-            for &(c, hw, cout) in &[
-                (16, 32, 16),
-                (16, 32, 8),
-                (8, 32, 16),
-                (32, 16, 32),
-                (32, 16, 16),
-                (16, 16, 32),
-                (64, 8, 64),
-                (64, 8, 32),
-                (32, 8, 64),
-            ] {
-                let x = normal(&[b, c, hw, hw], 1)?;
-                let w = normal(&[cout, c, 3, 3], 2)?;
-                let g = Geom { b, c, h: hw, w: hw, k: 3, stride: 1, pad: 1 };
-                let (mut t_rows, mut t_cols) = (Vec::new(), Vec::new());
-                let reps = if b == 1 { 200 } else { 15 };
-                for _ in 0..reps {
-                    for (rows, t) in [(true, &mut t_rows), (false, &mut t_cols)] {
-                        let start = std::time::Instant::now();
-                        std::hint::black_box(x.apply_op2(&w, ConvOp(g, rows))?);
-                        t.push(start.elapsed().as_secs_f64() * 1e3);
-                    }
-                }
-                t_rows.sort_by(f64::total_cmp);
-                t_cols.sort_by(f64::total_cmp);
-                let (r, c2) = (t_rows[reps / 2], t_cols[reps / 2]);
-                println!("b {b:3} x ({c:2},{hw:2},{hw:2}) -> {cout:2}: im2col {c2:8.3} ms, rows {r:8.3} ms, rows/im2col {:.2}", r / c2);
-            }
-        }
-        Ok(())
-    }
-
-    /// One ResNet-20 stage-1 convolution at batch 128, forward + backward:
-    /// `cargo test --release -p espalier-models --lib -- --ignored conv_timing --nocapture`
-    #[test]
-    #[ignore = "timing, run by hand in release"]
-    fn conv_timing() -> Result<()> {
-        for &(b, c, hw, cout, k, s, p) in &[
-            (32, 3, 32, 64, 3, 1, 1),
-            (32, 64, 32, 64, 3, 1, 1),
-            (32, 128, 16, 128, 3, 1, 1),
-            (32, 256, 8, 256, 3, 1, 1),
-            (32, 512, 4, 512, 3, 1, 1),
-            (128, 16, 32, 16, 3, 1, 1),
-            (128, 32, 16, 64, 3, 2, 1),
-            (128, 64, 8, 64, 3, 1, 1),
-            (32, 3, 64, 64, 7, 2, 3),
-        ] {
-            let x = Var::from_tensor(&normal(&[b, c, hw, hw], 1)?)?;
-            let w = Var::from_tensor(&normal(&[cout, c, k, k], 2)?)?;
-            let r = normal(&[b, cout, (hw + 2 * p - k) / s + 1, (hw + 2 * p - k) / s + 1], 3)?;
-            let time = |f: &dyn Fn() -> Result<Tensor>| -> Result<(f64, f64)> {
-                let mut fwd = Vec::new();
-                let mut all = Vec::new();
-                for _ in 0..7 {
-                    let t = std::time::Instant::now();
-                    let y = f()?;
-                    fwd.push(t.elapsed().as_secs_f64() * 1e3);
-                    std::hint::black_box(y.mul(&r)?.sum_all()?.backward()?);
-                    all.push(t.elapsed().as_secs_f64() * 1e3);
-                }
-                fwd.sort_by(f64::total_cmp);
-                all.sort_by(f64::total_cmp);
-                Ok((fwd[3], all[3]))
-            };
-            let (cf, ca) = time(&|| Ok(x.as_tensor().conv2d(w.as_tensor(), p, s, 1, 1)?))?;
-            let (of, oa) = time(&|| conv2d(x.as_tensor(), w.as_tensor(), s, p))?;
-            println!(
-                "x ({b},{c},{hw},{hw}) w ({cout},{c},{k},{k}) s{s} p{p}, median of 7 (ms): \
-                 candle fwd {cf:7.1} fwd+bwd {ca:7.1} | im2col fwd {of:7.1} fwd+bwd {oa:7.1} ({:.1}x)",
-                ca / oa
-            );
-        }
         Ok(())
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! candle's `max_pool2d` differentiates only when the window equals the
 //! stride and there is no padding, so ResNet's stem (3×3 window, stride 2,
-//! padding 1; He et al. 2016, Table 1) would stop the gradient. Here
+//! padding 1; He et al. 2016, "Deep Residual Learning for Image
+//! Recognition", arXiv:1512.03385, Table 1) would stop the gradient. Here
 //!
 //! `y[b, c, i, j] = max_{0 ≤ p, q < k} x[b, c, s·i + p − pad, s·j + q − pad]`
 //!

@@ -1,5 +1,6 @@
-//! Multi-head scaled dot-product attention (Vaswani et al. 2017, eq. 1) as
-//! one fused CPU op with its own backward pass.
+//! Multi-head scaled dot-product attention (Vaswani et al. 2017, "Attention
+//! Is All You Need", arXiv:1706.03762, eq. 1 and §3.2.2) as one fused CPU op
+//! with its own backward pass.
 //!
 //! For each sequence `b` and head `h`, with `Q, K, V` the head's `T × d`
 //! blocks of the `(B, T, H·d)` projections (read in place, strided), the
@@ -25,7 +26,7 @@
 
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use espalier_core::Result;
 use gemm::Parallelism;
 
@@ -67,6 +68,20 @@ pub fn attention(
     let bias = bias.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
     let op = AttentionOp { heads, bias: Arc::new(bias), dropout: dropout.map(Arc::new) };
     Ok(q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)?)
+}
+
+/// The additive attention bias `(1 − mask)·min` of shape `(B, 1, 1, T)`
+/// from a `(B, T)` 0/1 mask (HF's extended attention mask).
+pub fn attention_bias(mask: &Tensor, dtype: DType) -> Result<Tensor> {
+    let (b, t) = mask.dims2()?;
+    let min = match dtype {
+        DType::F16 => -65504.0,
+        DType::BF16 => -3.3895313892515355e38,
+        DType::F64 => f64::MIN,
+        _ => f32::MIN as f64,
+    };
+    let m = mask.to_dtype(dtype)?;
+    Ok((m.ones_like()? - m)?.affine(min, 0.0)?.reshape((b, 1, 1, t))?)
 }
 
 /// The same attention composed from candle's (differentiable) ops: the
@@ -260,7 +275,7 @@ mod tests {
 
     fn bias(lens: &[usize], t: usize) -> Result<Tensor> {
         let mask: Vec<f32> = lens.iter().flat_map(|&len| (0..t).map(move |j| (j < len) as u8 as f32)).collect();
-        crate::bert::attention_bias(&Tensor::from_vec(mask, (lens.len(), t), &Device::Cpu)?, candle_core::DType::F32)
+        attention_bias(&Tensor::from_vec(mask, (lens.len(), t), &Device::Cpu)?, candle_core::DType::F32)
     }
 
     #[test]

@@ -137,7 +137,7 @@ pub(crate) unsafe fn matmul_into(
 
 /// candle's thread count as `gemm` parallelism, for products big enough to
 /// be worth waking the pool.
-fn parallelism(flops: usize) -> Parallelism {
+pub(crate) fn parallelism(flops: usize) -> Parallelism {
     let threads = crate::fused::num_threads();
     if threads > 1 && flops >= 1 << 16 {
         Parallelism::Rayon(threads)
@@ -154,7 +154,7 @@ const MIN_ROWS: usize = 32;
 /// per thread of candle's pool, each running a single-threaded `gemm` on its
 /// share. `gemm`'s own threading reached 92–207 GFLOP/s on the MNIST MLP's
 /// first layer (128 × 784 × 300: Y, dX, dW) where this reaches 185–263, and
-/// 220–264 against 249–290 on BERT's weight gradients (`gemm_rate`, 2
+/// 220–264 against 249–290 on BERT's weight gradients (the `gemm` bench, 2
 /// threads). Returns `(parts, rows per part)`.
 fn parts(m: usize, flops: usize) -> (usize, usize) {
     let threads = crate::fused::num_threads();
@@ -171,7 +171,14 @@ fn split(m: usize, p: usize) -> (usize, usize) {
 /// `dst (m × n) = [dst +] a (m × k) · b (k × n)` with `a` row-major (`a_rs` apart),
 /// its rows split over the pool (falls back to `gemm`'s own threading when
 /// there are too few rows).
-fn matmul_rows(dst: &mut [f32], accumulate: bool, a: &[f32], a_rs: usize, b: Mat, (m, k, n): (usize, usize, usize)) {
+pub(crate) fn matmul_rows(
+    dst: &mut [f32],
+    accumulate: bool,
+    a: &[f32],
+    a_rs: usize,
+    b: Mat,
+    (m, k, n): (usize, usize, usize),
+) {
     let (p, chunk) = parts(m, m * k * n);
     if p == 1 {
         return matmul(dst, accumulate, Mat::new(a, a_rs), b, (m, k, n), parallelism(m * k * n));
@@ -192,7 +199,7 @@ fn matmul_rows(dst: &mut [f32], accumulate: bool, a: &[f32], a_rs: usize, b: Mat
 /// row-major), the batch split over the pool: each part sums its rows' outer
 /// products into its own buffer (the first into `dw`), then the buffers are
 /// added up.
-fn weight_grad(dw: &mut [f32], g: &[f32], x: &[f32], (m, n, k): (usize, usize, usize)) {
+pub(crate) fn weight_grad(dw: &mut [f32], g: &[f32], x: &[f32], (m, n, k): (usize, usize, usize)) {
     let (p, chunk) = parts(m, m * k * n);
     let product = |o: &mut [f32], rows: Range<usize>| {
         let (gm, xm) = (Mat::new(&g[rows.start * n..], n).t(), Mat::new(&x[rows.start * k..], k));
@@ -416,42 +423,6 @@ mod tests {
         let g = linear(&xv, &frozen, None)?.sqr()?.sum_all()?.backward()?;
         assert!(g.get(&frozen).is_none() && g.get(&xv).is_some());
         Ok(())
-    }
-
-    /// GFLOP/s of the three products of a linear layer (BERT's and the MNIST
-    /// MLP's shapes), with `gemm`'s own threading and split by hand:
-    /// `cargo test --release -p espalier-models --lib -- --ignored gemm_rate --nocapture`
-    #[test]
-    #[ignore = "timing, run by hand in release"]
-    fn gemm_rate() {
-        for (m, k, n) in [(4096, 384, 384), (4096, 384, 1536), (4096, 1536, 384), (128, 784, 300), (128, 300, 100)] {
-            let (x, w, g) = (vec![0.5f32; m * k], vec![0.25f32; n * k], vec![0.125f32; m * n]);
-            let par = parallelism(m * k * n);
-            let time = |f: &mut dyn FnMut()| {
-                f();
-                let mut ts: Vec<f64> = (0..15)
-                    .map(|_| {
-                        let t = std::time::Instant::now();
-                        f();
-                        t.elapsed().as_secs_f64()
-                    })
-                    .collect();
-                ts.sort_by(f64::total_cmp);
-                2.0 * (m * k * n) as f64 / ts[7] / 1e9
-            };
-            let (mut y, mut dx, mut dw) = (vec![0f32; m * n], vec![0f32; m * k], vec![0f32; n * k]);
-            let (wt, wm) = (Mat::new(&w, k).t(), Mat::new(&w, k));
-            let fwd = time(&mut || matmul(&mut y, false, Mat::new(&x, k), wt, (m, k, n), par));
-            let fwd_split = time(&mut || matmul_rows(&mut y, false, &x, k, wt, (m, k, n)));
-            let bx = time(&mut || matmul(&mut dx, false, Mat::new(&g, n), wm, (m, n, k), par));
-            let bx_split = time(&mut || matmul_rows(&mut dx, false, &g, n, wm, (m, n, k)));
-            let bw = time(&mut || matmul(&mut dw, false, Mat::new(&g, n).t(), Mat::new(&x, k), (n, m, k), par));
-            let bw_split = time(&mut || weight_grad(&mut dw, &g, &x, (m, n, k)));
-            println!(
-                "m{m} k{k} n{n}, GFLOP/s gemm-threads / split: y {fwd:.0} / {fwd_split:.0}, \
-                 dx {bx:.0} / {bx_split:.0}, dW {bw:.0} / {bw_split:.0}"
-            );
-        }
     }
 
     #[test]
