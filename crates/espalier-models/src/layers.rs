@@ -35,6 +35,9 @@ impl Linear {
     /// Applies the layer to `(..., in)`.
     /// One fused op on the CPU ([`espalier_kernels::dense::linear`]).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if crate::observe::active() {
+            crate::observe::record(self.weight.name(), x)?;
+        }
         let b = self.bias.as_ref().map(|b| b.effective()).transpose()?;
         espalier_kernels::dense::linear(x, &self.weight.effective()?, b.as_ref())
     }

@@ -18,6 +18,7 @@ pub mod load;
 pub mod loss;
 pub mod mlp;
 pub mod norm;
+pub mod observe;
 pub mod resnet;
 pub mod vgg;
 

@@ -23,29 +23,38 @@ use serde::{Deserialize, Serialize};
 
 use crate::pattern::{keep_masks, Granularity, Scored};
 
-/// The unstructured criteria (`prune.importance`). Adding one: a module with
-/// its [`Scorer`], a variant here and its line in [`Importance::build`].
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Importance {
-    /// |w|.
-    #[default]
-    Magnitude,
-    /// Uniform random scores.
-    Random,
-    /// Movement ([`crate::movement`]).
-    Movement,
+/// Declares the [`Importance`] config enum and its registry from one line
+/// per criterion: `Variant => scorer` (the variant's snake-case name is the
+/// config value).
+macro_rules! importances {
+    ($($(#[$attr:meta])* $variant:ident => $scorer:expr,)*) => {
+        /// The unstructured criteria (`prune.importance`).
+        #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+        #[serde(rename_all = "snake_case")]
+        pub enum Importance {
+            $($(#[$attr])* $variant,)*
+        }
+
+        impl Importance {
+            /// The scorer of this criterion.
+            pub fn build(self) -> Box<dyn Scorer> {
+                match self {
+                    $(Importance::$variant => Box::new($scorer),)*
+                }
+            }
+        }
+    };
 }
 
-impl Importance {
-    /// The scorer of this criterion (the registry).
-    pub fn build(self) -> Box<dyn Scorer> {
-        match self {
-            Importance::Magnitude => Box::new(Magnitude),
-            Importance::Random => Box::new(RandomScores),
-            Importance::Movement => Box::new(crate::movement::Movement::default()),
-        }
-    }
+// The registry: adding a criterion is its module and one line here.
+importances! {
+    /// |w|.
+    #[default]
+    Magnitude => Magnitude,
+    /// Uniform random scores.
+    Random => RandomScores,
+    /// Movement ([`crate::movement`]).
+    Movement => crate::movement::Movement::default(),
 }
 
 /// Scores weights for pruning (higher = keep).
