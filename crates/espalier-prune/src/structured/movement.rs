@@ -6,32 +6,9 @@
 //! removal would lower the loss (to first order) ranks last, where Taylor's
 //! square ranks it by size.
 
-use std::collections::BTreeMap;
+use super::taylor::FirstOrder;
 
-use candle_core::Tensor;
-use espalier_core::Batch;
-use espalier_core::Result;
-use espalier_models::Model;
-
-use super::taylor::{taylor_products, unit_products};
-use super::{top_k, Criterion, SetView};
-
-/// The signed movement score of units.
-#[derive(Default)]
-pub struct UnitMovement {
-    products: Option<BTreeMap<String, Tensor>>,
-}
-
-impl Criterion for UnitMovement {
-    fn needs_calibration(&self) -> bool {
-        true
-    }
-    fn prepare(&mut self, model: &dyn Model, calib: &[Batch]) -> Result<()> {
-        self.products = Some(taylor_products(model, calib)?);
-        Ok(())
-    }
-    fn choose(&mut self, view: &mut SetView, k: usize) -> Result<Vec<usize>> {
-        let sums = unit_products(view.set, self.products.as_ref().expect("prepared"))?;
-        Ok(top_k(&sums.iter().map(|s| -s).collect::<Vec<_>>(), k))
-    }
+/// The signed movement score of units: `−Σ_{w ∈ unit} w·∂L/∂w`.
+pub fn unit_movement() -> FirstOrder {
+    FirstOrder::new(|s| -s)
 }

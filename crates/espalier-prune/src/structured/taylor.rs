@@ -12,13 +12,26 @@ use espalier_models::{Mode, Model};
 
 use super::{top_k, Criterion, SetView};
 
-/// Taylor's squared first-order term.
-#[derive(Default)]
-pub struct Taylor {
+/// A criterion on the per-unit first-order sums `Σ_{w ∈ unit} w·∂L/∂w`
+/// (gradients summed over the calibration batches), ranked by `score(sum)`.
+pub struct FirstOrder {
+    score: fn(f64) -> f64,
     products: Option<BTreeMap<String, Tensor>>,
 }
 
-impl Criterion for Taylor {
+impl FirstOrder {
+    /// Ranks units by `score` of their first-order sum.
+    pub fn new(score: fn(f64) -> f64) -> Self {
+        FirstOrder { score, products: None }
+    }
+}
+
+/// Taylor's squared first-order term.
+pub fn taylor() -> FirstOrder {
+    FirstOrder::new(|s| s * s)
+}
+
+impl Criterion for FirstOrder {
     fn needs_calibration(&self) -> bool {
         true
     }
@@ -28,7 +41,7 @@ impl Criterion for Taylor {
     }
     fn choose(&mut self, view: &mut SetView, k: usize) -> Result<Vec<usize>> {
         let sums = unit_products(view.set, self.products.as_ref().expect("prepared"))?;
-        Ok(top_k(&sums.iter().map(|s| s * s).collect::<Vec<_>>(), k))
+        Ok(top_k(&sums.iter().map(|&s| (self.score)(s)).collect::<Vec<_>>(), k))
     }
 }
 
