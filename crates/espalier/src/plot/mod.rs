@@ -18,7 +18,7 @@ pub struct Series {
     /// Legend text.
     pub label: String,
     /// (sparsity in percent, mean, half-width of the spread drawn around
-    /// the mean: a standard deviation), by sparsity.
+    /// the mean: half a confidence interval), by sparsity.
     pub points: Vec<(f64, f64, f64)>,
 }
 

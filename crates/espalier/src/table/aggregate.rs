@@ -20,11 +20,20 @@ pub struct Stat {
 }
 
 impl Stat {
-    fn of(v: &[f64]) -> Stat {
+    pub(super) fn of(v: &[f64]) -> Stat {
         let n = v.len();
         let mean = v.iter().sum::<f64>() / n.max(1) as f64;
         let std = if n > 1 { (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt() } else { 0.0 };
         Stat { mean, std, n }
+    }
+
+    /// The two-sided 95% confidence interval of the mean (Student's t with
+    /// n − 1 degrees of freedom); `None` for fewer than two values.
+    pub fn interval(&self) -> Option<(f64, f64)> {
+        (self.n >= 2).then(|| {
+            let half = t975(self.n - 1) * self.std / (self.n as f64).sqrt();
+            (self.mean - half, self.mean + half)
+        })
     }
 
     pub(super) fn text(&self) -> String {
@@ -33,6 +42,20 @@ impl Stat {
         } else {
             format!("{:.2}", self.mean)
         }
+    }
+}
+
+/// The 0.975 quantile of Student's t with `df` degrees of freedom.
+pub(super) fn t975(df: usize) -> f64 {
+    const T: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+    ];
+    match df {
+        0 => f64::INFINITY,
+        1..=30 => T[df - 1],
+        // Beyond the table: 1.96 + 2.4/df is within 0.002 of the quantile.
+        _ => 1.96 + 2.4 / df as f64,
     }
 }
 
@@ -57,6 +80,10 @@ pub struct Aggregate {
     pub settings: BTreeMap<i64, Vec<String>>,
     /// The dense reference.
     pub dense: Option<Stat>,
+    /// The values behind `cells`, per seed (for paired comparisons).
+    pub seeds: BTreeMap<String, BTreeMap<i64, BTreeMap<u64, f64>>>,
+    /// The dense reference's values per seed.
+    pub dense_seeds: BTreeMap<u64, f64>,
 }
 
 /// Aggregates the points of one task's metric over seeds; `column` is the
@@ -65,12 +92,16 @@ pub fn aggregate(points: &[Point], task: &str, metric: &str, column: &str) -> Ag
     let mut values: BTreeMap<(String, i64), Vec<f64>> = BTreeMap::new();
     let mut settings: BTreeMap<i64, Vec<String>> = BTreeMap::new();
     let mut dense = Vec::new();
+    let mut seeds: BTreeMap<String, BTreeMap<i64, BTreeMap<u64, f64>>> = BTreeMap::new();
+    let mut dense_seeds = BTreeMap::new();
     for p in points.iter().filter(|p| p.metric == metric && p.task == task) {
         if p.method == "dense" {
             dense.push(p.value);
+            dense_seeds.insert(p.seed, p.value);
             continue;
         }
         values.entry((p.method.clone(), key(p.sparsity))).or_default().push(p.value);
+        seeds.entry(p.method.clone()).or_default().entry(key(p.sparsity)).or_default().insert(p.seed, p.value);
         if let Some(s) = &p.setting {
             let v = settings.entry(key(p.sparsity)).or_default();
             if !v.contains(s) {
@@ -89,6 +120,8 @@ pub fn aggregate(points: &[Point], task: &str, metric: &str, column: &str) -> Ag
         cells,
         settings,
         dense: (!dense.is_empty()).then(|| Stat::of(&dense)),
+        seeds,
+        dense_seeds,
     }
 }
 
@@ -123,6 +156,8 @@ pub fn average(per_task: &[&Aggregate], column: &str) -> Aggregate {
         cells,
         settings: BTreeMap::new(),
         dense: dense.filter(|v| !v.is_empty()).map(mean_of),
+        seeds: BTreeMap::new(),
+        dense_seeds: BTreeMap::new(),
     }
 }
 

@@ -1,6 +1,17 @@
 //! The spec's claims checked against our numbers: a [`Verdict`] (PASS,
-//! FAILS, NO DATA) and its evidence per claim and section, and the
-//! report's claims list.
+//! FAILS, INCONCLUSIVE, NO DATA) and its evidence per claim and section, and
+//! the report's claims list.
+//!
+//! The rule (the project's, for every table): with two seeds or more, a
+//! claim is decided at each sparsity from the per-seed paired differences
+//! (method − baseline, method − dense, or method − the paper's value) and
+//! their two-sided 95% confidence interval (Student's t): PASS where the
+//! interval lies on the claimed side of the tolerance, FAILS where it lies on
+//! the other side, inconclusive where it straddles it. The claim as a whole
+//! FAILS if it fails anywhere, is inconclusive if it holds nowhere it fails
+//! but is undecided somewhere, and PASSes only where it holds everywhere.
+//! With one seed there is no interval: the means are compared (as the
+//! report prints them) and the evidence says so.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +25,8 @@ pub enum Verdict {
     Pass,
     /// Fails somewhere.
     Fails,
+    /// Fails nowhere, undecided somewhere (an interval contains the bound).
+    Inconclusive,
     /// No point to check.
     NoData,
 }
@@ -23,6 +36,7 @@ impl Verdict {
         match self {
             Verdict::Pass => "PASS",
             Verdict::Fails => "FAILS",
+            Verdict::Inconclusive => "INCONCLUSIVE",
             Verdict::NoData => "NO DATA",
         }
     }
@@ -38,6 +52,43 @@ fn shown(s: &Stat) -> f64 {
     format!("{:.2}", s.mean).parse().unwrap_or(s.mean)
 }
 
+/// Where a point stands: the claim holds there, fails, or is undecided.
+#[derive(Clone, Copy, PartialEq)]
+enum Outcome {
+    Held,
+    Failed,
+    Open,
+}
+
+/// Decides `value − bound ≥ 0` (strictly `> 0` with `strict`) at one point
+/// from per-seed differences `value_s − bound_s` (paired by seed) when there
+/// are two or more, else from the shown means; returns the outcome and the
+/// evidence suffix (the interval or "one seed").
+fn decide(diffs: &[f64], means: (f64, f64), strict: bool) -> (Outcome, String) {
+    if diffs.len() >= 2 {
+        let s = Stat::of(diffs);
+        let (lo, hi) = s.interval().expect("two or more values");
+        let text = format!(", difference {:+.2} [{:+.2}, {:+.2}] over {} seeds", s.mean, lo, hi, s.n);
+        let outcome = if lo > 0.0 || (!strict && lo >= 0.0) {
+            Outcome::Held
+        } else if hi < 0.0 || (strict && hi <= 0.0) {
+            Outcome::Failed
+        } else {
+            Outcome::Open
+        };
+        return (outcome, text);
+    }
+    let d = means.0 - means.1;
+    let held = if strict { d > 1e-9 } else { d >= -1e-9 };
+    (if held { Outcome::Held } else { Outcome::Failed }, " (one seed: no interval)".into())
+}
+
+/// Per-seed differences `a_s − b_s` over the seeds both have.
+fn paired(a: Option<&BTreeMap<u64, f64>>, b: Option<&BTreeMap<u64, f64>>, shift: f64) -> Vec<f64> {
+    let (Some(a), Some(b)) = (a, b) else { return Vec::new() };
+    a.iter().filter_map(|(s, va)| b.get(s).map(|vb| va - vb - shift)).collect()
+}
+
 /// Checks a claim on its metric (default: the primary one) over the
 /// aggregates of every metric: the verdict and the evidence.
 pub fn check_claim(spec: &Spec, aggs: &[Aggregate], c: &Claim) -> (Verdict, String) {
@@ -47,31 +98,25 @@ pub fn check_claim(spec: &Spec, aggs: &[Aggregate], c: &Claim) -> (Verdict, Stri
     };
     let empty = BTreeMap::new();
     let a = agg.cells.get(&c.a).unwrap_or(&empty);
-    let mut held = Vec::new();
-    let mut failed = Vec::new();
+    let seeds_of = |m: &str, k: i64| agg.seeds.get(m).and_then(|by_k| by_k.get(&k));
+    let mut points: Vec<(Outcome, String)> = Vec::new();
     match c.kind {
         ClaimKind::Beats => {
             let b_name = c.b.clone().unwrap_or_default();
             let b = agg.cells.get(&b_name).unwrap_or(&empty);
             for (k, sa) in a.iter().filter(|(k, _)| in_range(c, **k)) {
                 let Some(sb) = b.get(k) else { continue };
-                let line = format!("{}: {:.2} vs {:.2}", pct(*k), sa.mean, sb.mean);
-                if shown(sa) > shown(sb) + c.tolerance {
-                    held.push(line);
-                } else {
-                    failed.push(line);
-                }
+                let diffs = paired(seeds_of(&c.a, *k), seeds_of(&b_name, *k), c.tolerance);
+                let (o, why) = decide(&diffs, (shown(sa), shown(sb) + c.tolerance), true);
+                points.push((o, format!("{}: {:.2} vs {:.2}{why}", pct(*k), sa.mean, sb.mean)));
             }
         }
         ClaimKind::WithinDense => {
             if let Some(d) = agg.dense {
                 for (k, sa) in a.iter().filter(|(k, _)| in_range(c, **k)) {
-                    let line = format!("{}: {:.2} vs dense {:.2}", pct(*k), sa.mean, d.mean);
-                    if shown(sa) >= shown(&d) - c.tolerance {
-                        held.push(line);
-                    } else {
-                        failed.push(line);
-                    }
+                    let diffs = paired(seeds_of(&c.a, *k), Some(&agg.dense_seeds), -c.tolerance);
+                    let (o, why) = decide(&diffs, (shown(sa), shown(&d) - c.tolerance), false);
+                    points.push((o, format!("{}: {:.2} vs dense {:.2}{why}", pct(*k), sa.mean, d.mean)));
                 }
             }
         }
@@ -80,30 +125,59 @@ pub fn check_claim(spec: &Spec, aggs: &[Aggregate], c: &Claim) -> (Verdict, Stri
                 let Some((k, s)) = nearest(agg, &c.a, r.sparsity) else { continue };
                 let line =
                     format!("paper {:.2} at {}, ours {:.2} at {}", r.value, pct(key(r.sparsity)), s.mean, pct(k));
-                if (shown(&s) - r.value).abs() <= c.tolerance + 1e-9 {
-                    held.push(line);
+                // |ours − paper| ≤ tolerance: the interval of ours − paper
+                // inside [−tol, tol] holds, outside it fails.
+                let diffs: Vec<f64> =
+                    seeds_of(&c.a, k).map(|v| v.values().map(|x| x - r.value).collect()).unwrap_or_default();
+                let tol = c.tolerance + 1e-9;
+                let (o, why) = if diffs.len() >= 2 {
+                    let st = Stat::of(&diffs);
+                    let (lo, hi) = st.interval().expect("two or more values");
+                    let o = if lo >= -tol && hi <= tol {
+                        Outcome::Held
+                    } else if hi < -tol || lo > tol {
+                        Outcome::Failed
+                    } else {
+                        Outcome::Open
+                    };
+                    (o, format!(", difference {:+.2} [{lo:+.2}, {hi:+.2}] over {} seeds", st.mean, st.n))
                 } else {
-                    failed.push(line);
-                }
+                    let held = (shown(&s) - r.value).abs() <= tol;
+                    (if held { Outcome::Held } else { Outcome::Failed }, " (one seed: no interval)".into())
+                };
+                points.push((o, line + &why));
             }
         }
     }
-    let verdict = if held.is_empty() && failed.is_empty() {
+    let lines = |o: Outcome| points.iter().filter(|p| p.0 == o).map(|p| p.1.as_str()).collect::<Vec<_>>();
+    let (held, failed, open) = (lines(Outcome::Held), lines(Outcome::Failed), lines(Outcome::Open));
+    let verdict = if points.is_empty() {
         Verdict::NoData
-    } else if failed.is_empty() {
-        Verdict::Pass
-    } else {
+    } else if !failed.is_empty() {
         Verdict::Fails
+    } else if !open.is_empty() {
+        Verdict::Inconclusive
+    } else {
+        Verdict::Pass
     };
+    let also = |name: &str, v: &[&str]| if v.is_empty() { String::new() } else { format!("; {name} {}", v.join("; ")) };
     let evidence = match verdict {
         Verdict::NoData => "no sparsity to compare at".to_string(),
         Verdict::Pass => format!("holds at all {} points ({})", held.len(), held.join("; ")),
         Verdict::Fails => format!(
-            "fails at {} of {} points: {}{}",
+            "fails at {} of {} points: {}{}{}",
             failed.len(),
-            held.len() + failed.len(),
+            points.len(),
             failed.join("; "),
-            if held.is_empty() { String::new() } else { format!("; holds at {}", held.join("; ")) }
+            also("undecided at", &open),
+            also("holds at", &held)
+        ),
+        Verdict::Inconclusive => format!(
+            "undecided at {} of {} points (the interval contains the bound): {}{}",
+            open.len(),
+            points.len(),
+            open.join("; "),
+            also("holds at", &held)
         ),
     };
     (verdict, evidence)
@@ -130,7 +204,11 @@ pub(super) fn claims_markdown(spec: &Spec, sections: &[Section]) -> String {
     if spec.claim.is_empty() {
         return String::new();
     }
-    let mut md = String::from("\n## Claims checked against our numbers (means over seeds)\n\n");
+    let mut md = String::from(
+        "\n## Claims checked against our numbers\n\nDecided per sparsity from the per-seed paired differences and \
+         their 95% confidence interval (PASS: the interval is on the claimed side; FAILS: on the other side; \
+         INCONCLUSIVE: it contains the bound); with one seed, from the means.\n\n",
+    );
     for (c, label, v, evidence) in check_claims(spec, sections) {
         let column = c.metric.as_deref().unwrap_or(&spec.table.metrics[0]);
         // The section's own name for the column (`f1` where it is `accuracy`).
@@ -188,7 +266,11 @@ mod tests {
             metric: None,
             task: None,
         };
-        assert_eq!(check_claim(&spec, std::slice::from_ref(&agg), &within).0, Verdict::Pass);
+        // Two seeds: a − dense + 1 = 0.0 and 0.2, whose interval (t = 12.7)
+        // reaches below 0: undecided.
+        let (v, why) = check_claim(&spec, std::slice::from_ref(&agg), &within);
+        assert_eq!(v, Verdict::Inconclusive, "{why}");
+        assert!(why.contains("over 2 seeds"), "{why}");
         spec.reference.push(Reference {
             method: "a".into(),
             sparsity: 0.88,
@@ -201,5 +283,42 @@ mod tests {
         let (v, why) = check_claim(&spec, std::slice::from_ref(&agg), &near);
         assert_eq!(v, Verdict::Fails);
         assert!(why.contains("paper 92.00 at 88.0%, ours 90.00 at 90.0%"), "{why}");
+    }
+
+    /// Paired differences over three seeds: a consistent advantage passes, a
+    /// consistent disadvantage fails, a mixed one is undecided, although the
+    /// means differ in all three cases.
+    #[test]
+    fn claims_with_seeds_are_decided_by_the_paired_interval() {
+        let spec = parse_spec(SPEC).unwrap();
+        let run = |a: [f64; 3], b: [f64; 3]| {
+            let mut points = Vec::new();
+            for s in 0..3 {
+                points.push(point("a", 0.5, a[s], s as u64));
+                points.push(point("b", 0.5, b[s], s as u64));
+            }
+            let agg = aggregate(&points, "", "accuracy", "accuracy");
+            let mut claim = spec.claim[0].clone();
+            claim.max_sparsity = Some(0.6);
+            check_claim(&spec, std::slice::from_ref(&agg), &claim)
+        };
+        // Seeds differ a lot from each other, but a is 1 point above b on each.
+        let (v, why) = run([90.0, 95.0, 85.0], [89.0, 94.1, 83.9]);
+        assert_eq!(v, Verdict::Pass, "{why}");
+        assert!(why.contains("over 3 seeds"), "{why}");
+        assert_eq!(run([89.0, 94.1, 83.9], [90.0, 95.0, 85.0]).0, Verdict::Fails);
+        // Mean difference +1, but one seed has a below b.
+        let (v, why) = run([92.0, 93.0, 88.0], [89.0, 90.0, 91.0]);
+        assert_eq!(v, Verdict::Inconclusive, "{why}");
+    }
+
+    #[test]
+    fn t_quantiles() {
+        use crate::table::aggregate::t975;
+        assert_eq!(t975(2), 4.303);
+        assert!((t975(60) - 2.000).abs() < 0.003);
+        let s = Stat::of(&[1.0, 2.0, 3.0]);
+        let (lo, hi) = s.interval().unwrap();
+        assert!((lo - (2.0 - 4.303 / 3f64.sqrt())).abs() < 1e-9 && (hi - (2.0 + 4.303 / 3f64.sqrt())).abs() < 1e-9);
     }
 }

@@ -143,7 +143,7 @@ pub fn plot_data(spec: &Spec, agg: &Aggregate) -> crate::plot::PlotData {
             points: agg
                 .cells
                 .get(&m.name)
-                .map(|c| c.iter().map(|(k, s)| (*k as f64 / 10.0, s.mean, s.std)).collect())
+                .map(|c| c.iter().map(|(k, s)| (*k as f64 / 10.0, s.mean, half_interval(s))).collect())
                 .unwrap_or_default(),
         })
         .collect();
@@ -172,6 +172,12 @@ pub fn plot_data(spec: &Spec, agg: &Aggregate) -> crate::plot::PlotData {
     }
 }
 
+/// Half the width of the 95% confidence interval of a mean (0 for one seed):
+/// the spread the claims are decided with.
+fn half_interval(s: &super::aggregate::Stat) -> f64 {
+    s.interval().map_or(0.0, |(lo, hi)| (hi - lo) / 2.0)
+}
+
 /// What a plotted point and its spread are.
 fn spread_note(agg: &Aggregate) -> String {
     if agg.task == "average" {
@@ -184,8 +190,8 @@ fn spread_note(agg: &Aggregate) -> String {
     }
     let seeds = if lo == hi { format!("{hi}") } else { format!("{lo} to {hi}") };
     format!(
-        "Each point: the mean of {seeds} seeds. Shaded band and error bars: ± 1 sample standard deviation \
-         over the seeds."
+        "Each point: the mean of {seeds} seeds. Shaded band and error bars: the 95% confidence interval of \
+         the mean (Student's t over the seeds)."
     )
 }
 
@@ -245,8 +251,11 @@ mod tests {
         let s = sections(&spec, &points);
         let rte = plot_data(&spec, &s[0].aggs[0]);
         assert!(rte.paper.is_empty());
-        assert_eq!(rte.series[0].points, [(50.0, 59.0, 2f64.sqrt())]);
-        assert!(rte.note.contains("mean of 2 seeds") && rte.note.contains("± 1 sample standard deviation"));
+        // Two seeds, 58 and 60: std √2, half interval 12.706·√2/√2.
+        let (x, mean, half) = rte.series[0].points[0];
+        assert_eq!((x, mean), (50.0, 59.0));
+        assert!((half - 12.706).abs() < 1e-9, "{half}");
+        assert!(rte.note.contains("mean of 2 seeds") && rte.note.contains("95% confidence interval"));
         let mrpc = plot_data(&spec, &s[1].aggs[0]);
         assert_eq!(mrpc.paper, [PaperValue { series: Some(0), sparsity: 50.0, value: 80.0 }]);
         assert!(mrpc.note.starts_with("One seed per point"), "{}", mrpc.note);
