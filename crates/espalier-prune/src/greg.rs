@@ -34,7 +34,8 @@ use espalier_train::regularize::{Regularizer, StepInfo};
 use serde::{Deserialize, Serialize};
 
 use crate::method::{Action, Context, Length, Method, MethodReport, Phase as PlanPhase, Plan, Selection};
-use crate::structured::{selected_sets, structured_plan, StructuredConfig};
+use crate::structured::norm::norms;
+use crate::structured::{selected_sets, structured_plan, top_k, StructuredConfig};
 
 /// GReg settings (`[structured.greg]`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -304,27 +305,13 @@ impl Method for GReg {
     }
 }
 
-/// The `kept[set]` units of largest L1 norm per set (trainable members).
+/// The `kept[set]` units of largest L1 norm per set (trainable members):
+/// the same units as the one-pass `l1` criterion keeps.
 pub fn choose(params: &ParamStore, sets: &[GroupSet], kept: &BTreeMap<String, usize>) -> Result<Keep> {
     let mut keep = Keep::new();
     for set in sets {
         let Some(&k) = kept.get(&set.name) else { continue };
-        let mut norm = vec![0f64; set.size];
-        for m in &set.members {
-            let p = params.get(&m.param)?;
-            if !p.trainable() {
-                continue;
-            }
-            let rows = set.unit_rows(&p.effective()?.to_dtype(DType::F32)?, m.axis)?;
-            for (n, v) in norm.iter_mut().zip(rows.abs()?.sum(1)?.to_vec1::<f32>()?) {
-                *n += v as f64;
-            }
-        }
-        let mut idx: Vec<usize> = (0..set.size).collect();
-        idx.sort_by(|&a, &b| norm[b].total_cmp(&norm[a]).then(a.cmp(&b)));
-        let mut units: Vec<usize> = idx.into_iter().take(k).collect();
-        units.sort_unstable();
-        keep.insert(set.name.clone(), units);
+        keep.insert(set.name.clone(), top_k(&norms(params, set, true)?, k));
     }
     Ok(keep)
 }
@@ -559,6 +546,27 @@ mod tests {
         step(&mut g, &store, 5)?;
         step(&mut g, &store, 6)?;
         assert_eq!(g.state.phase, Phase::Done);
+        Ok(())
+    }
+
+    /// A BatchNorm running variance among a set's members (a buffer, as in a
+    /// ResNet channel group) counts for neither GReg's choice nor the L1
+    /// criterion: both keep the units of largest weight norm, the same ones.
+    #[test]
+    fn greg_and_l1_choose_the_same_units_whatever_the_buffers_hold() -> Result<()> {
+        let (_, mut sets) = store()?;
+        let pb = ParamBuilder::from_seed(0, DType::F32, &Device::Cpu);
+        let w = pb.pp("fc1").param("weight", &[4, 3], ParamKind::Weight, Init::Const(0.0))?;
+        w.set(&Tensor::new(&[[1f32, 1., 1.], [0.1, 0.1, 0.1], [2., 2., 2.], [0.5, 0.5, 0.5]], &Device::Cpu)?)?;
+        let var = pb.pp("bn").param("running_var", &[4], ParamKind::Buffer, Init::Const(0.0))?;
+        // Huge variances on the two weakest units.
+        var.set(&Tensor::new(&[1f32, 100.0, 1.0, 100.0], &Device::Cpu)?)?;
+        let params = pb.finish().0;
+        sets[0].members.push(Member::new("bn.running_var", 0));
+        let kept = BTreeMap::from([("fc1".to_string(), 2)]);
+        let greg = choose(&params, &sets, &kept)?;
+        assert_eq!(greg["fc1"], vec![0, 2]);
+        assert_eq!(top_k(&norms(&params, &sets[0], true)?, 2), greg["fc1"]);
         Ok(())
     }
 }

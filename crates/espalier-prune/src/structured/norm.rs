@@ -1,10 +1,9 @@
 //! Weight-norm criteria (Li, Kadav, Durdanovic, Samet & Graf, "Pruning
 //! Filters for Efficient ConvNets", ICLR 2017, arXiv 1608.08710, §3.1):
-//! `l1` = `Σ|w|`, `l2` = `√Σw²` over every element a unit owns.
+//! `l1` = `Σ|w|`, `l2` = `√Σw²` over every trainable element a unit owns.
 
 use candle_core::DType;
-use espalier_core::{GroupSet, Result};
-use espalier_models::Model;
+use espalier_core::{GroupSet, ParamStore, Result};
 
 use super::{top_k, Criterion, SetView};
 
@@ -19,15 +18,22 @@ impl Criterion for Norm {
         false
     }
     fn choose(&mut self, view: &mut SetView, k: usize) -> Result<Vec<usize>> {
-        Ok(top_k(&norms(view.model, view.set, self.l1)?, k))
+        Ok(top_k(&norms(view.model.params(), view.set, self.l1)?, k))
     }
 }
 
-/// Per-unit `Σ|w|` or `√Σw²` over every member.
-pub(crate) fn norms(model: &dyn Model, set: &GroupSet, l1: bool) -> Result<Vec<f64>> {
+/// Per-unit `Σ|w|` or `√Σw²` over every trainable member: BatchNorm's
+/// running statistics are state, not weights, and count for no unit (GReg
+/// chooses its units by the same sum, so "L1 vs GReg" removes the same
+/// units and differs only in the schedule).
+pub(crate) fn norms(params: &ParamStore, set: &GroupSet, l1: bool) -> Result<Vec<f64>> {
     let mut acc = vec![0f64; set.size];
     for m in &set.members {
-        let w = model.params().get(&m.param)?.effective()?.to_dtype(DType::F32)?;
+        let p = params.get(&m.param)?;
+        if !p.trainable() {
+            continue;
+        }
+        let w = p.effective()?.to_dtype(DType::F32)?;
         let rows = set.unit_rows(&w, m.axis)?;
         let per = if l1 { rows.abs()?.sum(1)? } else { rows.sqr()?.sum(1)? };
         for (a, v) in acc.iter_mut().zip(per.to_vec1::<f32>()?) {
