@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# ADMM vs one-shot magnitude pruning of LeNet-5 on MNIST (PAPERS.md §6;
-# Zhang et al. 2018: 99.2% at 1.4% of the weights), unstructured, at 5%, 2%
-# and 1.4% of the weights kept, the same number of epochs after the dense
-# model for both. Writes results/admm-lenet5/{README.md,results.csv,command.txt}.
+# ADMM vs one-shot magnitude pruning of LeNet-5 on MNIST (Zhang et al., "A
+# Systematic DNN Weight Pruning Framework using ADMM", ECCV 2018, arXiv
+# 1804.03294; 99.2% at 1.4% of the weights), unstructured, at 5%, 2% and 1.4% of
+# the weights kept, the same number of epochs after the dense model for both.
+# Writes results/admm-lenet5/{README.md,results.csv,command.txt}.
 #   scripts/reproduce-admm-lenet5.sh         (needs ../shared/data/mnist, or DATA=...)
 set -euo pipefail
 cd "$(dirname "$0")/.."

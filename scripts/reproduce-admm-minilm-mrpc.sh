@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# 2:4 pattern pruning of all-MiniLM-L6-v2 fine-tuned on MRPC (PAPERS.md §6):
-# one-shot magnitude + masked retraining, one-shot + SR-STE, ADMM + masked
-# retraining, ADMM + SR-STE, beside the dense model; same epochs for all.
+# 2:4 pattern pruning of all-MiniLM-L6-v2 fine-tuned on MRPC (Wang, "ADMM Based
+# Semi-Structured Pattern Pruning Framework for Transformer", 2024, arXiv
+# 2407.08334): one-shot magnitude + masked retraining, one-shot + SR-STE, ADMM +
+# masked retraining, ADMM + SR-STE, beside the dense model; same epochs for all.
 # Writes results/admm-minilm-mrpc/{README.md,results.csv,command.txt}.
 #   scripts/reproduce-admm-minilm-mrpc.sh    (needs ../shared; runs/glue-mrpc-minilm from configs/glue/mrpc.toml)
 # Scale knobs: LIMIT_TRAIN (default 2000 of the 3,668 training pairs), LR (default 1e-4).

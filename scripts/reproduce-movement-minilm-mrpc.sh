@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Gradual movement vs gradual magnitude pruning (PAPERS.md §1; Sanh et al.
-# 2020) of all-MiniLM-L6-v2 fine-tuned on MRPC, same cubic schedule and epochs.
+# Gradual movement vs gradual magnitude pruning (Sanh, Wolf & Rush, "Movement
+# Pruning: Adaptive Sparsity by Fine-Tuning", NeurIPS 2020, arXiv 2005.07683) of
+# all-MiniLM-L6-v2 fine-tuned on MRPC, same cubic schedule and epochs.
 # Writes results/movement-minilm-mrpc/{README.md,results.csv,command.txt}.
 #   scripts/reproduce-movement-minilm-mrpc.sh   (needs ../shared; runs/glue-mrpc-minilm from configs/glue/mrpc.toml)
 # Scale knobs: LIMIT_TRAIN (default 2000 of 3,668 pairs), SPARSITY (default 0.7).
