@@ -261,6 +261,47 @@ fn config_errors_name_the_key_exit_2_and_create_nothing() {
     }
 }
 
+/// A diverging run (learning rate 1e30) stops at the first non-finite loss
+/// with exit code 3 and an error naming the epoch and step, writes no model
+/// or summary, and leaves the checkpoint of its last completed epoch as it
+/// was; `train.skip_nonfinite_steps` skips that many bad steps first.
+#[test]
+fn a_diverging_run_stops_with_exit_3_and_keeps_its_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), "small.toml", SMALL);
+    let d = run_dir(tmp.path(), "nan");
+    let nan = ["--set", "train.optimizer={kind=\"sgd\", lr=1e30}"];
+    let out = espalier(&[&["run", cfg.to_str().unwrap(), "--out", d.to_str().unwrap()][..], &nan[..]].concat());
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("diverged at epoch 0, step 1") && err.contains("last finite loss"), "{err}");
+    assert!(!d.join("summary.json").exists() && !d.join("model.safetensors").exists());
+    let skip = ["--set", "train.skip_nonfinite_steps=3"];
+    let d2 = run_dir(tmp.path(), "nan-skip");
+    let out =
+        espalier(&[&["run", cfg.to_str().unwrap(), "--out", d2.to_str().unwrap()][..], &nan[..], &skip[..]].concat());
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("step 4"), "{}", stderr(&out));
+
+    // Diverging after a completed epoch: the checkpoint of that epoch is
+    // left byte for byte. The checkpoint's output layer is set to NaN by
+    // hand, so the resumed second epoch starts on a NaN loss.
+    let d3 = run_dir(tmp.path(), "late");
+    let args = ["run", cfg.to_str().unwrap(), "--out", d3.to_str().unwrap()];
+    ok(&espalier(&[&args[..], &["--max-epochs", "1"][..]].concat()));
+    let path = d3.join("checkpoint.safetensors");
+    let mut ck = espalier_core::checkpoint::load(&path, &candle_core::Device::Cpu).unwrap();
+    let w = ck.tensors["head.weight"].ones_like().unwrap().affine(0.0, f64::NAN).unwrap();
+    ck.tensors.insert("head.weight".into(), w);
+    espalier_core::checkpoint::save(&path, &ck.tensors, &ck.header).unwrap();
+    let before = std::fs::read(&path).unwrap();
+    let out = espalier(&args);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("diverged at epoch 1, step 0"), "{}", stderr(&out));
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    assert_eq!(metrics(&d3).len(), 1);
+}
+
 #[test]
 fn missing_and_truncated_data_files_are_named() {
     let tmp = tempfile::tempdir().unwrap();

@@ -33,6 +33,24 @@ pub enum Error {
     /// Invalid arguments or state, described in words.
     #[error("{0}")]
     Msg(String),
+
+    /// Training produced a non-finite loss: the run stops at that step.
+    #[error(
+        "training diverged at epoch {epoch}, step {step}: the loss is {loss}{}; the checkpoint of the last \
+         completed epoch is kept (lower the learning rate, clip gradients with train.clip_grad_norm, or allow a \
+         few bad steps with train.skip_nonfinite_steps, then run again into a new --out)",
+        last_finite.map(|l| format!(" (last finite loss {l:.4})")).unwrap_or_default()
+    )]
+    Diverged {
+        /// Run-wide epoch.
+        epoch: usize,
+        /// Step within the epoch.
+        step: usize,
+        /// The loss (NaN or ±∞).
+        loss: f64,
+        /// The last finite training loss seen.
+        last_finite: Option<f64>,
+    },
 }
 
 impl Error {

@@ -113,6 +113,14 @@ pub struct TrainConfig {
     /// `best.safetensors` (the metrics of the best epoch are reported too).
     #[serde(default)]
     pub keep_best: bool,
+    /// Steps with a non-finite loss to skip (no update) before the run stops
+    /// as diverged (exit code 3); 0 stops at the first.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub skip_nonfinite_steps: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 fn default_eval_batch() -> usize {

@@ -74,8 +74,10 @@ fn new_trainer(exp: &Experiment, params: &ParamStore, progress: bool, global_ste
             lr_schedule: exp.train.lr_schedule.clone(),
             seed: exp.seed,
             progress,
+            skip_nonfinite_steps: exp.train.skip_nonfinite_steps,
         },
         global_step,
+        skipped_nonfinite: 0,
     })
 }
 

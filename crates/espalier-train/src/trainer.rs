@@ -25,6 +25,9 @@ pub struct TrainerOptions {
     pub seed: u64,
     /// Draw a progress bar on a terminal.
     pub progress: bool,
+    /// Steps with a non-finite loss skipped (no update) before the run is
+    /// stopped as diverged; 0 stops at the first.
+    pub skip_nonfinite_steps: usize,
 }
 
 /// What one training epoch measured.
@@ -78,6 +81,8 @@ pub struct Trainer {
     pub opts: TrainerOptions,
     /// Optimizer steps taken over the whole run.
     pub global_step: u64,
+    /// Non-finite steps skipped so far.
+    pub skipped_nonfinite: usize,
 }
 
 fn progress_bar(n: usize, label: String, enabled: bool) -> ProgressBar {
@@ -149,10 +154,22 @@ impl Trainer {
         let (mut loss_sum, mut n_seen, mut correct, mut classif) = (0.0, 0usize, 0usize, true);
         let mut lr = self.optimizer.base_lr();
         let mut last_log = Instant::now();
+        let mut last_finite = None;
         for (i, idx) in plan.iter().enumerate() {
             let batch = data.train_batch(idx, self.opts.seed, epoch as u64, device)?;
             let mut rng = Rng::derive(self.opts.seed, "dropout", &[epoch as u64, i as u64]);
             let out = model.forward_t(&batch, &mut Mode::Train(&mut rng))?;
+            let step_loss = out.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            if !step_loss.is_finite() {
+                if self.skipped_nonfinite < self.opts.skip_nonfinite_steps {
+                    self.skipped_nonfinite += 1;
+                    tracing::warn!(epoch, step = i, loss = step_loss, "non-finite loss: step skipped, no update");
+                    bar.inc(1);
+                    continue;
+                }
+                return Err(espalier_core::Error::Diverged { epoch, step: i, loss: step_loss, last_finite });
+            }
+            last_finite = Some(step_loss);
             let info =
                 StepInfo { epoch, global_step: self.global_step, lr: 0.0, step_in_epoch: i, steps_per_epoch: spe };
             let mut loss = out.loss.clone();
@@ -192,7 +209,7 @@ impl Trainer {
                 m.on_step(params, &info)?;
             }
             let b = batch.len();
-            loss_sum += out.loss.to_dtype(DType::F64)?.to_scalar::<f64>()? * b as f64;
+            loss_sum += step_loss * b as f64;
             n_seen += b;
             if out.logits.rank() == 2 {
                 let pred = predictions(&out.logits)?;

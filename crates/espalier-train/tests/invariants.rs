@@ -85,8 +85,10 @@ fn masked_weights_stay_exactly_zero_after_every_step() -> Result<()> {
                     lr_schedule: LrSchedule::Constant,
                     seed: 0,
                     progress: false,
+                    skip_nonfinite_steps: 0,
                 },
                 global_step: 0,
+                skipped_nonfinite: 0,
             };
             let pos = PhasePos { epoch_in_phase: 0, epochs_in_phase: 1 };
             trainer.train_epoch(model.as_ref(), &data, 0, pos, &Device::Cpu, None)?;
@@ -141,8 +143,10 @@ fn a_checkpoint_rebuilds_an_identical_model() -> Result<()> {
                 lr_schedule: LrSchedule::Constant,
                 seed: 0,
                 progress: false,
+                skip_nonfinite_steps: 0,
             },
             global_step: 0,
+            skipped_nonfinite: 0,
         };
         model.params().set_masks(&random_masks(model.as_ref())?)?;
         trainer.train_epoch(

@@ -127,8 +127,10 @@ pub fn mnist_epochs(
                     lr_schedule: LrSchedule::Constant,
                     seed: 0,
                     progress: false,
+                    skip_nonfinite_steps: 0,
                 },
                 global_step: 0,
+                skipped_nonfinite: 0,
             })
         })
         .collect::<anyhow::Result<_>>()?;
@@ -350,8 +352,10 @@ impl StepWorkload {
                         lr_schedule: LrSchedule::Constant,
                         seed: 0,
                         progress: false,
+                        skip_nonfinite_steps: 0,
                     },
                     global_step: 0,
+                    skipped_nonfinite: 0,
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;

@@ -187,8 +187,17 @@ fn main() -> ExitCode {
             let config_error = |c: &(dyn std::error::Error + 'static)| {
                 c.is::<ConfigError>() || c.downcast_ref::<espalier_experiment::Error>().is_some_and(|e| e.is_config())
             };
+            let diverged = |c: &(dyn std::error::Error + 'static)| {
+                matches!(c.downcast_ref::<espalier_core::Error>(), Some(espalier_core::Error::Diverged { .. }))
+                    || matches!(
+                        c.downcast_ref::<espalier_experiment::Error>(),
+                        Some(espalier_experiment::Error::Lib(espalier_core::Error::Diverged { .. }))
+                    )
+            };
             if e.chain().any(config_error) {
                 ExitCode::from(2)
+            } else if e.chain().any(diverged) {
+                ExitCode::from(3)
             } else {
                 ExitCode::FAILURE
             }
