@@ -338,6 +338,50 @@ fn missing_and_truncated_data_files_are_named() {
     let err = stderr(&out);
     assert!(err.contains("train-images-idx3-ubyte.gz") && err.contains("truncated"), "{err}");
     assert!(!out_dir.exists());
+
+    // Zero-pixel images (an IDX header of 4 × 0 × 0) and images of another
+    // size than the model takes (4 × 5 × 5 for a 784-input MLP): exit 2,
+    // the file or both shapes named, nothing written.
+    let odd = tmp.path().join("odd/mnist-subset");
+    std::fs::create_dir_all(&odd).unwrap();
+    let write = |name: &str, dims: &[usize], data: &[u8]| {
+        espalier_data::mnist::write_idx(&odd.join(name), dims, data).unwrap();
+    };
+    write("train-labels-idx1-ubyte", &[4], &[0, 1, 2, 3]);
+    write("t10k-labels-idx1-ubyte", &[4], &[0, 1, 2, 3]);
+    for (dims, needle) in [([4usize, 0, 0], "0×0 pixels"), ([4, 5, 5], "does not fit")] {
+        let data = vec![7u8; dims.iter().product()];
+        write("train-images-idx3-ubyte", &dims, &data);
+        write("t10k-images-idx3-ubyte", &dims, &data);
+        let out = bin()
+            .args(["run", cfg.to_str().unwrap(), "--out", out_dir.to_str().unwrap(), "--quiet", "--data-dir"])
+            .arg(tmp.path().join("odd"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert!(stderr(&out).contains(needle), "{}", stderr(&out));
+        assert!(!out_dir.exists());
+    }
+}
+
+/// Two processes never run into the same directory: while one holds it
+/// (here the test, through the same lock), another is refused with exit 2
+/// and touches nothing.
+#[test]
+fn a_run_directory_in_use_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), "small.toml", SMALL);
+    let d = run_dir(tmp.path(), "busy");
+    ok(&espalier(&["run", cfg.to_str().unwrap(), "--out", d.to_str().unwrap(), "--max-epochs", "1"]));
+    let before = snapshot(&d);
+    let held = std::fs::File::open(d.join("config.toml")).unwrap();
+    held.try_lock().unwrap();
+    let out = espalier(&["run", cfg.to_str().unwrap(), "--out", d.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("in use by another espalier process"), "{}", stderr(&out));
+    assert_eq!(snapshot(&d), before);
+    drop(held);
+    ok(&espalier(&["run", cfg.to_str().unwrap(), "--out", d.to_str().unwrap()]));
 }
 
 #[test]

@@ -135,6 +135,12 @@ pub fn load(dir: &Path, split: Split, flavor: Flavor) -> Result<TensorDataset> {
         return Err(Error::format(&lbl_path, format!("expected 1 dimension (N), found {:?}", labels.dims)));
     }
     let (n, h, w) = (images.dims[0], images.dims[1], images.dims[2]);
+    if n == 0 || h == 0 || w == 0 {
+        return Err(Error::format(
+            &img_path,
+            format!("{n} images of {h}×{w} pixels: a split needs at least one image of at least 1×1 pixel"),
+        ));
+    }
     if labels.dims[0] != n {
         return Err(Error::format(
             &lbl_path,

@@ -144,6 +144,25 @@ impl RunDir {
         Ok(())
     }
 
+    /// Takes the directory for this process: an exclusive advisory lock on
+    /// its `config.toml`, held as long as the returned file is open. A
+    /// second process running into the same directory is refused (a config
+    /// error: nothing of the first one's is touched).
+    pub fn lock(&self) -> Result<std::fs::File> {
+        let path = self.file("config.toml");
+        let file = std::fs::File::open(&path).map_err(|e| espalier_core::Error::io(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => Err(ConfigError(format!(
+                "run directory {} is in use by another espalier process; wait for it to finish or choose another \
+                 --out",
+                self.path.display()
+            ))
+            .into()),
+            Err(std::fs::TryLockError::Error(e)) => Err(espalier_core::Error::io(&path, e).into()),
+        }
+    }
+
     /// Rewrites `metrics.jsonl` from the history.
     pub fn write_metrics(&self, history: &[Record]) -> Result<()> {
         let mut s = String::new();

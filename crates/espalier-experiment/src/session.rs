@@ -48,6 +48,8 @@ pub struct Session<'a> {
     exp: &'a Experiment,
     opts: &'a RunOptions,
     dir: RunDir,
+    /// Held while the session runs ([`RunDir::lock`]).
+    _lock: std::fs::File,
     device: Device,
     data: Data,
     model: Box<dyn Model>,
@@ -105,6 +107,22 @@ fn calibration_batches(
     idx.chunks(batch_size.max(1)).map(|c| data.train.batch(c, device)).collect()
 }
 
+/// The model must take the data: both splits hold examples, and one
+/// example of each goes through the model (a shape mismatch is a config
+/// error, found before anything is written, naming the data and the error).
+fn check_fit(model: &dyn Model, data: &Data, device: &Device) -> Result<()> {
+    for (name, split) in [("training", &data.train), ("evaluation", &data.test)] {
+        if split.len() == 0 {
+            return Err(ConfigError(format!("the {name} split of {} holds no example", data.source.display())).into());
+        }
+        let batch = split.batch(&[0], device)?;
+        model.forward_t(&batch, &mut Mode::Eval).map_err(|e| {
+            ConfigError(format!("the model does not fit the {name} data of {}: {e}", data.source.display()))
+        })?;
+    }
+    Ok(())
+}
+
 impl<'a> Session<'a> {
     /// Validates the inputs (data, model), prepares the run directory, and
     /// restores the checkpoint when there is one.
@@ -115,9 +133,11 @@ impl<'a> Session<'a> {
         let model_dir = input(pretrained_dir(exp))?;
         let data = input(exp.data.load(&opts.data_root, model_dir.as_deref()).map_err(Error::from))?;
         let model = input(build_model(exp, model_dir.as_deref(), &device))?;
+        input(check_fit(model.as_ref(), &data, &device))?;
         let mut method = exp.method()?;
         let dir = RunDir::new(&opts.out);
         dir.prepare(exp)?;
+        let lock = dir.lock()?;
         let plan = method.plan(exp.train.epochs);
         let mut trainer = new_trainer(exp, model.params(), opts.progress, 0)?;
         let (model, progress) = if dir.checkpoint().exists() {
@@ -134,7 +154,7 @@ impl<'a> Session<'a> {
         } else {
             (model, Progress::default())
         };
-        Ok(Session { exp, opts, dir, device, data, model, method, plan, trainer, progress })
+        Ok(Session { exp, opts, dir, _lock: lock, device, data, model, method, plan, trainer, progress })
     }
 
     /// Runs (or resumes) the experiment. Returns `None` when stopped early
