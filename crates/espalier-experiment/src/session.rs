@@ -112,7 +112,7 @@ fn calibration_batches(
 /// error, found before anything is written, naming the data and the error).
 fn check_fit(model: &dyn Model, data: &Data, device: &Device) -> Result<()> {
     for (name, split) in [("training", &data.train), ("evaluation", &data.test)] {
-        if split.len() == 0 {
+        if split.is_empty() {
             return Err(ConfigError(format!("the {name} split of {} holds no example", data.source.display())).into());
         }
         let batch = split.batch(&[0], device)?;
