@@ -81,6 +81,9 @@ const DENSE_DASH: (f64, f64) = (8.0, 5.0);
 const BAND_OPACITY: f64 = 0.16;
 
 /// The colour of the `i`th series.
+/// Horizontal distance between the points of two methods at one sparsity (px).
+const DODGE: f64 = 7.0;
+
 pub(super) fn color(i: usize) -> Rgb {
     COLORS[i % COLORS.len()]
 }
@@ -136,11 +139,18 @@ pub(super) fn build(d: &PlotData) -> Scene {
     s.push(text((LEFT + RIGHT) / 2.0, bottom + 44.0, ax.x_label(), LABEL_SIZE, Anchor::Middle, INK));
     s.push(text(LEFT, y_label_base, &d.y_label, LABEL_SIZE, Anchor::Start, INK));
 
+    // Methods measured at the same sparsities are drawn a few pixels apart
+    // (centred on the true position), so that their error bars never hide
+    // one another.
+    let n = d.series.len();
+    let dodge = |i: usize| (i as f64 - (n.max(1) - 1) as f64 / 2.0) * DODGE;
+    let px = |i: usize, x: f64| ax.px(x) + dodge(i);
+
     // The seeds' spread under everything else.
     for (i, series) in d.series.iter().enumerate() {
         if series.points.len() > 1 && series.points.iter().any(|p| p.2 > 0.0) {
-            let upper = series.points.iter().map(|p| (ax.px(p.0), ax.py(p.1 + p.2)));
-            let lower = series.points.iter().rev().map(|p| (ax.px(p.0), ax.py(p.1 - p.2)));
+            let upper = series.points.iter().map(|p| (px(i, p.0), ax.py(p.1 + p.2)));
+            let lower = series.points.iter().rev().map(|p| (px(i, p.0), ax.py(p.1 - p.2)));
             s.push(Shape::Polygon {
                 pts: upper.chain(lower).collect(),
                 color: color(i),
@@ -167,18 +177,18 @@ pub(super) fn build(d: &PlotData) -> Scene {
     for (i, series) in d.series.iter().enumerate() {
         let c = color(i);
         if series.points.len() > 1 {
-            let pts = series.points.iter().map(|p| (ax.px(p.0), ax.py(p.1))).collect();
+            let pts = series.points.iter().map(|p| (px(i, p.0), ax.py(p.1))).collect();
             s.push(Shape::Polyline { pts, color: c, width: 2.2, tag: "series" });
         }
         for p in series.points.iter().filter(|p| p.2 > 0.0) {
-            let (x, lo, hi) = (ax.px(p.0), ax.py(p.1 - p.2), ax.py(p.1 + p.2));
+            let (x, lo, hi) = (px(i, p.0), ax.py(p.1 - p.2), ax.py(p.1 + p.2));
             s.push(Shape::Line { a: (x, lo), b: (x, hi), color: c, width: 1.4, dash: None, tag: "err" });
             for y in [lo, hi] {
                 s.push(Shape::Line { a: (x - 4.0, y), b: (x + 4.0, y), color: c, width: 1.4, dash: None, tag: "err" });
             }
         }
         for p in &series.points {
-            s.push(Shape::Circle { c: (ax.px(p.0), ax.py(p.1)), r: 4.0, color: c, tag: "point" });
+            s.push(Shape::Circle { c: (px(i, p.0), ax.py(p.1)), r: 4.0, color: c, tag: "point" });
         }
     }
     for p in &d.paper {
