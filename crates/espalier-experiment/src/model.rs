@@ -12,11 +12,16 @@ use crate::config::Experiment;
 use crate::error::{Context, Error, Result};
 
 /// The name reports use for the experiment's model: the pretrained
-/// checkpoint's directory or repo name, else the model's short name.
+/// checkpoint's directory or repo name (also when starting from an Espalier
+/// run that was), else the model's short name.
 pub fn experiment_model_name(exp: &Experiment, model: &ModelConfig) -> String {
-    match &exp.pretrained {
-        Some(p) => p.path.trim_end_matches('/').rsplit(['/', '\\']).next().unwrap_or(&p.path).to_string(),
-        None => model_name(model),
+    if let Some(p) = &exp.pretrained {
+        return p.path.trim_end_matches('/').rsplit(['/', '\\']).next().unwrap_or(&p.path).to_string();
+    }
+    let source = exp.init_from.as_ref().filter(|d| d.is_dir()).map(|d| d.join("config.toml"));
+    match source.and_then(|c| crate::config::load(&c, &[]).ok()) {
+        Some(from) if from.pretrained.is_some() => experiment_model_name(&from, model),
+        _ => model_name(model),
     }
 }
 
@@ -63,4 +68,31 @@ pub fn build_model(exp: &Experiment, model_dir: Option<&Path>, device: &Device) 
     }
     let (tensors, context) = espalier_models::bert::read_weights(dir)?;
     Ok(Box::new(Bert::from_tensors(cfg, tensors, &context, exp.seed, device)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run started from an Espalier run of a Hugging Face checkpoint is
+    /// named after the checkpoint, like the run it came from.
+    #[test]
+    fn runs_from_a_pretrained_run_keep_its_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let glue = |head: &str| {
+            format!(
+                "{head}\n[data]\ndataset = \"glue\"\ntask = \"rte\"\ntokenizer = \"tok\"\n[train]\nepochs = 0\n\
+                 batch_size = 8\noptimizer = {{ kind = \"adamw\", lr = 2e-5 }}\n"
+            )
+        };
+        let dense = crate::config::parse(&glue("[pretrained]\npath = \"models/all-MiniLM-L6-v2\""), &[]).unwrap();
+        std::fs::write(tmp.path().join("config.toml"), toml::to_string(&dense).unwrap()).unwrap();
+        let from = format!("init_from = {:?}", tmp.path().display().to_string());
+        let pruned = crate::config::parse(&glue(&from), &[]).unwrap();
+        let cfg: ModelConfig = serde_json::from_value(serde_json::json!({ "kind": "mlp", "hidden": [4] })).unwrap();
+        assert_eq!(experiment_model_name(&pruned, &cfg), "all-MiniLM-L6-v2");
+        assert_eq!(experiment_model_name(&dense, &cfg), "all-MiniLM-L6-v2");
+        let elsewhere = crate::config::parse(&glue("init_from = \"no/such/run\""), &[]).unwrap();
+        assert_eq!(experiment_model_name(&elsewhere, &cfg), "mlp-4");
+    }
 }
