@@ -29,6 +29,7 @@ pub mod schedule;
 pub mod sr_ste;
 pub mod structured;
 pub mod unstructured;
+pub mod wanda;
 
 pub use admm::{Admm, AdmmConfig, AdmmPoint, Projection};
 pub use magnitude::{masks_for, Importance, MaskRule, Scope, Scorer};

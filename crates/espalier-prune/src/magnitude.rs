@@ -55,6 +55,8 @@ importances! {
     Random => RandomScores,
     /// Movement ([`crate::movement`]).
     Movement => crate::movement::Movement::default(),
+    /// |W_ij|·‖X_j‖₂ from calibration activations ([`crate::wanda`]).
+    Wanda => crate::wanda::Wanda::default(),
 }
 
 /// Scores weights for pruning (higher = keep).
