@@ -165,6 +165,45 @@ fn assert_same_run(a: &Path, b: &Path) {
     );
 }
 
+/// SIGTERM while training: the run finishes the step it is in, writes a
+/// checkpoint of that point (mid-epoch) and exits 130 with how to resume;
+/// the same command resumes there and ends with the numbers and model bytes
+/// of an uninterrupted run.
+#[test]
+fn sigterm_stops_after_a_step_and_resumes_to_the_same_numbers() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 2,000 images in batches of 8: 250 steps per epoch, 4 epochs in all.
+    let long = SMALL.replace("batch_size = 64", "batch_size = 8");
+    let cfg = write_config(tmp.path(), "long.toml", &long);
+    let full = run_dir(tmp.path(), "full");
+    ok(&espalier(&["run", cfg.to_str().unwrap(), "--out", full.to_str().unwrap()]));
+
+    let part = run_dir(tmp.path(), "part");
+    let mut child = bin()
+        .args(["run", cfg.to_str().unwrap(), "--out", part.to_str().unwrap(), "--quiet", "--data-dir"])
+        .arg(data_dir())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Signal once the first epoch is recorded: three more are to come.
+    let start = std::time::Instant::now();
+    while !part.join("metrics.jsonl").exists() {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before its first epoch was recorded");
+        assert!(start.elapsed().as_secs() < 300, "the run never finished its first epoch");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert!(stderr(&out).contains("interrupted at epoch"), "{}", stderr(&out));
+    assert!(!part.join("summary.json").exists());
+    ok(&espalier(&["run", cfg.to_str().unwrap(), "--out", part.to_str().unwrap()]));
+    assert_same_run(&part, &full);
+}
+
 #[test]
 fn a_killed_run_resumes_to_the_same_numbers() {
     let tmp = tempfile::tempdir().unwrap();

@@ -51,6 +51,19 @@ pub enum Error {
         /// The last finite training loss seen.
         last_finite: Option<f64>,
     },
+
+    /// Training stopped on request (a signal) after a completed step; the
+    /// run's checkpoint holds that point.
+    #[error(
+        "interrupted at epoch {epoch} after step {step}: the checkpoint holds this point; run the same command \
+         again to resume"
+    )]
+    Interrupted {
+        /// Run-wide epoch.
+        epoch: usize,
+        /// Steps of it done.
+        step: usize,
+    },
 }
 
 impl Error {

@@ -12,6 +12,7 @@ pub mod checkpoint;
 pub mod error;
 pub mod groups;
 pub mod init;
+pub mod interrupt;
 pub mod mask;
 pub mod metrics;
 pub mod params;

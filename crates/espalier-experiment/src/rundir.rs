@@ -12,6 +12,7 @@ use espalier_core::checkpoint::{self, MASK_PREFIX, OPTIM_PREFIX, REGULARIZER_PRE
 use espalier_core::{ParamBuilder, ParamStore};
 use espalier_models::{Model, ModelConfig};
 use espalier_prune::Method;
+use espalier_train::trainer::PartialEpoch;
 use espalier_train::{Optimizer, Trainer};
 use serde::{Deserialize, Serialize};
 
@@ -79,6 +80,9 @@ struct Header {
     method: serde_json::Value,
     #[serde(default)]
     shrink: Option<Shrunk>,
+    /// An epoch interrupted part-way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    partial: Option<PartialEpoch>,
     espalier_version: String,
 }
 
@@ -219,6 +223,7 @@ impl RunDir {
             phase_first_epoch: progress.phase_first_epoch,
             method: method.save(),
             shrink: progress.shrink.clone(),
+            partial: trainer.partial.clone(),
             espalier_version: env!("CARGO_PKG_VERSION").into(),
         };
         checkpoint::save(&self.checkpoint(), &tensors, &serde_json::to_value(header)?)?;
@@ -266,6 +271,7 @@ impl RunDir {
         let mine = regs.iter().filter_map(|(k, v)| k.strip_prefix(METHOD_PREFIX).map(|k| (k.to_string(), v.clone())));
         method.load_state(&mine.collect())?;
         trainer.global_step = header.global_step;
+        trainer.partial = header.partial;
         let rewind = ck.rewind();
         let progress = Progress {
             next_epoch: header.next_epoch,

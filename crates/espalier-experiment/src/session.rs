@@ -80,6 +80,7 @@ fn new_trainer(exp: &Experiment, params: &ParamStore, progress: bool, global_ste
         },
         global_step,
         skipped_nonfinite: 0,
+        partial: None,
     })
 }
 
@@ -189,11 +190,23 @@ impl<'a> Session<'a> {
                 self.end_phase(&phase, None)?;
                 continue;
             }
+            if espalier_core::interrupt::requested() {
+                let (epoch, step) = (self.progress.next_epoch, 0);
+                return Err(espalier_core::Error::Interrupted { epoch, step }.into());
+            }
             if self.opts.max_epochs.is_some_and(|m| done_here >= m) {
                 tracing::info!(epoch = self.progress.next_epoch, "stopping early (--max-epochs); run again to resume");
                 return Ok(None);
             }
-            let eval = self.train_epoch(&phase)?;
+            let eval = match self.train_epoch(&phase) {
+                Err(Error::Lib(e @ espalier_core::Error::Interrupted { .. })) => {
+                    // The checkpoint holds the weights after the last step
+                    // and where the epoch stopped; the records stay as they were.
+                    self.checkpoint()?;
+                    return Err(e.into());
+                }
+                other => other?,
+            };
             done_here += 1;
             if self.phase_over(&phase) {
                 self.end_phase(&phase, Some(eval))?;

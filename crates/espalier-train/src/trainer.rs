@@ -83,6 +83,29 @@ pub struct Trainer {
     pub global_step: u64,
     /// Non-finite steps skipped so far.
     pub skipped_nonfinite: usize,
+    /// An epoch stopped part-way by [`espalier_core::interrupt`]: the next
+    /// call for that epoch goes on from where it stopped.
+    pub partial: Option<PartialEpoch>,
+}
+
+/// Where an interrupted epoch stopped, and what it had summed so far (kept
+/// in the checkpoint, so that the resumed epoch reports the same numbers).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PartialEpoch {
+    /// Run-wide epoch.
+    pub epoch: usize,
+    /// Steps done.
+    pub step: usize,
+    /// Σ loss · batch size so far.
+    pub loss_sum: f64,
+    /// Examples seen.
+    pub n_seen: usize,
+    /// Correct predictions.
+    pub correct: usize,
+    /// Whether every batch so far was classification.
+    pub classif: bool,
+    /// The last finite loss.
+    pub last_finite: Option<f64>,
 }
 
 fn progress_bar(n: usize, label: String, enabled: bool) -> ProgressBar {
@@ -155,7 +178,13 @@ impl Trainer {
         let mut lr = self.optimizer.base_lr();
         let mut last_log = Instant::now();
         let mut last_finite = None;
-        for (i, idx) in plan.iter().enumerate() {
+        let mut first = 0;
+        if let Some(p) = self.partial.take().filter(|p| p.epoch == epoch) {
+            (first, loss_sum, n_seen, correct, classif, last_finite) =
+                (p.step, p.loss_sum, p.n_seen, p.correct, p.classif, p.last_finite);
+            bar.inc(first as u64);
+        }
+        for (i, idx) in plan.iter().enumerate().skip(first) {
             let batch = data.train_batch(idx, self.opts.seed, epoch as u64, device)?;
             let mut rng = Rng::derive(self.opts.seed, "dropout", &[epoch as u64, i as u64]);
             let out = model.forward_t(&batch, &mut Mode::Train(&mut rng))?;
@@ -219,6 +248,12 @@ impl Trainer {
                 classif = false;
             }
             bar.inc(1);
+            if espalier_core::interrupt::requested() && i + 1 < spe {
+                bar.finish_and_clear();
+                self.partial =
+                    Some(PartialEpoch { epoch, step: i + 1, loss_sum, n_seen, correct, classif, last_finite });
+                return Err(espalier_core::Error::Interrupted { epoch, step: i + 1 });
+            }
             if i % 20 == 0 {
                 bar.set_message(format!("loss {:.4}", loss_sum / n_seen as f64));
             }

@@ -89,6 +89,7 @@ fn masked_weights_stay_exactly_zero_after_every_step() -> Result<()> {
                 },
                 global_step: 0,
                 skipped_nonfinite: 0,
+                partial: None,
             };
             let pos = PhasePos { epoch_in_phase: 0, epochs_in_phase: 1 };
             trainer.train_epoch(model.as_ref(), &data, 0, pos, &Device::Cpu, None)?;
@@ -147,6 +148,7 @@ fn a_checkpoint_rebuilds_an_identical_model() -> Result<()> {
             },
             global_step: 0,
             skipped_nonfinite: 0,
+            partial: None,
         };
         model.params().set_masks(&random_masks(model.as_ref())?)?;
         trainer.train_epoch(

@@ -131,6 +131,7 @@ pub fn mnist_epochs(
                 },
                 global_step: 0,
                 skipped_nonfinite: 0,
+                partial: None,
             })
         })
         .collect::<anyhow::Result<_>>()?;
@@ -356,6 +357,7 @@ impl StepWorkload {
                     },
                     global_step: 0,
                     skipped_nonfinite: 0,
+                    partial: None,
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;

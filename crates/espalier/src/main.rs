@@ -194,10 +194,19 @@ fn main() -> ExitCode {
                         Some(espalier_experiment::Error::Lib(espalier_core::Error::Diverged { .. }))
                     )
             };
+            let interrupted = |c: &(dyn std::error::Error + 'static)| {
+                matches!(c.downcast_ref::<espalier_core::Error>(), Some(espalier_core::Error::Interrupted { .. }))
+                    || matches!(
+                        c.downcast_ref::<espalier_experiment::Error>(),
+                        Some(espalier_experiment::Error::Lib(espalier_core::Error::Interrupted { .. }))
+                    )
+            };
             if e.chain().any(config_error) {
                 ExitCode::from(2)
             } else if e.chain().any(diverged) {
                 ExitCode::from(3)
+            } else if e.chain().any(interrupted) {
+                ExitCode::from(130)
             } else {
                 ExitCode::FAILURE
             }
@@ -221,6 +230,17 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 .unwrap_or_else(|| "run".into());
             let out = out.unwrap_or_else(|| PathBuf::from("runs").join(name));
             let opts = RunOptions { out: out.clone(), data_root, progress, max_epochs };
+            // SIGINT/SIGTERM: finish the current step, checkpoint, stop; a
+            // second signal stops at once.
+            ctrlc::set_handler(|| {
+                if espalier_core::interrupt::requested() {
+                    eprintln!("second signal: stopping now (the last checkpoint is intact)");
+                    std::process::exit(130);
+                }
+                eprintln!("stopping after the current step and writing a checkpoint (again to stop at once)");
+                espalier_core::interrupt::request();
+            })
+            .map_err(|e| anyhow::anyhow!("installing the SIGINT/SIGTERM handler: {e}"))?;
             match run::run(&exp, &opts)? {
                 Some(summary) => {
                     println!("{}", run::rounds_table(&summary));
