@@ -566,8 +566,10 @@ fn saved_masks(model: &Path) -> Vec<(String, Vec<f32>, Vec<f32>)> {
 #[test]
 fn admm_pattern_pruning_with_sr_ste_obeys_the_pattern_and_resumes() {
     let tmp = tempfile::tempdir().unwrap();
-    let text = pattern_config("admm = { rho = 1.0, rho_growth = 1.3, every_steps = 4 }\nsr_ste = { decay = 2e-4 }")
-        .replace("lr = 1e-3", "lr = 1e-2");
+    let text = pattern_config(
+        "admm = { rho = 1.0, rho_growth = 1.3, rho_max = 100.0, every_steps = 4 }\nsr_ste = { decay = 2e-4 }",
+    )
+    .replace("lr = 1e-3", "lr = 1e-2");
     let cfg = write_config(tmp.path(), "admm.toml", &text);
     let full = run_dir(tmp.path(), "full");
     ok(&espalier(&["run", cfg.to_str().unwrap(), "--out", full.to_str().unwrap()]));

@@ -10,7 +10,8 @@
 //!   every block (or the largest to the target sparsity, unstructured);
 //! - U-step: U ← U + W − Z.
 //!
-//! ρ may grow by a factor per Z/U update (ρ ← 1.3ρ). The relative primal gap
+//! ρ may grow by a factor per Z/U update (ρ ← min(1.3ρ, ρ_max), ρ_max = 1 by
+//! default as in the reference implementations). The relative primal gap
 //! ‖W − Z‖/‖W‖ is logged at every update and kept in the trace. After the
 //! ADMM phase the schedule's pruning step projects W hard (W ← Π_S(W)) and
 //! masked retraining follows.
@@ -33,9 +34,13 @@ pub struct AdmmConfig {
     /// Penalty ρ at the start.
     #[serde(default = "default_rho")]
     pub rho: f64,
-    /// ρ is multiplied by this at every Z/U update (1 = constant).
+    /// ρ is multiplied by this at every Z/U update (1 = constant) ...
     #[serde(default = "default_growth")]
     pub rho_growth: f64,
+    /// ... up to this value (the reference implementations cap ρ at 1; an
+    /// uncapped ρ ×1.3 per update overflows f32 within a few hundred updates).
+    #[serde(default = "default_rho_max")]
+    pub rho_max: f64,
     /// Z/U update every this many optimizer steps ...
     #[serde(default)]
     pub every_steps: Option<usize>,
@@ -50,6 +55,9 @@ fn default_rho() -> f64 {
 fn default_growth() -> f64 {
     1.0
 }
+fn default_rho_max() -> f64 {
+    1.0
+}
 
 impl AdmmConfig {
     /// Checks the values; `path` prefixes key names.
@@ -59,6 +67,9 @@ impl AdmmConfig {
         }
         if !(self.rho_growth >= 1.0 && self.rho_growth.is_finite()) {
             return Err(format!("{path}.rho_growth must be >= 1, found {}", self.rho_growth));
+        }
+        if !(self.rho_max >= self.rho && self.rho_max.is_finite()) {
+            return Err(format!("{path}.rho_max must be finite and >= rho ({}), found {}", self.rho, self.rho_max));
         }
         match (self.every_steps, self.every_epochs) {
             (Some(_), Some(_)) => Err(format!("{path}: give every_steps or every_epochs, not both")),
@@ -183,7 +194,7 @@ impl Admm {
         self.trace.push(AdmmPoint { step, rho: self.rho, primal_gap: gap });
         tracing::info!(step, rho = self.rho, primal_gap = format!("{gap:.4}"), "ADMM Z/U update");
         if !first {
-            self.rho *= self.cfg.rho_growth;
+            self.rho = (self.rho * self.cfg.rho_growth).min(self.cfg.rho_max);
         }
         Ok(gap)
     }
@@ -271,7 +282,7 @@ pub(crate) mod tests {
     #[test]
     fn admm_updates_match_a_hand_computed_example() -> Result<()> {
         let (store, w) = one_weight(&[4.0, -1.0, 3.0, 0.5])?;
-        let cfg = AdmmConfig { rho: 0.1, rho_growth: 2.0, every_steps: Some(1), every_epochs: None };
+        let cfg = AdmmConfig { rho: 0.1, rho_growth: 2.0, rho_max: 0.3, every_steps: Some(1), every_epochs: None };
         let mut admm = Admm::new(cfg, Selector::default(), TWO_FOUR, 1);
         // initialisation: Z = Π(W) = [4, 0, 3, 0], U = 0, ρ unchanged
         let gap = admm.update(&store, 0)?;
@@ -299,6 +310,10 @@ pub(crate) mod tests {
         assert_eq!(admm.z["fc.weight"].to_vec2::<f32>()?, [[0., -4., 2., 0.]]);
         assert_eq!(admm.u["fc.weight"].to_vec2::<f32>()?, [[1., 0., 0., 1.]]);
         assert_eq!(admm.trace().len(), 3);
+        // ρ doubles again, but rho_max caps it: 0.2 → 0.3, not 0.4; and stays.
+        assert_eq!(admm.rho(), 0.3);
+        admm.update(&store, 3)?;
+        assert_eq!(admm.rho(), 0.3);
         // Z and U carry no autograd history from one update to the next.
         assert!(!admm.z["fc.weight"].track_op() && !admm.u["fc.weight"].track_op());
         // after the ADMM phase (epoch >= until_epoch) the gradient is untouched
@@ -310,7 +325,7 @@ pub(crate) mod tests {
         let mut again = Admm::new(admm.cfg.clone(), Selector::default(), TWO_FOUR, 1);
         again.load_state(&admm.state()?)?;
         assert_eq!(again.rho(), admm.rho());
-        assert_eq!(again.u["fc.weight"].to_vec2::<f32>()?, [[1., 0., 0., 1.]]);
+        assert_eq!(again.u["fc.weight"].to_vec2::<f32>()?, admm.u["fc.weight"].to_vec2::<f32>()?);
         Ok(())
     }
 }

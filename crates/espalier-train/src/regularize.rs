@@ -203,11 +203,11 @@ impl GroupLasso {
         out
     }
 
-    /// The proximal step of `t·Σ‖line‖₂` on `w` for the lines along `dims`:
-    /// `w·max(0, 1 − t/‖line‖)` (an all-zero line stays zero).
-    fn prox(w: &Tensor, dims: &[usize], t: f64) -> Result<Tensor> {
-        let scale = (1.0 - (inv_norms(w, dims)? * t)?)?.relu()?;
-        Ok(w.broadcast_mul(&scale)?)
+    /// The scale of the proximal step of `t·Σ‖line‖₂` for the lines along
+    /// `dims`: `max(0, 1 − t/‖line‖)`, the step being `w ← w·scale` (an
+    /// all-zero line stays zero).
+    fn scale(w: &Tensor, dims: &[usize], t: f64) -> Result<Tensor> {
+        Ok((1.0 - (inv_norms(w, dims)? * t)?)?.relu()?)
     }
 
     /// ∂/∂W of λ Σ ‖line‖₂ for the lines along `dims` (those summed over):
@@ -245,11 +245,19 @@ impl Regularizer for GroupLasso {
         let t = step.lr * self.lambda;
         for p in self.lines_of(params) {
             let d = p.dims();
-            let mut w = p.effective()?.reshape((d[0], d[1], d[2..].iter().product::<usize>()))?;
+            let shape = (d[0], d[1], d[2..].iter().product::<usize>());
+            // Line norms of the masked weights decide each line's scale; the
+            // scale multiplies the stored weights, so that a straight-through
+            // parameter (SR-STE) keeps the dense values of its pruned entries
+            // (writing w ⊙ m back would zero them).
+            let mut w = p.effective()?.detach().reshape(shape)?;
+            let mut stored = p.tensor().detach().reshape(shape)?;
             for dims in self.groupings() {
-                w = Self::prox(&w, &dims, t)?;
+                let scale = Self::scale(&w, &dims, t)?;
+                w = w.broadcast_mul(&scale)?;
+                stored = stored.broadcast_mul(&scale)?;
             }
-            p.set(&w.reshape(d)?)?;
+            p.set(&stored.reshape(d)?)?;
         }
         Ok(())
     }
@@ -418,6 +426,36 @@ mod tests {
         let want = [[2.4 * (1.0 - 1.0 / 2.4), 3.2 * c1], [0.0, 0.0], [0.0, c1]];
         for (g, e) in got.iter().flatten().zip(want.iter().flatten()) {
             assert!((g - e).abs() < 1e-12, "both: {got:?} vs {want:?}");
+        }
+        Ok(())
+    }
+
+    /// SR-STE keeps dense weights under a straight-through mask: the
+    /// proximal step scales each line by the factor of its *masked* norm but
+    /// must leave the pruned entries' dense values in place (scaled), not
+    /// zero them.
+    #[test]
+    fn proximal_step_keeps_the_dense_values_of_a_straight_through_parameter() -> Result<()> {
+        let dev = Device::Cpu;
+        let pb = ParamBuilder::from_seed(2, DType::F64, &dev);
+        let w = pb.pp("fc").param("weight", &[1, 3], ParamKind::Weight, Init::Const(0.0))?;
+        w.set(&Tensor::new(&[[3f64, 4., 0.5]], &dev)?)?;
+        let store = pb.finish().0;
+        w.set_straight_through(true)?;
+        w.set_mask(Some(Tensor::new(&[[1f64, 1., 0.]], &dev)?))?;
+        let mut reg = RegularizerConfig::GroupLasso {
+            lambda: 10.0,
+            lines: Lines::Rows,
+            start_epoch: 0,
+            proximal: true,
+            params: SelectorSpec::default(),
+        }
+        .build()?;
+        // Masked row norm 5, lr·λ = 1: scale 0.8 on every stored entry.
+        reg.on_step(&store, &StepInfo { epoch: 0, global_step: 1, lr: 0.1, ..Default::default() })?;
+        let got = w.tensor().to_vec2::<f64>()?;
+        for (a, b) in got[0].iter().zip([2.4, 3.2, 0.4]) {
+            assert!((a - b).abs() < 1e-12, "{got:?}");
         }
         Ok(())
     }
