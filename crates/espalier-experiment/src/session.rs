@@ -124,6 +124,24 @@ fn check_fit(model: &dyn Model, data: &Data, device: &Device) -> Result<()> {
     Ok(())
 }
 
+/// Calls `f` with the method and a context over `model` whose calibration
+/// sample is drawn from `data` (evaluation-size batches, the run's seed).
+fn with_context<R>(
+    exp: &Experiment,
+    data: &Data,
+    device: &Device,
+    model: &dyn Model,
+    method: &mut dyn Method,
+    f: impl FnOnce(&mut dyn Method, &mut MethodContext) -> espalier_core::Result<R>,
+) -> Result<R> {
+    let mut calib = |n| calibration_batches(data, n, exp.train.eval_batch_size, exp.seed, device);
+    let mut cx = MethodContext::new(model, exp.seed, &mut calib);
+    Ok(f(method, &mut cx)?)
+}
+
+/// (sparsity, kept, prunable, line statistics) of a model at one point.
+type Measured = (f64, usize, usize, Option<LineStats>);
+
 impl<'a> Session<'a> {
     /// Validates the inputs (data, model), prepares the run directory, and
     /// restores the checkpoint when there is one.
@@ -145,9 +163,9 @@ impl<'a> Session<'a> {
             let new_opt = |p: &ParamStore| new_optimizer(exp, p);
             let (model, progress, state) = dir.restore(model, &mut trainer, &new_opt, method.as_mut(), &device)?;
             if progress.phase_started && progress.phase < plan.phases.len() {
-                let mut calib = |n| calibration_batches(&data, n, exp.train.eval_batch_size, exp.seed, &device);
-                let mut cx = MethodContext::new(model.as_ref(), exp.seed, &mut calib);
-                method.start_phase(progress.phase, &mut cx)?;
+                with_context(exp, &data, &device, model.as_ref(), method.as_mut(), |m, cx| {
+                    m.start_phase(progress.phase, cx)
+                })?;
             }
             method.load(&state)?;
             tracing::info!(epoch = progress.next_epoch, "resuming {}", opts.out.display());
@@ -238,9 +256,7 @@ impl<'a> Session<'a> {
             self.act(a)?;
         }
         let Session { exp, data, device, model, method, progress, .. } = self;
-        let mut calib = |n| calibration_batches(data, n, exp.train.eval_batch_size, exp.seed, device);
-        let mut cx = MethodContext::new(model.as_ref(), exp.seed, &mut calib);
-        method.start_phase(progress.phase, &mut cx)?;
+        with_context(exp, data, device, model.as_ref(), method.as_mut(), |m, cx| m.start_phase(progress.phase, cx))?;
         progress.phase_started = true;
         progress.phase_first_epoch = progress.next_epoch;
         Ok(())
@@ -269,9 +285,7 @@ impl<'a> Session<'a> {
             }
             Action::Prune { sparsity } => {
                 let Session { exp, data, device, model, method, .. } = self;
-                let mut calib = |n| calibration_batches(data, n, exp.train.eval_batch_size, exp.seed, device);
-                let mut cx = MethodContext::new(model.as_ref(), exp.seed, &mut calib);
-                method.prune(&mut cx, *sparsity)?;
+                with_context(exp, data, device, model.as_ref(), method.as_mut(), |m, cx| m.prune(cx, *sparsity))?;
             }
             Action::Shrink { recalibrate_bn } => self.shrink(*recalibrate_bn)?,
         }
@@ -281,12 +295,8 @@ impl<'a> Session<'a> {
     /// Chooses the units, shrinks the model physically, re-estimates its
     /// BatchNorm statistics if asked, and evaluates it.
     fn shrink(&mut self, recalibrate: usize) -> Result<()> {
-        let sel = {
-            let Session { exp, data, device, model, method, .. } = self;
-            let mut calib = |n| calibration_batches(data, n, exp.train.eval_batch_size, exp.seed, device);
-            let mut cx = MethodContext::new(model.as_ref(), exp.seed, &mut calib);
-            method.select(&mut cx)?
-        };
+        let Session { exp, data, device, model, method, .. } = self;
+        let sel = with_context(exp, data, device, model.as_ref(), method.as_mut(), |m, cx| m.select(cx))?;
         let dense = self.model.as_ref();
         // The model before the shrink, for comparisons (`espalier bench RUN_DIR`).
         save_model(&self.dir.file("dense.safetensors"), dense, serde_json::json!({}))?;
@@ -351,7 +361,7 @@ impl<'a> Session<'a> {
     /// (sparsity, kept, prunable, line statistics) of the model now: the
     /// masks' sparsity of the method's weights, or after a shrink the
     /// fraction of parameters removed.
-    fn measure(&self) -> Result<(f64, usize, usize, Option<LineStats>)> {
+    fn measure(&self) -> Result<Measured> {
         if let Some(s) = &self.progress.shrink {
             let (p0, p1) = (s.dense_parameters, self.model.params().numel());
             return Ok((1.0 - p1 as f64 / p0 as f64, p1, p0, None));
@@ -361,8 +371,13 @@ impl<'a> Session<'a> {
         Ok((sp.sparsity(), sp.kept(), sp.numel(), lines))
     }
 
-    /// One training epoch of `phase`, evaluated and recorded.
-    fn train_epoch(&mut self, phase: &Phase) -> Result<EvalStats> {
+    /// Whether `phase` is the last of its round.
+    fn ends_round(&self, phase: &Phase) -> bool {
+        self.plan.phases.get(self.progress.phase + 1).is_none_or(|n| n.round != phase.round)
+    }
+
+    /// One training epoch of `phase`, evaluated, measured and recorded.
+    fn train_epoch(&mut self, phase: &Phase) -> Result<(EvalStats, Measured)> {
         self.save_rewind_point()?;
         let epoch = self.progress.next_epoch;
         let pos = PhasePos { epoch_in_phase: self.progress.epoch_in_phase, epochs_in_phase: phase.length.max_epochs() };
@@ -376,7 +391,8 @@ impl<'a> Session<'a> {
             Some(hooks),
         )?;
         let eval = self.evaluate(self.model.as_ref())?;
-        let (sparsity, ..) = self.measure()?;
+        let measured = self.measure()?;
+        let sparsity = measured.0;
         let primary = self.data.metrics[0];
         tracing::info!(
             epoch,
@@ -389,10 +405,9 @@ impl<'a> Session<'a> {
             eval.get(primary).unwrap_or(f64::NAN),
             stats.seconds
         );
+        let ends_round = self.ends_round(phase);
         let history = &mut self.progress.history;
         history.push(epoch_record(epoch, phase.round, sparsity, &stats, &eval));
-        let next = self.plan.phases.get(self.progress.phase + 1);
-        let ends_round = next.is_none_or(|n| n.round != phase.round);
         if self.exp.train.keep_best && ends_round {
             let name = primary.name();
             let before = best_since(&history[..history.len() - 1], self.progress.phase_first_epoch, name);
@@ -407,19 +422,19 @@ impl<'a> Session<'a> {
         }
         self.progress.next_epoch += 1;
         self.progress.epoch_in_phase += 1;
-        Ok(eval)
+        Ok((eval, measured))
     }
 
     /// Closes a phase: the round's record when the round ends here, then on
     /// to the next phase (checkpointed).
-    fn end_phase(&mut self, phase: &Phase, last: Option<EvalStats>) -> Result<()> {
-        let next = self.plan.phases.get(self.progress.phase + 1);
-        if next.is_none_or(|n| n.round != phase.round) {
-            let eval = match last {
-                Some(e) => e,
-                None => self.evaluate(self.model.as_ref())?,
+    /// `last`: the evaluation and measurement of the phase's last epoch, if
+    /// it trained one (else the model is evaluated and measured now).
+    fn end_phase(&mut self, phase: &Phase, last: Option<(EvalStats, Measured)>) -> Result<()> {
+        if self.ends_round(phase) {
+            let (eval, (sparsity, kept, prunable, lines)) = match last {
+                Some(l) => l,
+                None => (self.evaluate(self.model.as_ref())?, self.measure()?),
             };
-            let (sparsity, kept, prunable, lines) = self.measure()?;
             let best = if self.exp.train.keep_best {
                 best_since(&self.progress.history, self.progress.phase_first_epoch, self.data.metrics[0].name())
             } else {

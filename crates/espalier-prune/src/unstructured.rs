@@ -161,6 +161,12 @@ pub struct Masking {
 }
 
 impl Masking {
+    /// The training terms this method adds (ADMM, SR-STE), in step order.
+    fn terms(&mut self) -> impl Iterator<Item = &mut dyn Regularizer> {
+        let admm = self.admm.iter_mut().map(|a| a as &mut dyn Regularizer);
+        admm.chain(self.sr_ste.iter_mut().map(|s| s as &mut dyn Regularizer))
+    }
+
     fn masks(&mut self, params: &ParamStore, sparsity: f64) -> Result<BTreeMap<String, Tensor>> {
         masks_for(params, &self.selector, self.scorer.as_mut(), &self.rule, sparsity)
     }
@@ -184,21 +190,10 @@ impl Regularizer for Masking {
         self.scorer.observe(params, &self.selector, grads)
     }
     fn adjust_grads(&mut self, params: &ParamStore, grads: &mut GradStore, step: &StepInfo) -> Result<()> {
-        if let Some(a) = &mut self.admm {
-            a.adjust_grads(params, grads, step)?;
-        }
-        if let Some(s) = &mut self.sr_ste {
-            s.adjust_grads(params, grads, step)?;
-        }
-        Ok(())
+        self.terms().try_for_each(|t| t.adjust_grads(params, grads, step))
     }
     fn on_step(&mut self, params: &ParamStore, step: &StepInfo) -> Result<()> {
-        if let Some(a) = &mut self.admm {
-            a.on_step(params, step)?;
-        }
-        if let Some(s) = &mut self.sr_ste {
-            s.on_step(params, step)?;
-        }
+        self.terms().try_for_each(|t| t.on_step(params, step))?;
         if let Some(target) = self.gradual.and_then(|c| c.target(step.epoch, step.step_in_epoch, step.steps_per_epoch))
         {
             let masks = self.masks(params, target)?;
@@ -207,13 +202,7 @@ impl Regularizer for Masking {
         Ok(())
     }
     fn on_epoch(&mut self, params: &ParamStore, step: &StepInfo) -> Result<()> {
-        if let Some(a) = &mut self.admm {
-            a.on_epoch(params, step)?;
-        }
-        if let Some(s) = &mut self.sr_ste {
-            s.on_epoch(params, step)?;
-        }
-        Ok(())
+        self.terms().try_for_each(|t| t.on_epoch(params, step))
     }
     fn state(&self) -> Result<BTreeMap<String, Tensor>> {
         let mut out = BTreeMap::new();

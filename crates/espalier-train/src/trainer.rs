@@ -229,8 +229,7 @@ impl Trainer {
             self.optimizer.step(&grads, lr)?;
             params.enforce_masks()?;
             self.global_step += 1;
-            let info = StepInfo { lr, ..info };
-            let info = StepInfo { global_step: self.global_step, ..info };
+            let info = StepInfo { lr, global_step: self.global_step, ..info };
             for r in &mut self.regularizers {
                 r.on_step(params, &info)?;
             }

@@ -184,34 +184,30 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            let config_error = |c: &(dyn std::error::Error + 'static)| {
-                c.is::<ConfigError>() || c.downcast_ref::<espalier_experiment::Error>().is_some_and(|e| e.is_config())
-            };
-            let diverged = |c: &(dyn std::error::Error + 'static)| {
-                matches!(c.downcast_ref::<espalier_core::Error>(), Some(espalier_core::Error::Diverged { .. }))
-                    || matches!(
-                        c.downcast_ref::<espalier_experiment::Error>(),
-                        Some(espalier_experiment::Error::Lib(espalier_core::Error::Diverged { .. }))
-                    )
-            };
-            let interrupted = |c: &(dyn std::error::Error + 'static)| {
-                matches!(c.downcast_ref::<espalier_core::Error>(), Some(espalier_core::Error::Interrupted { .. }))
-                    || matches!(
-                        c.downcast_ref::<espalier_experiment::Error>(),
-                        Some(espalier_experiment::Error::Lib(espalier_core::Error::Interrupted { .. }))
-                    )
-            };
-            if e.chain().any(config_error) {
-                ExitCode::from(2)
-            } else if e.chain().any(diverged) {
-                ExitCode::from(3)
-            } else if e.chain().any(interrupted) {
-                ExitCode::from(130)
-            } else {
-                ExitCode::FAILURE
-            }
+            ExitCode::from(exit_code(&e))
         }
     }
+}
+
+/// The exit code of a failed command: 2 for a config or input error, 3 for
+/// a diverging run, 130 for a run stopped by a signal, 1 otherwise.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    for c in e.chain() {
+        if c.is::<ConfigError>() {
+            return 2;
+        }
+        let core = match c.downcast_ref::<espalier_experiment::Error>() {
+            Some(x) if x.is_config() => return 2,
+            Some(espalier_experiment::Error::Lib(l)) => Some(l),
+            _ => c.downcast_ref::<espalier_core::Error>(),
+        };
+        match core {
+            Some(espalier_core::Error::Diverged { .. }) => return 3,
+            Some(espalier_core::Error::Interrupted { .. }) => return 130,
+            _ => {}
+        }
+    }
+    1
 }
 
 fn real_main(cli: Cli) -> anyhow::Result<()> {

@@ -60,33 +60,53 @@ enum Outcome {
     Open,
 }
 
-/// Decides `value − bound ≥ 0` (strictly `> 0` with `strict`) at one point
-/// from per-seed differences `value_s − bound_s` (paired by seed) when there
-/// are two or more, else from the shown means; returns the outcome and the
-/// evidence suffix (the interval or "one seed").
-fn decide(diffs: &[f64], means: (f64, f64), strict: bool) -> (Outcome, String) {
+/// Where a claim puts the difference (ours − theirs): between `lo` and `hi`,
+/// `lo` itself excluded when `strict`. Comparisons allow 1e-9 of rounding.
+struct Band {
+    lo: f64,
+    hi: f64,
+    strict: bool,
+}
+
+impl Band {
+    fn contains(&self, x: f64) -> bool {
+        let above = if self.strict { x > self.lo + 1e-9 } else { x >= self.lo - 1e-9 };
+        above && x <= self.hi + 1e-9
+    }
+
+    /// Whether an interval lies wholly outside the band.
+    fn misses(&self, lo: f64, hi: f64) -> bool {
+        let below = if self.strict { hi <= self.lo + 1e-9 } else { hi < self.lo - 1e-9 };
+        below || lo > self.hi + 1e-9
+    }
+}
+
+/// Decides whether the difference lies in `band`: from the 95% interval of
+/// the per-seed differences when there are two or more (inside: held;
+/// outside: failed; across an edge: open), else from the difference of the
+/// shown means, `point`. Returns the outcome and the evidence suffix.
+fn decide(diffs: &[f64], point: f64, band: &Band) -> (Outcome, String) {
     if diffs.len() >= 2 {
         let s = Stat::of(diffs);
         let (lo, hi) = s.interval().expect("two or more values");
         let text = format!(", difference {:+.2} [{:+.2}, {:+.2}] over {} seeds", s.mean, lo, hi, s.n);
-        let outcome = if lo > 0.0 || (!strict && lo >= 0.0) {
+        let outcome = if band.contains(lo) && band.contains(hi) {
             Outcome::Held
-        } else if hi < 0.0 || (strict && hi <= 0.0) {
+        } else if band.misses(lo, hi) {
             Outcome::Failed
         } else {
             Outcome::Open
         };
         return (outcome, text);
     }
-    let d = means.0 - means.1;
-    let held = if strict { d > 1e-9 } else { d >= -1e-9 };
+    let held = band.contains(point);
     (if held { Outcome::Held } else { Outcome::Failed }, " (one seed: no interval)".into())
 }
 
 /// Per-seed differences `a_s − b_s` over the seeds both have.
-fn paired(a: Option<&BTreeMap<u64, f64>>, b: Option<&BTreeMap<u64, f64>>, shift: f64) -> Vec<f64> {
+fn paired(a: Option<&BTreeMap<u64, f64>>, b: Option<&BTreeMap<u64, f64>>) -> Vec<f64> {
     let (Some(a), Some(b)) = (a, b) else { return Vec::new() };
-    a.iter().filter_map(|(s, va)| b.get(s).map(|vb| va - vb - shift)).collect()
+    a.iter().filter_map(|(s, va)| b.get(s).map(|vb| va - vb)).collect()
 }
 
 /// Checks a claim on its metric (default: the primary one) over the
@@ -106,16 +126,18 @@ pub fn check_claim(spec: &Spec, aggs: &[Aggregate], c: &Claim) -> (Verdict, Stri
             let b = agg.cells.get(&b_name).unwrap_or(&empty);
             for (k, sa) in a.iter().filter(|(k, _)| in_range(c, **k)) {
                 let Some(sb) = b.get(k) else { continue };
-                let diffs = paired(seeds_of(&c.a, *k), seeds_of(&b_name, *k), c.tolerance);
-                let (o, why) = decide(&diffs, (shown(sa), shown(sb) + c.tolerance), true);
+                let diffs = paired(seeds_of(&c.a, *k), seeds_of(&b_name, *k));
+                let band = Band { lo: c.tolerance, hi: f64::INFINITY, strict: true };
+                let (o, why) = decide(&diffs, shown(sa) - shown(sb), &band);
                 points.push((o, format!("{}: {:.2} vs {:.2}{why}", pct(*k), sa.mean, sb.mean)));
             }
         }
         ClaimKind::WithinDense => {
             if let Some(d) = agg.dense {
                 for (k, sa) in a.iter().filter(|(k, _)| in_range(c, **k)) {
-                    let diffs = paired(seeds_of(&c.a, *k), Some(&agg.dense_seeds), -c.tolerance);
-                    let (o, why) = decide(&diffs, (shown(sa), shown(&d) - c.tolerance), false);
+                    let diffs = paired(seeds_of(&c.a, *k), Some(&agg.dense_seeds));
+                    let band = Band { lo: -c.tolerance, hi: f64::INFINITY, strict: false };
+                    let (o, why) = decide(&diffs, shown(sa) - shown(&d), &band);
                     points.push((o, format!("{}: {:.2} vs dense {:.2}{why}", pct(*k), sa.mean, d.mean)));
                 }
             }
@@ -125,26 +147,11 @@ pub fn check_claim(spec: &Spec, aggs: &[Aggregate], c: &Claim) -> (Verdict, Stri
                 let Some((k, s)) = nearest(agg, &c.a, r.sparsity) else { continue };
                 let line =
                     format!("paper {:.2} at {}, ours {:.2} at {}", r.value, pct(key(r.sparsity)), s.mean, pct(k));
-                // |ours − paper| ≤ tolerance: the interval of ours − paper
-                // inside [−tol, tol] holds, outside it fails.
+                // |ours − paper| ≤ tolerance.
                 let diffs: Vec<f64> =
                     seeds_of(&c.a, k).map(|v| v.values().map(|x| x - r.value).collect()).unwrap_or_default();
-                let tol = c.tolerance + 1e-9;
-                let (o, why) = if diffs.len() >= 2 {
-                    let st = Stat::of(&diffs);
-                    let (lo, hi) = st.interval().expect("two or more values");
-                    let o = if lo >= -tol && hi <= tol {
-                        Outcome::Held
-                    } else if hi < -tol || lo > tol {
-                        Outcome::Failed
-                    } else {
-                        Outcome::Open
-                    };
-                    (o, format!(", difference {:+.2} [{lo:+.2}, {hi:+.2}] over {} seeds", st.mean, st.n))
-                } else {
-                    let held = (shown(&s) - r.value).abs() <= tol;
-                    (if held { Outcome::Held } else { Outcome::Failed }, " (one seed: no interval)".into())
-                };
+                let band = Band { lo: -c.tolerance, hi: c.tolerance, strict: false };
+                let (o, why) = decide(&diffs, shown(&s) - r.value, &band);
                 points.push((o, line + &why));
             }
         }
