@@ -301,9 +301,10 @@ fn config_errors_name_the_key_exit_2_and_create_nothing() {
 }
 
 /// A diverging run (learning rate 1e30) stops at the first non-finite loss
-/// with exit code 3 and an error naming the epoch and step, writes no model
-/// or summary, and leaves the checkpoint of its last completed epoch as it
-/// was; `train.skip_nonfinite_steps` skips that many bad steps first.
+/// with exit code 3 and an error naming the epoch and step, writes no model,
+/// marks itself failed in `summary.json`, and leaves the checkpoint of its
+/// last completed epoch as it was; run again with a fixed learning rate, it
+/// resumes; `train.skip_nonfinite_steps` skips that many bad steps first.
 #[test]
 fn a_diverging_run_stops_with_exit_3_and_keeps_its_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
@@ -314,7 +315,31 @@ fn a_diverging_run_stops_with_exit_3_and_keeps_its_checkpoint() {
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(err.contains("diverged at epoch 0, step 1") && err.contains("last finite loss"), "{err}");
-    assert!(!d.join("summary.json").exists() && !d.join("model.safetensors").exists());
+    assert!(!d.join("model.safetensors").exists());
+    let failure: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(failure["status"], "failed", "{failure}");
+    assert_eq!(failure["kind"], "diverged", "{failure}");
+    assert_eq!(failure["at"], serde_json::json!([0, 1]), "{failure}");
+    assert!(failure["last_finite_loss"].as_f64().is_some_and(f64::is_finite), "{failure}");
+
+    // A failed run resumes with fixed training settings, not with another
+    // experiment; once fixed it ends as an uninterrupted run does, its
+    // failure and old config kept beside it.
+    let fixed = ["--set", "train.optimizer={kind=\"sgd\", lr=0.05}"];
+    let args = [&["run", cfg.to_str().unwrap(), "--out", d.to_str().unwrap()][..], &fixed[..]].concat();
+    for other in ["seed=5", "train.optimizer={kind=\"adamw\", lr=1e-3}"] {
+        let out = espalier(&[&args[..], &["--set", other][..]].concat());
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert!(stderr(&out).contains("a failed run resumes with changes to train.optimizer"), "{}", stderr(&out));
+    }
+    ok(&espalier(&args));
+    let fresh = run_dir(tmp.path(), "fresh");
+    ok(&espalier(&[&["run", cfg.to_str().unwrap(), "--out", fresh.to_str().unwrap()][..], &fixed[..]].concat()));
+    assert_same_run(&d, &fresh);
+    let done: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(done["status"], "done");
+    assert!(d.join("failed-1.json").is_file() && d.join("config-1.toml").is_file());
+    assert_ne!(std::fs::read(d.join("config-1.toml")).unwrap(), std::fs::read(d.join("config.toml")).unwrap());
     let skip = ["--set", "train.skip_nonfinite_steps=3"];
     let d2 = run_dir(tmp.path(), "nan-skip");
     let out =

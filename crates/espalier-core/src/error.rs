@@ -38,7 +38,8 @@ pub enum Error {
     #[error(
         "training diverged at epoch {epoch}, step {step}: the loss is {loss}{}; the checkpoint of the last \
          completed epoch is kept (lower the learning rate, clip gradients with train.clip_grad_norm, or allow a \
-         few bad steps with train.skip_nonfinite_steps, then run again into a new --out)",
+         few bad steps with train.skip_nonfinite_steps, then run the same command again: it resumes from that \
+         checkpoint)",
         last_finite.map(|l| format!(" (last finite loss {l:.4})")).unwrap_or_default()
     )]
     Diverged {

@@ -34,6 +34,15 @@ impl Error {
         }
     }
 
+    /// The library error at the bottom of the context chain, if any.
+    pub fn core(&self) -> Option<&espalier_core::Error> {
+        match self {
+            Error::Config(_) => None,
+            Error::Lib(e) => Some(e),
+            Error::Context { source, .. } => source.core(),
+        }
+    }
+
     /// A plain message.
     pub fn msg(msg: impl Into<String>) -> Self {
         Error::Lib(espalier_core::Error::msg(msg))

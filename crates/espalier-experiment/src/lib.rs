@@ -16,6 +16,7 @@ pub mod record;
 pub mod report;
 pub mod rundir;
 pub mod session;
+pub mod status;
 
 pub use config::{ConfigError, Experiment};
 pub use error::{Error, Result};
@@ -23,3 +24,4 @@ pub use record::{BestEpoch, LineStats, Record};
 pub use report::{report_markdown, results_csv, rounds_table, StructuredReport, Summary};
 pub use rundir::RunDir;
 pub use session::{eval_run, run, RunOptions, Session};
+pub use status::{Failure, RunState};

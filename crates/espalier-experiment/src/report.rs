@@ -11,6 +11,10 @@ use crate::record::Record;
 /// The result of a finished run (`summary.json`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Summary {
+    /// Always `"done"` (a run that stopped on an error has a
+    /// [`crate::Failure`] in `summary.json` instead).
+    #[serde(default = "done")]
+    pub status: String,
     /// Run name.
     pub name: String,
     /// Model kind.
@@ -39,6 +43,10 @@ pub struct Summary {
     /// The method's section of `report.md`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub method_markdown: String,
+}
+
+fn done() -> String {
+    "done".into()
 }
 
 /// What a structured pruning step did (`summary.json`, `report.md`).

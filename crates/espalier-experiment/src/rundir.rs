@@ -20,6 +20,7 @@ use crate::config::{self, ConfigError, Experiment};
 use crate::error::{Context, Error, Result};
 use crate::record::Record;
 use crate::report::StructuredReport;
+use crate::status::{retry_fields_only, Failure, RunState};
 
 /// Checkpoint keys of the method's tensor state (after the trainer's own
 /// regularizers' `<name>.` keys, which never start with `@`).
@@ -119,42 +120,65 @@ impl RunDir {
     }
 
     /// Prepares the directory: a new one gets `config.toml`; an existing one
-    /// must hold the same experiment (else nothing is touched).
+    /// must hold the same experiment (else nothing is touched), or be a
+    /// failed run that `exp` resumes with fixed training settings
+    /// ([`crate::status::retry_fields_only`]; adopted by [`RunDir::retry`]
+    /// once the directory is locked).
     pub fn prepare(&self, exp: &Experiment) -> Result<()> {
         let cfg_path = self.file("config.toml");
         if cfg_path.exists() {
             let old = config::load(&cfg_path, &[]).map_err(|e| {
                 ConfigError(format!("{e} (the run directory {} cannot be resumed)", self.path.display()))
             })?;
-            if &old != exp {
-                return Err(ConfigError(format!(
-                    "run directory {} holds a different experiment (see its config.toml); choose another --out or \
-                     remove it",
-                    self.path.display()
-                ))
-                .into());
+            if &old == exp {
+                return Ok(());
             }
-            return Ok(());
+            let failed = matches!(RunState::of(&self.path), Ok(RunState::Failed(_)));
+            if failed && retry_fields_only(&old, exp) {
+                return Ok(());
+            }
+            let allowed = if failed {
+                " (a failed run resumes with changes to train.optimizer's settings (not its kind, whose state \
+                 the checkpoint holds), train.lr_schedule, train.clip_grad_norm, train.skip_nonfinite_steps and \
+                 train.eval_batch_size only)"
+            } else {
+                ""
+            };
+            return Err(ConfigError(format!(
+                "run directory {} holds a different experiment (see its config.toml){allowed}; choose another --out \
+                 or remove it",
+                self.path.display()
+            ))
+            .into());
         }
         std::fs::create_dir_all(&self.path)
             .map_err(|e| espalier_core::Error::io(&self.path, e))
             .context("creating the run directory")?;
+        self.write_config(exp)
+    }
+
+    fn write_config(&self, exp: &Experiment) -> Result<()> {
         let text = toml::to_string_pretty(exp).map_err(|e| Error::msg(format!("serializing the config: {e}")))?;
         let header = format!(
             "# Resolved experiment config written by espalier {} (defaults filled in).\n",
             env!("CARGO_PKG_VERSION")
         );
-        checkpoint::write_atomic(&cfg_path, format!("{header}{text}").as_bytes())?;
+        checkpoint::write_atomic(&self.file("config.toml"), format!("{header}{text}").as_bytes())?;
         Ok(())
     }
 
     /// Takes the directory for this process: an exclusive advisory lock on
-    /// its `config.toml`, held as long as the returned file is open. A
+    /// its `.lock` file, held as long as the returned file is open. A
     /// second process running into the same directory is refused (a config
     /// error: nothing of the first one's is touched).
     pub fn lock(&self) -> Result<std::fs::File> {
-        let path = self.file("config.toml");
-        let file = std::fs::File::open(&path).map_err(|e| espalier_core::Error::io(&path, e))?;
+        let path = self.file(".lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| espalier_core::Error::io(&path, e))?;
         match file.try_lock() {
             Ok(()) => Ok(file),
             Err(std::fs::TryLockError::WouldBlock) => Err(ConfigError(format!(
@@ -164,6 +188,43 @@ impl RunDir {
             ))
             .into()),
             Err(std::fs::TryLockError::Error(e)) => Err(espalier_core::Error::io(&path, e).into()),
+        }
+    }
+
+    /// Resumes a failed run (call with the directory locked): its failure
+    /// record becomes `failed-N.json`, and where `exp` changed the training
+    /// settings, the old config becomes `config-N.toml` and `exp` is
+    /// written as `config.toml`. Does nothing for any other run.
+    pub fn retry(&self, exp: &Experiment) -> Result<()> {
+        if !matches!(RunState::of(&self.path)?, RunState::Failed(_)) {
+            return Ok(());
+        }
+        let n = (1..).find(|n| !self.file(&format!("failed-{n}.json")).exists()).unwrap_or(1);
+        let cfg = self.file("config.toml");
+        let changed = config::load(&cfg, &[]).map(|old| &old != exp).unwrap_or(true);
+        if changed {
+            let kept = self.file(&format!("config-{n}.toml"));
+            std::fs::copy(&cfg, &kept).map_err(|e| espalier_core::Error::io(&kept, e))?;
+            self.write_config(exp)?;
+        }
+        let (from, to) = (self.file("summary.json"), self.file(&format!("failed-{n}.json")));
+        std::fs::rename(&from, &to).map_err(|e| espalier_core::Error::io(&to, e))?;
+        tracing::info!(
+            record = %to.display(),
+            config_changed = changed,
+            "resuming the failed run {} from its last checkpoint",
+            self.path.display()
+        );
+        Ok(())
+    }
+
+    /// Marks the run failed: `summary.json` holds the [`Failure`] of `err`.
+    /// Best effort (the disk may be what failed): a write error is logged.
+    pub fn mark_failed(&self, err: &Error) {
+        let failure = Failure::of(err, &self.path);
+        let text = serde_json::to_string_pretty(&failure).unwrap_or_default();
+        if let Err(e) = checkpoint::write_atomic(&self.file("summary.json"), text.as_bytes()) {
+            tracing::warn!("could not mark {} failed: {e}", self.path.display());
         }
     }
 

@@ -157,6 +157,7 @@ impl<'a> Session<'a> {
         let dir = RunDir::new(&opts.out);
         dir.prepare(exp)?;
         let lock = dir.lock()?;
+        dir.retry(exp)?;
         let plan = method.plan(exp.train.epochs);
         let mut trainer = new_trainer(exp, model.params(), opts.progress, 0)?;
         let (model, progress) = if dir.checkpoint().exists() {
@@ -177,8 +178,24 @@ impl<'a> Session<'a> {
     }
 
     /// Runs (or resumes) the experiment. Returns `None` when stopped early
-    /// by `max_epochs`.
-    pub fn run(mut self) -> Result<Option<Summary>> {
+    /// by `max_epochs`. A run that stops on an error (other than an
+    /// interruption, which is resumable as it is) is marked failed in
+    /// `summary.json` ([`crate::Failure`]); its checkpoint is kept.
+    pub fn run(self) -> Result<Option<Summary>> {
+        let dir = self.dir.clone();
+        // The failure is marked under the directory's lock (a duplicate of
+        // the session's handle keeps it past the session).
+        let _held = self._lock.try_clone();
+        let result = self.run_phases();
+        if let Err(e) = &result {
+            if !matches!(e.core(), Some(espalier_core::Error::Interrupted { .. })) {
+                dir.mark_failed(e);
+            }
+        }
+        result
+    }
+
+    fn run_phases(mut self) -> Result<Option<Summary>> {
         let summary_path = self.dir.file("summary.json");
         if self.progress.phase >= self.plan.phases.len() && summary_path.exists() {
             let bytes = std::fs::read(&summary_path).map_err(|e| espalier_core::Error::io(&summary_path, e))?;
@@ -467,6 +484,7 @@ impl<'a> Session<'a> {
         let name = opts.out.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let report = self.method.report().unwrap_or_default();
         let summary = Summary {
+            status: "done".into(),
             name,
             model: experiment_model_name(exp, &model.config()),
             data: exp.data.name(),

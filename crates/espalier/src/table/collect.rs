@@ -9,6 +9,7 @@ use anyhow::{bail, Context};
 use super::plan::{Job, Plan};
 use super::spec::Spec;
 use crate::run::{Record, Summary};
+use espalier_experiment::RunState;
 
 /// One reported number: a run's metric at a sparsity.
 #[derive(Clone, Debug, PartialEq)]
@@ -34,9 +35,11 @@ pub struct Point {
 }
 
 fn read_summary(dir: &Path) -> anyhow::Result<Summary> {
-    let p = dir.join("summary.json");
-    let bytes = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
-    serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", p.display()))
+    match RunState::of(dir).map_err(anyhow::Error::new)? {
+        RunState::Done(s) => Ok(*s),
+        RunState::Failed(f) => bail!("the run in {} failed: {}", dir.display(), f.error),
+        _ => bail!("the run in {} is not finished", dir.display()),
+    }
 }
 
 /// The value of `metric` in a round of `s`; `None` where the run lacks it.
@@ -102,7 +105,7 @@ pub fn collect(spec: &Spec, plan: &Plan) -> anyhow::Result<Vec<Point>> {
         .prereqs
         .iter()
         .chain(&plan.cells)
-        .filter(|j| !j.dir.join("summary.json").exists())
+        .filter(|j| !RunState::of(&j.dir).is_ok_and(|s| s.is_done()))
         .map(|j| j.id.as_str())
         .collect();
     if !missing.is_empty() {

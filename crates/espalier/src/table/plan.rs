@@ -248,7 +248,7 @@ fn is_finished(job: &Job, exp: &Experiment) -> Result<bool, ConfigError> {
             job.dir.display()
         )));
     }
-    Ok(job.dir.join("summary.json").exists())
+    Ok(espalier_experiment::RunState::of(&job.dir).is_ok_and(|s| s.is_done()))
 }
 
 /// What `run_table` did.
