@@ -262,6 +262,36 @@ fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     v
 }
 
+/// A repo id that is not in the Hugging Face cache, offline: exit 2 naming
+/// the repo and the cache, before anything is written (both ways of asking
+/// for offline mode).
+#[test]
+fn an_uncached_model_offline_is_refused_before_anything_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        tmp.path(),
+        "hub.toml",
+        "[data]\ndataset = \"glue\"\ntask = \"sst2\"\n[pretrained]\npath = \"org/not-cached\"\n",
+    );
+    let d = run_dir(tmp.path(), "hub");
+    let hf_home = tmp.path().join("hf");
+    for (env, flag) in [(Some("1"), None), (None, Some("--offline"))] {
+        let mut c = bin();
+        c.env_remove("HF_HUB_CACHE").env_remove("HUGGINGFACE_HUB_CACHE").env("HF_HOME", &hf_home);
+        match env {
+            Some(v) => c.env("HF_HUB_OFFLINE", v),
+            None => c.env_remove("HF_HUB_OFFLINE"),
+        };
+        c.args(["run", cfg.to_str().unwrap(), "--out", d.to_str().unwrap(), "--quiet"]).args(flag);
+        let out = c.arg("--data-dir").arg(data_dir()).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains("org/not-cached") && err.contains(&hf_home.join("hub").display().to_string()), "{err}");
+        assert!(err.contains("offline"), "{err}");
+        assert!(!d.exists() && !hf_home.exists());
+    }
+}
+
 #[test]
 fn config_errors_name_the_key_exit_2_and_create_nothing() {
     let tmp = tempfile::tempdir().unwrap();

@@ -23,6 +23,10 @@ struct Cli {
     /// Only warnings and errors; no progress bars.
     #[arg(long, short, global = true)]
     quiet: bool,
+    /// Never download models from the Hugging Face Hub (the same as
+    /// HF_HUB_OFFLINE=1): a repo id must be in the cache.
+    #[arg(long, global = true)]
+    offline: bool,
 }
 
 #[derive(Subcommand)]
@@ -171,6 +175,10 @@ fn main() -> ExitCode {
     pin_thread_count();
     keep_freed_memory();
     let cli = Cli::parse();
+    if cli.offline {
+        // Read by the hub resolver; set before any thread starts.
+        std::env::set_var("HF_HUB_OFFLINE", "1");
+    }
     let level = if cli.quiet { "warn" } else { "info" };
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -160,9 +160,10 @@ impl Bert {
     }
 
     /// Loads `repo_id` (`org/name`, at `revision`, default `main`) from the
-    /// local Hugging Face cache; never downloads (see [`hub`]).
+    /// Hugging Face cache, downloading it there first when it is missing
+    /// and offline mode is off (see [`hub`]).
     pub fn from_hub(repo_id: &str, revision: Option<&str>, task: Option<BertTask>, device: &Device) -> Result<Self> {
-        Self::from_pretrained(hub::resolve(repo_id, revision)?, task, device)
+        Self::from_pretrained(hub::Hub::from_env().resolve(repo_id, revision)?, task, device)
     }
 
     /// Writes `dir/config.json` (HF keys plus the per-layer widths and task)

@@ -39,6 +39,7 @@
 //! [`Mode::Train`] only.
 
 pub mod config;
+pub mod download;
 pub mod hub;
 mod io;
 
