@@ -229,5 +229,5 @@ fn a_table_as_slurm_job_arrays_requeues_resumes_and_reports_like_jobs_1() {
     let stdout = ok(&table(&cluster, &["--slurm", "again"]).output().unwrap());
     assert!(stdout.contains("0 prerequisite tasks, 0 cell tasks, a report job (5 finished runs left out)"), "{stdout}");
     assert!(!cluster.join("again/cells.sbatch").exists());
-    eprintln!("slurm test: {:.0?}", started.elapsed());
+    eprintln!("cell task 0's log:\n{log}\nslurm test: {:.0?}", started.elapsed());
 }
