@@ -3,8 +3,9 @@
 //! test is built only with `--features slurm` and fails when Slurm is not
 //! reachable). A small table (a dense prerequisite, four structured cells
 //! with a few fine-tuning epochs, on the embedded MNIST subset) is
-//! submitted as job arrays; one cell's task is requeued mid-run (what
-//! preemption does: Slurm kills it, SIGTERM first, and runs it again) and
+//! submitted as job arrays; one cell's task is cancelled mid-run
+//! (`scancel`: SIGTERM, the run checkpoints and stops; `--status` says
+//! failed) and requeued (`scontrol requeue`, as after a preemption), and it
 //! resumes from its checkpoint; a second writer on a running cell is
 //! refused; and the report is byte-identical to the same table run here
 //! with `--jobs 1`.
@@ -197,9 +198,21 @@ fn a_table_as_slurm_job_arrays_requeues_resumes_and_reports_like_jobs_1() {
     assert_eq!(out.status.code(), Some(2), "a second writer was not refused: {err}");
     assert!(err.contains("is in use by another espalier process"), "{err}");
 
+    // Cancelled mid-run (SIGTERM: the run checkpoints the step it is at and
+    // stops): the status says failed, with the log's last error line.
+    slurm("scancel", &[&task]);
+    wait_until("the cancelled task to end", Duration::from_secs(60), || {
+        job_state(&task) == "CANCELLED" && slurm("squeue", &["-h", "-j", &task]).trim().is_empty()
+    });
+    assert!(!run_dir.join("summary.json").exists(), "the cell finished before it was cancelled");
+    let status = ok(&table(&cluster, &["--status", "--slurm", "slurm"]).output().unwrap());
+    let line = status.lines().find(|l| l.starts_with(&cell_id)).unwrap_or_else(|| panic!("{status}"));
+    assert!(line.contains(&format!("failed (job {task}): ")) && line.contains("error"), "{status}");
+
+    // Requeued: the same task runs the same command again and resumes.
     slurm("scontrol", &["requeue", &task]);
-    // A requeued job waits ~2 minutes before it may start again; not here.
     wait_until("the requeued task to be pending", Duration::from_secs(60), || job_state(&task) == "PENDING");
+    // A requeued job may be held back ~2 minutes (BeginTime); not here.
     slurm("scontrol", &["update", &format!("JobId={task}"), "StartTime=now"]);
 
     wait_until("the report job", Duration::from_secs(300), || {
@@ -207,7 +220,7 @@ fn a_table_as_slurm_job_arrays_requeues_resumes_and_reports_like_jobs_1() {
     });
     let log = std::fs::read_to_string(sdir.join(format!("logs/cells-{cells}_0.out"))).unwrap();
     assert_eq!(job_state(&report), "COMPLETED", "the report job failed; cell 0's log:\n{log}");
-    assert!(log.contains("DUE TO JOB REQUEUE") && log.contains("restart 1"), "{log}");
+    assert!(log.contains(&format!("{task}, restart 1")) && log.contains("CANCELLED AT"), "{log}");
     assert!(log.contains("resuming"), "the requeued task did not resume its checkpoint:\n{log}");
 
     let local_out = local_run.join().unwrap();

@@ -18,7 +18,7 @@
 //! (absolute run directory and config). Task `i` of an array runs exactly
 //! the cell on line `i`: it writes `slurm-task.txt` (job id, log, host)
 //! into the run directory and `exec`s `espalier run CONFIG --set ...
-//! --out RUN_DIR`, the command a local table runs, so a requeued or
+//! --out RUN_DIR` (logs without colours), the command a local table runs, so a requeued or
 //! preempted task (`#SBATCH --requeue`) resumes the run from its
 //! checkpoint; the run directory's lock refuses a second writer. The jobs
 //! run in the directory the scripts were written from (`--chdir`), so the
@@ -278,6 +278,7 @@ for s in "${{f[@]:4}}"; do sets+=(--set "$s"); done
 mkdir -p "$out"
 printf 'job=%s_%s\nlog=%s\nhost=%s\n' "$SLURM_ARRAY_JOB_ID" "$SLURM_ARRAY_TASK_ID" "$LOG" "$(hostname)" > "$out/slurm-task.txt"
 export RAYON_NUM_THREADS=${{RAYON_NUM_THREADS:-${{SLURM_CPUS_PER_TASK:-1}}}}
+export NO_COLOR=${{NO_COLOR:-1}}
 echo "espalier: $id into $out (job ${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}, restart ${{SLURM_RESTART_COUNT:-0}}, $(date -u +%FT%TZ))"
 exec "$ESPALIER"{data} run "$config" "${{sets[@]}}" --out "$out"
 "#,
@@ -315,6 +316,7 @@ fn report_script(cx: &Ctx, opts: &TableOptions) -> String {
 #SBATCH --chdir={cwd}
 {resources}set -euo pipefail
 ESPALIER=${{ESPALIER:-{exe}}}
+export NO_COLOR=${{NO_COLOR:-1}}
 exec "$ESPALIER"{data} table {args} --report-only
 "#,
         name = cx.name,
