@@ -10,7 +10,8 @@
 //!   options, after every cell task ended (`afterany`: a failed cell makes
 //!   the report fail naming it);
 //! - `submit.sh`: submits the three in order with `sbatch --parsable`,
-//!   chaining the dependencies (what `--submit` does from here);
+//!   chaining the dependencies (what `--submit` does from here), and
+//!   writes the job ids into `jobs.txt` (`--status --slurm DIR` reads them);
 //! - `logs/`: one log per task (`cells-<array job>_<task>.out`, appended to
 //!   when a task is requeued).
 //!
@@ -328,24 +329,30 @@ exec "$ESPALIER"{data} table {args} --report-only
     )
 }
 
-/// `submit.sh`: the stages in order, each after the one before.
+/// `submit.sh`: the stages in order, each after the one before; the job
+/// ids go to stdout and `jobs.txt`.
 fn submit_script(prereqs: bool, cells: bool) -> String {
     let mut s = String::from(
-        "#!/bin/bash\n# Written by `espalier table --slurm`: submits the table's jobs in order.\nset -euo pipefail\ncd \
-         \"$(dirname \"$0\")\"\njobid() { local j; j=$(sbatch --parsable \"$@\"); echo \"${j%%;*}\"; }\n",
+        r#"#!/bin/bash
+# Written by `espalier table --slurm`: submits the table's jobs in order.
+set -euo pipefail
+cd "$(dirname "$0")"
+jobid() { local j; j=$(sbatch --parsable "$@"); echo "${j%%;*}"; }
+: > jobs.txt
+"#,
     );
-    let mut after = String::new();
-    if prereqs {
-        s += "p=$(jobid prereqs.sbatch)\necho \"prereqs: $p\"\n";
+    let mut dep = String::new();
+    let stages = [("p", "prereqs", prereqs, "afterok"), ("c", "cells", cells, "afterany"), ("r", "report", true, "")];
+    for (var, stage, present, next) in stages {
+        if !present {
+            continue;
+        }
+        let _ = writeln!(s, "{var}=$(jobid{dep} {stage}.sbatch)");
+        let _ = writeln!(s, "echo \"{stage}: ${var}\"");
+        let _ = writeln!(s, "printf '{stage}\\t%s\\n' \"${var}\" >> jobs.txt");
+        // The report waits for the prerequisites when there are no cells.
+        dep = format!(" --dependency={}:${var}", if cells { next } else { "afterany" });
     }
-    if cells {
-        s += if prereqs { "c=$(jobid --dependency=afterok:$p cells.sbatch)\n" } else { "c=$(jobid cells.sbatch)\n" };
-        s += "echo \"cells: $c\"\n";
-        after = " --dependency=afterany:$c".into();
-    } else if prereqs {
-        after = " --dependency=afterany:$p".into();
-    }
-    s += &format!("r=$(jobid{after} report.sbatch)\necho \"report: $r\"\n");
     s
 }
 
