@@ -96,7 +96,8 @@ fn squeue() -> Option<BTreeMap<String, String>> {
 }
 
 /// Whether another process holds the run directory's lock (probed with a
-/// shared lock that is released at once).
+/// shared lock that is released at once: an `espalier run` starting into
+/// the directory in that instant would be refused, so Slurm is asked first).
 fn locked(dir: &Path) -> bool {
     let Ok(f) = std::fs::File::open(dir.join("config.toml")) else { return false };
     matches!(f.try_lock_shared(), Err(std::fs::TryLockError::WouldBlock))
@@ -144,9 +145,10 @@ fn state(
     let abs = if job.dir.is_absolute() { job.dir.clone() } else { cwd.join(&job.dir) };
     let m = marker(&job.dir);
     let job_id = m.get("job").cloned();
-    let in_queue = |id: &str| queue.and_then(|q| q.get(id)).cloned();
-    if let Some(id) = &job_id {
-        match in_queue(id).as_deref() {
+    // Slurm first (its own task, else the task of the submission that will
+    // run it): the lock is probed only for runs that Slurm does not know.
+    for id in job_id.iter().chain(pending.get(&abs)) {
+        match queue.and_then(|q| q.get(id)).map(String::as_str) {
             Some("RUNNING" | "COMPLETING" | "CONFIGURING") => return RunState::Running(Some(id.clone())),
             Some(_) => return RunState::Queued(id.clone()),
             None => {}
@@ -154,11 +156,6 @@ fn state(
     }
     if locked(&job.dir) {
         return RunState::Running(job_id);
-    }
-    if let Some(id) = pending.get(&abs) {
-        if in_queue(id).is_some() {
-            return RunState::Queued(id.clone());
-        }
     }
     if job_id.is_none() && !job.dir.join("config.toml").exists() {
         return RunState::Missing;
