@@ -307,3 +307,52 @@ tolerance = 100.0
     let stdout = ok(&table_cmd(dir, &[]).output().unwrap());
     assert!(stdout.contains("ran 0 runs, skipped 6 finished runs"), "{stdout}");
 }
+
+/// `--slurm DIR` without Slurm: the scripts and manifests are written for
+/// the unfinished runs only, an array task run by hand (as Slurm would,
+/// with its environment) runs exactly its cell, `--status` follows, and
+/// Slurm flags without `--slurm` are refused.
+#[test]
+fn slurm_scripts_cover_the_unfinished_runs_and_a_task_runs_its_cell() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    tiny_spec(dir);
+    for bad in [&["--mem", "2G"][..], &["--submit"], &["--slurm", "s", "--report-only"]] {
+        let out = table_cmd(dir, bad).output().unwrap();
+        assert!(!out.status.success(), "{bad:?} was accepted");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--"), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let stdout = ok(&table_cmd(dir, &["--slurm", "s", "--mem", "2G", "--sbatch=--qos=low"]).output().unwrap());
+    assert!(stdout.contains("0 prerequisite tasks, 6 cell tasks, a report job (0 finished runs left out)"), "{stdout}");
+    let s = dir.join("s");
+    assert!(!s.join("prereqs.sbatch").exists());
+    let cells = std::fs::read_to_string(s.join("cells.sbatch")).unwrap();
+    for want in ["#SBATCH --array=0-5\n", "#SBATCH --mem=2G\n", "#SBATCH --qos=low\n", "#SBATCH --requeue\n"] {
+        assert!(cells.contains(want), "{want:?}: {cells}");
+    }
+    let submit = std::fs::read_to_string(s.join("submit.sh")).unwrap();
+    assert!(submit.contains("c=$(jobid cells.sbatch)") && submit.contains("--dependency=afterany:$c"), "{submit}");
+    let manifest = std::fs::read_to_string(s.join("cells.tsv")).unwrap();
+    assert_eq!(manifest.lines().count(), 6);
+    assert!(manifest.starts_with(&format!("0\timp/seed0\t{}\t", cell_dirs(dir)[0].display())), "{manifest}");
+    let status = ok(&table_cmd(dir, &["--status"]).output().unwrap());
+    assert!(status.ends_with("6 runs: 0 done, 0 running, 0 queued, 0 failed, 6 missing\n"), "{status}");
+
+    // Task 1 as Slurm would run it.
+    let out = Command::new("bash")
+        .arg(s.join("cells.sbatch"))
+        .current_dir(dir)
+        .env("SLURM_ARRAY_JOB_ID", "41")
+        .env("SLURM_ARRAY_TASK_ID", "1")
+        .env("RAYON_NUM_THREADS", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let run = &cell_dirs(dir)[1];
+    assert!(run.join("summary.json").exists());
+    assert!(std::fs::read_to_string(run.join("slurm-task.txt")).unwrap().starts_with("job=41_1\n"));
+    let status = ok(&table_cmd(dir, &["--status"]).output().unwrap());
+    assert!(status.contains("imp/seed1") && status.ends_with("1 done, 0 running, 0 queued, 0 failed, 5 missing\n"));
+    let stdout = ok(&table_cmd(dir, &["--slurm", "s"]).output().unwrap());
+    assert!(stdout.contains("5 cell tasks, a report job (1 finished runs left out)"), "{stdout}");
+}

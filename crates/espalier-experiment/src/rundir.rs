@@ -26,6 +26,9 @@ use crate::status::{retry_fields_only, Failure, RunState};
 /// regularizers' `<name>.` keys, which never start with `@`).
 const METHOD_PREFIX: &str = "@method.";
 
+/// The file a running process locks in its run directory.
+pub const LOCK_FILE: &str = ".lock";
+
 /// A run directory.
 #[derive(Clone, Debug)]
 pub struct RunDir {
@@ -172,7 +175,7 @@ impl RunDir {
     /// second process running into the same directory is refused (a config
     /// error: nothing of the first one's is touched).
     pub fn lock(&self) -> Result<std::fs::File> {
-        let path = self.file(".lock");
+        let path = self.file(LOCK_FILE);
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)

@@ -85,6 +85,19 @@ enum Command {
         /// Stop after starting this many runs (the table stays resumable).
         #[arg(long, hide = true)]
         max_cells: Option<usize>,
+        /// Show where every run is (done, running, queued, failed, missing)
+        /// instead of running; with --slurm DIR, also the job ids of queued tasks.
+        #[arg(long, conflicts_with_all = ["report_only", "submit"])]
+        status: bool,
+        /// Write Slurm job arrays for the unfinished runs into DIR (scripts,
+        /// manifests, logs; see README "Tables on a cluster") instead of running.
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["report_only", "max_cells"])]
+        slurm: Option<PathBuf>,
+        /// With --slurm: submit the scripts with sbatch and print the job ids.
+        #[arg(long, requires = "slurm")]
+        submit: bool,
+        #[command(flatten)]
+        resources: SlurmFlags,
     },
     /// Re-draw a table's plot.svg and plot.png from the results.csv in its
     /// report directory (no run directories needed).
@@ -141,6 +154,51 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+}
+
+/// Resources of every Slurm array task (over the spec's `[slurm]`).
+#[derive(clap::Args)]
+struct SlurmFlags {
+    /// With --slurm: CPUs per task (also the task's RAYON_NUM_THREADS).
+    #[arg(long, requires = "slurm")]
+    cpus_per_task: Option<u64>,
+    /// With --slurm: memory per task (sbatch --mem, e.g. 8G).
+    #[arg(long, requires = "slurm")]
+    mem: Option<String>,
+    /// With --slurm: time limit per task (sbatch --time, e.g. 04:00:00).
+    #[arg(long, requires = "slurm")]
+    time: Option<String>,
+    /// With --slurm: GPUs per task (sbatch --gpus, e.g. 1 or a100:1).
+    #[arg(long, requires = "slurm")]
+    gpus: Option<String>,
+    /// With --slurm: partition.
+    #[arg(long, requires = "slurm")]
+    partition: Option<String>,
+    /// With --slurm: account.
+    #[arg(long, requires = "slurm")]
+    account: Option<String>,
+    /// With --slurm: at most this many tasks of an array at once.
+    #[arg(long, requires = "slurm")]
+    max_running: Option<u64>,
+    /// With --slurm: an extra `#SBATCH` option line, e.g. --sbatch=--qos=low (repeatable).
+    #[arg(long = "sbatch", value_name = "OPTION", requires = "slurm", allow_hyphen_values = true)]
+    sbatch: Vec<String>,
+}
+
+impl SlurmFlags {
+    fn resources(self) -> espalier::table::SlurmResources {
+        use espalier::table::CountOrText;
+        espalier::table::SlurmResources {
+            cpus_per_task: self.cpus_per_task,
+            mem: self.mem,
+            time: self.time,
+            gpus: self.gpus.map(|g| g.parse().map_or(CountOrText::Text(g), CountOrText::Count)),
+            partition: self.partition,
+            account: self.account,
+            max_running: self.max_running,
+            extra: self.sbatch,
+        }
+    }
 }
 
 /// Keeps freed memory instead of returning it to the OS after 10 ms
@@ -253,7 +311,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 None => println!("stopped early; resume with the same command (run directory: {})", out.display()),
             }
         }
-        Command::Table { spec, scale, jobs, runs, out, report_only, max_cells } => {
+        Command::Table { spec, scale, jobs, runs, out, report_only, max_cells, status, slurm, submit, resources } => {
             let opts = espalier::table::TableOptions {
                 spec_path: spec,
                 scale,
@@ -265,7 +323,28 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 report_only,
                 quiet: cli.quiet,
             };
-            espalier::table::table(&opts)?;
+            if status {
+                let runs = espalier::table::status(&opts, slurm.as_deref())?;
+                print!("{}", espalier::table::status_text(&runs));
+            } else if let Some(dir) = slurm {
+                let args = espalier::table::SlurmArgs { dir, submit, resources: resources.resources(), exe: None };
+                let w = espalier::table::write_slurm(&opts, &args)?;
+                println!(
+                    "wrote {}: {} prerequisite tasks, {} cell tasks, a report job ({} finished runs left out)",
+                    w.dir.display(),
+                    w.prereqs,
+                    w.cells,
+                    w.finished
+                );
+                if w.job_ids.is_empty() {
+                    println!("submit with: {}", w.dir.join("submit.sh").display());
+                }
+                for (stage, id) in &w.job_ids {
+                    println!("submitted {stage}: job {id}");
+                }
+            } else {
+                espalier::table::table(&opts)?;
+            }
         }
         Command::Plot { spec, scale, out } => {
             let opts = espalier::table::TableOptions {

@@ -77,7 +77,9 @@
 //! directories, overrides; running the missing ones), `collect` (points
 //! from the runs' summaries; the CSV), `aggregate` (seeds and tasks
 //! aggregated into the report's sections), `claims` (verdicts), `report`
-//! (markdown, the plot's data, writing `results/<table>/`). This file has
+//! (markdown, the plot's data, writing `results/<table>/`), `slurm` (the
+//! table as Slurm job arrays: `--slurm DIR [--submit]`), `status` (where
+//! every run is: `--status`). This file has
 //! the `espalier table` entry point and re-exports the public API.
 
 mod aggregate;
@@ -87,16 +89,20 @@ mod collect;
 mod fixtures;
 mod plan;
 mod report;
+mod slurm;
 mod spec;
+mod status;
 
 pub use aggregate::{aggregate, average, sections, Aggregate, Section, Stat};
 pub use claims::{check_claim, check_claims, Verdict};
 pub use collect::{collect, csv, points_from_csv, Point};
 pub use plan::{plan, run_plan, Job, Plan, Progress, TableOptions};
 pub use report::{plot_data, report_markdown, write_plot_from_csv, write_report};
+pub use slurm::{write_slurm, CountOrText, SlurmArgs, SlurmJobs, SlurmResources};
 pub use spec::{
     load_spec, parse_spec, Claim, ClaimKind, Method, Prereq, Reference, Scale, Spec, Sweep, TableMeta, Task, XAxis,
 };
+pub use status::{status, status_text, RunState};
 
 use plan::job_experiment;
 

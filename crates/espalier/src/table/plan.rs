@@ -235,7 +235,7 @@ pub(super) fn job_experiment(job: &Job) -> Result<Experiment, ConfigError> {
 
 /// Whether a job's run directory holds its finished run. A directory that
 /// holds another experiment is an error (the spec changed under it).
-fn is_finished(job: &Job, exp: &Experiment) -> Result<bool, ConfigError> {
+pub(super) fn is_finished(job: &Job, exp: &Experiment) -> Result<bool, ConfigError> {
     let cfg = job.dir.join("config.toml");
     if !cfg.exists() {
         return Ok(false);

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::slurm::SlurmResources;
 use crate::config::ConfigError;
 
 /// A table spec.
@@ -32,6 +33,9 @@ pub struct Spec {
     /// Claims checked against our numbers.
     #[serde(default)]
     pub claim: Vec<Claim>,
+    /// Resources of the Slurm jobs (`--slurm`); a scale's own `[scale.NAME.slurm]` wins key by key.
+    #[serde(default)]
+    pub slurm: Option<SlurmResources>,
 }
 
 /// The `[table]` section.
@@ -126,6 +130,9 @@ pub struct Scale {
     /// (e.g. `epochs = 3` and a method's `"prune.schedule.finetune_epochs=${epochs}"`).
     #[serde(default)]
     pub vars: BTreeMap<String, toml::Value>,
+    /// Resources of the Slurm jobs at this scale (over the spec's `[slurm]`).
+    #[serde(default)]
+    pub slurm: Option<SlurmResources>,
 }
 
 impl Scale {
@@ -364,6 +371,12 @@ impl Spec {
             if s.seeds.as_ref().is_some_and(|v| v.is_empty()) || t.seeds.is_empty() {
                 return Err(format!("key `scale.{name}.seeds` (or `table.seeds`) must not be empty"));
             }
+            if let Some(r) = &s.slurm {
+                r.validate(&format!("scale.{name}.slurm"))?;
+            }
+        }
+        if let Some(r) = &self.slurm {
+            r.validate("slurm")?;
         }
         if self.method.is_empty() {
             return Err("the spec needs at least one [[method]]".into());
