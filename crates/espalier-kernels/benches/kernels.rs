@@ -225,13 +225,16 @@ fn masked_weight(out: usize, inp: usize, keep: f64, nm: Option<(usize, usize)>, 
     Ok(Tensor::from_vec(w, (out, inp), &Device::Cpu)?)
 }
 
+/// A bench case: its name, its N:M pattern if any, the fraction kept.
+type Case = (String, Option<(usize, usize)>, f64);
+
 fn sparse_bench() -> Result<()> {
     println!("sparse linear vs dense on the same masked weight, median ms (dense / sparse = speed-up):");
     for &(tokens, reps) in &[(32 * 128, 15), (128, 51)] {
         for &(out, inp) in &[(384, 384), (1536, 384), (384, 1536)] {
             let x = normal(&[tokens, inp], 1)?;
             let b = normal(&[out], 2)?;
-            let mut cases: Vec<(String, Option<(usize, usize)>, f64)> =
+            let mut cases: Vec<Case> =
                 [0.5, 0.3, 0.2, 0.1, 0.05].iter().map(|&d| (format!("{:.0}%", 100.0 * (1.0 - d)), None, d)).collect();
             cases.push(("2:4".into(), Some((2, 4)), 0.5));
             cases.push(("1:4".into(), Some((1, 4)), 0.25));

@@ -400,6 +400,8 @@ fn portable<const T: usize>(es: impl Entries, xt: &[f32], dst: &mut [f32]) {
 /// row live in registers; every stored value is broadcast and multiplied
 /// into them with the transposed activations of its input.
 #[cfg(target_arch = "x86_64")]
+// The accumulator sets are summed lane by lane: indices read clearer here.
+#[allow(clippy::needless_range_loop)]
 mod simd {
     use super::Entries;
     use std::arch::x86_64::*;

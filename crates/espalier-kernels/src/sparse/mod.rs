@@ -185,7 +185,10 @@ impl std::fmt::Debug for SparseLinear {
 }
 
 /// The f32 values of a 2-D weight and 1-D bias, on the CPU.
-fn weight_data(w: &Tensor, b: Option<&Tensor>) -> Result<((usize, usize), Vec<f32>, Option<Vec<f32>>)> {
+/// `(out, in)`, the weight's values (row-major) and the bias's.
+type WeightData = ((usize, usize), Vec<f32>, Option<Vec<f32>>);
+
+fn weight_data(w: &Tensor, b: Option<&Tensor>) -> Result<WeightData> {
     let (out, inp) = w.dims2().map_err(|e| espalier_core::Error::msg(format!("sparse packing: weight: {e}")))?;
     let to_cpu =
         |t: &Tensor| -> Result<Tensor> { Ok(t.detach().to_device(&candle_core::Device::Cpu)?.to_dtype(DType::F32)?) };
