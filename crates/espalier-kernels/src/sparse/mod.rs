@@ -39,27 +39,25 @@
 //! `cargo bench -p espalier-kernels --bench kernels -- sparse`: the median
 //! of 15 runs (51 at 128 tokens) of [`crate::dense::linear`] and of
 //! [`SparseLinear::forward`] on the same masked weight, alternating in one
-//! process; speed-up = dense / sparse. Measured on a 2-core Xeon with
-//! AVX-512 shared with other builds (load average 10–11), so the absolute
-//! times are inflated and the ratios carry ±20% noise; 32 × 128 = 4096
-//! token rows, random unstructured masks and random 2:4 masks:
+//! process; speed-up = dense / sparse (medians), on a 2-core Xeon with
+//! AVX-512 shared with other builds (load average 6–11: the ratios carry
+//! ±20% noise, more at 1 × 128 where a product takes 0.05–0.3 ms and a
+//! preempted thread at the pool's barrier costs milliseconds):
 //!
-//! | W (out, in) | threads | 50%  | 70%  | 80%  | 90%  | 95%  | 2:4  |
-//! |-------------|---------|------|------|------|------|------|------|
-//! | 384 × 384   | 2       | 1.21 | 1.29 | 1.38 | 1.52 | 1.91 | 0.96 |
-//! | 1536 × 384  | 2       | 1.03 | 1.37 | 1.80 | 2.52 | 2.79 | 0.86 |
-//! | 384 × 1536  | 2       | 0.93 | 1.34 | 1.61 | 2.50 | 2.96 | 0.77 |
-//! | 384 × 384   | 1       | 0.93 | 1.07 | 1.40 | 2.13 | 2.08 | 0.70 |
-//! | 1536 × 384  | 1       | 0.93 | 1.45 | 1.73 | 2.76 | 3.05 | 0.76 |
-//! | 384 × 1536  | 1       | 0.83 | 1.16 | 2.12 | 3.00 | 3.76 | 0.75 |
+//! | tokens | W (out, in) | 50%  | 70%  | 80%  | 90%  | 95%  | 2:4  | 1:4  |
+//! |--------|-------------|------|------|------|------|------|------|------|
+//! | 4096   | 384 × 384   | 0.96 | 1.31 | 1.20 | 2.54 | 1.95 | 0.87 | 1.28 |
+//! | 4096   | 1536 × 384  | 1.17 | 1.49 | 2.13 | 2.70 | 2.95 | 1.05 | 1.65 |
+//! | 4096   | 384 × 1536  | 1.03 | 1.50 | 2.12 | 2.75 | 2.83 | 0.90 | 1.57 |
+//! | 128    | 384 × 384   | 1.25 | 1.79 | 2.08 | 2.92 | 3.79 | 1.01 | 1.71 |
 //!
-//! (dense medians 70–320 ms there; the sparse kernel ran at 6–17 GFLOP/s
-//! on the stored values against the GEMM's 15–25 on the whole matrix under
-//! that load.) At 1 × 128 tokens the products take 0.05–0.3 ms and the
-//! medians on the loaded host were dominated by waits at the thread pool's
-//! barrier; where a run was not preempted (384 × 384, one thread) the
-//! sparse kernel reached 60–100 GFLOP/s on the stored values and 1.2× at
-//! 50%. These need re-measuring on a quiet machine.
+//! (dense 384 × 384 at 4096 tokens: 17.6 ms, about 70 GFLOP/s; the sparse
+//! kernel ran at 25–35 GFLOP/s on the stored values at 50–70% sparsity,
+//! 6–15 at 90–95%, where the transposes and the per-row work weigh more;
+//! at 128 tokens 40–115 GFLOP/s.) An earlier run on one thread under
+//! heavier load gave 0.83–0.93 at 50%, 1.07–1.45 at 70%, 2.1–3.0 at 90%
+//! and 0.70–0.76 for 2:4 at 4096 tokens. These need re-measuring on a quiet
+//! machine.
 //!
 //! The defaults follow: unstructured weights go sparse at ≤ 30% density
 //! (70% sparsity and beyond, where the sparse kernel won in every shape),
