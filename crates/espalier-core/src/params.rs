@@ -22,7 +22,7 @@
 //! loaded tensors, checking every shape.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -56,6 +56,8 @@ struct ParamInner {
     var: Var,
     mask: RwLock<Option<Tensor>>,
     straight_through: AtomicBool,
+    /// Bumped by every write through [`Param`]'s methods (see [`Param::version`]).
+    version: AtomicU64,
 }
 
 /// A named, optionally masked parameter. Cloning shares the storage.
@@ -92,7 +94,9 @@ impl Param {
     pub fn trainable(&self) -> bool {
         self.0.kind != ParamKind::Buffer
     }
-    /// The underlying variable.
+    /// The underlying variable. Writing through it directly does not bump
+    /// [`Param::version`]: use [`Param::set`], or call
+    /// [`Param::mark_changed`] after.
     pub fn var(&self) -> &Var {
         &self.0.var
     }
@@ -127,6 +131,22 @@ impl Param {
             None => w.clone(),
         })
     }
+    /// A counter bumped by every change of the values or the mask made
+    /// through this handle ([`Param::set`], [`Param::set_mask`],
+    /// [`Param::enforce_mask`], [`Param::set_straight_through`]): what a
+    /// derived form of the weights (a packed sparse copy) compares to know
+    /// it is stale.
+    pub fn version(&self) -> u64 {
+        self.0.version.load(Ordering::Acquire)
+    }
+    /// Bumps [`Param::version`]: for code that writes the values in place
+    /// (the fused optimizers) or through [`Param::var`].
+    pub fn mark_changed(&self) {
+        self.bump();
+    }
+    fn bump(&self) {
+        self.0.version.fetch_add(1, Ordering::AcqRel);
+    }
     /// Whether the mask is applied straight-through (see the module docs).
     pub fn straight_through(&self) -> bool {
         self.0.straight_through.load(Ordering::Relaxed)
@@ -135,6 +155,7 @@ impl Param {
     /// the masked weights (the mask becomes hard again).
     pub fn set_straight_through(&self, on: bool) -> Result<()> {
         self.0.straight_through.store(on, Ordering::Relaxed);
+        self.bump();
         if !on {
             self.enforce_mask()?;
         }
@@ -160,6 +181,7 @@ impl Param {
         } else {
             *self.0.mask.write().expect("mask lock") = None;
         }
+        self.bump();
         Ok(())
     }
     /// Re-applies the mask to the stored values (w ← w ⊙ m); nothing in
@@ -170,6 +192,7 @@ impl Param {
         }
         if let Some(m) = &*self.0.mask.read().expect("mask lock") {
             self.0.var.set(&self.0.var.as_tensor().mul(m)?)?;
+            self.bump();
         }
         Ok(())
     }
@@ -185,6 +208,7 @@ impl Param {
         }
         let t = t.to_dtype(self.0.var.dtype())?.to_device(self.0.var.device())?;
         self.0.var.set(&t)?;
+        self.bump();
         Ok(())
     }
 }
@@ -409,6 +433,7 @@ impl ParamBuilder {
             var: Var::from_tensor(&tensor)?,
             mask: RwLock::new(None),
             straight_through: AtomicBool::new(false),
+            version: AtomicU64::new(0),
         }));
         st.store.push(p.clone())?;
         st.used.push(full);

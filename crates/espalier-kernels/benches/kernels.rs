@@ -7,7 +7,11 @@
 //! - `conv-rows`: the forward pass of ResNet-20's 3×3 convolutions (dense
 //!   and with halved channels) by shifted rows against im2col;
 //! - `gemm`: GFLOP/s of the three products of a linear layer (BERT's and the
-//!   MNIST MLP's shapes), `gemm`'s own threading against the split by hand.
+//!   MNIST MLP's shapes), `gemm`'s own threading against the split by hand;
+//! - `sparse`: the sparse (CSR) and N:M linear layers against the dense one
+//!   on the same masked weight, MiniLM's shapes at 32 × 128 and 1 × 128
+//!   tokens, unstructured densities 50–5% and 2:4 (the numbers behind
+//!   `sparse::PackOptions`' defaults).
 //!
 //! `cargo bench -p espalier-kernels --bench kernels` runs them all;
 //! `cargo bench -p espalier-kernels --bench kernels -- conv gemm` the named
@@ -18,8 +22,9 @@ use espalier_core::{Result, Rng};
 use espalier_kernels::bench::{conv2d_forward, linear_dw, linear_dx, linear_y};
 use espalier_kernels::conv::conv2d;
 use espalier_kernels::dropout::dropout;
+use espalier_kernels::sparse::SparseLinear;
 
-const BENCHES: [&str; 4] = ["dropout", "conv", "conv-rows", "gemm"];
+const BENCHES: [&str; 5] = ["dropout", "conv", "conv-rows", "gemm", "sparse"];
 
 fn main() -> Result<()> {
     let named: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
@@ -38,6 +43,9 @@ fn main() -> Result<()> {
     }
     if run("gemm") {
         gemm_bench();
+    }
+    if run("sparse") {
+        sparse_bench()?;
     }
     Ok(())
 }
@@ -193,4 +201,72 @@ fn gemm_bench() {
              dx {bx:.0} / {bx_split:.0}, dW {bw:.0} / {bw_split:.0}"
         );
     }
+}
+
+/// A weight with a random `keep` fraction of its entries kept (`nm`: `n` of
+/// every `m` inputs instead), the rest zero.
+fn masked_weight(out: usize, inp: usize, keep: f64, nm: Option<(usize, usize)>, seed: u64) -> Result<Tensor> {
+    let mut rng = Rng::new(seed);
+    let mut w: Vec<f32> = (0..out * inp).map(|_| rng.normal() as f32).collect();
+    match nm {
+        Some((n, m)) => {
+            for block in w.chunks_exact_mut(m) {
+                let mut order: Vec<usize> = (0..m).collect();
+                rng.shuffle(&mut order);
+                order[n..].iter().for_each(|&i| block[i] = 0.0);
+            }
+        }
+        None => w.iter_mut().for_each(|v| {
+            if rng.uniform() >= keep {
+                *v = 0.0
+            }
+        }),
+    }
+    Ok(Tensor::from_vec(w, (out, inp), &Device::Cpu)?)
+}
+
+/// A bench case: its name, its N:M pattern if any, the fraction kept.
+type Case = (String, Option<(usize, usize)>, f64);
+
+fn sparse_bench() -> Result<()> {
+    println!("sparse linear vs dense on the same masked weight, median ms (dense / sparse = speed-up):");
+    for &(tokens, reps) in &[(32 * 128, 15), (128, 51)] {
+        for &(out, inp) in &[(384, 384), (1536, 384), (384, 1536)] {
+            let x = normal(&[tokens, inp], 1)?;
+            let b = normal(&[out], 2)?;
+            let mut cases: Vec<Case> =
+                [0.5, 0.3, 0.2, 0.1, 0.05].iter().map(|&d| (format!("{:.0}%", 100.0 * (1.0 - d)), None, d)).collect();
+            cases.push(("2:4".into(), Some((2, 4)), 0.5));
+            cases.push(("1:4".into(), Some((1, 4)), 0.25));
+            for (name, nm, keep) in cases {
+                let w = masked_weight(out, inp, keep, nm, 3)?;
+                let packed = match nm {
+                    Some(p) => SparseLinear::pack_nm(&w, Some(&b), p)?,
+                    None => SparseLinear::pack_csr(&w, Some(&b))?,
+                };
+                let (mut td, mut ts) = (Vec::new(), Vec::new());
+                for _ in 0..reps {
+                    let t = std::time::Instant::now();
+                    std::hint::black_box(espalier_kernels::dense::linear(&x, &w, Some(&b))?);
+                    td.push(t.elapsed().as_secs_f64() * 1e3);
+                    let t = std::time::Instant::now();
+                    std::hint::black_box(packed.forward(&x)?);
+                    ts.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+                td.sort_by(f64::total_cmp);
+                ts.sort_by(f64::total_cmp);
+                let (d, s) = (td[reps / 2], ts[reps / 2]);
+                let (dmin, smin) = (td[0], ts[0]);
+                let gflops = 2.0 * (packed.stored() * tokens) as f64 / (s * 1e-3) / 1e9;
+                println!(
+                    "  tokens {tokens:4} W ({out:4},{inp:4}) {name:>4} {:>5}: dense {d:7.3} sparse {s:7.3} \
+                     x{:5.2} (min {dmin:7.3} / {smin:7.3} x{:5.2}; {gflops:5.1} GFLOP/s on the stored values)",
+                    packed.format().to_string(),
+                    d / s,
+                    dmin / smin
+                );
+            }
+        }
+    }
+    Ok(())
 }

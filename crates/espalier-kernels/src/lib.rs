@@ -15,7 +15,9 @@
 //! - [`norm`]: BatchNorm over `(B, C, H, W)`, training and evaluation;
 //! - [`pool`]: max pooling, global average pooling, the strided
 //!   subsample-and-pad of ResNet's option-A shortcut;
-//! - [`dropout`]: dropout masks from the project's seeded RNG.
+//! - [`dropout`]: dropout masks from the project's seeded RNG;
+//! - [`sparse`]: inference-only sparse (CSR) and N:M linear layers for
+//!   pruned weights, and the per-layer choice between them and dense.
 //!
 //! Nothing here owns parameters: the layers and architectures that do are
 //! in `espalier-models`.
@@ -28,6 +30,7 @@ pub mod fused;
 pub mod norm;
 pub mod pool;
 mod reduce;
+pub mod sparse;
 
 #[doc(hidden)]
 pub mod bench;

@@ -8,19 +8,80 @@
 //! candle's `conv2d`. Dropout ([`dropout`], [`dropout_mask`]) has no
 //! parameters and lives in [`espalier_kernels::dropout`].
 
-use candle_core::{Module, Tensor};
+use std::sync::{Arc, RwLock};
+
+use candle_core::{DType, Module, Tensor};
 use espalier_core::init::Init;
 use espalier_core::{Param, ParamBuilder, ParamKind, Result};
+use espalier_kernels::sparse::SparseLinear;
+pub use espalier_kernels::sparse::{Format, PackOptions};
 
 pub use espalier_kernels::dropout::{dropout, dropout_mask};
 
 /// y = x Wᵀ + b, with W of shape `(out, in)` (PyTorch's layout).
+///
+/// For inference the masked weight can be packed sparse
+/// ([`Linear::pack_sparse`]); [`Linear::forward_infer`] then runs the sparse
+/// kernel ([`espalier_kernels::sparse`]) while the packed copy is current.
+/// Training and evaluation ([`Linear::forward`]) never use it.
 #[derive(Clone, Debug)]
 pub struct Linear {
     /// `(out, in)`.
     pub weight: Param,
     /// `(out,)`.
     pub bias: Option<Param>,
+    packed: SparseSlot,
+}
+
+/// A packed sparse copy of a layer's masked weight (shared by the clones of
+/// the layer), with the [`Param::version`]s it was made from.
+#[derive(Clone, Default)]
+pub(crate) struct SparseSlot(Arc<RwLock<Option<Arc<PackedForm>>>>);
+
+struct PackedForm {
+    sparse: SparseLinear,
+    versions: (u64, Option<u64>),
+}
+
+impl std::fmt::Debug for SparseSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.get() {
+            Some(p) => write!(f, "{:?}", p.sparse),
+            None => write!(f, "dense"),
+        }
+    }
+}
+
+impl SparseSlot {
+    fn get(&self) -> Option<Arc<PackedForm>> {
+        self.0.read().map(|g| g.clone()).unwrap_or_default()
+    }
+    fn set(&self, p: Option<PackedForm>) {
+        if let Ok(mut g) = self.0.write() {
+            *g = p.map(Arc::new);
+        }
+    }
+}
+
+/// What [`Linear::pack_sparse`] (and a model's `pack_sparse`) decided for
+/// one layer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PackedLayer {
+    /// The weight's parameter name.
+    pub name: String,
+    /// `(out, in)`.
+    pub shape: (usize, usize),
+    /// Non-zeros / elements of the masked weight.
+    pub density: f64,
+    /// The format chosen.
+    pub format: Format,
+    /// Bytes of the packed weight (values and indices; `4·out·in` for dense).
+    pub bytes: usize,
+}
+
+/// The versions of `w` and `b` (what a packed copy compares).
+fn versions(w: &Param, b: Option<&Param>) -> (u64, Option<u64>) {
+    (w.version(), b.map(Param::version))
 }
 
 impl Linear {
@@ -29,7 +90,74 @@ impl Linear {
         let init = Init::KaimingUniform { fan_in: in_dim };
         let weight = pb.param("weight", &[out_dim, in_dim], ParamKind::Weight, init)?;
         let bias = if bias { Some(pb.param("bias", &[out_dim], ParamKind::Bias, init)?) } else { None };
-        Ok(Linear { weight, bias })
+        Ok(Self::from_params(weight, bias))
+    }
+
+    /// The layer over existing parameters (not packed).
+    pub fn from_params(weight: Param, bias: Option<Param>) -> Self {
+        Linear { weight, bias, packed: SparseSlot::default() }
+    }
+
+    /// Packs the masked weight `w ⊙ m` (and the bias) for inference in the
+    /// format [`espalier_kernels::sparse::choose`] picks under `opts` (dense:
+    /// nothing is packed). The copy is used by [`Linear::forward_infer`]
+    /// until the weight, bias or mask change (any write through [`Param`]'s
+    /// methods or an optimizer step); then it is ignored. CPU models only.
+    pub fn pack_sparse(&self, opts: &PackOptions) -> Result<PackedLayer> {
+        if !self.weight.tensor().device().is_cpu() {
+            espalier_core::bail!("{}: sparse inference runs on the CPU only", self.weight.name());
+        }
+        let versions = versions(&self.weight, self.bias.as_ref());
+        let w = self.weight.effective()?.detach();
+        let b = self.bias.as_ref().map(|b| b.effective()).transpose()?;
+        let (out, inp) = w.dims2()?;
+        let density = espalier_kernels::sparse::density(&w.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?);
+        let sparse = SparseLinear::pack(&w, b.as_ref(), opts)
+            .map_err(|e| espalier_core::Error::msg(format!("{}: {e}", self.weight.name())))?;
+        let (format, bytes) = match &sparse {
+            Some(s) => (s.format(), s.bytes()),
+            None => (Format::Dense, 4 * out * inp),
+        };
+        self.packed.set(sparse.map(|sparse| PackedForm { sparse, versions }));
+        Ok(PackedLayer { name: self.weight.name().to_string(), shape: (out, inp), density, format, bytes })
+    }
+
+    /// Drops the packed copy.
+    pub fn unpack_sparse(&self) {
+        self.packed.set(None);
+    }
+
+    /// The format [`Linear::forward_infer`] runs: that of a current packed
+    /// copy, dense otherwise.
+    pub fn inference_format(&self) -> Format {
+        match self.packed.get() {
+            Some(p) if p.versions == versions(&self.weight, self.bias.as_ref()) => p.sparse.format(),
+            _ => Format::Dense,
+        }
+    }
+
+    /// Inference only (no gradient flows back): the packed sparse copy when
+    /// there is a current one, [`Linear::forward`] otherwise.
+    pub fn forward_infer(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(p) = self.packed.get() {
+            if p.versions == versions(&self.weight, self.bias.as_ref())
+                && x.device().is_cpu()
+                && x.dtype() == DType::F32
+                && !crate::observe::active()
+            {
+                return p.sparse.forward(x);
+            }
+        }
+        self.forward(x)
+    }
+
+    /// [`Linear::forward_infer`] when `infer`, [`Linear::forward`] otherwise.
+    pub fn forward_mode(&self, x: &Tensor, infer: bool) -> Result<Tensor> {
+        if infer {
+            self.forward_infer(x)
+        } else {
+            self.forward(x)
+        }
     }
 
     /// Applies the layer to `(..., in)`.

@@ -5,7 +5,7 @@
 use espalier_core::{Batch, Inputs, ParamBuilder, ParamStore, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::layers::{Conv2d, Linear};
+use crate::layers::{Conv2d, Linear, PackOptions, PackedLayer};
 use crate::{loss, Mode, Model, ModelConfig, StepOutput};
 
 /// LeNet-5 configuration.
@@ -84,16 +84,17 @@ impl LeNet5 {
 }
 
 impl Model for LeNet5 {
-    fn forward_t(&self, batch: &Batch, _mode: &mut Mode) -> Result<StepOutput> {
+    fn forward_t(&self, batch: &Batch, mode: &mut Mode) -> Result<StepOutput> {
         let Inputs::Dense(x) = &batch.inputs else {
             espalier_core::bail!("LeNet-5 takes image inputs, not token sequences");
         };
+        let infer = matches!(mode, Mode::Infer);
         let h = espalier_kernels::fused::relu(&self.conv1.forward(x)?)?.max_pool2d(2)?;
         let h = espalier_kernels::fused::relu(&self.conv2.forward(&h)?)?.max_pool2d(2)?;
         let h = h.flatten_from(1)?;
-        let h = espalier_kernels::fused::relu(&self.fc1.forward(&h)?)?;
-        let h = espalier_kernels::fused::relu(&self.fc2.forward(&h)?)?;
-        let logits = self.head.forward(&h)?;
+        let h = espalier_kernels::fused::relu(&self.fc1.forward_mode(&h, infer)?)?;
+        let h = espalier_kernels::fused::relu(&self.fc2.forward_mode(&h, infer)?)?;
+        let logits = self.head.forward_mode(&h, infer)?;
         Ok(StepOutput { loss: loss::cross_entropy(&logits, &batch.labels)?, logits, labels: batch.labels.clone() })
     }
     fn params(&self) -> &ParamStore {
@@ -101,5 +102,13 @@ impl Model for LeNet5 {
     }
     fn config(&self) -> ModelConfig {
         ModelConfig::Lenet5(self.cfg.clone())
+    }
+    /// The fully connected layers (the head included); the convolutions
+    /// stay dense.
+    fn pack_sparse(&self, opts: &PackOptions) -> Result<Vec<PackedLayer>> {
+        [&self.fc1, &self.fc2, &self.head].into_iter().map(|l| l.pack_sparse(opts)).collect()
+    }
+    fn unpack_sparse(&self) {
+        [&self.fc1, &self.fc2, &self.head].into_iter().for_each(Linear::unpack_sparse)
     }
 }

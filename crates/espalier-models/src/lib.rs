@@ -12,6 +12,7 @@
 //! [`Param::effective`]: espalier_core::Param::effective
 
 pub mod bert;
+pub mod fold;
 pub mod layers;
 pub mod lenet;
 pub mod load;
@@ -29,6 +30,8 @@ use espalier_core::{Batch, GroupSet, Keep, ParamBuilder, ParamStore, Result, Rng
 use serde::{Deserialize, Serialize};
 
 pub use bert::{Bert, BertConfig, BertTask};
+pub use fold::{fold_empty_units, FoldedSet};
+pub use layers::{Format, PackOptions, PackedLayer};
 pub use lenet::{LeNet5, LeNet5Config};
 pub use load::{load_model, model_name};
 pub use mlp::{Activation, Mlp, MlpConfig};
@@ -118,6 +121,29 @@ pub trait Model: Send + Sync {
     fn shrunk_config(&self, _keep: &Keep) -> Result<ModelConfig> {
         espalier_core::bail!("this model cannot be shrunk structurally")
     }
+    /// Packs the masked weights of the model's prunable linear layers for
+    /// sparse inference, each in the format
+    /// [`espalier_kernels::sparse::choose`] picks under `opts`; returns one
+    /// entry per layer. Forward passes in [`Mode::Infer`] then run the
+    /// sparse kernels; [`Mode::Train`] and [`Mode::Eval`] never do, and a
+    /// layer whose weight, bias or mask changes after packing runs dense
+    /// again (pack anew to pick up the change).
+    fn pack_sparse(&self, _opts: &PackOptions) -> Result<Vec<PackedLayer>> {
+        espalier_core::bail!("this model has no sparse inference path")
+    }
+    /// Drops every packed copy made by [`Model::pack_sparse`].
+    fn unpack_sparse(&self) {}
+    /// The outputs of group set `set`'s units given their pre-activations
+    /// `pre` (`(size,)`), when each unit is an element-wise function of its
+    /// own pre-activation (what [`fold::fold_empty_units`] needs); `None`
+    /// otherwise (the default).
+    fn unit_activation(&self, _set: &str, _pre: &Tensor) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+    /// Whether group set `set` may lose all its units (false by default).
+    fn allows_empty_set(&self, _set: &str) -> bool {
+        false
+    }
 }
 
 /// The physically smaller model: every group set's removed units cut out of
@@ -137,6 +163,9 @@ pub fn shrink(model: &dyn Model, keep: &Keep) -> Result<Box<dyn Model>> {
     let dtype = model.params().iter().next().map(|p| p.tensor().dtype()).unwrap_or(DType::F32);
     let pb = ParamBuilder::from_tensors(weights, "shrunk model", dtype, &device);
     let small = cfg.build(&pb)?;
+    // A mask sliced to nothing belongs to a tensor the smaller model no
+    // longer declares (a BERT sublayer left with no units).
+    let masks = masks.into_iter().filter(|(name, m)| m.elem_count() > 0 || small.params().get(name).is_ok()).collect();
     small.params().set_masks(&masks)?;
     Ok(small)
 }

@@ -5,7 +5,7 @@ use candle_core::Tensor;
 use espalier_core::{Batch, GroupSet, Inputs, Keep, Member, ParamBuilder, ParamStore, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::layers::Linear;
+use crate::layers::{Linear, PackOptions, PackedLayer};
 use crate::{loss, Mode, Model, ModelConfig, StepOutput};
 
 /// Hidden-layer nonlinearity.
@@ -103,11 +103,22 @@ impl Mlp {
 
     /// Logits for `(B, ...)` inputs (flattened to `(B, input_dim)`).
     pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
+        self.logits_mode(x, false)
+    }
+
+    /// [`Mlp::logits`], through the packed sparse layers when `infer`
+    /// ([`Model::pack_sparse`]).
+    pub fn logits_mode(&self, x: &Tensor, infer: bool) -> Result<Tensor> {
         let mut h = x.flatten_from(1)?;
         for l in &self.layers {
-            h = self.cfg.activation.apply(&l.forward(&h)?)?;
+            h = self.cfg.activation.apply(&l.forward_mode(&h, infer)?)?;
         }
-        self.head.forward(&h)
+        self.head.forward_mode(&h, infer)
+    }
+
+    /// Every linear layer, the head last.
+    fn linears(&self) -> impl Iterator<Item = &Linear> {
+        self.layers.iter().chain(std::iter::once(&self.head))
     }
 
     /// The name of the layer after hidden layer `i` (0-based).
@@ -121,11 +132,11 @@ impl Mlp {
 }
 
 impl Model for Mlp {
-    fn forward_t(&self, batch: &Batch, _mode: &mut Mode) -> Result<StepOutput> {
+    fn forward_t(&self, batch: &Batch, mode: &mut Mode) -> Result<StepOutput> {
         let Inputs::Dense(x) = &batch.inputs else {
             espalier_core::bail!("the MLP takes dense inputs, not token sequences");
         };
-        let logits = self.logits(x)?;
+        let logits = self.logits_mode(x, matches!(mode, Mode::Infer))?;
         Ok(StepOutput { loss: loss::cross_entropy(&logits, &batch.labels)?, logits, labels: batch.labels.clone() })
     }
     fn params(&self) -> &ParamStore {
@@ -176,6 +187,21 @@ impl Model for Mlp {
         dims.extend(&self.cfg.hidden);
         dims.push(self.cfg.num_classes);
         Some(dims.windows(2).map(|w| 2.0 * (w[0] * w[1]) as f64).sum())
+    }
+    /// The hidden layers' activation (sets `fc1`, `fc2`, …).
+    fn unit_activation(&self, set: &str, pre: &Tensor) -> Result<Option<Tensor>> {
+        let hidden = set.strip_prefix("fc").and_then(|n| n.parse::<usize>().ok());
+        Ok(match hidden {
+            Some(n) if (1..=self.layers.len()).contains(&n) => Some(self.cfg.activation.apply(pre)?),
+            _ => None,
+        })
+    }
+    /// Every layer, the head included.
+    fn pack_sparse(&self, opts: &PackOptions) -> Result<Vec<PackedLayer>> {
+        self.linears().map(|l| l.pack_sparse(opts)).collect()
+    }
+    fn unpack_sparse(&self) {
+        self.linears().for_each(Linear::unpack_sparse)
     }
     fn shrunk_config(&self, keep: &Keep) -> Result<ModelConfig> {
         let mut cfg = self.cfg.clone();

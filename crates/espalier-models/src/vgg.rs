@@ -118,10 +118,10 @@ impl Vgg {
             index += 1;
         }
         let head = pb.pp("classifier").head();
-        let classifier = Linear {
-            weight: head.param("weight", &[cfg.num_classes, cin], ParamKind::Weight, Init::Normal { std: 0.01 })?,
-            bias: Some(head.param("bias", &[cfg.num_classes], ParamKind::Bias, Init::Const(0.0))?),
-        };
+        let classifier = Linear::from_params(
+            head.param("weight", &[cfg.num_classes, cin], ParamKind::Weight, Init::Normal { std: 0.01 })?,
+            Some(head.param("bias", &[cfg.num_classes], ParamKind::Bias, Init::Const(0.0))?),
+        );
         let params = pb.clone().finish().0;
         Ok(Vgg { cfg, features, classifier, params })
     }

@@ -246,6 +246,9 @@ impl Optimizer for Sgd {
     fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
         for s in &mut self.slots {
             let Some(g) = grad_of(grads, &s.param) else { continue };
+            // The values change below, in place or not: derived copies
+            // (packed sparse weights) go stale.
+            s.param.mark_changed();
             let wd = if s.decay { self.weight_decay } else { 0.0 };
             let h = fused::SgdHyper {
                 lr: lr as f32,
@@ -307,6 +310,7 @@ impl Optimizer for AdamW {
         let bc2 = 1.0 - self.beta2.powi(t);
         for s in &mut self.slots {
             let Some(g) = grad_of(grads, &s.param) else { continue };
+            s.param.mark_changed();
             let decay = if s.decay && self.weight_decay > 0.0 { 1.0 - lr * self.weight_decay } else { 1.0 };
             let h = fused::AdamHyper {
                 lr: lr as f32,

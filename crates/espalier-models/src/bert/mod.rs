@@ -47,7 +47,7 @@ use candle_core::{DType, Device, Tensor};
 use espalier_core::init::Init;
 use espalier_core::{Batch, GroupSet, Inputs, Keep, Member, Param, ParamBuilder, ParamKind, ParamStore, Result, Rng};
 
-use crate::layers::{dropout, dropout_mask, Embedding, LayerNorm, Linear};
+use crate::layers::{dropout, dropout_mask, Embedding, LayerNorm, Linear, PackOptions, PackedLayer};
 use crate::{loss, Mode, Model, ModelConfig, StepOutput};
 use espalier_kernels::fused::{self, Gelu};
 
@@ -59,7 +59,7 @@ pub use io::{normalize_hf_names, read_weights, CONFIG_FILE, PYTORCH_FILE, SAFETE
 fn dense(pb: &ParamBuilder, in_dim: usize, out_dim: usize, std: f64) -> Result<Linear> {
     let weight = pb.param("weight", &[out_dim, in_dim], ParamKind::Weight, Init::Normal { std })?;
     let bias = pb.param("bias", &[out_dim], ParamKind::Bias, Init::Const(0.0))?;
-    Ok(Linear { weight, bias: Some(bias) })
+    Ok(Linear::from_params(weight, Some(bias)))
 }
 
 /// Word, position and token-type embeddings, LayerNorm.
@@ -85,6 +85,8 @@ pub struct ResidualOut {
     pub bias: Param,
     /// `LayerNorm`.
     pub norm: LayerNorm,
+    /// `weight` and `bias` as a layer (what runs, and holds the packed copy).
+    linear: Option<Linear>,
 }
 
 impl ResidualOut {
@@ -96,14 +98,22 @@ impl ResidualOut {
             None
         };
         let bias = d.param("bias", &[hidden], ParamKind::Bias, Init::Const(0.0))?;
-        Ok(ResidualOut { weight, bias, norm: LayerNorm::new(&pb.pp("LayerNorm"), hidden, eps)? })
+        let linear = weight.clone().map(|w| Linear::from_params(w, Some(bias.clone())));
+        Ok(ResidualOut { weight, bias, norm: LayerNorm::new(&pb.pp("LayerNorm"), hidden, eps)?, linear })
     }
 
     /// `LN(residual + dropout(W inner + b))`, or `LN(residual + dropout(b))`
-    /// when the sublayer is empty.
-    fn forward(&self, inner: Option<&Tensor>, residual: &Tensor, p: f64, rng: Option<&mut Rng>) -> Result<Tensor> {
-        let y = match (inner, &self.weight) {
-            (Some(h), Some(w)) => Linear { weight: w.clone(), bias: Some(self.bias.clone()) }.forward(h)?,
+    /// when the sublayer is empty; the packed sparse `W` when `infer`.
+    fn forward(
+        &self,
+        inner: Option<&Tensor>,
+        residual: &Tensor,
+        p: f64,
+        rng: Option<&mut Rng>,
+        infer: bool,
+    ) -> Result<Tensor> {
+        let y = match (inner, &self.linear) {
+            (Some(h), Some(l)) => l.forward_mode(h, infer)?,
             _ => self.bias.effective()?.broadcast_as(residual.shape())?,
         };
         let y = dropout(&y, p, rng)?;
@@ -221,6 +231,14 @@ impl Bert {
         Self::new(cfg, &ParamBuilder::from_seed(seed, DType::F32, device))
     }
 
+    /// The encoder's linear layers, in forward order.
+    fn encoder_linears(&self) -> impl Iterator<Item = &Linear> {
+        self.layers.iter().flat_map(|l| {
+            let qkv = l.attention.qkv.iter().flatten();
+            qkv.chain(&l.attention.output.linear).chain(&l.ffn.intermediate).chain(&l.ffn.output.linear)
+        })
+    }
+
     /// The configuration.
     pub fn bert_config(&self) -> &BertConfig {
         &self.cfg
@@ -253,29 +271,37 @@ impl Bert {
         x: &Tensor,
         bias: &Tensor,
         rng: Option<&mut Rng>,
+        infer: bool,
     ) -> Result<Option<Tensor>> {
         let Some([q, k, v]) = &a.qkv else { return Ok(None) };
         let (b, t, _) = x.dims3()?;
         let mask = dropout_mask(b * a.heads * t * t, self.cfg.attention_probs_dropout_prob, rng);
         Ok(Some(espalier_kernels::attention::attention(
-            &q.forward(x)?,
-            &k.forward(x)?,
-            &v.forward(x)?,
+            &q.forward_mode(x, infer)?,
+            &k.forward_mode(x, infer)?,
+            &v.forward_mode(x, infer)?,
             bias,
             a.heads,
             mask,
         )?))
     }
 
-    fn attention(&self, a: &BertAttention, x: &Tensor, bias: &Tensor, mut rng: Option<&mut Rng>) -> Result<Tensor> {
-        let ctx = self.attention_context(a, x, bias, rng.as_deref_mut())?;
-        a.output.forward(ctx.as_ref(), x, self.cfg.hidden_dropout_prob, rng)
+    fn attention(
+        &self,
+        a: &BertAttention,
+        x: &Tensor,
+        bias: &Tensor,
+        mut rng: Option<&mut Rng>,
+        infer: bool,
+    ) -> Result<Tensor> {
+        let ctx = self.attention_context(a, x, bias, rng.as_deref_mut(), infer)?;
+        a.output.forward(ctx.as_ref(), x, self.cfg.hidden_dropout_prob, rng, infer)
     }
 
     /// The feed-forward units' activations `GELU(W₁ a + b₁)`, `(B, T, width)`.
-    fn ffn_activations(&self, f: &BertFeedForward, x: &Tensor) -> Result<Option<Tensor>> {
+    fn ffn_activations(&self, f: &BertFeedForward, x: &Tensor, infer: bool) -> Result<Option<Tensor>> {
         let Some(inter) = &f.intermediate else { return Ok(None) };
-        let h = inter.forward(x)?;
+        let h = inter.forward_mode(x, infer)?;
         Ok(Some(match self.cfg.hidden_act {
             HiddenAct::Gelu => fused::gelu(&h, Gelu::Erf)?,
             HiddenAct::GeluTanh => fused::gelu(&h, Gelu::Tanh)?,
@@ -292,15 +318,15 @@ impl Bert {
         let mut x = self.embed(input_ids, token_type_ids, None)?;
         let bias = attention_bias(attention_mask, x.dtype())?;
         for l in &self.layers[..layer] {
-            x = self.attention(&l.attention, &x, &bias, None)?;
-            x = self.feed_forward(&l.ffn, &x, None)?;
+            x = self.attention(&l.attention, &x, &bias, None, false)?;
+            x = self.feed_forward(&l.ffn, &x, None, false)?;
         }
         let l = &self.layers[layer];
         let h = if heads {
-            self.attention_context(&l.attention, &x, &bias, None)?
+            self.attention_context(&l.attention, &x, &bias, None, false)?
         } else {
-            let a = self.attention(&l.attention, &x, &bias, None)?;
-            self.ffn_activations(&l.ffn, &a)?
+            let a = self.attention(&l.attention, &x, &bias, None, false)?;
+            self.ffn_activations(&l.ffn, &a, false)?
         };
         let h = h.ok_or_else(|| espalier_core::Error::msg(format!("layer {layer} has no units left to probe")))?;
         // Rows of the real (unpadded) tokens only.
@@ -311,9 +337,9 @@ impl Bert {
         Ok(h.reshape((b * t, w))?.index_select(&rows, 0)?)
     }
 
-    fn feed_forward(&self, f: &BertFeedForward, x: &Tensor, rng: Option<&mut Rng>) -> Result<Tensor> {
-        let h = self.ffn_activations(f, x)?;
-        f.output.forward(h.as_ref(), x, self.cfg.hidden_dropout_prob, rng)
+    fn feed_forward(&self, f: &BertFeedForward, x: &Tensor, rng: Option<&mut Rng>, infer: bool) -> Result<Tensor> {
+        let h = self.ffn_activations(f, x, infer)?;
+        f.output.forward(h.as_ref(), x, self.cfg.hidden_dropout_prob, rng, infer)
     }
 
     /// The final hidden states `(B, T, H)` (what HF's `BertModel` returns as
@@ -325,13 +351,25 @@ impl Bert {
         input_ids: &Tensor,
         token_type_ids: &Tensor,
         attention_mask: &Tensor,
+        rng: Option<&mut Rng>,
+    ) -> Result<Tensor> {
+        self.encode_mode(input_ids, token_type_ids, attention_mask, rng, false)
+    }
+
+    /// [`Bert::encode`], through the packed sparse layers when `infer`.
+    fn encode_mode(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        attention_mask: &Tensor,
         mut rng: Option<&mut Rng>,
+        infer: bool,
     ) -> Result<Tensor> {
         let mut x = self.embed(input_ids, token_type_ids, rng.as_deref_mut())?;
         let bias = attention_bias(attention_mask, x.dtype())?;
         for layer in &self.layers {
-            x = self.attention(&layer.attention, &x, &bias, rng.as_deref_mut())?;
-            x = self.feed_forward(&layer.ffn, &x, rng.as_deref_mut())?;
+            x = self.attention(&layer.attention, &x, &bias, rng.as_deref_mut(), infer)?;
+            x = self.feed_forward(&layer.ffn, &x, rng.as_deref_mut(), infer)?;
         }
         Ok(x)
     }
@@ -347,9 +385,22 @@ impl Bert {
         input_ids: &Tensor,
         token_type_ids: &Tensor,
         attention_mask: &Tensor,
-        mut rng: Option<&mut Rng>,
+        rng: Option<&mut Rng>,
     ) -> Result<Tensor> {
-        let hidden = self.encode(input_ids, token_type_ids, attention_mask, rng.as_deref_mut())?;
+        self.logits_mode(input_ids, token_type_ids, attention_mask, rng, false)
+    }
+
+    /// [`Bert::logits`], through the packed sparse layers when `infer`
+    /// ([`Model::pack_sparse`]; the pooler and classifier stay dense).
+    fn logits_mode(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        attention_mask: &Tensor,
+        mut rng: Option<&mut Rng>,
+        infer: bool,
+    ) -> Result<Tensor> {
+        let hidden = self.encode_mode(input_ids, token_type_ids, attention_mask, rng.as_deref_mut(), infer)?;
         let pooled = dropout(&self.pool(&hidden)?, self.cfg.classifier_dropout_prob(), rng)?;
         let out = self.classifier.forward(&pooled)?;
         Ok(match self.cfg.task {
@@ -363,11 +414,12 @@ impl Bert {
         let Inputs::Tokens { input_ids, token_type_ids, attention_mask } = &batch.inputs else {
             espalier_core::bail!("BERT takes token sequences, not dense inputs");
         };
+        let infer = matches!(mode, Mode::Infer);
         let rng = match mode {
             Mode::Train(r) => Some(&mut **r),
             Mode::Eval | Mode::Infer => None,
         };
-        self.logits(input_ids, token_type_ids, attention_mask, rng)
+        self.logits_mode(input_ids, token_type_ids, attention_mask, rng, infer)
     }
 }
 
@@ -382,6 +434,29 @@ impl Model for Bert {
     }
     fn params(&self) -> &ParamStore {
         &self.params
+    }
+    /// The feed-forward units' activation (sets `encoder.layer.{l}.intermediate`).
+    fn unit_activation(&self, set: &str, pre: &Tensor) -> Result<Option<Tensor>> {
+        if !set.ends_with(".intermediate") {
+            return Ok(None);
+        }
+        Ok(Some(match self.cfg.hidden_act {
+            HiddenAct::Gelu => fused::gelu(pre, Gelu::Erf)?,
+            HiddenAct::GeluTanh => fused::gelu(pre, Gelu::Tanh)?,
+            HiddenAct::Relu => pre.relu()?,
+        }))
+    }
+    /// A feed-forward block may lose all its units (only `LN(a + b₂)` remains).
+    fn allows_empty_set(&self, set: &str) -> bool {
+        set.ends_with(".intermediate")
+    }
+    /// The encoder's Q, K, V, attention output, FFN intermediate and output
+    /// layers; the pooler and classifier stay dense.
+    fn pack_sparse(&self, opts: &PackOptions) -> Result<Vec<PackedLayer>> {
+        self.encoder_linears().map(|l| l.pack_sparse(opts)).collect()
+    }
+    fn unpack_sparse(&self) {
+        self.encoder_linears().for_each(Linear::unpack_sparse)
     }
     fn config(&self) -> ModelConfig {
         ModelConfig::Bert(self.cfg.clone())
