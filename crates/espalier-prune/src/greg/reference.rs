@@ -177,10 +177,13 @@ fn pick(scores: &[f32], n_pruned: usize) -> Vec<usize> {
     out
 }
 
-/// `mean(score[kept]) / mean(score[pruned])` in f32, as the reference.
+/// `mean(score[kept]) / mean(score[pruned])` in f32, as the reference;
+/// where the reference would get ∞ (no pruned unit, or all pruned weights
+/// exactly 0) this gives `f32::MAX`, which passes every stop the same way
+/// and, unlike ∞, survives the JSON of a checkpoint.
 fn raw_ratio(scores: &[f32], pruned: &[usize]) -> f32 {
     if pruned.is_empty() {
-        return f32::INFINITY;
+        return f32::MAX;
     }
     let (mut k, mut nk, mut p) = (0f64, 0usize, 0f64);
     for (u, &s) in scores.iter().enumerate() {
@@ -193,13 +196,18 @@ fn raw_ratio(scores: &[f32], pruned: &[usize]) -> f32 {
     }
     let mk = (k / nk.max(1) as f64) as f32;
     let mp = (p / pruned.len() as f64) as f32;
-    mk / mp
+    let r = mk / mp;
+    if r.is_finite() {
+        r
+    } else {
+        f32::MAX
+    }
 }
 
 impl Layer {
     fn smooth(&mut self, r: f32) {
         self.ratio = Some(match self.ratio {
-            Some(h) => h * 0.9f32 + r * 0.1f32,
+            Some(h) => (h * 0.9f32 + r * 0.1f32).min(f32::MAX),
             None => r,
         });
     }
@@ -275,7 +283,7 @@ impl RefState {
                 phase: if uniform { super::Phase::Uniform } else { super::Phase::Push },
                 lambda: l.lambda as f64,
                 kept_lambda: l.kept_lambda as f64,
-                ratio: l.ratio.map_or(f64::NAN, f64::from),
+                ratio: l.ratio.map_or(0.0, f64::from),
                 finished,
             });
             if finished {
