@@ -3,6 +3,21 @@
 //! Algorithms 1–2), for the units of [`GroupSet`]s (neurons, channels,
 //! heads, feed-forward units).
 //!
+//! Two modes (`structured.greg.mode`):
+//!
+//! - `reference` (the default): the authors' code
+//!   (MingSun-Tse/Regularization-Pruning, `pruner/reg_pruner.py`), point by
+//!   point: penalty and score on the producing filter/row only, mean `|W|`
+//!   scores, per-layer smoothed magnitude ratios that must all pass, λ in
+//!   f32 from iteration 0, GReg-2 carrying on from its uniform ceiling,
+//!   a stabilisation period (10,000 iterations, the authors' CIFAR command)
+//!   and `n_pruned = min(ceil(pr·n), n − 1)`. See [`reference`]; a
+//!   differential test replays the reference's own decisions.
+//! - `pooled`: Espalier's earlier reading of the paper, described below
+//!   (kept for comparison with the committed tables).
+//!
+//! In `pooled` mode:
+//!
 //! GReg-1: the units to remove are chosen once, by the L1 norm of their
 //! weights, before the regularization phase. Every `interval` optimizer steps
 //! (K_u) their L2 penalty λ grows by `delta`; it acts through the gradient,
@@ -33,14 +48,33 @@ use espalier_core::{GroupSet, Keep, ParamStore, Result, Selector};
 use espalier_train::regularize::{Regularizer, StepInfo};
 use serde::{Deserialize, Serialize};
 
+pub mod reference;
+
 use crate::method::{Action, Context, Length, Method, MethodReport, Phase as PlanPhase, Plan, Selection};
 use crate::structured::norm::norms;
 use crate::structured::{selected_sets, structured_plan, top_k, StructuredConfig};
+use reference::{RefState, Schedule};
+
+/// Which GReg (`structured.greg.mode`).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum GRegMode {
+    /// The authors' code, point by point ([`reference`]).
+    #[default]
+    Reference,
+    /// Espalier's earlier variant: penalty on every trainable member of a
+    /// unit, L1-sum scores, one magnitude ratio pooled over all sets,
+    /// GReg-2's λ restarting at 0 after the choice.
+    Pooled,
+}
 
 /// GReg settings (`[structured.greg]`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct GRegConfig {
+    /// `reference` (the authors' code) or `pooled`.
+    #[serde(default)]
+    pub mode: GRegMode,
     /// K_u: optimizer steps between two increases of λ.
     #[serde(default = "default_interval")]
     pub interval: usize,
@@ -50,12 +84,14 @@ pub struct GRegConfig {
     /// λ stops growing here.
     #[serde(default = "default_ceiling")]
     pub ceiling: f64,
-    /// ... or when mean|kept| / mean|pruned| reaches this.
+    /// ... or when mean|kept| / mean|pruned| reaches this (reference mode:
+    /// every layer's smoothed ratio).
     #[serde(default = "default_ratio")]
     pub ratio_stop: f64,
-    /// Steps with λ held before the units are removed.
+    /// Steps with λ held before the units are removed (default: 10,000 in
+    /// reference mode, the authors' CIFAR setting; 0 in pooled mode).
     #[serde(default)]
-    pub stabilize_steps: usize,
+    pub stabilize_steps: Option<usize>,
     /// GReg-2: increase of the uniform λ.
     #[serde(default = "default_uniform_delta")]
     pub uniform_delta: f64,
@@ -102,6 +138,29 @@ impl Default for GRegConfig {
 }
 
 impl GRegConfig {
+    /// The stabilisation period in effect.
+    pub fn stabilize(&self) -> usize {
+        self.stabilize_steps.unwrap_or(match self.mode {
+            GRegMode::Reference => 10_000,
+            GRegMode::Pooled => 0,
+        })
+    }
+
+    /// The reference schedule's parameters (f32, as the reference holds λ).
+    fn schedule(&self, two: bool) -> Schedule {
+        Schedule {
+            interval: self.interval as u64,
+            delta: self.delta as f32,
+            ceiling: self.ceiling as f32,
+            ratio_stop: self.ratio_stop as f32,
+            uniform_delta: self.uniform_delta as f32,
+            uniform_ceiling: self.uniform_ceiling as f32,
+            kept_penalty: self.kept_penalty as f32,
+            stabilize_steps: self.stabilize() as u64,
+            two,
+        }
+    }
+
     /// Checks the values; `path` prefixes key names.
     pub fn validate(&self, path: &str) -> std::result::Result<(), String> {
         if self.interval == 0 {
@@ -166,8 +225,11 @@ pub struct GRegState {
     pub keep: Option<Keep>,
     /// Steps spent stabilising.
     pub stable_steps: usize,
-    /// λ and magnitude ratio at every increase.
+    /// λ and magnitude ratio at every increase (pooled mode).
     pub trace: Vec<TracePoint>,
+    /// The per-layer schedule (reference mode).
+    #[serde(default)]
+    pub reference: Option<RefState>,
 }
 
 /// GReg-1 or GReg-2 over the selected group sets of a structured config.
@@ -201,6 +263,7 @@ impl GReg {
                 keep: None,
                 stable_steps: 0,
                 trace: Vec::new(),
+                reference: None,
             },
             steps: 0,
             two,
@@ -213,7 +276,20 @@ impl GReg {
     /// The penalty on `sets`, keeping `kept` units per set, starting now
     /// (GReg-1 chooses its units at once, by L1 norm).
     pub fn begin(&mut self, sets: Vec<GroupSet>, kept: BTreeMap<String, usize>, params: &ParamStore) -> Result<()> {
-        self.state.keep = if self.two { None } else { Some(choose(params, &sets, &kept)?) };
+        if self.cfg.mode == GRegMode::Reference {
+            let counts: Vec<usize> = sets
+                .iter()
+                .map(|s| {
+                    kept.get(&s.name).copied().ok_or_else(|| {
+                        espalier_core::Error::msg(format!("GReg: no kept count for group set `{}`", s.name))
+                    })
+                })
+                .collect::<Result<_>>()?;
+            self.state.reference = Some(RefState::new(params, &sets, &counts, self.two)?);
+            self.state.keep = None;
+        } else {
+            self.state.keep = if self.two { None } else { Some(choose(params, &sets, &kept)?) };
+        }
         self.sets = sets;
         self.kept = kept;
         self.active = true;
@@ -224,6 +300,16 @@ impl GReg {
     /// Where the run is.
     pub fn state(&self) -> &GRegState {
         &self.state
+    }
+
+    /// Units kept in a set of `size` units: the reference's
+    /// `n − min(ceil(pr·n), n − 1)` with `pr = 1 − keep_ratio` in reference
+    /// mode, `StructuredConfig::kept` in pooled mode; `keep` (a count) as is.
+    pub fn kept(&self, size: usize) -> usize {
+        match (self.cfg.mode, self.structured.keep, self.structured.keep_ratio) {
+            (GRegMode::Reference, None, Some(r)) => size - reference::pruned_count(1.0 - r, size),
+            _ => self.structured.kept(size),
+        }
     }
 }
 
@@ -253,7 +339,7 @@ impl Method for GReg {
     fn start_phase(&mut self, index: usize, cx: &mut Context) -> Result<()> {
         if index == 1 {
             let sets = selected_sets(cx.model, &self.structured)?;
-            let kept = sets.iter().map(|s| (s.name.clone(), self.structured.kept(s.size))).collect();
+            let kept = sets.iter().map(|s| (s.name.clone(), self.kept(s.size))).collect();
             self.begin(sets, kept, cx.model.params())?;
         } else {
             self.active = false;
@@ -261,12 +347,16 @@ impl Method for GReg {
         Ok(())
     }
     fn done(&self) -> bool {
-        self.state.phase == Phase::Done
+        match &self.state.reference {
+            Some(r) => r.done,
+            None => self.state.phase == Phase::Done,
+        }
     }
     fn select(&mut self, cx: &mut Context) -> Result<Selection> {
-        let keep = match &self.state.keep {
-            Some(k) => k.clone(),
-            None => choose(cx.model.params(), &self.sets, &self.kept)?,
+        let keep = match (&self.state.reference, &self.state.keep) {
+            (Some(r), _) => r.keep(cx.model.params(), &self.sets)?,
+            (None, Some(k)) => k.clone(),
+            (None, None) => choose(cx.model.params(), &self.sets, &self.kept)?,
         };
         let seconds = self.started.map_or(0.0, |t| t.elapsed().as_secs_f64());
         Ok(Selection { keep, seconds, ..Selection::default() })
@@ -282,6 +372,9 @@ impl Method for GReg {
         Ok(())
     }
     fn report(&self) -> Option<MethodReport> {
+        if let Some(r) = &self.state.reference {
+            return Some(reference_report(r));
+        }
         let st = &self.state;
         let last = st.trace.last();
         let mut md = format!(
@@ -302,6 +395,53 @@ impl Method for GReg {
             }
         }
         Some(MethodReport { json: serde_json::json!({ "greg_trace": st.trace }), markdown: md })
+    }
+}
+
+/// The reference mode's report: per layer its final λ, ratio and finish
+/// iteration, and its (step, λ, ratio) trace.
+fn reference_report(r: &RefState) -> MethodReport {
+    let converged = r.done;
+    let mut md = format!(
+        "\nGReg penalty (reference mode): {}.\n\n| layer | pruned | λ | kept λ | ratio (EMA) | finished at | picked at |\n|---|---:|---:|---:|---:|---:|---:|\n",
+        match (r.stop_step, converged) {
+            (Some(s), true) => format!("every layer finished at iteration {s}, then stabilised"),
+            (Some(s), false) => format!("every layer finished at iteration {s}; **not converged**: the stabilisation did not end within structured.greg.max_epochs"),
+            (None, _) => "**not converged**: λ was still growing when the phase reached structured.greg.max_epochs".into(),
+        }
+    );
+    let opt = |v: Option<u64>| v.map_or("–".to_string(), |v| v.to_string());
+    for l in &r.layers {
+        md += &format!(
+            "| {} | {}/{} | {:.4} | {:.4} | {} | {} | {} |\n",
+            l.name,
+            l.n_pruned,
+            l.size,
+            l.lambda,
+            l.kept_lambda,
+            l.ratio.map_or("–".into(), |h| format!("{h:.2}")),
+            opt(l.finish_step),
+            opt(l.pick_step)
+        );
+    }
+    if !r.trace.is_empty() {
+        md += "\n| iteration | layer | phase | λ | ratio (EMA) |\n|---:|---|---|---:|---:|\n";
+        let every = r.trace.len().div_ceil(40);
+        for (i, t) in r.trace.iter().enumerate() {
+            if i % every == 0 || i + 1 == r.trace.len() || t.finished {
+                md += &format!("| {} | {} | {:?} | {:.4} | {:.2} |\n", t.step, t.layer, t.phase, t.lambda, t.ratio);
+            }
+        }
+    }
+    MethodReport {
+        json: serde_json::json!({
+            "greg_mode": "reference",
+            "converged": converged,
+            "stop_step": r.stop_step,
+            "layers": r.layers,
+            "greg_trace": r.trace,
+        }),
+        markdown: md,
     }
 }
 
@@ -352,9 +492,21 @@ impl Regularizer for GReg {
     /// `grad += λ_u · w` for every weight of unit `u`: λ for pruned units,
     /// the kept penalty (GReg-2) or 0 for kept ones, the uniform λ for all
     /// in GReg-2's first phase.
-    fn adjust_grads(&mut self, params: &ParamStore, grads: &mut GradStore, _step: &StepInfo) -> Result<()> {
+    fn adjust_grads(&mut self, params: &ParamStore, grads: &mut GradStore, step: &StepInfo) -> Result<()> {
+        if !self.active {
+            return Ok(());
+        }
+        if let Some(r) = &mut self.state.reference {
+            // The held λ keeps acting after the stabilisation, until the
+            // phase ends (the reference removes the units at once).
+            r.update(params, &self.sets, &self.cfg.schedule(self.two), step.global_step)?;
+            for (i, set) in self.sets.iter().enumerate() {
+                reference::apply(params, set, &r.coefficients(i), grads)?;
+            }
+            return Ok(());
+        }
         let st = &self.state;
-        if !self.active || st.phase == Phase::Done {
+        if st.phase == Phase::Done {
             return Ok(());
         }
         let kept_lambda = if self.two { self.cfg.kept_penalty } else { 0.0 };
@@ -392,13 +544,17 @@ impl Regularizer for GReg {
             return Ok(());
         }
         self.steps += 1;
+        if let Some(r) = &mut self.state.reference {
+            r.after_step(&self.cfg.schedule(self.two));
+            return Ok(());
+        }
         let steps = self.steps;
         let st = &mut self.state;
         match st.phase {
             Phase::Done => return Ok(()),
             Phase::Stabilize => {
                 st.stable_steps += 1;
-                if st.stable_steps >= self.cfg.stabilize_steps {
+                if st.stable_steps >= self.cfg.stabilize() {
                     st.phase = Phase::Done;
                     tracing::info!(step = step.global_step, "GReg: stabilised; the units can be removed");
                 }
@@ -425,7 +581,7 @@ impl Regularizer for GReg {
                 st.trace.push(point);
                 let stop = st.lambda >= self.cfg.ceiling || ratio >= self.cfg.ratio_stop;
                 if st.phase == Phase::Push && !just_chose && stop {
-                    st.phase = if self.cfg.stabilize_steps > 0 { Phase::Stabilize } else { Phase::Done };
+                    st.phase = if self.cfg.stabilize() > 0 { Phase::Stabilize } else { Phase::Done };
                     tracing::info!(
                         step = step.global_step,
                         lambda = st.lambda,
@@ -442,6 +598,19 @@ impl Regularizer for GReg {
     }
 
     fn on_epoch(&mut self, _params: &ParamStore, step: &StepInfo) -> Result<()> {
+        if let (true, Some(r)) = (self.active, &self.state.reference) {
+            for l in &r.layers {
+                tracing::info!(
+                    epoch = step.epoch,
+                    layer = %l.name,
+                    lambda = l.lambda,
+                    ratio = ?l.ratio,
+                    finished = l.finish_step.is_some(),
+                    "GReg"
+                );
+            }
+            return Ok(());
+        }
         if self.active {
             let ratio = self.state.trace.last().map_or(0.0, |t| t.ratio);
             tracing::info!(
@@ -495,7 +664,14 @@ mod tests {
     #[test]
     fn greg1_penalty_grows_by_the_schedule_on_the_pruned_units_only() -> Result<()> {
         let (store, sets) = store()?;
-        let cfg = GRegConfig { interval: 3, delta: 0.5, ceiling: 1.2, ratio_stop: 1e9, ..GRegConfig::default() };
+        let cfg = GRegConfig {
+            mode: GRegMode::Pooled,
+            interval: 3,
+            delta: 0.5,
+            ceiling: 1.2,
+            ratio_stop: 1e9,
+            ..GRegConfig::default()
+        };
         let mut g = greg(cfg, false, sets, &store)?;
         assert_eq!(g.state.keep.as_ref().unwrap()["fc1"], vec![0, 2]);
         let mut lambdas = Vec::new();
@@ -521,12 +697,13 @@ mod tests {
     fn greg2_grows_uniformly_then_chooses_and_the_ratio_stop_ends_the_push() -> Result<()> {
         let (store, sets) = store()?;
         let cfg = GRegConfig {
+            mode: GRegMode::Pooled,
             interval: 1,
             uniform_delta: 0.1,
             uniform_ceiling: 0.3,
             delta: 0.01,
             ratio_stop: 2.0,
-            stabilize_steps: 2,
+            stabilize_steps: Some(2),
             ..GRegConfig::default()
         };
         let mut g = greg(cfg, true, sets, &store)?;
@@ -547,6 +724,18 @@ mod tests {
         step(&mut g, &store, 6)?;
         assert_eq!(g.state.phase, Phase::Done);
         Ok(())
+    }
+
+    #[test]
+    fn mode_defaults_to_reference_with_its_stabilisation() {
+        let c = GRegConfig::default();
+        assert_eq!(c.mode, GRegMode::Reference);
+        assert_eq!(c.stabilize(), 10_000);
+        let p: GRegConfig = serde_json::from_str(r#"{"mode": "pooled"}"#).unwrap();
+        assert_eq!((p.mode, p.stabilize()), (GRegMode::Pooled, 0));
+        let s: GRegConfig = serde_json::from_str(r#"{"stabilize_steps": 7}"#).unwrap();
+        assert_eq!(s.stabilize(), 7);
+        assert!(serde_json::from_str::<GRegConfig>(r#"{"mode": "paper"}"#).is_err());
     }
 
     /// A BatchNorm running variance among a set's members (a buffer, as in a
