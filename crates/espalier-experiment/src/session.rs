@@ -18,9 +18,9 @@ use candle_core::Device;
 use espalier_core::{ParamKind, ParamStore, Rng, SparsityReport};
 use espalier_data::{Batch, Data, DataRoot};
 use espalier_models::{load_model, Mode, Model};
-use espalier_prune::{Action, Context as MethodContext, Length, Method, Phase, Plan};
+use espalier_prune::{Action, Context as MethodContext, Length, Method, Phase, PhaseLr, Plan};
 use espalier_train::trainer::PhasePos;
-use espalier_train::{evaluate, EvalStats, Optimizer, Regularizer, Trainer, TrainerOptions};
+use espalier_train::{evaluate, EvalStats, LrSchedule, Optimizer, Regularizer, Trainer, TrainerOptions};
 
 use crate::config::{self, ConfigError, Experiment};
 use crate::error::{Context, Error, Result};
@@ -398,6 +398,13 @@ impl<'a> Session<'a> {
         self.save_rewind_point()?;
         let epoch = self.progress.next_epoch;
         let pos = PhasePos { epoch_in_phase: self.progress.epoch_in_phase, epochs_in_phase: phase.length.max_epochs() };
+        let configured = self.exp.train.optimizer.lr();
+        let (schedule, base) = match phase.lr {
+            PhaseLr::Schedule => (self.exp.train.lr_schedule.clone(), configured),
+            PhaseLr::Constant(lr) => (LrSchedule::Constant, lr.unwrap_or(configured)),
+        };
+        self.trainer.opts.lr_schedule = schedule;
+        self.trainer.optimizer.set_base_lr(base);
         let hooks: &mut dyn Regularizer = self.method.as_mut();
         let stats = self.trainer.train_epoch(
             self.model.as_ref(),

@@ -89,7 +89,8 @@ fn answer(
             break;
         }
         if let Some(v) = h.to_ascii_lowercase().strip_prefix("range: bytes=") {
-            range_start = v.trim().split('-').next().and_then(|s| s.parse::<usize>().ok()).map(|a| (a, v.trim().to_string()));
+            range_start =
+                v.trim().split('-').next().and_then(|s| s.parse::<usize>().ok()).map(|a| (a, v.trim().to_string()));
         }
     }
     let reply = |stream: &mut TcpStream, status: &str, headers: &[(String, String)], body: &[u8], len: usize| {
@@ -216,7 +217,10 @@ fn downloads_caches_pins_revisions_and_survives_failures() {
     assert!(!cache.join("models--org--missing/snapshots").exists());
     let err = resolve_model_dir_with("org/tiny-bert@v9", &hub(&cache, &server, false)).unwrap_err().to_string();
     assert!(err.contains("v9") && err.contains("404"), "{err}");
-    assert_eq!(tree(&cache.join("models--org--tiny-bert")), cached.iter().filter(|(p, _)| p.starts_with(cache.join("models--org--tiny-bert"))).cloned().collect::<Vec<_>>());
+    assert_eq!(
+        tree(&cache.join("models--org--tiny-bert")),
+        cached.iter().filter(|(p, _)| p.starts_with(cache.join("models--org--tiny-bert"))).cloned().collect::<Vec<_>>()
+    );
 
     // Offline, a repo that is not cached is an error naming it and the cache,
     // with no request made.

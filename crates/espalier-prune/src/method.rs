@@ -50,6 +50,28 @@ pub struct Phase {
     pub length: Length,
     /// What happens before its first epoch.
     pub start: Vec<Action>,
+    /// The learning rate over the phase.
+    pub lr: PhaseLr,
+}
+
+impl Phase {
+    /// A phase under the experiment's learning-rate schedule.
+    pub fn new(round: usize, length: Length, start: Vec<Action>) -> Self {
+        Phase { round, length, start, lr: PhaseLr::Schedule }
+    }
+}
+
+/// The learning rate over a phase.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum PhaseLr {
+    /// The experiment's `train.lr_schedule` over the optimizer's rate,
+    /// restarted in the phase.
+    #[default]
+    Schedule,
+    /// Constant: this rate, or the optimizer's configured rate for `None`
+    /// (e.g. GReg's penalty phase, which the authors run at a constant
+    /// rate).
+    Constant(Option<f64>),
 }
 
 /// One thing the session does before a phase's first epoch.
@@ -88,7 +110,7 @@ pub struct Plan {
 impl Plan {
     /// Dense training only.
     pub fn dense(epochs: usize) -> Self {
-        Plan { phases: vec![Phase { round: 0, length: Length::Epochs(epochs), start: vec![] }], rewind_point: None }
+        Plan { phases: vec![Phase::new(0, Length::Epochs(epochs), vec![])], rewind_point: None }
     }
 }
 

@@ -221,17 +221,10 @@ impl ScheduleConfig {
 
     /// Expands the schedule after `dense_epochs` of dense training.
     pub fn plan(&self, dense_epochs: usize) -> Plan {
-        let dense = Phase { round: 0, length: Length::Epochs(dense_epochs), start: vec![] };
+        let dense = Phase::new(0, Length::Epochs(dense_epochs), vec![]);
         match *self {
             ScheduleConfig::OneShot { sparsity, finetune_epochs } => Plan {
-                phases: vec![
-                    dense,
-                    Phase {
-                        round: 1,
-                        length: Length::Epochs(finetune_epochs),
-                        start: vec![Action::Prune { sparsity }],
-                    },
-                ],
+                phases: vec![dense, Phase::new(1, Length::Epochs(finetune_epochs), vec![Action::Prune { sparsity }])],
                 rewind_point: None,
             },
             ScheduleConfig::Imp { rate, epochs_per_round, rewind, reset_optimizer, .. } => {
@@ -244,7 +237,7 @@ impl ScheduleConfig {
                     if reset_optimizer {
                         start.push(Action::ResetOptimizer);
                     }
-                    phases.push(Phase { round: r + 1, length: Length::Epochs(epochs_per_round), start });
+                    phases.push(Phase::new(r + 1, Length::Epochs(epochs_per_round), start));
                 }
                 Plan { phases, rewind_point: rewind.epoch() }
             }

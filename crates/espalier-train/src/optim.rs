@@ -160,6 +160,8 @@ impl OptimizerConfig {
 pub trait Optimizer: Send {
     /// The base learning rate (schedules multiply it).
     fn base_lr(&self) -> f64;
+    /// Sets the base learning rate (a phase with a rate of its own).
+    fn set_base_lr(&mut self, lr: f64);
     /// One update with learning rate `lr`; parameters without a gradient are
     /// left alone.
     fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()>;
@@ -243,6 +245,9 @@ impl Optimizer for Sgd {
     fn base_lr(&self) -> f64 {
         self.lr
     }
+    fn set_base_lr(&mut self, lr: f64) {
+        self.lr = lr;
+    }
     fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
         for s in &mut self.slots {
             let Some(g) = grad_of(grads, &s.param) else { continue };
@@ -302,6 +307,9 @@ pub struct AdamW {
 impl Optimizer for AdamW {
     fn base_lr(&self) -> f64 {
         self.lr
+    }
+    fn set_base_lr(&mut self, lr: f64) {
+        self.lr = lr;
     }
     fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
         self.step += 1;

@@ -46,10 +46,11 @@ pub fn download(hub: &Hub, repo_id: &str, revision: &str) -> Result<PathBuf> {
     let repo = Repo::with_revision(repo_id.to_string(), RepoType::Model, revision.to_string());
     let what = format!("downloading `{repo_id}` (revision `{revision}`) from {}", hub.endpoint);
     let fail = |e: String| Error::msg(format!("{what}: {e}; the cache {} is unchanged", hub.cache.display()));
-    let staging = hub
-        .cache
-        .join(".espalier-downloads")
-        .join(format!("{}@{}", repo.folder_name(), revision.replace(['/', '\\'], "%2F")));
+    let staging = hub.cache.join(".espalier-downloads").join(format!(
+        "{}@{}",
+        repo.folder_name(),
+        revision.replace(['/', '\\'], "%2F")
+    ));
     std::fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
     let api = ApiBuilder::from_cache(Cache::new(staging.clone()))
         .with_endpoint(hub.endpoint.clone())
@@ -119,7 +120,14 @@ fn describe(err: &str) -> String {
 }
 
 /// Moves the staged `files` of `commit` into the cache; returns the snapshot.
-fn publish(cache: &Path, repo: &Repo, revision: &str, commit: &str, files: &[String], staging: &Path) -> Result<PathBuf> {
+fn publish(
+    cache: &Path,
+    repo: &Repo,
+    revision: &str,
+    commit: &str,
+    files: &[String],
+    staging: &Path,
+) -> Result<PathBuf> {
     let from = staging.join(repo.folder_name());
     let to = cache.join(repo.folder_name());
     let snap = to.join("snapshots").join(commit);

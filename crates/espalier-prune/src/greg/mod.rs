@@ -50,7 +50,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod reference;
 
-use crate::method::{Action, Context, Length, Method, MethodReport, Phase as PlanPhase, Plan, Selection};
+use crate::method::{Action, Context, Length, Method, MethodReport, Phase as PlanPhase, PhaseLr, Plan, Selection};
 use crate::structured::norm::norms;
 use crate::structured::{selected_sets, structured_plan, top_k, StructuredConfig};
 use reference::{RefState, Schedule};
@@ -104,6 +104,11 @@ pub struct GRegConfig {
     /// Upper bound on the regularization phase, in epochs.
     #[serde(default = "default_max_epochs")]
     pub max_epochs: usize,
+    /// Constant learning rate of the penalty phase (the authors'
+    /// `lr_prune`). Default: the optimizer's configured rate, constant, in
+    /// reference mode; the experiment's schedule in pooled mode.
+    #[serde(default)]
+    pub lr: Option<f64>,
 }
 
 fn default_interval() -> usize {
@@ -178,6 +183,9 @@ impl GRegConfig {
         }
         if self.ratio_stop.is_nan() || self.ratio_stop <= 1.0 {
             return Err(format!("key `{path}.ratio_stop` must be > 1, found {}", self.ratio_stop));
+        }
+        if let Some(lr) = self.lr.filter(|lr| !(*lr > 0.0 && lr.is_finite())) {
+            return Err(format!("key `{path}.lr` must be > 0, found {lr}"));
         }
         if self.max_epochs == 0 {
             return Err(format!("key `{path}.max_epochs` must be at least 1"));
@@ -326,10 +334,14 @@ impl Method for GReg {
         format!("structured-{}", self.structured.method.key())
     }
     fn plan(&self, dense_epochs: usize) -> Plan {
-        let penalty = PlanPhase {
-            round: 1,
-            length: Length::UntilDone { max_epochs: self.cfg.max_epochs },
-            start: vec![Action::NewOptimizer],
+        let mut penalty =
+            PlanPhase::new(1, Length::UntilDone { max_epochs: self.cfg.max_epochs }, vec![Action::NewOptimizer]);
+        // The authors train the penalty phase at a constant rate; the pooled
+        // variant keeps the experiment's schedule (as the committed tables ran).
+        penalty.lr = match (self.cfg.mode, self.cfg.lr) {
+            (_, Some(lr)) => PhaseLr::Constant(Some(lr)),
+            (GRegMode::Reference, None) => PhaseLr::Constant(None),
+            (GRegMode::Pooled, None) => PhaseLr::Schedule,
         };
         structured_plan(&self.structured, dense_epochs, Some(penalty))
     }

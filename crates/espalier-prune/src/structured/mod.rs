@@ -322,13 +322,13 @@ impl Structured {
 /// penalty phase), then the shrink and fine-tuning, all after the dense
 /// phase in round 1.
 pub(crate) fn structured_plan(cfg: &StructuredConfig, dense_epochs: usize, extra: Option<Phase>) -> Plan {
-    let mut phases = vec![Phase { round: 0, length: Length::Epochs(dense_epochs), start: vec![] }];
+    let mut phases = vec![Phase::new(0, Length::Epochs(dense_epochs), vec![])];
     phases.extend(extra);
-    phases.push(Phase {
-        round: 1,
-        length: Length::Epochs(cfg.finetune_epochs),
-        start: vec![Action::Shrink { recalibrate_bn: cfg.recalibrate_bn }, Action::NewOptimizer],
-    });
+    phases.push(Phase::new(
+        1,
+        Length::Epochs(cfg.finetune_epochs),
+        vec![Action::Shrink { recalibrate_bn: cfg.recalibrate_bn }, Action::NewOptimizer],
+    ));
     Plan { phases, rewind_point: None }
 }
 
