@@ -101,9 +101,14 @@ pub const INTERESTING_TEXT: [&str; 30] = [
 static WORK_ROOT: OnceLock<PathBuf> = OnceLock::new();
 
 /// The directory the cases of this process are written under
-/// (`<tmp>/espalier-fuzz-<pid>/<target>/`).
+/// (`<tmp>/espalier-fuzz-<pid>/<target>/`); `<tmp>` is `/dev/shm` where it
+/// exists (tens of thousands of small writes, no disk), else the system's.
 pub fn work_root() -> &'static Path {
-    WORK_ROOT.get_or_init(|| std::env::temp_dir().join(format!("espalier-fuzz-{}", std::process::id())))
+    WORK_ROOT.get_or_init(|| {
+        let shm = Path::new("/dev/shm");
+        let tmp = if shm.is_dir() { shm.to_path_buf() } else { std::env::temp_dir() };
+        tmp.join(format!("espalier-fuzz-{}", std::process::id()))
+    })
 }
 
 /// A global allocator that aborts on any single allocation over
@@ -294,6 +299,65 @@ impl Mutator {
         b.splice(s..e, v.into_bytes());
     }
 
+    /// Safetensors-aware mutation: the 8-byte header length set to an
+    /// extreme value, the JSON header mutated (a number, a dtype, a value;
+    /// the length field kept consistent so that the mutation reaches the
+    /// header's parser), the tensor bytes mutated, or bytes anywhere.
+    pub fn safetensors(&mut self, b: &mut Vec<u8>) {
+        match self.below(10) {
+            0 => self.set_u64_le(b, 0),
+            1..=6 => self.safetensors_header(b),
+            7 if b.len() >= 8 => {
+                let n = (u64::from_le_bytes(b[..8].try_into().unwrap()) as usize).saturating_add(8).min(b.len());
+                let mut data = b.split_off(n);
+                self.bytes(&mut data);
+                b.extend(data);
+            }
+            _ => self.bytes(b),
+        }
+    }
+
+    fn safetensors_header(&mut self, b: &mut Vec<u8>) {
+        let m = self;
+        if b.len() < 8 {
+            return m.bytes(b);
+        }
+        let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+        if b.len() - 8 < n {
+            return m.bytes(b);
+        }
+        let mut json = b[8..8 + n].to_vec();
+        let data = b[8 + n..].to_vec();
+        match m.below(5) {
+            0 | 1 => m.number(&mut json),
+            2 => {
+                // Another dtype.
+                let dtypes: [&[u8]; 6] = [b"\"F32\"", b"\"U8\"", b"\"U32\"", b"\"F64\"", b"\"BF16\"", b"\"I64\""];
+                let from = *m.pick(&dtypes);
+                let targets: [&[u8]; 7] =
+                    [b"\"F8_E4M3\"", b"\"BOOL\"", b"\"F16\"", b"\"U64\"", b"\"F4\"", b"\"X\"", b"\"U8\""];
+                let to = *m.pick(&targets);
+                if let Some(i) = json.windows(from.len()).position(|w| w == from) {
+                    json.splice(i..i + from.len(), to.iter().copied());
+                }
+            }
+            3 => {
+                // A value replaced in the JSON text (commas separate values).
+                let commas: Vec<usize> = (0..json.len()).filter(|&i| json[i] == b',' || json[i] == b':').collect();
+                if !commas.is_empty() {
+                    let at = commas[m.below(commas.len())] + 1;
+                    let end = (at..json.len()).find(|&i| matches!(json[i], b',' | b'}' | b']')).unwrap_or(json.len());
+                    json.splice(at..end, m.text().bytes());
+                }
+            }
+            _ => m.bytes(&mut json),
+        }
+        let mut out = (json.len() as u64).to_le_bytes().to_vec();
+        out.extend(json);
+        out.extend(data);
+        *b = out;
+    }
+
     /// Line-level mutation of text: a line deleted, duplicated, swapped with
     /// another, or its value (after `=`, `:` or a tab) replaced by an
     /// interesting one.
@@ -366,10 +430,15 @@ pub fn run(
         let seed = first.wrapping_add(case);
         let mut m = Mutator::new(seed ^ crate::rng::tag_hash(target));
         let files = make(&mut m);
-        if work.exists() {
-            std::fs::remove_dir_all(&work).unwrap_or_else(|e| panic!("cannot clear {}: {e}", work.display()));
-        }
         std::fs::create_dir_all(&work).unwrap_or_else(|e| panic!("cannot create {}: {e}", work.display()));
+        // Only this case's files in the directory.
+        for e in std::fs::read_dir(&work).unwrap_or_else(|e| panic!("cannot list {}: {e}", work.display())) {
+            let e = e.unwrap_or_else(|e| panic!("cannot list {}: {e}", work.display()));
+            if !files.iter().any(|(n, _)| e.file_name() == n.as_str()) {
+                let p = e.path();
+                let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+            }
+        }
         for (name, bytes) in &files {
             std::fs::write(work.join(name), bytes).unwrap_or_else(|e| panic!("cannot write the case: {e}"));
         }
@@ -407,6 +476,7 @@ pub fn run(
         }
     }
     let _ = std::fs::remove_dir_all(&work);
+    let _ = std::fs::remove_dir(work_root());
     println!(
         "fuzz target `{target}`: {} cases ({} accepted, {} refused) in {:.1}s",
         stats.cases,
