@@ -206,7 +206,7 @@ impl Mutator {
 
     /// An interesting text value.
     pub fn text(&mut self) -> &'static str {
-        *self.pick(&INTERESTING_TEXT)
+        INTERESTING_TEXT[self.below(INTERESTING_TEXT.len())]
     }
 
     /// Sets the big-endian u32 at `offset` (if it fits) to an interesting value.

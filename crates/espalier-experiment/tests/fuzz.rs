@@ -58,7 +58,7 @@ fn mutate_toml(m: &mut Mutator, b: &mut Vec<u8>) {
                 let eqs: Vec<usize> = (1..b.len()).filter(|&i| b[i] == b'=' && b[i - 1] == b' ').collect();
                 if !eqs.is_empty() {
                     let at = eqs[m.below(eqs.len())].saturating_sub(2);
-                    b[at] = *m.pick(&[b'x', b'_', b'.', b'"', b' ']);
+                    b[at] = *m.pick(b"x_.\" ");
                 }
             }
             _ => m.byte_op(b),
