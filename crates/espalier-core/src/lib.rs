@@ -10,6 +10,7 @@
 pub mod batch;
 pub mod checkpoint;
 pub mod error;
+pub mod fuzz;
 pub mod groups;
 pub mod init;
 pub mod interrupt;

@@ -85,8 +85,13 @@ fn parse_idx(b: &[u8]) -> std::result::Result<Idx, String> {
     }
     let dims: Vec<usize> =
         (0..nd).map(|i| u32::from_be_bytes(b[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize).collect();
-    let n: usize = dims.iter().product();
+    // Checked against the file length before anything is allocated: the
+    // product of four u32 dimensions can overflow even a u64.
     let have = b.len() - header;
+    let n = dims
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| format!("dimensions {dims:?} claim more data bytes than can exist; the file has {have}"))?;
     if have < n {
         return Err(format!("truncated: dimensions {dims:?} need {n} data bytes, found {have}"));
     }
@@ -213,6 +218,24 @@ mod tests {
         assert!(e.contains("t10k-images-idx3-ubyte") && e.contains("truncated"), "{e}");
         let e = load(d.path(), Split::Train, Flavor::Mnist).unwrap_err().to_string();
         assert!(e.contains("train-images-idx3-ubyte"), "{e}");
+    }
+
+    /// Fuzzing regression (issue #24): dimensions whose product overflows
+    /// panicked ("attempt to multiply with overflow").
+    #[test]
+    fn overflowing_dimensions_are_an_error() {
+        let mut b = vec![0u8, 0, 0x08, 4];
+        for _ in 0..4 {
+            b.extend_from_slice(&u32::MAX.to_be_bytes());
+        }
+        let e = parse_idx(&b).unwrap_err();
+        assert!(e.contains("4294967295"), "{e}");
+        // 2^31 × 28 × 28 images in a 20-byte file: refused from the header.
+        let mut b = vec![0u8, 0, 0x08, 3];
+        for d in [1u32 << 31, 28, 28] {
+            b.extend_from_slice(&d.to_be_bytes());
+        }
+        assert!(parse_idx(&b).unwrap_err().contains("truncated"));
     }
 
     #[test]

@@ -82,8 +82,17 @@ impl Tokenizer {
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let mut inner =
-            tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| tok_err(path, "not a valid tokenizer.json", e))?;
+        // `tokenizers` panics on some malformed sections (an unknown decoder
+        // `type` is an `expect`): such a file is an error like the others.
+        let parsed = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(&bytes)).map_err(|p| {
+            let why = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+            tok_err(
+                path,
+                "not a valid tokenizer.json (the tokenizers library failed reading it)",
+                why.unwrap_or_default(),
+            )
+        })?;
+        let mut inner = parsed.map_err(|e| tok_err(path, "not a valid tokenizer.json", e))?;
         inner.with_padding(None);
         inner.with_truncation(None).map_err(|e| tok_err(path, "cannot disable truncation", e))?;
         Self::wrap(inner, path)

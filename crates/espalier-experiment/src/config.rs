@@ -140,6 +140,7 @@ pub fn parse(text: &str, sets: &[String]) -> Result<Experiment, ConfigError> {
     for s in sets {
         apply_set(&mut root, s)?;
     }
+    non_finite(&root, "")?;
     let exp: Experiment = serde_path_to_error::deserialize(toml::Value::Table(root)).map_err(|e| {
         let path = e.path().to_string();
         if path == "." || path.is_empty() {
@@ -150,6 +151,22 @@ pub fn parse(text: &str, sets: &[String]) -> Result<Experiment, ConfigError> {
     })?;
     exp.validate().map_err(ConfigError)?;
     Ok(exp)
+}
+
+/// Refuses NaN and infinite numbers anywhere (`lr = nan` trained on NaN, and
+/// a config holding NaN never equals itself, so its run could not resume).
+fn non_finite(table: &toml::Table, prefix: &str) -> Result<(), ConfigError> {
+    fn check(v: &toml::Value, key: &str) -> Result<(), ConfigError> {
+        match v {
+            toml::Value::Float(f) if !f.is_finite() => {
+                Err(ConfigError(format!("key `{key}`: {f} is not a finite number")))
+            }
+            toml::Value::Table(t) => non_finite(t, key),
+            toml::Value::Array(xs) => xs.iter().enumerate().try_for_each(|(i, x)| check(x, &format!("{key}[{i}]"))),
+            _ => Ok(()),
+        }
+    }
+    table.iter().try_for_each(|(k, v)| check(v, &if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") }))
 }
 
 /// Applies one `key.path=value` override; the value is read as TOML (a

@@ -20,12 +20,33 @@ pub fn model_name(m: &ModelConfig) -> String {
     }
 }
 
+/// The largest integer anywhere in `v`.
+fn max_integer(v: &serde_json::Value) -> Option<u64> {
+    match v {
+        serde_json::Value::Number(n) => n.as_u64(),
+        serde_json::Value::Array(xs) => xs.iter().filter_map(max_integer).max(),
+        serde_json::Value::Object(m) => m.values().filter_map(max_integer).max(),
+        _ => None,
+    }
+}
+
 /// Rebuilds a model from a checkpoint file alone (config from its header,
 /// masks restored); returns it with the header.
 pub fn load_model(path: &Path, device: &Device) -> Result<(Box<dyn Model>, serde_json::Value)> {
     let ck = checkpoint::load(path, device)?;
     let cfg: ModelConfig = serde_json::from_value(ck.header["model"].clone())
         .map_err(|e| espalier_core::Error::format(path, format!("the header has no valid model config ({e})")))?;
+    // A size in the header is checked against the numbers the file holds
+    // before anything is computed or allocated from it (a width of 2^40
+    // overflowed the fan-in computation).
+    let numel: usize = ck.tensors.values().map(|t| t.elem_count()).sum();
+    if let Some(n) = max_integer(&ck.header["model"]).filter(|&n| n > numel.max(1) as u64) {
+        return Err(espalier_core::Error::format(
+            path,
+            format!("the header's model config claims a size of {n}, more than the {numel} numbers the file holds"),
+        ));
+    }
+    cfg.validate("model").map_err(|e| espalier_core::Error::format(path, format!("the header's model config: {e}")))?;
     let pb = ParamBuilder::from_tensors(ck.params(), path.display().to_string(), DType::F32, device);
     let model = cfg.build(&pb)?;
     let (_, unused) = pb.finish();
