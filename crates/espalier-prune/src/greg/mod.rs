@@ -365,6 +365,12 @@ impl Method for GReg {
         }
     }
     fn select(&mut self, cx: &mut Context) -> Result<Selection> {
+        // A run resumed after the penalty phase never started it in this
+        // process: the group sets come from the model as the phase found them.
+        if self.sets.is_empty() {
+            self.sets = selected_sets(cx.model, &self.structured)?;
+            self.kept = self.sets.iter().map(|s| (s.name.clone(), self.kept(s.size))).collect();
+        }
         let keep = match (&self.state.reference, &self.state.keep) {
             (Some(r), _) => r.keep(cx.model.params(), &self.sets)?,
             (None, Some(k)) => k.clone(),
