@@ -90,6 +90,19 @@ fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     v
 }
 
+/// The files of `dir` after a failed write: the run marks itself failed in
+/// `summary.json` (a small write that fits under the limit), naming the
+/// file whose write failed; every other file is returned.
+fn files_after_failure(dir: &Path, failed_file: &str) -> Vec<(String, Vec<u8>)> {
+    let mut v = files(dir);
+    let i = v.iter().position(|(n, _)| n == "summary.json").expect("the run is marked failed in summary.json");
+    let (_, bytes) = v.remove(i);
+    let failure: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(failure["status"], "failed", "{failure}");
+    assert!(failure["error"].as_str().unwrap().contains(failed_file), "{failure}");
+    v
+}
+
 /// No temporary file of an atomic write is left in `dir`.
 fn no_temporary_files(dir: &Path) {
     let stray: Vec<String> = files(dir).into_iter().map(|(n, _)| n).filter(|n| n.contains(".tmp-")).collect();
@@ -140,7 +153,7 @@ fn a_failed_checkpoint_write_keeps_the_previous_checkpoint_and_resumes() {
     assert!(limit > 64, "the checkpoint is too small for the test: {limit} KiB");
     let out = run(&cfg, &part, &[], Some(limit));
     failed_writing(&out, "checkpoint.safetensors");
-    assert_eq!(files(&part), before, "a file of the run directory changed");
+    assert_eq!(files_after_failure(&part, "checkpoint.safetensors"), before, "a file of the run directory changed");
     no_temporary_files(&part);
     // The kept checkpoint is readable: the run resumes from it.
     ok(&run(&cfg, &part, &[], None));
@@ -154,7 +167,7 @@ fn a_failed_checkpoint_write_keeps_the_previous_checkpoint_and_resumes() {
 
 /// The disk fills while the final model is written (the run has trained
 /// every epoch): the run fails naming `model.safetensors`, writes no partial
-/// model, no summary (the run is not complete) and no temporary file, keeps
+/// model, no summary but its failure record, and no temporary file, keeps
 /// its checkpoint byte for byte, and the same command without the limit
 /// writes the model of an uninterrupted run.
 #[test]
@@ -176,7 +189,11 @@ fn a_failed_final_model_write_leaves_the_run_resumable() {
     assert!(limit > 64, "the model is too small for the test: {limit} KiB");
     let out = run(&cfg, &dir, &[], Some(limit));
     failed_writing(&out, "model.safetensors");
-    assert_eq!(files(&dir), before, "a file of the run directory changed or appeared");
+    assert_eq!(
+        files_after_failure(&dir, "model.safetensors"),
+        before,
+        "a file of the run directory changed or appeared"
+    );
     no_temporary_files(&dir);
     ok(&run(&cfg, &dir, &[], None));
     assert_eq!(std::fs::read(dir.join("model.safetensors")).unwrap(), model);
