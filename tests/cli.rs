@@ -582,6 +582,13 @@ fn gradual_and_one_shot_schedules_reach_their_targets() {
         assert!((last["sparsity"].as_f64().unwrap() - target).abs() < 1e-3, "{name}: {last}");
         assert!(last["metrics"]["accuracy"].as_f64().unwrap() > 50.0, "{name}: {last}");
     }
+    // The 80% model through the sparse kernels: `bench RUN_DIR` packs the
+    // layers sparse enough and times the masked dense and the sparse forward.
+    let gradual = run_dir(tmp.path(), "gradual");
+    let out = espalier(&["bench", gradual.to_str().unwrap(), "--batch-sizes", "1,8", "--repeats", "2"]);
+    ok(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Csr") && text.contains("sparse ms") && text.lines().count() >= 6, "bench printed:\n{text}");
 }
 
 /// A one-hidden-layer MLP on 1,000 images with a one-shot 2:4 schedule: the
@@ -769,7 +776,11 @@ fn structured_pruning_shrinks_saves_and_reloads() {
     assert_same_run(&p2, &full2);
     // A dense run is not a structured one.
     let out = espalier(&["bench", d.to_str().unwrap()]);
-    assert!(!out.status.success() && stderr(&out).contains("not a structured run"), "{}", stderr(&out));
+    assert!(
+        !out.status.success() && stderr(&out).contains("neither a structured run nor a sparse one"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// CIFAR-10 binary files with random pixels and labels: 5 training batches

@@ -499,6 +499,75 @@ pub fn shrink_latency(
     Ok(out)
 }
 
+/// Inference latency of a masked model, dense vs packed sparse.
+#[derive(Clone, Debug, Serialize)]
+pub struct SparseLatency {
+    /// Examples per forward pass.
+    pub batch_size: usize,
+    /// Median milliseconds, the masked model through the dense kernels.
+    pub dense_ms: f64,
+    /// Median milliseconds, the same model with its linear layers packed.
+    pub sparse_ms: f64,
+    /// `dense_ms / sparse_ms`.
+    pub speedup: f64,
+}
+
+/// Whether a run directory's model records a shrink (a structured run).
+pub fn is_structured(run_dir: &std::path::Path) -> anyhow::Result<bool> {
+    let path = run_dir.join("model.safetensors");
+    let (_, header) = crate::run::load_model(&path, &Device::Cpu)
+        .map_err(|e| anyhow::anyhow!("{}: cannot read the run's model: {e}", path.display()))?;
+    Ok(header.get("structured").is_some())
+}
+
+/// Times the forward pass (inference mode) of an unstructured or N:M run's
+/// model (`model.safetensors`, masks applied) through the dense kernels and
+/// with its linear layers packed for the sparse kernels
+/// ([`espalier_models::Model::pack_sparse`], default thresholds),
+/// alternating, `repeats` times per batch size after a warm-up. Returns the
+/// latencies and what each layer was packed as.
+pub fn sparse_latency(
+    run_dir: &std::path::Path,
+    batch_sizes: &[usize],
+    seq_len: usize,
+    repeats: usize,
+) -> anyhow::Result<(Vec<SparseLatency>, Vec<espalier_models::PackedLayer>)> {
+    use anyhow::Context;
+    use espalier_models::{Mode, Model, PackOptions};
+    let device = Device::Cpu;
+    let path = run_dir.join("model.safetensors");
+    let load =
+        || crate::run::load_model(&path, &device).with_context(|| format!("{}: the run's model", path.display()));
+    let (dense, _) = load()?;
+    let (sparse, _) = load()?;
+    let layers = sparse.pack_sparse(&PackOptions::default())?;
+    if layers.iter().all(|l| l.format == espalier_models::Format::Dense) {
+        anyhow::bail!(
+            "{}: neither a structured run nor a sparse one (no linear layer is sparse enough to pack)",
+            run_dir.display()
+        );
+    }
+    let mut out = Vec::new();
+    for &b in batch_sizes {
+        let batch = synthetic_batch(dense.as_ref(), b, seq_len, &device)?;
+        let models: [&dyn Model; 2] = [dense.as_ref(), sparse.as_ref()];
+        let mut times = [Vec::new(), Vec::new()];
+        for rep in 0..=repeats {
+            for (i, m) in models.iter().enumerate() {
+                let start = Instant::now();
+                std::hint::black_box(m.forward_t(&batch, &mut Mode::Infer)?.logits.flatten_all()?.sum_all()?);
+                if rep > 0 {
+                    times[i].push(start.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+        }
+        let (d, s) = (median(&times[0]), median(&times[1]));
+        tracing::info!(batch = b, dense_ms = format!("{d:.2}"), sparse_ms = format!("{s:.2}"), "latency");
+        out.push(SparseLatency { batch_size: b, dense_ms: d, sparse_ms: s, speedup: d / s });
+    }
+    Ok((out, layers))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

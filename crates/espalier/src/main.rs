@@ -117,7 +117,9 @@ enum Command {
     /// dense and shrunk models side by side.
     Bench {
         /// `mnist`, `bert`, `bert-base`, `resnet20`, `resnet18`, or a run
-        /// directory of a structured run (dense vs shrunk inference latency).
+        /// directory: of a structured run (dense vs shrunk inference
+        /// latency) or of an unstructured / N:M run (its masked model through
+        /// the dense vs the sparse kernels).
         #[arg(default_value = "mnist")]
         workload: String,
         /// Batch sizes for a run directory's latency.
@@ -386,7 +388,29 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             no_reference,
             json,
         } => {
-            if std::path::Path::new(&workload).is_dir() {
+            let dir = std::path::Path::new(&workload);
+            if dir.is_dir() && !espalier::bench::is_structured(dir)? {
+                let (results, layers) = espalier::bench::sparse_latency(dir, &batch_sizes, seq_len, repeats.max(1))?;
+                for l in &layers {
+                    println!(
+                        "{:<40} {:>11} density {:>6.2}% {:>16} {:>10} bytes",
+                        l.name,
+                        format!("{}x{}", l.shape.0, l.shape.1),
+                        100.0 * l.density,
+                        format!("{:?}", l.format),
+                        l.bytes
+                    );
+                }
+                println!("{:>6} {:>11} {:>11} {:>8}", "batch", "dense ms", "sparse ms", "speedup");
+                for r in &results {
+                    println!("{:>6} {:>11.3} {:>11.3} {:>7.2}x", r.batch_size, r.dense_ms, r.sparse_ms, r.speedup);
+                }
+                if let Some(p) = json {
+                    espalier_core::checkpoint::write_atomic(&p, serde_json::to_string_pretty(&results)?.as_bytes())?;
+                }
+                return Ok(());
+            }
+            if dir.is_dir() {
                 let results = espalier::bench::shrink_latency(
                     std::path::Path::new(&workload),
                     &batch_sizes,
