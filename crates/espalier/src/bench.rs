@@ -440,63 +440,25 @@ fn synthetic_batch(
     })
 }
 
-/// Times the forward pass (evaluation mode) of a structured run's dense
-/// model (`dense.safetensors`, the state before the shrink) and of its
-/// shrunk model (`model.safetensors`), alternating, `repeats` times per
-/// batch size after a warm-up; reports median latencies, the speedup and
-/// the FLOP ratio it is measured against.
-pub fn shrink_latency(
-    run_dir: &std::path::Path,
-    batch_sizes: &[usize],
-    seq_len: usize,
+/// Median milliseconds of the forward pass (inference mode) of each of two
+/// models on `batch`, alternating, `repeats` times after one warm-up.
+fn median_latencies(
+    models: [&dyn espalier_models::Model; 2],
+    batch: &espalier_data::Batch,
     repeats: usize,
-) -> anyhow::Result<Vec<LatencyResult>> {
-    use anyhow::Context;
-    use espalier_models::{Mode, Model};
-    let device = Device::Cpu;
-    // The model before the shrink: `dense.safetensors` (runs before it
-    // existed kept it as the checkpoint).
-    let dense_path = ["dense.safetensors", "checkpoint.safetensors"]
-        .iter()
-        .map(|f| run_dir.join(f))
-        .find(|p| p.exists())
-        .with_context(|| format!("{}: no dense.safetensors (the model before the shrink)", run_dir.display()))?;
-    let (dense, _) = crate::run::load_model(&dense_path, &device)
-        .with_context(|| format!("{}: the dense model", dense_path.display()))?;
-    let (small, header) = crate::run::load_model(&run_dir.join("model.safetensors"), &device)
-        .with_context(|| format!("{}: the shrunk model (model.safetensors)", run_dir.display()))?;
-    if header.get("structured").is_none() {
-        anyhow::bail!("{}: not a structured run (its model.safetensors records no shrink)", run_dir.display());
-    }
-    let flops = |m: &dyn Model| m.flops(seq_len).context("this model does not report its FLOPs");
-    let (f0, f1) = (flops(dense.as_ref())?, flops(small.as_ref())?);
-    let mut out = Vec::new();
-    for &b in batch_sizes {
-        let batch = synthetic_batch(dense.as_ref(), b, seq_len, &device)?;
-        let models: [&dyn Model; 2] = [dense.as_ref(), small.as_ref()];
-        let mut times = [Vec::new(), Vec::new()];
-        for rep in 0..=repeats {
-            for (i, m) in models.iter().enumerate() {
-                let start = Instant::now();
-                std::hint::black_box(m.forward_t(&batch, &mut Mode::Infer)?.logits.flatten_all()?.sum_all()?);
-                if rep > 0 {
-                    times[i].push(start.elapsed().as_secs_f64() * 1e3);
-                }
+) -> anyhow::Result<(f64, f64)> {
+    use espalier_models::Mode;
+    let mut times = [Vec::new(), Vec::new()];
+    for rep in 0..=repeats {
+        for (i, m) in models.iter().enumerate() {
+            let start = Instant::now();
+            std::hint::black_box(m.forward_t(batch, &mut Mode::Infer)?.logits.flatten_all()?.sum_all()?);
+            if rep > 0 {
+                times[i].push(start.elapsed().as_secs_f64() * 1e3);
             }
         }
-        let (d, s) = (median(&times[0]), median(&times[1]));
-        tracing::info!(batch = b, dense_ms = format!("{d:.2}"), shrunk_ms = format!("{s:.2}"), "latency");
-        out.push(LatencyResult {
-            batch_size: b,
-            dense_ms: d,
-            shrunk_ms: s,
-            speedup: d / s,
-            flops: (f0, f1),
-            flop_ratio: f0 / f1,
-            parameters: (dense.params().numel(), small.params().numel()),
-        });
     }
-    Ok(out)
+    Ok((median(&times[0]), median(&times[1])))
 }
 
 /// Inference latency of a masked model, dense vs packed sparse.
@@ -512,36 +474,94 @@ pub struct SparseLatency {
     pub speedup: f64,
 }
 
-/// Whether a run directory's model records a shrink (a structured run).
-pub fn is_structured(run_dir: &std::path::Path) -> anyhow::Result<bool> {
-    let path = run_dir.join("model.safetensors");
-    let (_, header) = crate::run::load_model(&path, &Device::Cpu)
-        .map_err(|e| anyhow::anyhow!("{}: cannot read the run's model: {e}", path.display()))?;
-    Ok(header.get("structured").is_some())
+/// What `bench RUN_DIR` measured, by the kind of run.
+pub enum RunLatency {
+    /// A structured run: dense vs shrunk.
+    Shrink(Vec<LatencyResult>),
+    /// An unstructured or N:M run: masked dense vs sparse kernels, and what
+    /// each linear layer was packed as.
+    Sparse(Vec<SparseLatency>, Vec<espalier_models::PackedLayer>),
 }
 
-/// Times the forward pass (inference mode) of an unstructured or N:M run's
-/// model (`model.safetensors`, masks applied) through the dense kernels and
-/// with its linear layers packed for the sparse kernels
-/// ([`espalier_models::Model::pack_sparse`], default thresholds),
-/// alternating, `repeats` times per batch size after a warm-up. Returns the
-/// latencies and what each layer was packed as.
-pub fn sparse_latency(
+/// Times a run directory's model at each batch size (`repeats` times after
+/// a warm-up, medians): a structured run's model against the model before
+/// its shrink, any other run's masked model through the dense kernels
+/// against the same model with its sparse linear layers packed.
+pub fn run_latency(
     run_dir: &std::path::Path,
     batch_sizes: &[usize],
     seq_len: usize,
     repeats: usize,
-) -> anyhow::Result<(Vec<SparseLatency>, Vec<espalier_models::PackedLayer>)> {
+) -> anyhow::Result<RunLatency> {
     use anyhow::Context;
-    use espalier_models::{Mode, Model, PackOptions};
-    let device = Device::Cpu;
     let path = run_dir.join("model.safetensors");
-    let load =
-        || crate::run::load_model(&path, &device).with_context(|| format!("{}: the run's model", path.display()));
-    let (dense, _) = load()?;
-    let (sparse, _) = load()?;
+    let (model, header) =
+        crate::run::load_model(&path, &Device::Cpu).with_context(|| format!("{}: the run's model", path.display()))?;
+    Ok(if header.get("structured").is_some() {
+        RunLatency::Shrink(shrink_latency(run_dir, model.as_ref(), batch_sizes, seq_len, repeats)?)
+    } else {
+        let (results, layers) = sparse_latency(run_dir, model.as_ref(), batch_sizes, seq_len, repeats)?;
+        RunLatency::Sparse(results, layers)
+    })
+}
+
+/// A structured run's dense model (`dense.safetensors`, the state before
+/// the shrink) against its shrunk `small` model; with the FLOP ratio the
+/// speedup is measured against.
+fn shrink_latency(
+    run_dir: &std::path::Path,
+    small: &dyn espalier_models::Model,
+    batch_sizes: &[usize],
+    seq_len: usize,
+    repeats: usize,
+) -> anyhow::Result<Vec<LatencyResult>> {
+    use anyhow::Context;
+    use espalier_models::Model;
+    let device = Device::Cpu;
+    // The model before the shrink: `dense.safetensors` (runs before it
+    // existed kept it as the checkpoint).
+    let dense_path = ["dense.safetensors", "checkpoint.safetensors"]
+        .iter()
+        .map(|f| run_dir.join(f))
+        .find(|p| p.exists())
+        .with_context(|| format!("{}: no dense.safetensors (the model before the shrink)", run_dir.display()))?;
+    let (dense, _) = crate::run::load_model(&dense_path, &device)
+        .with_context(|| format!("{}: the dense model", dense_path.display()))?;
+    let flops = |m: &dyn Model| m.flops(seq_len).context("this model does not report its FLOPs");
+    let (f0, f1) = (flops(dense.as_ref())?, flops(small)?);
+    let mut out = Vec::new();
+    for &b in batch_sizes {
+        let batch = synthetic_batch(dense.as_ref(), b, seq_len, &device)?;
+        let (d, s) = median_latencies([dense.as_ref(), small], &batch, repeats)?;
+        tracing::info!(batch = b, dense_ms = format!("{d:.2}"), shrunk_ms = format!("{s:.2}"), "latency");
+        out.push(LatencyResult {
+            batch_size: b,
+            dense_ms: d,
+            shrunk_ms: s,
+            speedup: d / s,
+            flops: (f0, f1),
+            flop_ratio: f0 / f1,
+            parameters: (dense.params().numel(), small.params().numel()),
+        });
+    }
+    Ok(out)
+}
+
+/// An unstructured or N:M run's masked `dense` model against a copy with
+/// its linear layers packed ([`espalier_models::Model::pack_sparse`],
+/// default thresholds). A model with no layer sparse enough is an error.
+fn sparse_latency(
+    run_dir: &std::path::Path,
+    dense: &dyn espalier_models::Model,
+    batch_sizes: &[usize],
+    seq_len: usize,
+    repeats: usize,
+) -> anyhow::Result<(Vec<SparseLatency>, Vec<espalier_models::PackedLayer>)> {
+    use espalier_models::{Format, PackOptions};
+    let device = Device::Cpu;
+    let (sparse, _) = crate::run::load_model(&run_dir.join("model.safetensors"), &device)?;
     let layers = sparse.pack_sparse(&PackOptions::default())?;
-    if layers.iter().all(|l| l.format == espalier_models::Format::Dense) {
+    if layers.iter().all(|l| l.format == Format::Dense) {
         anyhow::bail!(
             "{}: neither a structured run nor a sparse one (no linear layer is sparse enough to pack)",
             run_dir.display()
@@ -549,19 +569,8 @@ pub fn sparse_latency(
     }
     let mut out = Vec::new();
     for &b in batch_sizes {
-        let batch = synthetic_batch(dense.as_ref(), b, seq_len, &device)?;
-        let models: [&dyn Model; 2] = [dense.as_ref(), sparse.as_ref()];
-        let mut times = [Vec::new(), Vec::new()];
-        for rep in 0..=repeats {
-            for (i, m) in models.iter().enumerate() {
-                let start = Instant::now();
-                std::hint::black_box(m.forward_t(&batch, &mut Mode::Infer)?.logits.flatten_all()?.sum_all()?);
-                if rep > 0 {
-                    times[i].push(start.elapsed().as_secs_f64() * 1e3);
-                }
-            }
-        }
-        let (d, s) = (median(&times[0]), median(&times[1]));
+        let batch = synthetic_batch(dense, b, seq_len, &device)?;
+        let (d, s) = median_latencies([dense, sparse.as_ref()], &batch, repeats)?;
         tracing::info!(batch = b, dense_ms = format!("{d:.2}"), sparse_ms = format!("{s:.2}"), "latency");
         out.push(SparseLatency { batch_size: b, dense_ms: d, sparse_ms: s, speedup: d / s });
     }

@@ -389,52 +389,51 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             json,
         } => {
             let dir = std::path::Path::new(&workload);
-            if dir.is_dir() && !espalier::bench::is_structured(dir)? {
-                let (results, layers) = espalier::bench::sparse_latency(dir, &batch_sizes, seq_len, repeats.max(1))?;
-                for l in &layers {
-                    println!(
-                        "{:<40} {:>11} density {:>6.2}% {:>16} {:>10} bytes",
-                        l.name,
-                        format!("{}x{}", l.shape.0, l.shape.1),
-                        100.0 * l.density,
-                        format!("{:?}", l.format),
-                        l.bytes
-                    );
-                }
-                println!("{:>6} {:>11} {:>11} {:>8}", "batch", "dense ms", "sparse ms", "speedup");
-                for r in &results {
-                    println!("{:>6} {:>11.3} {:>11.3} {:>7.2}x", r.batch_size, r.dense_ms, r.sparse_ms, r.speedup);
-                }
-                if let Some(p) = json {
-                    espalier_core::checkpoint::write_atomic(&p, serde_json::to_string_pretty(&results)?.as_bytes())?;
-                }
-                return Ok(());
-            }
             if dir.is_dir() {
-                let results = espalier::bench::shrink_latency(
-                    std::path::Path::new(&workload),
-                    &batch_sizes,
-                    seq_len,
-                    repeats.max(1),
-                )?;
-                println!(
-                    "{:>6} {:>11} {:>11} {:>8} {:>10} {:>10} {:>12}",
-                    "batch", "dense ms", "shrunk ms", "speedup", "FLOP ratio", "speedup/ideal", "params"
-                );
-                for r in &results {
-                    println!(
-                        "{:>6} {:>11.3} {:>11.3} {:>7.2}x {:>9.2}x {:>13.2} {:>12}",
-                        r.batch_size,
-                        r.dense_ms,
-                        r.shrunk_ms,
-                        r.speedup,
-                        r.flop_ratio,
-                        r.speedup / r.flop_ratio,
-                        format!("{} -> {}", r.parameters.0, r.parameters.1)
-                    );
-                }
+                use espalier::bench::RunLatency;
+                let json_text = match espalier::bench::run_latency(dir, &batch_sizes, seq_len, repeats.max(1))? {
+                    RunLatency::Shrink(results) => {
+                        println!(
+                            "{:>6} {:>11} {:>11} {:>8} {:>10} {:>10} {:>12}",
+                            "batch", "dense ms", "shrunk ms", "speedup", "FLOP ratio", "speedup/ideal", "params"
+                        );
+                        for r in &results {
+                            println!(
+                                "{:>6} {:>11.3} {:>11.3} {:>7.2}x {:>9.2}x {:>13.2} {:>12}",
+                                r.batch_size,
+                                r.dense_ms,
+                                r.shrunk_ms,
+                                r.speedup,
+                                r.flop_ratio,
+                                r.speedup / r.flop_ratio,
+                                format!("{} -> {}", r.parameters.0, r.parameters.1)
+                            );
+                        }
+                        serde_json::to_string_pretty(&results)?
+                    }
+                    RunLatency::Sparse(results, layers) => {
+                        for l in &layers {
+                            println!(
+                                "{:<40} {:>11} density {:>6.2}% {:>16} {:>10} bytes",
+                                l.name,
+                                format!("{}x{}", l.shape.0, l.shape.1),
+                                100.0 * l.density,
+                                format!("{:?}", l.format),
+                                l.bytes
+                            );
+                        }
+                        println!("{:>6} {:>11} {:>11} {:>8}", "batch", "dense ms", "sparse ms", "speedup");
+                        for r in &results {
+                            println!(
+                                "{:>6} {:>11.3} {:>11.3} {:>7.2}x",
+                                r.batch_size, r.dense_ms, r.sparse_ms, r.speedup
+                            );
+                        }
+                        serde_json::to_string_pretty(&results)?
+                    }
+                };
                 if let Some(p) = json {
-                    espalier_core::checkpoint::write_atomic(&p, serde_json::to_string_pretty(&results)?.as_bytes())?;
+                    espalier_core::checkpoint::write_atomic(&p, json_text.as_bytes())?;
                 }
                 return Ok(());
             }
