@@ -2,46 +2,12 @@
 //! (`data/mnist-subset`, real IDX files): determinism, resumption after an
 //! interruption, and the handling of bad input.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
-}
-
-fn data_dir() -> PathBuf {
-    let d = root().join("data");
-    assert!(
-        d.join("mnist-subset/train-images-idx3-ubyte.gz").is_file(),
-        "the embedded MNIST subset is missing from {}",
-        d.display()
-    );
-    d
-}
-
-/// A small but real experiment: 2,000 training images, 500 test images,
-/// LeNet-300-100, 2 dense epochs, then 2 IMP rounds of 1 epoch.
-const SMALL: &str = r#"
-seed = 3
-[data]
-dataset = "mnist"
-path = "mnist-subset"
-limit_train = 2000
-limit_test = 500
-[model]
-kind = "mlp"
-hidden = [300, 100]
-[train]
-epochs = 2
-batch_size = 64
-optimizer = { kind = "adamw", lr = 1e-3, weight_decay = 1e-4 }
-lr_schedule = { kind = "cosine" }
-[prune.schedule]
-kind = "imp"
-rounds = 2
-epochs_per_round = 1
-rewind = "epoch:1"
-"#;
+use common::{data_dir, metrics, ok, root, SMALL};
 
 fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
@@ -62,31 +28,8 @@ fn espalier(args: &[&str]) -> Output {
     bin().args(args).arg("--data-dir").arg(data_dir()).arg("--quiet").output().expect("run espalier")
 }
 
-fn ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "espalier failed: {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// metrics.jsonl without the wall-clock fields.
-fn metrics(run: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v.as_object_mut().unwrap().remove("seconds");
-            v
-        })
-        .collect()
 }
 
 fn run_dir(tmp: &Path, name: &str) -> PathBuf {

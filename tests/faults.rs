@@ -8,36 +8,12 @@
 //! write that would grow a file past the limit with EFBIG ("File too large"),
 //! exactly where a full disk gives ENOSPC: in the middle of the file.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::{Command, Output};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
-}
-
-/// 2,000 training and 500 test images of the embedded MNIST subset,
-/// LeNet-300-100 with AdamW, 2 dense epochs then 2 IMP rounds of 1 epoch.
-const SMALL: &str = r#"
-seed = 5
-[data]
-dataset = "mnist"
-path = "mnist-subset"
-limit_train = 2000
-limit_test = 500
-[model]
-kind = "mlp"
-hidden = [300, 100]
-[train]
-epochs = 2
-batch_size = 64
-optimizer = { kind = "adamw", lr = 1e-3, weight_decay = 1e-4 }
-lr_schedule = { kind = "cosine" }
-[prune.schedule]
-kind = "imp"
-rounds = 2
-epochs_per_round = 1
-rewind = "epoch:1"
-"#;
+use common::{data_dir, metrics, ok, SMALL};
 
 /// `espalier ARGS --data-dir data --quiet`, single-threaded (tests run in
 /// parallel on few cores), with files limited to `limit_kib` KiB when given.
@@ -53,13 +29,9 @@ fn espalier(args: &[&str], limit_kib: Option<u64>) -> Output {
         }
         None => Command::new(bin),
     };
-    c.args(args).arg("--data-dir").arg(root().join("data")).arg("--quiet");
+    c.args(args).arg("--data-dir").arg(data_dir()).arg("--quiet");
     c.env("CANDLE_NUM_THREADS", "1").env("RAYON_NUM_THREADS", "1");
     c.output().expect("run espalier")
-}
-
-fn ok(out: &Output) {
-    assert!(out.status.success(), "espalier failed: {}\nstderr: {}", out.status, String::from_utf8_lossy(&out.stderr));
 }
 
 /// A run that failed on a write of `file`: non-zero exit and an error naming
@@ -107,19 +79,6 @@ fn files_after_failure(dir: &Path, failed_file: &str) -> Vec<(String, Vec<u8>)> 
 fn no_temporary_files(dir: &Path) {
     let stray: Vec<String> = files(dir).into_iter().map(|(n, _)| n).filter(|n| n.contains(".tmp-")).collect();
     assert!(stray.is_empty(), "temporary files left in {}: {stray:?}", dir.display());
-}
-
-/// metrics.jsonl without the wall-clock fields.
-fn metrics(run: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v.as_object_mut().unwrap().remove("seconds");
-            v
-        })
-        .collect()
 }
 
 fn summary_numbers(run: &Path) -> serde_json::Value {
