@@ -882,3 +882,58 @@ fn cuda_without_the_feature_is_refused() {
     assert!(stderr(&out).contains("`cuda` feature"), "{}", stderr(&out));
     assert!(!d.exists(), "a run directory was created");
 }
+
+/// `export --format sparse` writes the pruned weights as their kept
+/// entries: a smaller file that `eval` and `predict` read back to the same
+/// numbers; an existing export is refused without `--force` and left as it
+/// was; a Hugging Face export of a non-BERT run is refused.
+#[test]
+fn a_sparse_export_is_smaller_and_evaluates_like_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 3 IMP rounds at 50%: 87.5% of the weights pruned.
+    let text = SMALL.replace("rounds = 2", "rounds = 3\nrate = 0.5");
+    let cfg = write_config(tmp.path(), "small.toml", &text);
+    let run = run_dir(tmp.path(), "run");
+    ok(&espalier(&["run", cfg.to_str().unwrap(), "--out", run.to_str().unwrap()]));
+    let out = tmp.path().join("exported");
+    let export = espalier(&["export", run.to_str().unwrap(), "--format", "sparse", "--out", out.to_str().unwrap()]);
+    ok(&export);
+    let printed = String::from_utf8_lossy(&export.stdout);
+    assert!(printed.contains("fc1.weight") && printed.contains("csr"), "{printed}");
+    let size = |p: &Path| std::fs::metadata(p.join("model.safetensors")).unwrap().len();
+    assert!(size(&out) * 3 < size(&run), "export {} bytes, run {} bytes", size(&out), size(&run));
+    let eval = |d: &Path| {
+        let o = espalier(&["eval", d.to_str().unwrap()]);
+        ok(&o);
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    assert_eq!(eval(&out), eval(&run));
+    let predict = |d: &Path, f: &str| {
+        let p = tmp.path().join(f);
+        ok(&espalier(&["predict", d.to_str().unwrap(), "--out", p.to_str().unwrap(), "--limit", "20"]));
+        std::fs::read_to_string(p).unwrap()
+    };
+    let (a, b) = (predict(&run, "a.jsonl"), predict(&out, "b.jsonl"));
+    assert_eq!(a, b);
+    assert_eq!(a.lines().count(), 20);
+    // Again without --force: refused, the export untouched.
+    let before = std::fs::read(out.join("model.safetensors")).unwrap();
+    let again = espalier(&["export", run.to_str().unwrap(), "--format", "sparse", "--out", out.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(2), "{}", stderr(&again));
+    assert!(stderr(&again).contains("--force"), "{}", stderr(&again));
+    assert_eq!(std::fs::read(out.join("model.safetensors")).unwrap(), before);
+    let forced = ["export", run.to_str().unwrap(), "--format", "sparse", "--out", out.to_str().unwrap(), "--force"];
+    ok(&espalier(&forced));
+    assert_eq!(std::fs::read(out.join("model.safetensors")).unwrap(), before);
+    let hf = espalier(&[
+        "export",
+        run.to_str().unwrap(),
+        "--format",
+        "hf",
+        "--out",
+        tmp.path().join("hf").to_str().unwrap(),
+    ]);
+    assert!(!hf.status.success());
+    assert!(stderr(&hf).contains("needs a BERT run"), "{}", stderr(&hf));
+    assert!(!tmp.path().join("hf").exists());
+}

@@ -109,7 +109,16 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
     };
     let tensors = candle_core::safetensors::load_buffer(&bytes, device)
         .map_err(|e| Error::format(path, format!("cannot read tensors: {e}")))?;
-    Ok(Checkpoint { tensors: tensors.into_iter().collect(), header })
+    let mut tensors: BTreeMap<String, Tensor> = tensors.into_iter().collect();
+    // A compact file (`espalier export --format sparse`) reads back as the
+    // dense weights and masks it was written from.
+    if let Some(formats) = header.get(crate::compact::HEADER_KEY) {
+        tensors = crate::compact::expand(tensors, formats, &path.display().to_string())?;
+        if !device.is_cpu() {
+            tensors = tensors.into_iter().map(|(k, t)| Ok((k, t.to_device(device)?))).collect::<Result<_>>()?;
+        }
+    }
+    Ok(Checkpoint { tensors, header })
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 
 pub mod batch;
 pub mod checkpoint;
+pub mod compact;
 pub mod error;
 pub mod fuzz;
 pub mod groups;

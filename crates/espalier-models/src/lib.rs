@@ -33,7 +33,7 @@ pub use bert::{Bert, BertConfig, BertTask};
 pub use fold::{fold_empty_units, FoldedSet};
 pub use layers::{Format, PackOptions, PackedLayer};
 pub use lenet::{LeNet5, LeNet5Config};
-pub use load::{load_model, model_name};
+pub use load::{load_bert, load_model, model_name};
 pub use mlp::{Activation, Mlp, MlpConfig};
 pub use norm::BatchNorm2d;
 pub use resnet::{ResNet, ResNetConfig, ResNetStyle, ShortcutKind, Stem};

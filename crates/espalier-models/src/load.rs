@@ -33,6 +33,28 @@ fn max_integer(v: &serde_json::Value) -> Option<u64> {
 /// Rebuilds a model from a checkpoint file alone (config from its header,
 /// masks restored); returns it with the header.
 pub fn load_model(path: &Path, device: &Device) -> Result<(Box<dyn Model>, serde_json::Value)> {
+    let (cfg, ck) = read_checked(path, device)?;
+    let pb = ParamBuilder::from_tensors(ck.params(), path.display().to_string(), DType::F32, device);
+    let model = cfg.build(&pb)?;
+    finish(path, &cfg, &pb, model.params(), &ck)?;
+    Ok((model, ck.header))
+}
+
+/// [`load_model`] for a checkpoint that must hold a BERT, as the concrete
+/// type (for what only BERT has, such as its Hugging Face export).
+pub fn load_bert(path: &Path, device: &Device) -> Result<(crate::Bert, serde_json::Value)> {
+    let (cfg, ck) = read_checked(path, device)?;
+    let ModelConfig::Bert(bert_cfg) = &cfg else {
+        return Err(espalier_core::Error::format(path, format!("holds a {}, not a BERT", model_name(&cfg))));
+    };
+    let pb = ParamBuilder::from_tensors(ck.params(), path.display().to_string(), DType::F32, device);
+    let model = crate::Bert::new(bert_cfg.clone(), &pb)?;
+    finish(path, &cfg, &pb, model.params(), &ck)?;
+    Ok((model, ck.header))
+}
+
+/// The checkpoint and the model config in its header, checked.
+fn read_checked(path: &Path, device: &Device) -> Result<(ModelConfig, checkpoint::Checkpoint)> {
     let ck = checkpoint::load(path, device)?;
     let cfg: ModelConfig = serde_json::from_value(ck.header["model"].clone())
         .map_err(|e| espalier_core::Error::format(path, format!("the header has no valid model config ({e})")))?;
@@ -47,12 +69,20 @@ pub fn load_model(path: &Path, device: &Device) -> Result<(Box<dyn Model>, serde
         ));
     }
     cfg.validate("model").map_err(|e| espalier_core::Error::format(path, format!("the header's model config: {e}")))?;
-    let pb = ParamBuilder::from_tensors(ck.params(), path.display().to_string(), DType::F32, device);
-    let model = cfg.build(&pb)?;
-    let (_, unused) = pb.finish();
+    Ok((cfg, ck))
+}
+
+/// Refuses tensors the model did not use and restores the masks.
+fn finish(
+    path: &Path,
+    cfg: &ModelConfig,
+    pb: &ParamBuilder,
+    params: &espalier_core::ParamStore,
+    ck: &checkpoint::Checkpoint,
+) -> Result<()> {
+    let (_, unused) = pb.clone().finish();
     if !unused.is_empty() {
-        bail!("{}: tensors not used by the {} model: {}", path.display(), model_name(&cfg), unused.join(", "));
+        bail!("{}: tensors not used by the {} model: {}", path.display(), model_name(cfg), unused.join(", "));
     }
-    model.params().set_masks(&ck.masks())?;
-    Ok((model, ck.header))
+    params.set_masks(&ck.masks())
 }

@@ -3,6 +3,8 @@
 
 pub mod bench;
 pub mod config;
+pub mod export;
 pub mod plot;
+pub mod predict;
 pub mod run;
 pub mod table;

@@ -61,6 +61,38 @@ enum Command {
         /// A run directory.
         run_dir: PathBuf,
     },
+    /// Write the model's outputs on the run's evaluation examples (JSON
+    /// lines: index, label, logits, and the token ids for text).
+    Predict {
+        /// A run (or `export --format sparse`) directory.
+        run_dir: PathBuf,
+        /// The output file (JSON lines).
+        #[arg(long)]
+        out: PathBuf,
+        /// Only the first N examples.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Examples per forward pass.
+        #[arg(long, default_value_t = 64)]
+        batch_size: usize,
+    },
+    /// Write a run's model for use elsewhere: `sparse` (kept weights only,
+    /// reloadable by `eval` and `bench`), `hf` (Hugging Face
+    /// `transformers`, pruned widths padded with zeros) or `hf-compact`
+    /// (pruned widths kept, `trust_remote_code=True`).
+    Export {
+        /// A run directory.
+        run_dir: PathBuf,
+        /// The format.
+        #[arg(long, value_enum)]
+        format: espalier::export::ExportFormat,
+        /// The export directory (default RUN_DIR/export/<format>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Replace an existing export directory (after the new one is complete).
+        #[arg(long)]
+        force: bool,
+    },
     /// Reproduce a paper table: run the missing cells of a table spec
     /// (configs/tables/*.toml), then write results/<table>/ (README.md,
     /// results.csv, plot.png, plot.svg, command.txt).
@@ -278,6 +310,43 @@ fn exit_code(e: &anyhow::Error) -> u8 {
     1
 }
 
+/// What `export` prints: each file, each compressed parameter and the sizes.
+fn export_text(e: &espalier::export::Exported) -> String {
+    use std::fmt::Write;
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    let mut s = String::new();
+    for p in &e.entries {
+        let _ = writeln!(
+            s,
+            "{:<48} {:>6} density {:>6.2}% {:>10} bytes (training layout {})",
+            p.name,
+            p.format,
+            100.0 * p.density,
+            p.bytes,
+            p.dense_bytes
+        );
+    }
+    if let Some((heads, ffn)) = &e.widths {
+        let _ = writeln!(s, "heads per layer {heads:?}, feed-forward units per layer {ffn:?}");
+    }
+    let total: u64 = e.files.iter().map(|f| f.1).sum();
+    for (f, b) in &e.files {
+        let _ = writeln!(s, "  {f:<40} {:>10.3} MiB", mib(*b));
+    }
+    let _ = writeln!(
+        s,
+        "wrote {}: {:.3} MiB (the run's model.safetensors: {:.3} MiB; its parameters dense in f32: {:.3} MiB)",
+        e.dir.display(),
+        mib(total),
+        mib(e.run_model_bytes),
+        mib(e.dense_bytes)
+    );
+    for w in &e.warnings {
+        let _ = writeln!(s, "warning: {w}");
+    }
+    s
+}
+
 fn real_main(cli: Cli) -> anyhow::Result<()> {
     let data_root = DataRoot::resolve(cli.data_dir.as_deref());
     let progress = !cli.quiet;
@@ -362,6 +431,14 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             };
             let dir = espalier::table::replot(&opts)?;
             println!("wrote {}", dir.display());
+        }
+        Command::Predict { run_dir, out, limit, batch_size } => {
+            let n = espalier::predict::predict(&run_dir, &data_root, &out, limit, batch_size)?;
+            println!("wrote {n} predictions to {}", out.display());
+        }
+        Command::Export { run_dir, format, out, force } => {
+            let e = espalier::export::export(&run_dir, format, out, force)?;
+            print!("{}", export_text(&e));
         }
         Command::Check { config, sets } => {
             let exp = config::load(&config, &sets)?;

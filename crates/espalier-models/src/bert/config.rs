@@ -201,6 +201,32 @@ struct HfConfig {
     kept_ffn: Option<Vec<Vec<usize>>>,
     #[serde(default)]
     task: Option<BertTask>,
+    /// `transformers` 4.x's `prune_heads` record: layer → removed heads.
+    #[serde(default)]
+    pruned_heads: Option<BTreeMap<String, Vec<usize>>>,
+}
+
+/// Per-layer head counts and kept heads from `transformers` 4.x's
+/// `pruned_heads` (`{"layer": [removed head, …]}`; its weights hold the
+/// remaining heads in ascending order).
+fn heads_from_pruned(
+    pruned: &BTreeMap<String, Vec<usize>>,
+    layers: usize,
+    heads: usize,
+) -> std::result::Result<(Vec<usize>, Vec<Vec<usize>>), String> {
+    let mut kept: Vec<Vec<usize>> = vec![(0..heads).collect(); layers];
+    for (layer, removed) in pruned {
+        let l: usize = layer
+            .parse()
+            .ok()
+            .filter(|&l| l < layers)
+            .ok_or_else(|| format!("pruned_heads: key `{layer}` is not a layer index below {layers}"))?;
+        if let Some(h) = removed.iter().find(|&&h| h >= heads) {
+            return Err(format!("pruned_heads[{layer}]: head {h} is not below num_attention_heads ({heads})"));
+        }
+        kept[l].retain(|h| !removed.contains(h));
+    }
+    Ok((kept.iter().map(Vec::len).collect(), kept))
 }
 
 impl BertConfig {
@@ -355,8 +381,11 @@ impl BertConfig {
     pub fn from_hf_json(text: &str, task: Option<BertTask>) -> std::result::Result<Self, String> {
         let hf: HfConfig = serde_json::from_str(text).map_err(|e| format!("invalid BERT config.json: {e}"))?;
         if let Some(mt) = hf.model_type.as_deref() {
-            if mt != "bert" {
-                return Err(format!("model_type `{mt}` is not supported (expected `bert`)"));
+            if mt != "bert" && mt != super::export::COMPACT_MODEL_TYPE {
+                return Err(format!(
+                    "model_type `{mt}` is not supported (expected `bert`, or `{}` as Espalier exports it)",
+                    super::export::COMPACT_MODEL_TYPE
+                ));
             }
         }
         if let Some(pe) = hf.position_embedding_type.as_deref() {
@@ -380,6 +409,15 @@ impl BertConfig {
                 }
             }
         };
+        let (mut heads_per_layer, mut kept_heads) = (hf.heads_per_layer, hf.kept_heads);
+        if let Some(pruned) = hf.pruned_heads.as_ref().filter(|p| !p.is_empty()) {
+            if heads_per_layer.is_some() {
+                return Err("config.json has both `pruned_heads` and `heads_per_layer`".into());
+            }
+            let (heads, kept) = heads_from_pruned(pruned, hf.num_hidden_layers, hf.num_attention_heads)?;
+            heads_per_layer = Some(heads);
+            kept_heads = Some(kept);
+        }
         let cfg = BertConfig {
             vocab_size: hf.vocab_size,
             hidden_size: hf.hidden_size,
@@ -394,9 +432,9 @@ impl BertConfig {
             layer_norm_eps: hf.layer_norm_eps,
             initializer_range: hf.initializer_range,
             classifier_dropout: hf.classifier_dropout,
-            heads_per_layer: hf.heads_per_layer,
+            heads_per_layer,
             ffn_per_layer: hf.ffn_per_layer,
-            kept_heads: hf.kept_heads,
+            kept_heads,
             kept_ffn: hf.kept_ffn,
             task,
         };

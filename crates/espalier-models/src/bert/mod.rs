@@ -40,6 +40,7 @@
 
 pub mod config;
 pub mod download;
+pub mod export;
 pub mod hub;
 mod io;
 
