@@ -32,6 +32,8 @@ pub const HEADER_KEY: &str = "compact";
 const CSR: &str = "__csr__.";
 const NM: &str = "__nm__.";
 const MASK: &str = crate::checkpoint::MASK_PREFIX;
+/// The most weights a compact file may expand to per number it stores.
+const MAX_EXPANSION: usize = 1024;
 
 /// How one parameter is stored.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -204,9 +206,31 @@ pub fn expand(
         .as_object()
         .ok_or_else(|| Error::msg(format!("{context}: the header's `{HEADER_KEY}` is not an object")))?;
     let cpu = Device::Cpu;
+    let mut all = Vec::with_capacity(formats.len());
     for (name, f) in formats {
         let stored: Stored = serde_json::from_value(f.clone())
             .map_err(|e| Error::msg(format!("{context}: `{HEADER_KEY}.{name}`: {e}")))?;
+        all.push((name, stored));
+    }
+    // The dense sizes come from the header, not from the data: bounded
+    // before anything is allocated (a model 99.9% sparse still passes).
+    let stored_numbers: usize = tensors.values().map(|t| t.elem_count()).sum();
+    let mut dense_numbers = 0usize;
+    for (name, s) in &all {
+        let (Stored::Csr { shape } | Stored::Nm { shape, .. }) = s;
+        dense_numbers = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .and_then(|n| n.checked_add(dense_numbers))
+            .ok_or_else(|| Error::msg(format!("{context}: parameter `{name}`: shape {shape:?} overflows")))?;
+    }
+    if dense_numbers > MAX_EXPANSION * stored_numbers + (1 << 20) {
+        return Err(Error::msg(format!(
+            "{context}: the `{HEADER_KEY}` header expands {stored_numbers} stored numbers to {dense_numbers} \
+             weights (more than {MAX_EXPANSION}×: a damaged header?)"
+        )));
+    }
+    for (name, stored) in all {
         let bad = |what: String| Error::msg(format!("{context}: parameter `{name}`: {what}"));
         let (shape, dense, mask) = match stored {
             Stored::Csr { shape } => {
