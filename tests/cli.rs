@@ -416,7 +416,7 @@ fn a_run_directory_in_use_is_refused() {
     held.try_lock().unwrap();
     let out = espalier(&["run", cfg.to_str().unwrap(), "--out", d.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("in use by another espalier process"), "{}", stderr(&out));
+    assert_eq!(stderr(&out).matches("in use by another espalier process").count(), 1, "{}", stderr(&out));
     assert_eq!(snapshot(&d), before);
     drop(held);
     ok(&espalier(&["run", cfg.to_str().unwrap(), "--out", d.to_str().unwrap()]));

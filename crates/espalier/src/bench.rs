@@ -440,15 +440,15 @@ fn synthetic_batch(
     })
 }
 
-/// Median milliseconds of the forward pass (inference mode) of each of two
-/// models on `batch`, alternating, `repeats` times after one warm-up.
+/// Median milliseconds of the forward pass (inference mode) of each model on
+/// `batch`, alternating, `repeats` times after one warm-up.
 fn median_latencies(
-    models: [&dyn espalier_models::Model; 2],
+    models: &[&dyn espalier_models::Model],
     batch: &espalier_data::Batch,
     repeats: usize,
-) -> anyhow::Result<(f64, f64)> {
+) -> anyhow::Result<Vec<f64>> {
     use espalier_models::Mode;
-    let mut times = [Vec::new(), Vec::new()];
+    let mut times = vec![Vec::new(); models.len()];
     for rep in 0..=repeats {
         for (i, m) in models.iter().enumerate() {
             let start = Instant::now();
@@ -458,7 +458,7 @@ fn median_latencies(
             }
         }
     }
-    Ok((median(&times[0]), median(&times[1])))
+    Ok(times.iter().map(|t| median(t)).collect())
 }
 
 /// Inference latency of a masked model, dense vs packed sparse.
@@ -472,6 +472,17 @@ pub struct SparseLatency {
     pub sparse_ms: f64,
     /// `dense_ms / sparse_ms`.
     pub speedup: f64,
+    /// Median milliseconds of the same model with every packable linear
+    /// layer emptied (packed with no entries): the time spent outside those
+    /// layers (attention products, softmax, LayerNorm, GELU, embeddings,
+    /// the dense head), plus the empty layers' bias writes.
+    pub outside_linear_ms: f64,
+    /// `outside_linear_ms / dense_ms`: the share of the dense forward no
+    /// sparse kernel can remove.
+    pub outside_share: f64,
+    /// `dense_ms / outside_linear_ms`: Amdahl's bound on the speedup of
+    /// faster linear layers alone.
+    pub amdahl_bound: f64,
 }
 
 /// What `bench RUN_DIR` measured, by the kind of run.
@@ -532,7 +543,7 @@ fn shrink_latency(
     let mut out = Vec::new();
     for &b in batch_sizes {
         let batch = synthetic_batch(dense.as_ref(), b, seq_len, &device)?;
-        let (d, s) = median_latencies([dense.as_ref(), small], &batch, repeats)?;
+        let [d, s] = median_latencies(&[dense.as_ref(), small], &batch, repeats)?[..] else { unreachable!() };
         tracing::info!(batch = b, dense_ms = format!("{d:.2}"), shrunk_ms = format!("{s:.2}"), "latency");
         out.push(LatencyResult {
             batch_size: b,
@@ -567,12 +578,36 @@ fn sparse_latency(
             run_dir.display()
         );
     }
+    // The same model with every packable layer empty: what is left of the
+    // forward pass when the linear layers cost nothing.
+    let (hollow, _) = crate::run::load_model(&run_dir.join("model.safetensors"), &device)?;
+    for l in &layers {
+        let p = hollow.params().get(&l.name)?;
+        p.set_mask(Some(candle_core::Tensor::zeros(p.dims(), candle_core::DType::F32, &device)?))?;
+    }
+    hollow.pack_sparse(&PackOptions::default())?;
     let mut out = Vec::new();
     for &b in batch_sizes {
         let batch = synthetic_batch(dense, b, seq_len, &device)?;
-        let (d, s) = median_latencies([dense, sparse.as_ref()], &batch, repeats)?;
-        tracing::info!(batch = b, dense_ms = format!("{d:.2}"), sparse_ms = format!("{s:.2}"), "latency");
-        out.push(SparseLatency { batch_size: b, dense_ms: d, sparse_ms: s, speedup: d / s });
+        let [d, s, h] = median_latencies(&[dense, sparse.as_ref(), hollow.as_ref()], &batch, repeats)?[..] else {
+            unreachable!()
+        };
+        tracing::info!(
+            batch = b,
+            dense_ms = format!("{d:.2}"),
+            sparse_ms = format!("{s:.2}"),
+            outside_linear_ms = format!("{h:.2}"),
+            "latency"
+        );
+        out.push(SparseLatency {
+            batch_size: b,
+            dense_ms: d,
+            sparse_ms: s,
+            speedup: d / s,
+            outside_linear_ms: h,
+            outside_share: h / d,
+            amdahl_bound: d / h,
+        });
     }
     Ok((out, layers))
 }

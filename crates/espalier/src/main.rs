@@ -499,11 +499,14 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                                 l.bytes
                             );
                         }
-                        println!("{:>6} {:>11} {:>11} {:>8}", "batch", "dense ms", "sparse ms", "speedup");
+                        println!(
+                            "{:>6} {:>11} {:>11} {:>8} {:>17} {:>13}",
+                            "batch", "dense ms", "sparse ms", "speedup", "outside-linear ms", "Amdahl bound"
+                        );
                         for r in &results {
                             println!(
-                                "{:>6} {:>11.3} {:>11.3} {:>7.2}x",
-                                r.batch_size, r.dense_ms, r.sparse_ms, r.speedup
+                                "{:>6} {:>11.3} {:>11.3} {:>7.2}x {:>17.3} {:>12.2}x",
+                                r.batch_size, r.dense_ms, r.sparse_ms, r.speedup, r.outside_linear_ms, r.amdahl_bound
                             );
                         }
                         serde_json::to_string_pretty(&results)?
