@@ -14,7 +14,7 @@ use candle_core::{DType, Module, Tensor};
 use espalier_core::init::Init;
 use espalier_core::{Param, ParamBuilder, ParamKind, Result};
 use espalier_kernels::sparse::SparseLinear;
-pub use espalier_kernels::sparse::{Format, PackOptions};
+pub use espalier_kernels::sparse::{Format, PackOptions, DEFAULT_MAX_DENSITY, DEFAULT_MAX_NM_DENSITY};
 
 pub use espalier_kernels::dropout::{dropout, dropout_mask};
 

@@ -503,6 +503,7 @@ pub fn run_latency(
     batch_sizes: &[usize],
     seq_len: usize,
     repeats: usize,
+    pack: &espalier_models::PackOptions,
 ) -> anyhow::Result<RunLatency> {
     use anyhow::Context;
     let path = run_dir.join("model.safetensors");
@@ -511,7 +512,7 @@ pub fn run_latency(
     Ok(if header.get("structured").is_some() {
         RunLatency::Shrink(shrink_latency(run_dir, model.as_ref(), batch_sizes, seq_len, repeats)?)
     } else {
-        let (results, layers) = sparse_latency(run_dir, model.as_ref(), batch_sizes, seq_len, repeats)?;
+        let (results, layers) = sparse_latency(run_dir, model.as_ref(), batch_sizes, seq_len, repeats, pack)?;
         RunLatency::Sparse(results, layers)
     })
 }
@@ -559,19 +560,21 @@ fn shrink_latency(
 }
 
 /// An unstructured or N:M run's masked `dense` model against a copy with
-/// its linear layers packed ([`espalier_models::Model::pack_sparse`],
-/// default thresholds). A model with no layer sparse enough is an error.
+/// its linear layers packed ([`espalier_models::Model::pack_sparse`] under
+/// `pack`). A model with no layer sparse enough is an error.
 fn sparse_latency(
     run_dir: &std::path::Path,
     dense: &dyn espalier_models::Model,
     batch_sizes: &[usize],
     seq_len: usize,
     repeats: usize,
+    pack: &espalier_models::PackOptions,
 ) -> anyhow::Result<(Vec<SparseLatency>, Vec<espalier_models::PackedLayer>)> {
     use espalier_models::{Format, PackOptions};
     let device = Device::Cpu;
     let (sparse, _) = crate::run::load_model(&run_dir.join("model.safetensors"), &device)?;
-    let layers = sparse.pack_sparse(&PackOptions::default())?;
+    pack.validate()?;
+    let layers = sparse.pack_sparse(pack)?;
     if layers.iter().all(|l| l.format == Format::Dense) {
         anyhow::bail!(
             "{}: neither a structured run nor a sparse one (no linear layer is sparse enough to pack)",

@@ -187,6 +187,13 @@ enum Command {
         /// Also write the results as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// A run directory's sparse packing: the densest weight stored as
+        /// CSR (non-zeros / elements; denser ones stay dense).
+        #[arg(long, default_value_t = espalier_models::layers::DEFAULT_MAX_DENSITY)]
+        max_density: f64,
+        /// The largest N/M of an N:M weight stored as N:M (0 turns N:M off).
+        #[arg(long, default_value_t = espalier_models::layers::DEFAULT_MAX_NM_DENSITY)]
+        max_nm_density: f64,
     },
 }
 
@@ -464,11 +471,19 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             repeats,
             no_reference,
             json,
+            max_density,
+            max_nm_density,
         } => {
             let dir = std::path::Path::new(&workload);
             if dir.is_dir() {
                 use espalier::bench::RunLatency;
-                let json_text = match espalier::bench::run_latency(dir, &batch_sizes, seq_len, repeats.max(1))? {
+                let json_text = match espalier::bench::run_latency(
+                    dir,
+                    &batch_sizes,
+                    seq_len,
+                    repeats.max(1),
+                    &espalier_models::PackOptions { max_density, max_nm_density, detect_nm: max_nm_density > 0.0 },
+                )? {
                     RunLatency::Shrink(results) => {
                         println!(
                             "{:>6} {:>11} {:>11} {:>8} {:>10} {:>10} {:>12}",
