@@ -720,7 +720,7 @@ fn structured_pruning_shrinks_saves_and_reloads() {
     // A dense run is not a structured one.
     let out = espalier(&["bench", d.to_str().unwrap()]);
     assert!(
-        !out.status.success() && stderr(&out).contains("neither a structured run nor a sparse one"),
+        !out.status.success() && stderr(&out).contains("neither a structured run nor a pruned one"),
         "{}",
         stderr(&out)
     );
