@@ -359,6 +359,18 @@ impl SparseLinear {
         }
         let m: usize = x.dims()[..x.rank() - 1].iter().product();
         let n = self.out;
+        let mut shape = x.dims().to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = n;
+        }
+        if self.stored() == 0 {
+            // A fully pruned layer computes its bias (or zeros).
+            let y = match &self.bias {
+                Some(b) => b.iter().copied().cycle().take(m * n).collect(),
+                None => vec![0f32; m * n],
+            };
+            return Ok(Tensor::from_vec(y, shape, x.device())?);
+        }
         let y = crate::fused::with_data(&[&x.detach()], "sparse linear", |d| {
             let xs = d[0];
             let bias = self.bias.as_deref();
@@ -376,10 +388,6 @@ impl SparseLinear {
                 })
             })
         })?;
-        let mut shape = x.dims().to_vec();
-        if let Some(last) = shape.last_mut() {
-            *last = n;
-        }
         Ok(Tensor::from_vec(y, shape, x.device())?)
     }
 }
