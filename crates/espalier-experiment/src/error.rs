@@ -8,7 +8,9 @@ use crate::config::ConfigError;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Bad config or input, found before the run directory is touched.
-    #[error("{0}")]
+    /// Transparent: the message is not repeated as its own source (the
+    /// binary prints the whole chain).
+    #[error(transparent)]
     Config(#[from] ConfigError),
     /// A library error.
     #[error(transparent)]
