@@ -11,7 +11,8 @@ use crate::cifar::{self, CifarDataset, Labels, Variant};
 use crate::glue::{self, GlueDataset, GlueTask};
 use crate::mnist::{self, Flavor};
 use crate::tokenize::Tokenizer;
-use crate::{DataRoot, Dataset, Prefix};
+use crate::xnli::{self, LanguageList, TrainSource, XnliDataset, XnliPlan, XnliSplit};
+use crate::{DataRoot, Dataset, EvalGroup, Prefix};
 
 /// Datasets, tagged by `dataset`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -27,6 +28,9 @@ pub enum DataConfig {
     Cifar10(CifarData),
     /// CIFAR-100, binary version (`cifar-100-binary`).
     Cifar100(CifarData),
+    /// XNLI (`XNLI-1.0`), trained on MultiNLI or one language, evaluated
+    /// per language.
+    Xnli(XnliData),
 }
 
 /// Where the CIFAR binary files are, how much of them to use, and how to
@@ -93,6 +97,62 @@ fn default_eval_split() -> String {
     "dev".into()
 }
 
+/// XNLI: what to train on, which languages of which split to evaluate,
+/// and how to tokenize (see [`crate::xnli`]).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct XnliData {
+    /// The XNLI directory under the data root, holding `xnli.dev.tsv` and
+    /// `xnli.test.tsv` (or the folder above `XNLI-1.0/`); default `XNLI-1.0`.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// The training set: `mnli` (MultiNLI, `<glue_path>/MNLI/train.tsv`;
+    /// the default) or a language code (that language's XNLI dev split).
+    #[serde(default = "default_xnli_train")]
+    pub train: String,
+    /// The GLUE root under the data root whose `MNLI/train.tsv` is the
+    /// MultiNLI training set (default `glue`, as GLUE configs).
+    #[serde(default)]
+    pub glue_path: Option<PathBuf>,
+    /// The split evaluated every epoch: `test` (default; 5,010 pairs per
+    /// language) or `dev` (2,490).
+    #[serde(default = "default_xnli_eval_split")]
+    pub eval_split: String,
+    /// `"all"` (default: the 15 languages) or a list of codes, in the
+    /// order they are reported.
+    #[serde(default)]
+    pub eval_languages: LanguageList,
+    /// Tokenizer directory (`tokenizer.json` or `vocab.txt`); default: the
+    /// pretrained model's directory.
+    #[serde(default)]
+    pub tokenizer: Option<PathBuf>,
+    /// Longest sequence after tokenization (longer pairs are truncated
+    /// longest-first).
+    #[serde(default = "default_max_len")]
+    pub max_seq_len: usize,
+    /// Use only the first N training examples.
+    #[serde(default)]
+    pub limit_train: Option<usize>,
+    /// Evaluate only the first N examples of each language.
+    #[serde(default)]
+    pub limit_eval: Option<usize>,
+}
+
+fn default_xnli_train() -> String {
+    "mnli".into()
+}
+fn default_xnli_eval_split() -> String {
+    "test".into()
+}
+
+impl XnliData {
+    /// The checked choice of training set, split and languages; errors name
+    /// the key.
+    pub fn plan(&self) -> std::result::Result<XnliPlan, String> {
+        XnliPlan::new(&self.train, &self.eval_split, &self.eval_languages)
+    }
+}
+
 /// Where IDX files are and how much of them to use.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -119,6 +179,10 @@ impl DataConfig {
             DataConfig::Cifar10(_) => "cifar10".into(),
             DataConfig::Cifar100(c) if c.labels == Labels::Coarse => "cifar100-coarse".into(),
             DataConfig::Cifar100(_) => "cifar100".into(),
+            DataConfig::Xnli(x) => match x.plan().map(|p| p.train) {
+                Ok(TrainSource::Dev(l)) => format!("xnli-train-{l}"),
+                _ => "xnli".into(),
+            },
         }
     }
 
@@ -128,7 +192,7 @@ impl DataConfig {
             DataConfig::Mnist(_) | DataConfig::FashionMnist(_) => Some((1, 28 * 28, 10)),
             DataConfig::Cifar10(c) => Some((3, 32 * 32, c.labels.num_classes(Variant::Cifar10))),
             DataConfig::Cifar100(c) => Some((3, 32 * 32, c.labels.num_classes(Variant::Cifar100))),
-            DataConfig::Glue(_) => None,
+            DataConfig::Glue(_) | DataConfig::Xnli(_) => None,
         }
     }
 
@@ -152,6 +216,9 @@ pub struct Data {
     pub test: Arc<dyn Dataset>,
     /// Metrics, the first one primary.
     pub metrics: Vec<Metric>,
+    /// Parts of the evaluation set reported on their own (XNLI's
+    /// languages); empty for the other datasets.
+    pub groups: Vec<EvalGroup>,
     /// Where the files were read from.
     pub source: PathBuf,
 }
@@ -165,6 +232,7 @@ fn load(cfg: &DataConfig, root: &DataRoot, model_dir: Option<&Path>) -> Result<D
         DataConfig::Glue(g) => load_glue(g, root, model_dir),
         DataConfig::Cifar10(c) => load_cifar(c, root, Variant::Cifar10),
         DataConfig::Cifar100(c) => load_cifar(c, root, Variant::Cifar100),
+        DataConfig::Xnli(x) => load_xnli(x, root, model_dir),
     }
 }
 
@@ -188,16 +256,77 @@ fn load_cifar(c: &CifarData, root: &DataRoot, variant: Variant) -> Result<Data> 
     if let Some(n) = c.limit_test {
         test = test.take(n);
     }
-    Ok(Data { train: Arc::new(train), test: Arc::new(test), metrics: vec![Metric::Accuracy], source: dir })
+    Ok(Data {
+        train: Arc::new(train),
+        test: Arc::new(test),
+        metrics: vec![Metric::Accuracy],
+        source: dir,
+        groups: vec![],
+    })
+}
+
+/// The tokenizer of text data: `data.tokenizer`, else the pretrained
+/// model's.
+fn tokenizer(dir: Option<&Path>, model_dir: Option<&Path>, what: &str) -> Result<Tokenizer> {
+    let Some(tok_dir) = dir.or(model_dir) else {
+        bail!("{what} data needs a tokenizer: set data.tokenizer or [pretrained]")
+    };
+    Tokenizer::from_dir(tok_dir).map_err(|e| context(e, format!("loading the tokenizer from {}", tok_dir.display())))
+}
+
+/// The first `n` examples of `d` (all when `None`).
+fn limit(d: Arc<dyn Dataset>, n: Option<usize>) -> Arc<dyn Dataset> {
+    match n {
+        Some(n) => Arc::new(Prefix::new(d, n)),
+        None => d,
+    }
+}
+
+/// XNLI: the training set (MultiNLI or one language's dev split), and the
+/// evaluated languages of the split one after another, a group each.
+fn load_xnli(x: &XnliData, root: &DataRoot, model_dir: Option<&Path>) -> Result<Data> {
+    let plan = x.plan().map_err(Error::msg)?;
+    let xnli_root = root.join(x.path.clone().unwrap_or_else(|| xnli::DEFAULT_DIR.into()));
+    let tok = tokenizer(x.tokenizer.as_deref(), model_dir, "XNLI")?;
+    let located =
+        |dir: &Path| format!("{} (data root {}: set --data-dir or ESPALIER_DATA)", dir.display(), root.0.display());
+    let train: Arc<dyn Dataset> = match plan.train {
+        TrainSource::Mnli => {
+            let glue_root = root.join(x.glue_path.clone().unwrap_or_else(|| "glue".into()));
+            let hint = || format!("loading the MultiNLI training set (key `data.train`) from {}", located(&glue_root));
+            Arc::new(xnli::train_set(&glue_root, &tok, x.max_seq_len).map_err(|e| context(e, hint()))?)
+        }
+        TrainSource::Dev(lang) => {
+            let hint =
+                || format!("loading the XNLI `{lang}` dev split (key `data.train`) from {}", located(&xnli_root));
+            Arc::new(
+                XnliDataset::load(&xnli_root, XnliSplit::Dev, Some(lang), &tok, x.max_seq_len)
+                    .map_err(|e| context(e, hint()))?,
+            )
+        }
+    };
+    let hint = || format!("loading the XNLI {} split from {}", plan.split, located(&xnli_root));
+    let path = plan.split.path(&xnli_root).map_err(|e| context(e, hint()))?;
+    let examples = xnli::read_file(&path, Some(&plan.languages)).map_err(|e| context(e, hint()))?;
+    let (mut ordered, mut groups) = (Vec::with_capacity(examples.len()), Vec::with_capacity(plan.languages.len()));
+    for &lang in &plan.languages {
+        let start = ordered.len();
+        let of_lang = examples.iter().filter(|e| e.language == lang);
+        ordered.extend(of_lang.take(x.limit_eval.unwrap_or(usize::MAX)).cloned());
+        if ordered.len() == start {
+            bail!("key `data.eval_languages`: {} holds no `{lang}` ({}) example", path.display(), lang.name());
+        }
+        groups.push(EvalGroup { name: lang.code().to_string(), range: start..ordered.len() });
+    }
+    let test =
+        XnliDataset::from_examples(plan.split, None, &ordered, &tok, x.max_seq_len).map_err(|e| context(e, hint()))?;
+    let source = path.parent().map(Path::to_path_buf).unwrap_or(xnli_root);
+    Ok(Data { train: limit(train, x.limit_train), test: Arc::new(test), metrics: vec![xnli::METRIC], source, groups })
 }
 
 fn load_glue(g: &GlueData, root: &DataRoot, model_dir: Option<&Path>) -> Result<Data> {
     let glue_root = root.join(g.path.clone().unwrap_or_else(|| "glue".into()));
-    let Some(tok_dir) = g.tokenizer.as_deref().or(model_dir) else {
-        bail!("GLUE data needs a tokenizer: set data.tokenizer or [pretrained]")
-    };
-    let tok = Tokenizer::from_dir(tok_dir)
-        .map_err(|e| context(e, format!("loading the tokenizer from {}", tok_dir.display())))?;
+    let tok = tokenizer(g.tokenizer.as_deref(), model_dir, "GLUE")?;
     let eval_split: glue::Split =
         g.eval_split.parse().map_err(|e| Error::msg(format!("key `data.eval_split`: {e}")))?;
     let hint = || format!("loading GLUE {} from {}", g.task, glue_root.display());
@@ -208,14 +337,9 @@ fn load_glue(g: &GlueData, root: &DataRoot, model_dir: Option<&Path>) -> Result<
     if !test.is_labelled() {
         bail!("GLUE {} {eval_split} split has no labels: choose another data.eval_split", g.task);
     }
-    let limit = |d: Arc<dyn Dataset>, n: Option<usize>| -> Arc<dyn Dataset> {
-        match n {
-            Some(n) => Arc::new(Prefix::new(d, n)),
-            None => d,
-        }
-    };
     let (train, test) = (limit(Arc::new(train), g.limit_train), limit(Arc::new(test), g.limit_eval));
-    Ok(Data { train, test, metrics: g.task.metrics().to_vec(), source: glue_root.join(g.task.dir_name()) })
+    let source = glue_root.join(g.task.dir_name());
+    Ok(Data { train, test, metrics: g.task.metrics().to_vec(), source, groups: vec![] })
 }
 
 fn load_idx(idx: &IdxData, root: &DataRoot, flavor: Flavor, default: &str) -> Result<Data> {
@@ -235,5 +359,11 @@ fn load_idx(idx: &IdxData, root: &DataRoot, flavor: Flavor, default: &str) -> Re
     if let Some(n) = idx.limit_test {
         test = test.take(n)?;
     }
-    Ok(Data { train: Arc::new(train), test: Arc::new(test), metrics: vec![Metric::Accuracy], source: dir })
+    Ok(Data {
+        train: Arc::new(train),
+        test: Arc::new(test),
+        metrics: vec![Metric::Accuracy],
+        source: dir,
+        groups: vec![],
+    })
 }

@@ -7,6 +7,8 @@
 //! training loop asks for [`Dataset::train_batch`], where datasets with
 //! training-time augmentation (CIFAR's crops and flips) draw it from the seed
 //! and the epoch the same way; evaluation asks for [`Dataset::batch`].
+//! An evaluation set may be split into named [`EvalGroup`]s (XNLI's
+//! languages), each reported on its own.
 
 pub mod cifar;
 pub mod config;
@@ -22,6 +24,18 @@ use espalier_core::{Result, Rng};
 pub use config::{Data, DataConfig};
 pub use espalier_core::{Batch, Inputs};
 pub use root::DataRoot;
+
+/// A named, contiguous part of an evaluation set that is also reported on
+/// its own: XNLI's languages. Its metrics are named `<metric>.<name>`
+/// (`accuracy.de`), and the set's metric is then the mean over the groups
+/// (each group weighs the same, whatever its size).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EvalGroup {
+    /// Name (`de`).
+    pub name: String,
+    /// Its examples: indices into the evaluation set.
+    pub range: std::ops::Range<usize>,
+}
 
 /// A finite, indexable dataset.
 pub trait Dataset: Send + Sync {

@@ -20,6 +20,17 @@
 //!
 //! A malformed row (wrong field count, unknown language or label) is an
 //! error naming the file and its 1-based line.
+//!
+//! # As an experiment's data
+//! `data.dataset = "xnli"` ([`crate::config::XnliData`]) trains on
+//! MultiNLI (`train = "mnli"`) or on one language's dev split
+//! (`train = "de"`; the evaluation is then on `test`, since the dev files
+//! of all languages are translations of the same pairs), and evaluates on
+//! `eval_languages` (`"all"` or a list) of `eval_split`. [`XnliPlan`] is
+//! that choice, checked; the evaluation set holds the languages one after
+//! another, each an [`crate::EvalGroup`], so every language's accuracy is
+//! reported (`accuracy.de`) and `accuracy` is their mean, as in the
+//! paper's tables.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -27,6 +38,7 @@ use std::str::FromStr;
 
 use candle_core::Device;
 use espalier_core::{Error, Metric, Result};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::glue::{self, column, for_each_tsv_line, GlueDataset, GlueTask, NLI_LABELS};
 use crate::tokenize::{Label, Labels, TokenizedDataset, Tokenizer};
@@ -189,6 +201,164 @@ impl XnliSplit {
                 format!("no XNLI file: tried {} and {}", direct.display(), nested.display()),
             ),
         ))
+    }
+}
+
+impl FromStr for XnliSplit {
+    type Err = Error;
+    /// `dev` (also `validation`, `val`) or `test`, case-insensitive.
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "dev" | "validation" | "val" => Ok(XnliSplit::Dev),
+            "test" => Ok(XnliSplit::Test),
+            _ => Err(Error::msg(format!("unknown XNLI split `{s}`; valid splits: dev, test"))),
+        }
+    }
+}
+
+impl fmt::Display for XnliSplit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            XnliSplit::Dev => "dev",
+            XnliSplit::Test => "test",
+        })
+    }
+}
+
+/// The directory the XNLI files are looked for in, under the data root,
+/// when `data.path` is not given (the folder the `XNLI-1.0.zip` extracts to).
+pub const DEFAULT_DIR: &str = "XNLI-1.0";
+
+/// What an XNLI experiment trains on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrainSource {
+    /// MultiNLI's training split (GLUE's `MNLI/train.tsv`): zero-shot
+    /// cross-lingual transfer when the model is then evaluated on other
+    /// languages.
+    Mnli,
+    /// One language's XNLI dev split (2,490 pairs).
+    Dev(Language),
+}
+
+impl FromStr for TrainSource {
+    type Err = String;
+    /// `mnli` or a language code (or English name), case-insensitive.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if s.trim().eq_ignore_ascii_case("mnli") {
+            return Ok(TrainSource::Mnli);
+        }
+        s.parse::<Language>().map(TrainSource::Dev).map_err(|_| {
+            format!("expected `mnli` (MultiNLI's training split) or an XNLI language code ({}), found `{s}`", codes())
+        })
+    }
+}
+
+/// The 15 codes, space-separated, in [`Language::ALL`] order.
+fn codes() -> String {
+    Language::ALL.iter().map(|l| l.code()).collect::<Vec<_>>().join(" ")
+}
+
+/// The languages to evaluate, as a config gives them: `"all"` or a list of
+/// codes (checked by [`XnliPlan::new`], which names the key).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum LanguageList {
+    /// The 15 languages, in [`Language::ALL`] order.
+    #[default]
+    All,
+    /// These, in this order.
+    Only(Vec<String>),
+}
+
+impl Serialize for LanguageList {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            LanguageList::All => s.serialize_str("all"),
+            LanguageList::Only(v) => v.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for LanguageList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = LanguageList;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("\"all\" or a list of XNLI language codes for `data.eval_languages`")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> std::result::Result<LanguageList, E> {
+                Ok(if s.trim().eq_ignore_ascii_case("all") {
+                    LanguageList::All
+                } else {
+                    LanguageList::Only(vec![s.to_string()])
+                })
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<LanguageList, A::Error> {
+                let mut v = Vec::new();
+                while let Some(s) = seq.next_element::<String>()? {
+                    v.push(s);
+                }
+                Ok(LanguageList::Only(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// An XNLI experiment's data, checked: what to train on, which split and
+/// languages to evaluate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct XnliPlan {
+    /// The training set.
+    pub train: TrainSource,
+    /// The evaluation split.
+    pub split: XnliSplit,
+    /// The evaluated languages, in report order, none twice.
+    pub languages: Vec<Language>,
+}
+
+impl XnliPlan {
+    /// Checks the config's values; errors name the key (`data.train`,
+    /// `data.eval_split`, `data.eval_languages`) and what it takes.
+    pub fn new(train: &str, eval_split: &str, languages: &LanguageList) -> std::result::Result<Self, String> {
+        let train: TrainSource = train.parse().map_err(|e| format!("key `data.train`: {e}"))?;
+        let split: XnliSplit = eval_split.parse().map_err(|e| format!("key `data.eval_split`: {e}"))?;
+        let languages = match languages {
+            LanguageList::All => Language::ALL.to_vec(),
+            LanguageList::Only(v) if v.is_empty() => {
+                return Err(format!(
+                    "key `data.eval_languages` is empty: give \"all\" or a list of XNLI language codes ({})",
+                    codes()
+                ))
+            }
+            LanguageList::Only(v) => {
+                let mut out = Vec::with_capacity(v.len());
+                for s in v {
+                    let l: Language = s.parse().map_err(|_| {
+                        format!(
+                            "key `data.eval_languages`: unknown XNLI language `{s}`; expected \"all\" or a list of \
+                             the codes {}",
+                            codes()
+                        )
+                    })?;
+                    if out.contains(&l) {
+                        return Err(format!("key `data.eval_languages` names `{l}` twice"));
+                    }
+                    out.push(l);
+                }
+                out
+            }
+        };
+        if let (TrainSource::Dev(l), XnliSplit::Dev) = (train, split) {
+            return Err(format!(
+                "key `data.eval_split` must be `test` when training on XNLI `{l}` (`data.train`): the model \
+                 trains on the dev split, whose pairs are the same in every language"
+            ));
+        }
+        Ok(XnliPlan { train, split, languages })
     }
 }
 
@@ -471,5 +641,96 @@ mod tests {
         let train = train_set(&glue, &tok, 32).unwrap();
         assert_eq!(train.len(), 1);
         assert_eq!(train.labels(), Some(&Labels::Class(vec![2])));
+    }
+
+    #[test]
+    fn plans_name_the_key_and_what_it_takes() {
+        let only = |v: &[&str]| LanguageList::Only(v.iter().map(|s| s.to_string()).collect());
+        let p = XnliPlan::new("mnli", "test", &LanguageList::All).unwrap();
+        assert_eq!((p.train, p.split, p.languages), (TrainSource::Mnli, XnliSplit::Test, Language::ALL.to_vec()));
+        let p = XnliPlan::new("DE", "test", &only(&["sw", "En"])).unwrap();
+        assert_eq!((p.train, p.languages), (TrainSource::Dev(Language::De), vec![Language::Sw, Language::En]));
+        for (train, split, langs, needles) in [
+            ("mnly", "test", LanguageList::All, &["data.train", "mnly", "mnli", "ur"][..]),
+            ("mnli", "train", LanguageList::All, &["data.eval_split", "dev, test"][..]),
+            ("mnli", "test", only(&["en", "xx"]), &["data.eval_languages", "`xx`", "\"all\"", "vi"][..]),
+            ("mnli", "test", only(&["all"]), &["data.eval_languages", "`all`"][..]),
+            ("mnli", "test", only(&[]), &["data.eval_languages", "empty"][..]),
+            ("mnli", "test", only(&["de", "german"]), &["data.eval_languages", "`de` twice"][..]),
+            ("de", "dev", LanguageList::All, &["data.eval_split", "`test`", "data.train"][..]),
+        ] {
+            let e = XnliPlan::new(train, split, &langs).unwrap_err();
+            assert!(needles.iter().all(|n| e.contains(n)), "{e}");
+        }
+    }
+
+    #[test]
+    fn language_lists_read_and_write_as_a_string_or_a_list() {
+        let read = |j: &str| serde_json::from_str::<LanguageList>(j);
+        assert_eq!(read("\"all\"").unwrap(), LanguageList::All);
+        assert_eq!(read("\"ALL\"").unwrap(), LanguageList::All);
+        assert_eq!(read("\"de\"").unwrap(), LanguageList::Only(vec!["de".into()]));
+        assert_eq!(read("[\"en\", \"fr\"]").unwrap(), LanguageList::Only(vec!["en".into(), "fr".into()]));
+        let e = read("3").unwrap_err().to_string();
+        assert!(e.contains("data.eval_languages") && e.contains("\"all\""), "{e}");
+        let e = read("[\"en\", 3]").unwrap_err().to_string();
+        assert!(e.contains("string"), "{e}");
+        for l in [LanguageList::All, LanguageList::Only(vec!["ur".into(), "th".into()])] {
+            assert_eq!(read(&serde_json::to_string(&l).unwrap()).unwrap(), l);
+        }
+    }
+
+    /// `data.dataset = "xnli"`: the evaluated languages one after another,
+    /// one group each (limited per language), trained on MultiNLI or on a
+    /// language's dev split; a language the file lacks names the key.
+    #[test]
+    fn experiment_data_groups_the_languages() {
+        use crate::config::{DataConfig, XnliData};
+        let d = fixture();
+        let glue = d.path().join("glue/MNLI");
+        std::fs::create_dir_all(&glue).unwrap();
+        let head = "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\tsentence2_parse\tsentence1\tsentence2\tlabel1\tgold_label";
+        let row = "0\t1\t1n\tfiction\t(a)\t(b)\t(a)\t(b)\tThe red kite.\tA barn.\tneutral\tneutral";
+        std::fs::write(glue.join("train.tsv"), format!("{head}\n{row}\n{row}\n")).unwrap();
+        tiny_tokenizer(d.path());
+        let only = |v: &[&str]| LanguageList::Only(v.iter().map(|s| s.to_string()).collect());
+        let cfg = |train: &str, split: &str, langs: LanguageList, limit_eval| {
+            DataConfig::Xnli(XnliData {
+                path: None,
+                train: train.into(),
+                glue_path: None,
+                eval_split: split.into(),
+                eval_languages: langs,
+                tokenizer: Some(d.path().to_path_buf()),
+                max_seq_len: 32,
+                limit_train: None,
+                limit_eval,
+            })
+        };
+        let root = crate::DataRoot(d.path().to_path_buf());
+        let data = cfg("mnli", "dev", only(&["de", "en"]), None).load(&root, None).unwrap();
+        assert_eq!((data.train.len(), data.test.len(), data.metrics.clone()), (2, 3, vec![METRIC]));
+        let groups: Vec<_> = data.groups.iter().map(|g| (g.name.as_str(), g.range.clone())).collect();
+        assert_eq!(groups, vec![("de", 0..1), ("en", 1..3)]);
+        // German first, then the two English pairs in file order.
+        let b = data.test.batch(&[0, 1, 2], &Device::Cpu).unwrap();
+        assert_eq!(b.labels.to_vec1::<u32>().unwrap(), vec![0, 1, 0]);
+        assert_eq!(data.source, d.path().join("XNLI-1.0"));
+        let data = cfg("mnli", "dev", only(&["en", "zh"]), Some(1)).load(&root, None).unwrap();
+        let groups: Vec<_> = data.groups.iter().map(|g| (g.name.as_str(), g.range.clone())).collect();
+        assert_eq!(groups, vec![("en", 0..1), ("zh", 1..2)]);
+        let data = cfg("fr", "test", only(&["sw"]), None).load(&root, None).unwrap();
+        assert_eq!((data.train.len(), data.test.len()), (1, 1));
+        assert_eq!(cfg("fr", "test", only(&["sw"]), None).name(), "xnli-train-fr");
+        assert_eq!(cfg("mnli", "test", LanguageList::All, None).name(), "xnli");
+        // `all` on a file that lacks languages, and a missing file.
+        let e = cfg("mnli", "test", LanguageList::All, None).load(&root, None).err().unwrap().to_string();
+        assert!(e.contains("data.eval_languages") && e.contains("xnli.test.tsv") && e.contains("`en`"), "{e}");
+        let e = cfg("mnli", "dev", LanguageList::All, None)
+            .load(&crate::DataRoot(d.path().join("nowhere")), None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("MNLI") && e.contains("data.train") && e.contains("ESPALIER_DATA"), "{e}");
     }
 }

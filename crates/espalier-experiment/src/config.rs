@@ -244,6 +244,15 @@ impl Experiment {
                 return Err("key `data.tokenizer` is required when there is no [pretrained] model".into());
             }
         }
+        if let DataConfig::Xnli(x) = &self.data {
+            if x.max_seq_len < 3 {
+                return Err(format!("key `data.max_seq_len` must be at least 3, found {}", x.max_seq_len));
+            }
+            x.plan()?;
+            if x.tokenizer.is_none() && self.pretrained.is_none() {
+                return Err("key `data.tokenizer` is required when there is no [pretrained] model".into());
+            }
+        }
         if matches!(&self.data, DataConfig::Cifar10(c) if c.labels == Labels::Coarse) {
             return Err("key `data.labels`: CIFAR-10 has one label; `coarse` is for cifar100".into());
         }
@@ -486,5 +495,46 @@ mod tests {
         assert!(err.contains("[model]") && err.contains("[pretrained]"), "{err}");
         let err = parse(glue, &["model={kind=\"lenet5\"}".into()]).unwrap_err().0;
         assert!(err.contains("only one of"), "{err}");
+    }
+
+    #[test]
+    fn xnli_configs_default_round_trip_and_name_the_key() {
+        let xnli = r#"
+            [pretrained]
+            path = "google-bert/bert-base-multilingual-cased"
+            [data]
+            dataset = "xnli"
+            [train]
+            epochs = 2
+            batch_size = 32
+            optimizer = { kind = "adamw", lr = 2e-5 }
+        "#;
+        let e = parse(xnli, &[]).unwrap();
+        let DataConfig::Xnli(x) = &e.data else { panic!("not xnli: {:?}", e.data) };
+        assert_eq!((x.train.as_str(), x.eval_split.as_str(), x.max_seq_len), ("mnli", "test", 128));
+        assert_eq!(x.eval_languages, espalier_data::xnli::LanguageList::All);
+        assert_eq!(x.plan().unwrap().languages.len(), 15);
+        // The resolved config (the run directory's config.toml) reads back the same.
+        let sets = ["data.eval_languages=[\"de\", \"sw\"]".into(), "data.train=\"en\"".into()];
+        for e in [e.clone(), parse(xnli, &sets).unwrap()] {
+            assert_eq!(parse(&toml::to_string(&e).unwrap(), &[]).unwrap(), e);
+        }
+        for (set, needles) in [
+            ("data.eval_languages=[\"en\", \"xx\"]", &["data.eval_languages", "`xx`", "\"all\""][..]),
+            ("data.eval_languages=3", &["data.eval_languages", "\"all\""][..]),
+            ("data.train=\"gloss\"", &["data.train", "`gloss`", "mnli"][..]),
+            ("data.eval_split=\"train\"", &["data.eval_split", "dev, test"][..]),
+            ("data.max_seq_len=2", &["data.max_seq_len"][..]),
+            ("data.languages=\"all\"", &["`data`", "languages", "eval_languages"][..]),
+        ] {
+            let err = parse(xnli, &[set.into()]).unwrap_err().0;
+            assert!(needles.iter().all(|n| err.contains(n)), "{set}: {err}");
+        }
+        let err = parse(&xnli.replace("path = \"google-bert/bert-base-multilingual-cased\"", ""), &[]).unwrap_err().0;
+        assert!(err.contains("pretrained"), "{err}");
+        let scratch = xnli.replace("[pretrained]\n            path = \"google-bert/bert-base-multilingual-cased\"", "");
+        let bert = "model={kind=\"bert\", task={kind=\"classification\", num_labels=3}}";
+        let err = parse(&scratch, &[bert.into()]).unwrap_err().0;
+        assert!(err.contains("data.tokenizer"), "{err}");
     }
 }

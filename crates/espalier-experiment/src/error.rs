@@ -7,8 +7,9 @@ use crate::config::ConfigError;
 /// An experiment error.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Bad config or input, found before the run directory is touched
-    /// (transparent: `{:#}` printed the message twice, once as the source).
+    /// Bad config or input, found before the run directory is touched.
+    /// Transparent: the message is not repeated as its own source (the
+    /// binary prints the whole chain).
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// A library error.

@@ -41,6 +41,7 @@ fn bert_task(data: &DataConfig) -> Result<BertTask> {
     match data {
         DataConfig::Glue(g) if g.task.is_regression() => Ok(BertTask::Regression),
         DataConfig::Glue(g) => Ok(BertTask::Classification { num_labels: g.task.num_labels() }),
+        DataConfig::Xnli(_) => Ok(BertTask::Classification { num_labels: espalier_data::xnli::NUM_LABELS }),
         other => Err(Error::msg(format!("a pretrained BERT needs text data, not {}", other.name()))),
     }
 }

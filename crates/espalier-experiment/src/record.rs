@@ -104,9 +104,11 @@ pub fn best_since(history: &[Record], from: usize, metric: &str) -> Option<BestE
     best
 }
 
-/// Evaluation metrics by name.
+/// Evaluation metrics by name; a group's as `<metric>.<group>`
+/// (`accuracy.de`), beside the mean over the groups (`accuracy`).
 pub fn metrics_map(e: &EvalStats) -> BTreeMap<String, f64> {
-    e.metrics.iter().map(|(m, v)| (m.name().to_string(), *v)).collect()
+    let groups = e.groups.iter().flat_map(|(g, ms)| ms.iter().map(move |(m, v)| (format!("{}.{g}", m.name()), *v)));
+    e.metrics.iter().map(|(m, v)| (m.name().to_string(), *v)).chain(groups).collect()
 }
 
 /// The record of a training epoch.

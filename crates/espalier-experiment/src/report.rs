@@ -1,5 +1,8 @@
 //! What a finished run reports: `summary.json`, `report.md`, `results.csv`
-//! and the table printed at the end.
+//! and the table printed at the end. Where the evaluation set has groups
+//! (XNLI's languages), each round's metrics hold every group's value
+//! (`accuracy.de`) beside their mean (`accuracy`, the primary metric), and
+//! the report and the printed table show them per group.
 
 use std::collections::BTreeMap;
 
@@ -27,6 +30,11 @@ pub struct Summary {
     pub seed: u64,
     /// Primary metric name.
     pub metric: String,
+    /// The evaluation groups (XNLI's language codes), in report order:
+    /// the rounds' metrics also hold `<metric>.<group>`, and `metric` is
+    /// their mean. Empty for data without groups.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
     /// One row per round.
     pub rounds: Vec<Record>,
     /// Per-layer sparsity at the end.
@@ -86,7 +94,67 @@ pub fn rounds_table(s: &Summary) -> String {
         }
         out.push('\n');
     }
+    if !s.groups.is_empty() {
+        out += &format!("\n{} per evaluation group ({} above is their mean):\n{:>5}", s.metric, s.metric, "round");
+        for g in &s.groups {
+            out += &format!("  {g:>6}");
+        }
+        out.push('\n');
+        for (round, values) in group_rows(s) {
+            out += &format!("{round:>5}");
+            for v in values {
+                out += &format!("  {v:>6.2}");
+            }
+            out.push('\n');
+        }
+    }
     out
+}
+
+/// (round, the primary metric of every group in `s.groups` order) per round.
+fn group_rows(s: &Summary) -> Vec<(usize, Vec<f64>)> {
+    let of = |metrics: &BTreeMap<String, f64>| -> Vec<f64> {
+        s.groups.iter().map(|g| metrics.get(&format!("{}.{g}", s.metric)).copied().unwrap_or(f64::NAN)).collect()
+    };
+    s.rounds
+        .iter()
+        .filter_map(|r| match r {
+            Record::Round { round, metrics, .. } => Some((*round, of(metrics))),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The per-group table of `report.md` (nothing without groups): every
+/// round's last-epoch value per group and their mean, and with
+/// `train.keep_best` the best epoch's too.
+fn groups_markdown(s: &Summary) -> String {
+    if s.groups.is_empty() {
+        return String::new();
+    }
+    let m = &s.metric;
+    let mut md =
+        format!("\n{m} per evaluation group (`{m}.<group>`; `{m}` is their mean):\n\n| round | epoch | {m} (mean) |");
+    for g in &s.groups {
+        md += &format!(" {g} |");
+    }
+    md += &format!("\n|---:|---|---:|{}\n", "---:|".repeat(s.groups.len()));
+    let mut row = |round: usize, epoch: &str, metrics: &BTreeMap<String, f64>| {
+        md += &format!("| {round} | {epoch} | {:.2} |", metrics.get(m).copied().unwrap_or(f64::NAN));
+        for g in &s.groups {
+            md += &format!(" {:.2} |", metrics.get(&format!("{m}.{g}")).copied().unwrap_or(f64::NAN));
+        }
+        md.push('\n');
+    };
+    for r in &s.rounds {
+        if let Record::Round { round, metrics, best, .. } = r {
+            row(*round, "last", metrics);
+            if let Some(b) = best {
+                row(*round, &format!("best ({})", b.epoch), &b.metrics);
+            }
+        }
+    }
+    md
 }
 
 /// (round, sparsity, final metric, best-epoch metric) per round.
@@ -127,6 +195,7 @@ pub fn report_markdown(s: &Summary) -> String {
         }
         md.push('\n');
     }
+    md += &groups_markdown(s);
     md += &lines_markdown(s);
     md += &s.method_markdown;
     if let Some(st) = &s.structured {

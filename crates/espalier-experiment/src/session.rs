@@ -20,7 +20,7 @@ use espalier_data::{Batch, Data, DataRoot};
 use espalier_models::{load_model, Mode, Model};
 use espalier_prune::{Action, Context as MethodContext, Length, Method, Phase, PhaseLr, Plan};
 use espalier_train::trainer::PhasePos;
-use espalier_train::{evaluate, EvalStats, LrSchedule, Optimizer, Regularizer, Trainer, TrainerOptions};
+use espalier_train::{evaluate_groups, EvalStats, LrSchedule, Optimizer, Regularizer, Trainer, TrainerOptions};
 
 use crate::config::{self, ConfigError, Experiment};
 use crate::error::{Context, Error, Result};
@@ -372,7 +372,8 @@ impl<'a> Session<'a> {
 
     fn evaluate(&self, model: &dyn Model) -> Result<EvalStats> {
         let exp = self.exp;
-        Ok(evaluate(model, self.data.test.as_ref(), exp.train.eval_batch_size, &self.device, &self.data.metrics)?)
+        let (data, bs) = (&self.data, exp.train.eval_batch_size);
+        Ok(evaluate_groups(model, data.test.as_ref(), bs, &self.device, &data.metrics, &data.groups)?)
     }
 
     /// (sparsity, kept, prunable, line statistics) of the model now: the
@@ -498,6 +499,7 @@ impl<'a> Session<'a> {
             method: self.method.describe(),
             seed: exp.seed,
             metric: self.data.metrics[0].name().to_string(),
+            groups: self.data.groups.iter().map(|g| g.name.clone()).collect(),
             rounds: self.progress.history.iter().filter(|r| matches!(r, Record::Round { .. })).cloned().collect(),
             sparsity: SparsityReport::of(model.params(), self.method.selector())?,
             parameters: model.params().numel(),
@@ -540,6 +542,7 @@ pub fn eval_run(dir: &Path, data_root: &DataRoot) -> Result<(EvalStats, Sparsity
     let model_dir = pretrained_dir(&exp)?;
     let data = exp.data.load(data_root, model_dir.as_deref())?;
     let method = exp.method()?;
-    let eval = evaluate(model.as_ref(), data.test.as_ref(), exp.train.eval_batch_size, &device, &data.metrics)?;
+    let bs = exp.train.eval_batch_size;
+    let eval = evaluate_groups(model.as_ref(), data.test.as_ref(), bs, &device, &data.metrics, &data.groups)?;
     Ok((eval, SparsityReport::of(model.params(), method.selector())?))
 }

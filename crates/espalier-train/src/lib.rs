@@ -16,4 +16,4 @@ pub mod trainer;
 pub use lr::LrSchedule;
 pub use optim::{Optimizer, OptimizerConfig};
 pub use regularize::{Regularizer, RegularizerConfig, StepInfo};
-pub use trainer::{evaluate, EpochStats, EvalStats, Trainer, TrainerOptions};
+pub use trainer::{evaluate, evaluate_groups, EpochStats, EvalStats, Trainer, TrainerOptions};

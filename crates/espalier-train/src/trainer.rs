@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, D};
 use espalier_core::{Metric, Result, Rng};
-use espalier_data::{Batcher, Dataset};
+use espalier_data::{Batcher, Dataset, EvalGroup};
 use espalier_models::{Mode, Model};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
@@ -50,8 +50,12 @@ pub struct EpochStats {
 pub struct EvalStats {
     /// Mean loss.
     pub loss: f64,
-    /// Metric values (percent).
+    /// Metric values (percent); with groups, the mean over the groups.
     pub metrics: Vec<(Metric, f64)>,
+    /// The metrics of each group of the evaluation set (XNLI's languages),
+    /// by group name; empty when the set has no groups.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<(String, Vec<(Metric, f64)>)>,
 }
 
 impl EvalStats {
@@ -325,6 +329,20 @@ pub fn evaluate(
     device: &Device,
     metrics: &[Metric],
 ) -> Result<EvalStats> {
+    evaluate_groups(model, data, batch_size, device, metrics, &[])
+}
+
+/// [`evaluate`], with `metrics` also computed on each of `groups` (parts of
+/// `data`); the reported `metrics` are then the mean over the groups (each
+/// group weighs the same), the loss stays the mean over all examples.
+pub fn evaluate_groups(
+    model: &dyn Model,
+    data: &dyn Dataset,
+    batch_size: usize,
+    device: &Device,
+    metrics: &[Metric],
+    groups: &[EvalGroup],
+) -> Result<EvalStats> {
     let batcher = Batcher { batch_size, shuffle: false, drop_last: false, seed: 0 };
     let (mut loss_sum, mut n) = (0.0, 0usize);
     let (mut pred, mut gold) = (Vec::new(), Vec::new());
@@ -336,8 +354,56 @@ pub fn evaluate(
         pred.extend(predictions(&out.logits)?);
         gold.extend(out.labels.to_dtype(DType::F64)?.to_vec1::<f64>()?);
     }
-    Ok(EvalStats {
-        loss: loss_sum / n.max(1) as f64,
-        metrics: metrics.iter().map(|&m| (m, m.compute(&pred, &gold))).collect(),
-    })
+    let (metrics, groups) = group_metrics(&pred, &gold, metrics, groups)?;
+    Ok(EvalStats { loss: loss_sum / n.max(1) as f64, metrics, groups })
+}
+
+/// (the set's metrics, each group's metrics by name).
+type Grouped = (Vec<(Metric, f64)>, Vec<(String, Vec<(Metric, f64)>)>);
+
+/// The metrics over all of `pred`/`gold` when there are no `groups`; else
+/// each group's metrics and their mean over the groups.
+fn group_metrics(pred: &[f64], gold: &[f64], metrics: &[Metric], groups: &[EvalGroup]) -> Result<Grouped> {
+    let of = |p: &[f64], g: &[f64]| metrics.iter().map(|&m| (m, m.compute(p, g))).collect::<Vec<_>>();
+    if groups.is_empty() {
+        return Ok((of(pred, gold), vec![]));
+    }
+    let mut per_group = Vec::with_capacity(groups.len());
+    for g in groups {
+        if g.range.is_empty() || g.range.end > pred.len() {
+            espalier_core::bail!(
+                "evaluation group `{}` covers examples {}..{} of a set of {}",
+                g.name,
+                g.range.start,
+                g.range.end,
+                pred.len()
+            );
+        }
+        per_group.push((g.name.clone(), of(&pred[g.range.clone()], &gold[g.range.clone()])));
+    }
+    let mean = |i: usize| per_group.iter().map(|(_, ms)| ms[i].1).sum::<f64>() / per_group.len() as f64;
+    Ok((metrics.iter().enumerate().map(|(i, &m)| (m, mean(i))).collect(), per_group))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each group's accuracy on its own, and their unweighted mean (not the
+    /// pooled accuracy) as the set's; a group outside the set is an error.
+    #[test]
+    fn grouped_metrics_are_per_group_and_their_mean() {
+        let pred = [0., 1., 2., 0., 1., 1.];
+        let gold = [0., 1., 2., 2., 2., 1.];
+        let g = |name: &str, range| EvalGroup { name: name.into(), range };
+        let (all, none) = group_metrics(&pred, &gold, &[Metric::Accuracy], &[]).unwrap();
+        assert_eq!((all, none.len()), (vec![(Metric::Accuracy, 100.0 * (4.0 / 6.0))], 0));
+        let groups = [g("en", 0..3), g("de", 3..5), g("fr", 5..6)];
+        let (mean, per) = group_metrics(&pred, &gold, &[Metric::Accuracy], &groups).unwrap();
+        let names: Vec<_> = per.iter().map(|(n, m)| (n.as_str(), m[0].1)).collect();
+        assert_eq!(names, vec![("en", 100.0), ("de", 0.0), ("fr", 100.0)]);
+        assert_eq!(mean, vec![(Metric::Accuracy, 200.0 / 3.0)]);
+        let e = group_metrics(&pred, &gold, &[Metric::Accuracy], &[g("sw", 4..9)]).unwrap_err().to_string();
+        assert!(e.contains("sw") && e.contains("4..9"), "{e}");
+    }
 }

@@ -458,6 +458,11 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             for (m, v) in &eval.metrics {
                 println!("{} {:.2}", m.name(), v);
             }
+            for (group, metrics) in &eval.groups {
+                for (m, v) in metrics {
+                    println!("{}.{group} {:.2}", m.name(), v);
+                }
+            }
         }
         Command::Bench {
             workload,
