@@ -190,6 +190,7 @@ fn label_names(data: &DataConfig) -> Option<Vec<String>> {
         DataConfig::Glue(g) if !g.task.is_regression() => {
             Some(g.task.label_names().iter().map(|s| s.to_string()).collect())
         }
+        DataConfig::Xnli(_) => Some(espalier_data::glue::NLI_LABELS.iter().map(|s| s.to_string()).collect()),
         _ => None,
     }
 }
@@ -198,8 +199,13 @@ fn label_names(data: &DataConfig) -> Option<Vec<String>> {
 /// pretrained model's directory, following `init_from` back to the run
 /// that started from one.
 fn tokenizer_dir(exp: &Experiment) -> anyhow::Result<Option<PathBuf>> {
-    if let DataConfig::Glue(g) = &exp.data {
-        if let Some(t) = &g.tokenizer {
+    let tokenizer = match &exp.data {
+        DataConfig::Glue(g) => g.tokenizer.as_ref(),
+        DataConfig::Xnli(x) => x.tokenizer.as_ref(),
+        _ => None,
+    };
+    {
+        if let Some(t) = tokenizer {
             return Ok(Some(if t.is_file() {
                 t.parent().map(Path::to_path_buf).unwrap_or_default()
             } else {
