@@ -14,7 +14,8 @@
 //!   1906.10771, eq. 8 for groups);
 //! - [`movement`]: movement pruning's score summed over a unit;
 //! - [`ispasp`]: i-SpaSP (Wolfe & Kyrillidis, "i-SpaSP: Structured Neural
-//!   Pruning via Sparse Signal Recovery", 2022, arXiv 2112.04905);
+//!   Pruning via Sparse Signal Recovery", 2022, arXiv 2112.04905), as the
+//!   authors' code runs it (`[structured.ispasp]`);
 //! - [`mi`]: layer-wise mutual information, top-down (Fan et al., "Layer-wise
 //!   Model Pruning based on Mutual Information", EMNLP 2021, arXiv
 //!   2108.12594).
@@ -89,7 +90,7 @@ impl GroupCriterion {
             GroupCriterion::Activation => Box::new(activation::Activation),
             GroupCriterion::Taylor => Box::new(taylor::taylor()),
             GroupCriterion::Movement => Box::new(movement::unit_movement()),
-            GroupCriterion::Ispasp => Box::new(ispasp::Ispasp { iterations: cfg.iterations }),
+            GroupCriterion::Ispasp => Box::new(ispasp::Ispasp { iterations: cfg.iterations, cfg: cfg.ispasp.clone() }),
             GroupCriterion::Mi => Box::new(mi::Mi::new(cfg.estimator, cfg.bins)),
             GroupCriterion::Greg1 | GroupCriterion::Greg2 => return None,
         })
@@ -155,6 +156,9 @@ pub struct StructuredConfig {
     /// GReg settings (methods `greg1`, `greg2`).
     #[serde(default)]
     pub greg: crate::greg::GRegConfig,
+    /// i-SpaSP settings (method `ispasp`).
+    #[serde(default)]
+    pub ispasp: ispasp::IspaspConfig,
 }
 
 fn default_calibration() -> usize {
@@ -193,6 +197,7 @@ impl StructuredConfig {
             Pattern::parse(g).map_err(|e| format!("key `{path}.groups`: {e}"))?;
         }
         self.greg.validate(&format!("{path}.greg"))?;
+        self.ispasp.validate(&format!("{path}.ispasp"))?;
         Ok(())
     }
 
@@ -205,11 +210,13 @@ impl StructuredConfig {
         })
     }
 
-    /// How many units of a set of `size` are kept.
+    /// How many units of a set of `size` are kept: `keep`, or
+    /// `int(size·keep_ratio)` (floored, as i-SpaSP's authors round; the same
+    /// count for every one-pass criterion), at least 1.
     pub fn kept(&self, size: usize) -> usize {
         match (self.keep, self.keep_ratio) {
             (Some(k), _) => k.min(size),
-            (None, Some(r)) => ((r * size as f64).round() as usize).clamp(1, size),
+            (None, Some(r)) => ((r * size as f64).floor() as usize).clamp(1, size),
             (None, None) => size,
         }
     }
