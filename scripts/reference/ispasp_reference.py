@@ -361,11 +361,15 @@ def main():
     ref_dir = os.path.abspath(sys.argv[1])
     out_dir = os.path.abspath(sys.argv[2] if len(sys.argv) > 2 else "crates/espalier-prune/tests/fixtures/ispasp")
     os.makedirs(out_dir, exist_ok=True)
+    commit = os.environ.get("ISPASP_REF_COMMIT", "unknown")
     try:
-        commit = subprocess.run(["git", "-C", ref_dir, "rev-parse", "HEAD"], capture_output=True, text=True,
-                                check=True).stdout.strip()
+        git = ["git", "-C", ref_dir, "rev-parse"]
+        top = subprocess.run(git + ["--show-toplevel"], capture_output=True, text=True, check=True).stdout.strip()
+        # Only the checkout's own repository, not one it happens to sit in.
+        if os.path.realpath(top) == os.path.realpath(ref_dir):
+            commit = subprocess.run(git + ["HEAD"], capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        commit = os.environ.get("ISPASP_REF_COMMIT", "unknown")
+        pass
     sys.path.insert(0, ref_dir)
     mod = importlib.import_module("prune_resnet34_ispasp")
     ref = {"commit": commit}
