@@ -832,6 +832,58 @@ fn cifar_resnet_runs_resumes_and_evaluates() {
         assert_eq!(dense == shrunk, n == 0, "{name}: dense {dense:?} vs shrunk {shrunk:?}");
     }
 
+    // i-SpaSP block by block from the trained ResNet-8 (three stages of one
+    // block): each block chosen through the already shrunk and fine-tuned
+    // model, one epoch after each block, then one of final fine-tuning; the
+    // same numbers when stopped after every epoch and resumed.
+    let blocks = format!(
+        "seed = 5\ninit_from = {full:?}\n[data]\ndataset = \"cifar10\"\n[train]\nepochs = 0\nbatch_size = 16\n\
+         eval_batch_size = 16\noptimizer = {{ kind = \"sgd\", lr = 0.01 }}\n[structured]\nmethod = \"ispasp\"\n\
+         keep_ratio = 0.5\ncalibration = 32\nblock_by_block = true\nblock_finetune_epochs = 1\n\
+         block_finetune_lr = 0.005\nfinetune_epochs = 1\n[structured.ispasp]\nchunk = 16\npruned_bn = \"batch\"\n"
+    );
+    let bcfg = write_config(tmp.path(), "blocks.toml", &blocks);
+    let run_blocks = |d: &Path, max: Option<&str>| {
+        let mut args = vec!["run", bcfg.to_str().unwrap(), "--out", d.to_str().unwrap(), "--quiet"];
+        args.extend(max.map(|m| ["--max-epochs", m]).into_iter().flatten());
+        let o = bin().args(&args).arg("--data-dir").arg(&data).output().unwrap();
+        ok(&o);
+    };
+    let b = run_dir(tmp.path(), "blocks");
+    run_blocks(&b, None);
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(b.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["method"], "structured-ispasp-block-by-block");
+    let widths = &summary["structured"]["widths"];
+    for (set, n) in [("layer1.0.conv1", 16), ("layer2.0.conv1", 32), ("layer3.0.conv1", 64)] {
+        assert_eq!(widths[set], serde_json::json!([n / 2, n]), "{summary}");
+    }
+    let m = metrics(&b);
+    let rounds: Vec<u64> = m.iter().filter(|r| r["type"] == "round").map(|r| r["round"].as_u64().unwrap()).collect();
+    assert_eq!(rounds, [0, 1, 2, 3], "one round per block");
+    assert_eq!(m.iter().filter(|r| r["type"] == "epoch").count(), 4, "one epoch per block and one more");
+    assert!(b.join("dense.safetensors").exists());
+    let parts = run_dir(tmp.path(), "blocks-parts");
+    for max in [Some("1"), Some("1"), Some("1"), None] {
+        run_blocks(&parts, max);
+    }
+    assert_same_run(&parts, &b);
+    // Skipping the first block of every stage leaves nothing in a ResNet-8:
+    // a config error before anything is written.
+    let skip = write_config(
+        tmp.path(),
+        "skip.toml",
+        &blocks.replace("[structured]\n", "[structured]\nskip_first_block = true\n"),
+    );
+    let none = run_dir(tmp.path(), "skip");
+    let o = bin()
+        .args(["run", skip.to_str().unwrap(), "--out", none.to_str().unwrap(), "--quiet", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("skip_first_block"), "{}", stderr(&o));
+    assert!(!none.exists());
+
     // A truncated batch file is named, with its byte offset, before anything is written.
     let p = data.join("cifar-10-batches-bin/data_batch_4.bin");
     let bytes = std::fs::read(&p).unwrap();

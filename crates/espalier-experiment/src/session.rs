@@ -154,11 +154,13 @@ impl<'a> Session<'a> {
         let model = input(build_model(exp, model_dir.as_deref(), &device))?;
         input(check_fit(model.as_ref(), &data, &device))?;
         let mut method = exp.method()?;
+        // The plan may follow the architecture (one shrink per block): a
+        // problem there is a config error, reported before anything is written.
+        let plan = input(method.plan_for(exp.train.epochs, model.as_ref()).map_err(Error::from))?;
         let dir = RunDir::new(&opts.out);
         dir.prepare(exp)?;
         let lock = dir.lock()?;
         dir.retry(exp)?;
-        let plan = method.plan(exp.train.epochs);
         let mut trainer = new_trainer(exp, model.params(), opts.progress, 0)?;
         let (model, progress) = if dir.checkpoint().exists() {
             let new_opt = |p: &ParamStore| new_optimizer(exp, p);
@@ -304,19 +306,28 @@ impl<'a> Session<'a> {
                 let Session { exp, data, device, model, method, .. } = self;
                 with_context(exp, data, device, model.as_ref(), method.as_mut(), |m, cx| m.prune(cx, *sparsity))?;
             }
-            Action::Shrink { recalibrate_bn } => self.shrink(*recalibrate_bn)?,
+            Action::Shrink { recalibrate_bn, sets } => self.shrink(*recalibrate_bn, sets.clone())?,
         }
         Ok(())
     }
 
-    /// Chooses the units, shrinks the model physically, re-estimates its
-    /// BatchNorm statistics if asked, and evaluates it.
-    fn shrink(&mut self, recalibrate: usize) -> Result<()> {
+    /// Chooses the units (of `sets` only, when given), shrinks the model
+    /// physically, re-estimates its BatchNorm statistics if asked, and
+    /// evaluates it. A later shrink of the same run (the next block) adds
+    /// to the first one's report: widths and residuals of its sets, its
+    /// selection time, the parameters now, the metrics before fine-tuning
+    /// now; the parameters before stay the dense model's.
+    fn shrink(&mut self, recalibrate: usize, sets: Option<Vec<String>>) -> Result<()> {
         let Session { exp, data, device, model, method, .. } = self;
-        let sel = with_context(exp, data, device, model.as_ref(), method.as_mut(), |m, cx| m.select(cx))?;
+        let sel = with_context(exp, data, device, model.as_ref(), method.as_mut(), |m, cx| {
+            cx.restrict(sets);
+            m.select(cx)
+        })?;
         let dense = self.model.as_ref();
-        // The model before the shrink, for comparisons (`espalier bench RUN_DIR`).
-        save_model(&self.dir.file("dense.safetensors"), dense, serde_json::json!({}))?;
+        if self.progress.shrink.is_none() {
+            // The model before the shrink, for comparisons (`espalier bench RUN_DIR`).
+            save_model(&self.dir.file("dense.safetensors"), dense, serde_json::json!({}))?;
+        }
         let small = espalier_models::shrink(dense, &sel.keep)?;
         let widths = dense
             .group_sets()
@@ -336,7 +347,7 @@ impl<'a> Session<'a> {
             before.get(primary).unwrap_or(f64::NAN)
         );
         let (p0, p1) = (dense.params().numel(), small.params().numel());
-        let report = StructuredReport {
+        let mut report = StructuredReport {
             method: self.method.describe(),
             widths,
             residual: sel.residual,
@@ -346,8 +357,22 @@ impl<'a> Session<'a> {
             metrics_before_finetune: metrics_map(&before),
             calibration: sel.calibration,
         };
+        let mut dense_parameters = p0;
+        if let Some(prev) = self.progress.shrink.take() {
+            dense_parameters = prev.dense_parameters;
+            let mut r = prev.report;
+            r.widths.append(&mut report.widths);
+            r.residual.append(&mut report.residual);
+            report = StructuredReport {
+                widths: r.widths,
+                residual: r.residual,
+                select_seconds: r.select_seconds + report.select_seconds,
+                parameters_before: r.parameters_before,
+                ..report
+            };
+        }
         self.model = small;
-        self.progress.shrink = Some(Shrunk { dense_parameters: p0, report });
+        self.progress.shrink = Some(Shrunk { dense_parameters, report });
         Ok(())
     }
 

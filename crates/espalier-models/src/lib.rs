@@ -110,6 +110,37 @@ pub trait Model: Send + Sync {
         let a = self.params().get(&name)?.effective()?.detach().to_dtype(h.dtype())?;
         Ok(h.matmul(&a.t()?)?)
     }
+    /// The constant term of group set `set`'s consumer, broadcastable to
+    /// [`Model::consume`]'s output, so that `consume(h) + offset` is what the
+    /// consumer computes (evaluation mode): by default the bias next to the
+    /// [`GroupSet::consumer`] weight (`….weight` → `….bias`), `None` where
+    /// there is none.
+    fn consume_offset(&self, set: &str) -> Result<Option<Tensor>> {
+        let Some(weight) = self.group_sets().into_iter().find(|g| g.name == set).and_then(|g| g.consumer) else {
+            espalier_core::bail!("group set `{set}` declares no consumer weight");
+        };
+        let Some(bias) = weight.strip_suffix(".weight").map(|p| format!("{p}.bias")) else {
+            return Ok(None);
+        };
+        match self.params().get(&bias) {
+            Ok(b) => Ok(Some(b.effective()?.detach())),
+            Err(_) => Ok(None),
+        }
+    }
+    /// The consumer of group set `set` followed by the normalisation after
+    /// it, as a freshly built layer in training mode computes it: each
+    /// channel normalised with the statistics of this `h`'s output (biased
+    /// variance), the layer's γ and β kept, no running statistic touched.
+    /// `None` (the default) where the consumer is not normalised.
+    fn consume_batch_stats(&self, _set: &str, _h: &Tensor) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+    /// Where group set `set` sits among the model's residual blocks (its
+    /// stage, its place in the stage, the stage's length); `None` (the
+    /// default) for sets outside such blocks.
+    fn block_of(&self, _set: &str) -> Option<BlockPos> {
+        None
+    }
     /// Floating-point operations of one example's forward pass (a
     /// multiply-add counts 2; sequence models at `seq_len` tokens), or
     /// `None` when the model does not count them.
@@ -143,6 +174,28 @@ pub trait Model: Send + Sync {
     /// Whether group set `set` may lose all its units (false by default).
     fn allows_empty_set(&self, _set: &str) -> bool {
         false
+    }
+}
+
+/// A group set's residual block ([`Model::block_of`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockPos {
+    /// Stage, from 0.
+    pub stage: usize,
+    /// The block's place in its stage, from 0.
+    pub index: usize,
+    /// Blocks in the stage.
+    pub blocks: usize,
+}
+
+impl BlockPos {
+    /// The first block of its stage.
+    pub fn first(&self) -> bool {
+        self.index == 0
+    }
+    /// The last block of its stage.
+    pub fn last(&self) -> bool {
+        self.index + 1 == self.blocks
     }
 }
 

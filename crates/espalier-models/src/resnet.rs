@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::layers::{Conv2d, Linear};
 use crate::norm::BatchNorm2d;
-use crate::{loss, Mode, Model, ModelConfig, StepOutput};
+use crate::{loss, BlockPos, Mode, Model, ModelConfig, StepOutput};
 use espalier_kernels::fused::add_relu;
 use espalier_kernels::pool::{global_avg_pool, max_pool2d};
 
@@ -521,6 +521,31 @@ impl Model for ResNet {
         let var = bn.running_var.tensor().detach();
         let scale = (bn.weight.effective()?.detach() / (var + bn.eps)?.sqrt()?)?.reshape((1, c, 1, 1))?;
         Ok(y.broadcast_mul(&scale.to_dtype(y.dtype())?)?)
+    }
+    /// `layer{s}.{b}.conv{j}`: the shift of `bn{j+1}` in evaluation mode,
+    /// `β − running_mean·γ/√(running_var + ε)`, as `(1, C, 1, 1)`.
+    fn consume_offset(&self, set: &str) -> Result<Option<Tensor>> {
+        let (s, b, j) = self.inner_set(set)?;
+        let bn = &self.stages[s][b].convs[j + 1].1;
+        let (_, shift) = bn.eval_affine()?;
+        let c = shift.len();
+        Ok(Some(Tensor::from_vec(shift, (1, c, 1, 1), bn.weight.tensor().device())?))
+    }
+    /// `layer{s}.{b}.conv{j}`: `conv{j+1}`, then `bn{j+1}`'s γ and β with
+    /// the output's own batch statistics (no running statistic updated).
+    fn consume_batch_stats(&self, set: &str, h: &Tensor) -> Result<Option<Tensor>> {
+        let (s, b, j) = self.inner_set(set)?;
+        let (conv, bn) = &self.stages[s][b].convs[j + 1];
+        let y = conv.forward(h)?;
+        let (gamma, beta) = (bn.weight.effective()?.detach(), bn.bias.effective()?.detach());
+        let (out, _, _) =
+            crate::norm::train_composed(&y, &gamma.to_dtype(y.dtype())?, &beta.to_dtype(y.dtype())?, bn.eps)?;
+        Ok(Some(out))
+    }
+    /// `layer{s}.{b}.conv{j}` sits in block `b` of stage `s`.
+    fn block_of(&self, set: &str) -> Option<BlockPos> {
+        let (s, b, _) = self.inner_set(set).ok()?;
+        Some(BlockPos { stage: s, index: b, blocks: self.stages[s].len() })
     }
     fn shrunk_config(&self, keep: &Keep) -> Result<ModelConfig> {
         let mut cfg = self.cfg.clone();

@@ -91,10 +91,15 @@ pub enum Action {
     NewOptimizer,
     /// Choose units ([`Method::select`]), shrink the model physically,
     /// re-estimate BatchNorm statistics from this many training examples
-    /// (0: off), and evaluate the shrunk model.
+    /// (0: off), and evaluate the shrunk model. A plan may shrink several
+    /// times (one residual block after another, each chosen on the model
+    /// the earlier shrinks left).
     Shrink {
         /// Examples for the BatchNorm re-estimation.
         recalibrate_bn: usize,
+        /// The group sets this shrink chooses ([`Context::only`]); `None`:
+        /// every set the method selects.
+        sets: Option<Vec<String>>,
     },
 }
 
@@ -122,12 +127,24 @@ pub struct Context<'a> {
     /// The run's seed.
     pub seed: u64,
     calibration: &'a mut dyn FnMut(usize) -> Result<Vec<Batch>>,
+    only: Option<Vec<String>>,
 }
 
 impl<'a> Context<'a> {
     /// A context whose calibration sample comes from `calibration(n)`.
     pub fn new(model: &'a dyn Model, seed: u64, calibration: &'a mut dyn FnMut(usize) -> Result<Vec<Batch>>) -> Self {
-        Context { model, seed, calibration }
+        Context { model, seed, calibration, only: None }
+    }
+
+    /// Restricts the next selection to these group sets (an
+    /// [`Action::Shrink`]'s `sets`).
+    pub fn restrict(&mut self, sets: Option<Vec<String>>) {
+        self.only = sets;
+    }
+
+    /// The group sets a selection is restricted to, if any.
+    pub fn only(&self) -> Option<&[String]> {
+        self.only.as_deref()
     }
 
     /// A seeded sample of `n` training examples (no augmentation), in
@@ -166,6 +183,13 @@ pub trait Method: Regularizer {
     fn describe(&self) -> String;
     /// The phases of the experiment after `dense_epochs` of dense training.
     fn plan(&self, dense_epochs: usize) -> Plan;
+    /// The phases for `model`, the dense model the run starts from (a
+    /// resumed run recomputes them from the same model): [`Method::plan`]
+    /// by default; a method whose phases follow the architecture (one
+    /// shrink per residual block) overrides it.
+    fn plan_for(&self, dense_epochs: usize, _model: &dyn Model) -> Result<Plan> {
+        Ok(self.plan(dense_epochs))
+    }
     /// The weights whose sparsity is reported (and pruned, for masks).
     fn selector(&self) -> &Selector;
     /// Whether rounds report the empty rows and columns of the masks.

@@ -14,7 +14,8 @@
 //!   1906.10771, eq. 8 for groups);
 //! - [`movement`]: movement pruning's score summed over a unit;
 //! - [`ispasp`]: i-SpaSP (Wolfe & Kyrillidis, "i-SpaSP: Structured Neural
-//!   Pruning via Sparse Signal Recovery", 2022, arXiv 2112.04905);
+//!   Pruning via Sparse Signal Recovery", 2022, arXiv 2112.04905), as the
+//!   authors' code runs it (`[structured.ispasp]`);
 //! - [`mi`]: layer-wise mutual information, top-down (Fan et al., "Layer-wise
 //!   Model Pruning based on Mutual Information", EMNLP 2021, arXiv
 //!   2108.12594).
@@ -23,11 +24,16 @@
 //! method of its own. [`GroupCriterion`] names them all in the config;
 //! [`StructuredConfig::method`] is the registry.
 //!
+//! By default every selected set is chosen at once on the dense model and
+//! shrunk in one step; with `block_by_block` one residual block at a time
+//! through the already pruned prefix ([`blocks`]).
+//!
 //! The output residual `‖Y − H_S A_Sᵀ‖/‖Y‖` of every set with a consumer
 //! ([`Model::consume`]) is reported for every criterion, so that criteria can
 //! be compared on it ([`consumer`]).
 
 pub mod activation;
+pub mod blocks;
 pub mod consumer;
 pub mod ispasp;
 pub mod mi;
@@ -89,7 +95,7 @@ impl GroupCriterion {
             GroupCriterion::Activation => Box::new(activation::Activation),
             GroupCriterion::Taylor => Box::new(taylor::taylor()),
             GroupCriterion::Movement => Box::new(movement::unit_movement()),
-            GroupCriterion::Ispasp => Box::new(ispasp::Ispasp { iterations: cfg.iterations }),
+            GroupCriterion::Ispasp => Box::new(ispasp::Ispasp { iterations: cfg.iterations, cfg: cfg.ispasp.clone() }),
             GroupCriterion::Mi => Box::new(mi::Mi::new(cfg.estimator, cfg.bins)),
             GroupCriterion::Greg1 | GroupCriterion::Greg2 => return None,
         })
@@ -155,6 +161,27 @@ pub struct StructuredConfig {
     /// GReg settings (methods `greg1`, `greg2`).
     #[serde(default)]
     pub greg: crate::greg::GRegConfig,
+    /// i-SpaSP settings (method `ispasp`).
+    #[serde(default)]
+    pub ispasp: ispasp::IspaspConfig,
+    /// Choose and shrink one residual block at a time, in model order, each
+    /// on calibration activations through the already shrunk (and
+    /// fine-tuned) model ([`blocks`]); one-pass criteria only.
+    #[serde(default)]
+    pub block_by_block: bool,
+    /// Fine-tuning epochs after each block's shrink, at a constant
+    /// learning rate with a fresh optimizer (`block_by_block` only).
+    #[serde(default)]
+    pub block_finetune_epochs: usize,
+    /// Their learning rate (default: the optimizer's configured rate).
+    #[serde(default)]
+    pub block_finetune_lr: Option<f64>,
+    /// Leave the first block of every stage unpruned (residual networks).
+    #[serde(default)]
+    pub skip_first_block: bool,
+    /// Leave the last block of every stage unpruned (residual networks).
+    #[serde(default)]
+    pub skip_last_block: bool,
 }
 
 fn default_calibration() -> usize {
@@ -193,6 +220,25 @@ impl StructuredConfig {
             Pattern::parse(g).map_err(|e| format!("key `{path}.groups`: {e}"))?;
         }
         self.greg.validate(&format!("{path}.greg"))?;
+        self.ispasp.validate(&format!("{path}.ispasp"))?;
+        if !self.block_by_block {
+            if self.block_finetune_epochs > 0 {
+                return Err(format!("key `{path}.block_finetune_epochs` needs `{path}.block_by_block = true`"));
+            }
+            if self.block_finetune_lr.is_some() {
+                return Err(format!("key `{path}.block_finetune_lr` needs `{path}.block_by_block = true`"));
+            }
+        } else if self.method.criterion(self).is_none() {
+            return Err(format!(
+                "key `{path}.block_by_block` is for one-pass criteria; `{}` chooses its units by training",
+                self.method.key()
+            ));
+        }
+        if let Some(lr) = self.block_finetune_lr {
+            if !(lr.is_finite() && lr > 0.0) {
+                return Err(format!("key `{path}.block_finetune_lr` must be a positive number, found {lr}"));
+            }
+        }
         Ok(())
     }
 
@@ -205,25 +251,43 @@ impl StructuredConfig {
         })
     }
 
-    /// How many units of a set of `size` are kept.
+    /// How many units of a set of `size` are kept: `keep`, or
+    /// `int(size·keep_ratio)` (floored, as i-SpaSP's authors round; the same
+    /// count for every one-pass criterion), at least 1.
     pub fn kept(&self, size: usize) -> usize {
         match (self.keep, self.keep_ratio) {
             (Some(k), _) => k.min(size),
-            (None, Some(r)) => ((r * size as f64).round() as usize).clamp(1, size),
+            (None, Some(r)) => ((r * size as f64).floor() as usize).clamp(1, size),
             (None, None) => size,
         }
     }
 }
 
-/// The group sets of `model` that `cfg.groups` selects (all by default).
+/// The group sets of `model` that `cfg.groups` selects (all by default),
+/// less those in the first or last block of a stage when
+/// `skip_first_block` / `skip_last_block` say so.
 pub fn selected_sets(model: &dyn Model, cfg: &StructuredConfig) -> Result<Vec<GroupSet>> {
     let patterns: Vec<Pattern> = cfg.groups.iter().map(|g| Pattern::parse(g)).collect::<Result<_>>()?;
     let all = model.group_sets();
-    let sets: Vec<GroupSet> =
+    let mut sets: Vec<GroupSet> =
         all.iter().filter(|s| patterns.is_empty() || patterns.iter().any(|p| p.matches(&s.name))).cloned().collect();
     if sets.is_empty() {
         let names: Vec<&str> = all.iter().map(|s| s.name.as_str()).collect();
         bail!("structured.groups {:?} matches no group set (the model has: {})", cfg.groups, names.join(", "));
+    }
+    if cfg.skip_first_block || cfg.skip_last_block {
+        let key = if cfg.skip_first_block { "skip_first_block" } else { "skip_last_block" };
+        if !all.iter().any(|s| model.block_of(&s.name).is_some()) {
+            bail!("structured.{key}: this model places no group set in residual blocks (only ResNets do)");
+        }
+        sets.retain(|s| {
+            model
+                .block_of(&s.name)
+                .is_none_or(|b| !((cfg.skip_first_block && b.first()) || (cfg.skip_last_block && b.last())))
+        });
+        if sets.is_empty() {
+            bail!("structured.{key}: every selected group set is in the first or last block of its stage");
+        }
     }
     Ok(sets)
 }
@@ -267,15 +331,38 @@ pub trait Criterion: Send {
 /// Chooses the units to keep in the selected group sets of `model` with the
 /// one-pass criterion of `cfg.method`.
 pub fn select(model: &dyn Model, cfg: &StructuredConfig, calib: &[Batch], seed: u64) -> Result<Selection> {
+    select_only(model, cfg, calib, seed, None)
+}
+
+/// [`select`] restricted to the selected sets named in `only` (one step of
+/// [`blocks`]); the random stream is then salted by the first set's place
+/// in the model, so that the steps draw differently.
+pub fn select_only(
+    model: &dyn Model,
+    cfg: &StructuredConfig,
+    calib: &[Batch],
+    seed: u64,
+    only: Option<&[String]>,
+) -> Result<Selection> {
     let start = Instant::now();
     let Some(mut criterion) = cfg.method.criterion(cfg) else {
         bail!("{:?} chooses its units during training (a phase of its own), not in one pass", cfg.method);
     };
-    let owned = selected_sets(model, cfg)?;
+    let mut owned = selected_sets(model, cfg)?;
+    let mut salt = vec![];
+    if let Some(only) = only {
+        if let Some(n) = only.iter().find(|n| !owned.iter().any(|s| &s.name == *n)) {
+            let names: Vec<&str> = owned.iter().map(|s| s.name.as_str()).collect();
+            bail!("structured: group set `{n}` is not among the selected ones ({})", names.join(", "));
+        }
+        owned.retain(|s| only.contains(&s.name));
+        let all = model.group_sets();
+        salt.push(all.iter().position(|s| Some(&s.name) == only.first()).unwrap_or(0) as u64 + 1);
+    }
     if criterion.needs_calibration() && calib.is_empty() {
         bail!("method {:?} needs calibration data", cfg.method);
     }
-    let mut rng = Rng::derive(seed, "structured-select", &[]);
+    let mut rng = Rng::derive(seed, "structured-select", &salt);
     let mut sel = Selection::default();
     criterion.prepare(model, calib)?;
     let order: Vec<&GroupSet> =
@@ -327,7 +414,7 @@ pub(crate) fn structured_plan(cfg: &StructuredConfig, dense_epochs: usize, extra
     phases.push(Phase::new(
         1,
         Length::Epochs(cfg.finetune_epochs),
-        vec![Action::Shrink { recalibrate_bn: cfg.recalibrate_bn }, Action::NewOptimizer],
+        vec![Action::Shrink { recalibrate_bn: cfg.recalibrate_bn, sets: None }, Action::NewOptimizer],
     ));
     Plan { phases, rewind_point: None }
 }
@@ -340,10 +427,17 @@ impl Regularizer for Structured {
 
 impl Method for Structured {
     fn describe(&self) -> String {
-        format!("structured-{}", self.cfg.method.key())
+        let blocks = if self.cfg.block_by_block { "-block-by-block" } else { "" };
+        format!("structured-{}{blocks}", self.cfg.method.key())
     }
     fn plan(&self, dense_epochs: usize) -> Plan {
         structured_plan(&self.cfg, dense_epochs, None)
+    }
+    fn plan_for(&self, dense_epochs: usize, model: &dyn Model) -> Result<Plan> {
+        if !self.cfg.block_by_block {
+            return Ok(self.plan(dense_epochs));
+        }
+        Ok(blocks::plan(&self.cfg, dense_epochs, blocks::steps(model, &self.cfg)?))
     }
     fn selector(&self) -> &Selector {
         &self.selector
@@ -352,7 +446,7 @@ impl Method for Structured {
     /// for all of them.
     fn select(&mut self, cx: &mut Context) -> Result<Selection> {
         let calib = cx.calibration(self.cfg.calibration.max(1))?;
-        select(cx.model, &self.cfg, &calib, cx.seed)
+        select_only(cx.model, &self.cfg, &calib, cx.seed, cx.only())
     }
 }
 
