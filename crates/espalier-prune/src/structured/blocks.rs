@@ -1,6 +1,6 @@
 //! Block-by-block structured pruning (`structured.block_by_block`), the
 //! schedule i-SpaSP's authors run on ResNet-34 (Wolfe & Kyrillidis, arXiv
-//! 2112.04905, §5; `prune_resnet34_ispasp.py::prune_rn34_imagenet`): one
+//! 2112.04905; their `prune_resnet34_ispasp.py::prune_rn34_imagenet`): one
 //! residual block at a time in model order, each block's units chosen on
 //! calibration activations taken through the model as the earlier shrinks
 //! (and their fine-tuning) left it, then `block_finetune_epochs` at a

@@ -46,7 +46,8 @@
 //! `V = A(H ⊙ (1 − m_S))`: a deliberate divergence, measured on the
 //! differential test's block (`tests/fixtures/ispasp/`), where the two
 //! agree on the first support and differ from the second iteration on
-//! (final supports `[0, 6, 9, 13]` and `[0, 6, 7, 13]`). The models whose
+//! (final supports: running `[0, 6, 9, 13]`, batch `[0, 6, 7, 13]`). The
+//! models whose
 //! consumer has no normalisation (the MLP, BERT) compute the same either
 //! way.
 //!
