@@ -74,6 +74,7 @@ fn new_trainer(exp: &Experiment, params: &ParamStore, progress: bool, global_ste
             batch_size: exp.train.batch_size,
             clip_grad_norm: exp.train.clip_grad_norm,
             lr_schedule: exp.train.lr_schedule.clone(),
+            lr_restart: None,
             seed: exp.seed,
             progress,
             skip_nonfinite_steps: exp.train.skip_nonfinite_steps,
