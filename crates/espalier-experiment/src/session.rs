@@ -400,11 +400,13 @@ impl<'a> Session<'a> {
         let epoch = self.progress.next_epoch;
         let pos = PhasePos { epoch_in_phase: self.progress.epoch_in_phase, epochs_in_phase: phase.length.max_epochs() };
         let configured = self.exp.train.optimizer.lr();
-        let (schedule, base) = match phase.lr {
-            PhaseLr::Schedule => (self.exp.train.lr_schedule.clone(), configured),
-            PhaseLr::Constant(lr) => (LrSchedule::Constant, lr.unwrap_or(configured)),
+        let (schedule, base, restart) = match phase.lr {
+            PhaseLr::Schedule => (self.exp.train.lr_schedule.clone(), configured, None),
+            PhaseLr::Constant(lr) => (LrSchedule::Constant, lr.unwrap_or(configured), None),
+            PhaseLr::Restart(r) => (self.exp.train.lr_schedule.clone(), configured, Some(r)),
         };
         self.trainer.opts.lr_schedule = schedule;
+        self.trainer.opts.lr_restart = restart;
         self.trainer.optimizer.set_base_lr(base);
         let hooks: &mut dyn Regularizer = self.method.as_mut();
         let stats = self.trainer.train_epoch(

@@ -31,7 +31,7 @@ pub mod structured;
 pub mod unstructured;
 pub mod wanda;
 
-pub use admm::{Admm, AdmmConfig, AdmmPoint, Projection};
+pub use admm::{Admm, AdmmConfig, AdmmLr, AdmmPenalty, AdmmPoint, Projection};
 pub use magnitude::{masks_for, Importance, MaskRule, Scope, Scorer};
 pub use method::{Action, Context, Dense, Length, Method, MethodReport, Phase, PhaseLr, Plan, Selection};
 pub use pattern::Granularity;

@@ -250,7 +250,11 @@ impl Method for Masking {
         }
     }
     fn plan(&self, dense_epochs: usize) -> Plan {
-        self.cfg.schedule.plan(dense_epochs)
+        let mut plan = self.cfg.schedule.plan(dense_epochs);
+        if let (Some(a), Some(dense)) = (&self.cfg.admm, plan.phases.first_mut()) {
+            dense.lr = a.phase_lr();
+        }
+        plan
     }
     fn selector(&self) -> &Selector {
         &self.selector
@@ -265,6 +269,9 @@ impl Method for Masking {
         }
         let params = cx.model.params();
         let masks = self.masks(params, sparsity)?;
+        if let Some(a) = &mut self.admm {
+            a.record_projection(params, &masks)?;
+        }
         if self.sr_ste.is_some() {
             // SR-STE retrains dense weights through the mask.
             for q in params.iter().filter(|q| self.selector.matches(q)) {
@@ -284,7 +291,7 @@ impl Method for Masking {
     }
     fn save(&self) -> serde_json::Value {
         match &self.admm {
-            Some(a) => serde_json::json!({ "admm_trace": a.trace() }),
+            Some(a) => serde_json::json!({ "admm_trace": a.trace(), "admm_projection_gap": a.projection_gap() }),
             None => serde_json::Value::Null,
         }
     }
@@ -293,18 +300,50 @@ impl Method for Masking {
             let trace: Vec<AdmmPoint> = serde_json::from_value(t.clone())
                 .map_err(|e| espalier_core::Error::msg(format!("ADMM trace in the checkpoint: {e}")))?;
             a.set_trace(trace);
+            a.set_projection_gap(state.get("admm_projection_gap").and_then(|g| g.as_f64()));
         }
         Ok(())
     }
     fn report(&self) -> Option<MethodReport> {
-        let trace = self.admm.as_ref()?.trace();
-        let mut md = String::new();
-        if !trace.is_empty() {
-            md += "\nADMM Z/U updates (relative primal gap ‖W − Z‖/‖W‖):\n\n| step | ρ | primal gap |\n|---:|---:|---:|\n";
-            for pt in trace {
-                md += &format!("| {} | {:.3e} | {:.4} |\n", pt.step, pt.rho, pt.primal_gap);
-            }
-        }
-        Some(MethodReport { json: serde_json::json!({ "admm_trace": trace }), markdown: md })
+        let admm = self.admm.as_ref()?;
+        Some(admm_report(admm))
     }
+}
+
+/// ADMM's section of the report: the trace of Z/U updates and the gap at
+/// the hard projection against the convergence threshold.
+fn admm_report(admm: &Admm) -> MethodReport {
+    let trace = admm.trace();
+    let threshold = admm.config().converged_gap;
+    let mut md = String::new();
+    if let Some(g) = admm.projection_gap() {
+        let verdict = if g < threshold { "converged" } else { "NOT converged: not a result" };
+        md += &format!(
+            "\nADMM primal gap at the hard projection ‖W − Π(W)‖/‖W‖: {g:.4} ({verdict}; threshold {threshold}).\n"
+        );
+    }
+    if !trace.is_empty() {
+        md += "\nADMM Z/U updates (relative primal gap ‖W − Z‖/‖W‖, dual residual ρ‖Z_k − Z_{k−1}‖, \
+               fraction of Z's support that changed):\n\n\
+               | step | ρ | primal gap | dual residual | support changed | |\n|---:|---:|---:|---:|---:|---|\n";
+        let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("–".to_string(), f);
+        for pt in trace {
+            md += &format!(
+                "| {} | {:.3e} | {:.4} | {} | {} | {} |\n",
+                pt.step,
+                pt.rho,
+                pt.primal_gap,
+                opt(pt.dual_residual, &|v| format!("{v:.3e}")),
+                opt(pt.support_change, &|v| format!("{v:.4}")),
+                if pt.stalled { "gap not falling" } else { "" }
+            );
+        }
+    }
+    let json = serde_json::json!({
+        "admm_trace": trace,
+        "admm_projection_gap": admm.projection_gap(),
+        "admm_converged": admm.converged(),
+        "admm_converged_gap": threshold,
+    });
+    MethodReport { json, markdown: md }
 }
