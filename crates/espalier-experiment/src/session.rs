@@ -155,6 +155,9 @@ impl<'a> Session<'a> {
         let model = input(build_model(exp, model_dir.as_deref(), &device))?;
         input(check_fit(model.as_ref(), &data, &device))?;
         let mut method = exp.method()?;
+        for w in exp.warnings() {
+            tracing::warn!("{w}");
+        }
         let dir = RunDir::new(&opts.out);
         dir.prepare(exp)?;
         let lock = dir.lock()?;

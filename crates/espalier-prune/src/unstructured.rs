@@ -143,6 +143,12 @@ impl PruneConfig {
         }))
     }
 
+    /// Warnings about this section under an optimizer that normalises its
+    /// update (`adaptive`: Adam/AdamW).
+    pub fn warnings(&self, adaptive: bool) -> Vec<String> {
+        self.sr_ste.iter().filter_map(|s| s.warning(adaptive)).collect()
+    }
+
     fn key<T: Serialize>(v: T) -> String {
         serde_json::to_value(v).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
     }
