@@ -6,7 +6,10 @@
 //! ([`crate::sr_ste`]). SPUR (Park et al., "Structured Pattern Pruning Using
 //! Regularization", 2021, arXiv 2109.08814) is IMP with the row/column group
 //! lasso R(W) = λ(Σ_i ‖W_i,:‖₂ + Σ_j ‖W_:,j‖₂) of `espalier_train`'s
-//! `group_lasso` regularizer, and is named so in reports.
+//! `group_lasso` regularizer, and is named so in reports: `spur-…` with the
+//! penalty in the gradient (SPUR as specified, λ ~ 1e-5 … 1e-3), `spur-prox-…`
+//! with its proximal step (a variant whose λ has other units; see
+//! `espalier_train::regularize`). With λ = 0 SPUR is IMP, bit for bit.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +17,7 @@ use candle_core::backprop::GradStore;
 use candle_core::Tensor;
 use espalier_core::select::SelectorSpec;
 use espalier_core::{ParamStore, Result, Selector};
+use espalier_train::regularize::GroupLassoMode;
 use espalier_train::{Regularizer, RegularizerConfig, StepInfo};
 use serde::{Deserialize, Serialize};
 
@@ -130,7 +134,11 @@ impl PruneConfig {
         };
         let admm = self.admm.clone().map(|a| Admm::new(a, selector.clone(), projection, dense_epochs));
         let sr_ste = self.sr_ste.as_ref().map(|s| SrSte::new(s, selector.clone(), projection));
-        let spur = regularizers.iter().any(|r| matches!(r, RegularizerConfig::GroupLasso { .. }));
+        let spur = regularizers.iter().find_map(|r| match r {
+            RegularizerConfig::GroupLasso { mode: GroupLassoMode::Proximal, .. } => Some("spur-prox"),
+            RegularizerConfig::GroupLasso { .. } => Some("spur"),
+            _ => None,
+        });
         Ok(Box::new(Masking {
             scorer: self.importance.build(),
             rule: MaskRule { scope: self.scope, granularity: self.granularity, seed },
@@ -163,7 +171,8 @@ pub struct Masking {
     gradual: Option<Cubic>,
     admm: Option<Admm>,
     sr_ste: Option<SrSte>,
-    spur: bool,
+    /// SPUR's name (`spur`, `spur-prox`) when a group lasso is configured.
+    spur: Option<&'static str>,
 }
 
 impl Masking {
@@ -241,7 +250,7 @@ impl Method for Masking {
             ScheduleConfig::OneShot { .. } if p.admm.is_some() => format!("admm-{imp}-{scope}"),
             ScheduleConfig::OneShot { .. } => format!("one-shot-{imp}-{scope}"),
             ScheduleConfig::Imp { rewind, .. } => {
-                let base = if self.spur { "spur" } else { "imp" };
+                let base = self.spur.unwrap_or("imp");
                 match rewind {
                     Rewind::None => format!("{base}-{imp}-{scope}"),
                     _ => format!("{base}-{imp}-{scope}-rewind-{}", PruneConfig::key(rewind).replace(':', "")),
