@@ -434,12 +434,16 @@ impl Admm {
             "ADMM Z/U update"
         );
         if stalled {
+            let hint = match self.cfg.penalty {
+                AdmmPenalty::Gradient => "or, under Adam/AdamW, penalty = \"proximal\"",
+                AdmmPenalty::Proximal => "the proximal step pulls W a fraction ηρ/(1 + ηρ) of the way per step",
+            };
             tracing::warn!(
                 step,
                 primal_gap = format!("{gap:.4}"),
                 "ADMM: the primal gap has not fallen for {streak} consecutive Z/U updates: W is not following Z \
                  (Π(W + U) swaps support while W stands still); give W more steps per update (every_steps in \
-                 the thousands), a larger ρ or learning rate, or penalty = \"proximal\" under Adam"
+                 the thousands), a larger ρ or learning rate ({hint})"
             );
         }
         if !first {
