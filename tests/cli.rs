@@ -586,6 +586,10 @@ fn admm_pattern_pruning_with_sr_ste_obeys_the_pattern_and_resumes() {
     assert!(trace.len() >= 4, "{trace:?}");
     let gaps: Vec<f64> = trace.iter().map(|t| t["primal_gap"].as_f64().unwrap()).collect();
     assert!(gaps[1..].iter().all(|g| *g < gaps[0]), "ADMM brings W towards the pattern: {gaps:?}");
+    assert!(trace[1..].iter().all(|t| t["dual_residual"].as_f64().is_some() && t["support_change"].as_f64().is_some()));
+    let at_projection = summary["method_report"]["admm_projection_gap"].as_f64().unwrap();
+    assert!((0.0..1.0).contains(&at_projection), "‖W − Π(W)‖/‖W‖ at the projection: {at_projection}");
+    assert!(summary["method_report"]["admm_converged"].is_boolean());
     let last = metrics(&full).pop().unwrap();
     assert!((last["sparsity"].as_f64().unwrap() - 0.5).abs() < 1e-9, "{last}");
     assert!(last["metrics"]["accuracy"].as_f64().unwrap() > 50.0, "{last}");
@@ -633,6 +637,53 @@ fn spur_and_movement_run_from_configs() {
     assert!(last["metrics"]["accuracy"].as_f64().unwrap() > 50.0, "{last}");
     let summary = std::fs::read_to_string(d.join("summary.json")).unwrap();
     assert!(summary.contains("\"gradual-movement-global\""), "{summary}");
+}
+
+/// The saved tensors of a model file, by name, as raw bits.
+fn saved_bits(model: &Path) -> Vec<(String, Vec<u32>)> {
+    let t = candle_core::safetensors::load(model, &candle_core::Device::Cpu).unwrap();
+    let mut out: Vec<(String, Vec<u32>)> = t
+        .iter()
+        .map(|(k, v)| {
+            let v = v.flatten_all().unwrap().to_dtype(candle_core::DType::F32).unwrap();
+            (k.clone(), v.to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect())
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// SPUR with λ = 0 is IMP, bit for bit (the same metrics, the same saved
+/// weights and masks), with the group lasso in the gradient and as its
+/// proximal step.
+#[test]
+fn spur_with_lambda_zero_is_imp_bit_for_bit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = SMALL.replace("limit_train = 2000", "limit_train = 500").replace("hidden = [300, 100]", "hidden = [32]");
+    let run = |name: &str, text: &str| {
+        let cfg = write_config(tmp.path(), &format!("{name}.toml"), text);
+        let d = run_dir(tmp.path(), name);
+        ok(&espalier(&["run", cfg.to_str().unwrap(), "--out", d.to_str().unwrap()]));
+        d
+    };
+    let imp = run("imp", &base);
+    for mode in ["gradient", "proximal"] {
+        let spur = base.replace(
+            "lr_schedule = { kind = \"cosine\" }",
+            &format!(
+                "lr_schedule = {{ kind = \"cosine\" }}\n[[train.regularizers]]\nkind = \"group_lasso\"\nlambda = 0.0\n\
+                 mode = \"{mode}\""
+            ),
+        );
+        assert_ne!(spur, base, "the regularizer went into the config");
+        let d = run(&format!("spur-{mode}"), &spur);
+        assert_eq!(metrics(&d), metrics(&imp), "{mode}: metrics");
+        let (a, b) = (saved_bits(&d.join("model.safetensors")), saved_bits(&imp.join("model.safetensors")));
+        assert_eq!(a.len(), b.len());
+        for ((na, va), (nb, vb)) in a.iter().zip(&b) {
+            assert!(na == nb && va == vb, "{mode}: {na} differs from IMP's");
+        }
+    }
 }
 
 /// Dense MLP, then a structured step from it (`init_from`): the saved model

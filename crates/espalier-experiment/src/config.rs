@@ -205,6 +205,12 @@ impl Experiment {
         }
     }
 
+    /// Settings that are valid but probably not what was meant (logged when
+    /// a run starts).
+    pub fn warnings(&self) -> Vec<String> {
+        self.prune.as_ref().map(|p| p.warnings(self.train.optimizer.adaptive())).unwrap_or_default()
+    }
+
     /// Checks every value a type cannot; messages name the key path.
     pub fn validate(&self) -> Result<(), String> {
         parse_device_name(&self.device).map_err(|e| format!("key `device`: {e}"))?;

@@ -74,6 +74,7 @@ fn new_trainer(exp: &Experiment, params: &ParamStore, progress: bool, global_ste
             batch_size: exp.train.batch_size,
             clip_grad_norm: exp.train.clip_grad_norm,
             lr_schedule: exp.train.lr_schedule.clone(),
+            lr_restart: None,
             seed: exp.seed,
             progress,
             skip_nonfinite_steps: exp.train.skip_nonfinite_steps,
@@ -157,6 +158,9 @@ impl<'a> Session<'a> {
         // The plan may follow the architecture (one shrink per block): a
         // problem there is a config error, reported before anything is written.
         let plan = input(method.plan_for(exp.train.epochs, model.as_ref()).map_err(Error::from))?;
+        for w in exp.warnings() {
+            tracing::warn!("{w}");
+        }
         let dir = RunDir::new(&opts.out);
         dir.prepare(exp)?;
         let lock = dir.lock()?;
@@ -425,11 +429,13 @@ impl<'a> Session<'a> {
         let epoch = self.progress.next_epoch;
         let pos = PhasePos { epoch_in_phase: self.progress.epoch_in_phase, epochs_in_phase: phase.length.max_epochs() };
         let configured = self.exp.train.optimizer.lr();
-        let (schedule, base) = match phase.lr {
-            PhaseLr::Schedule => (self.exp.train.lr_schedule.clone(), configured),
-            PhaseLr::Constant(lr) => (LrSchedule::Constant, lr.unwrap_or(configured)),
+        let (schedule, base, restart) = match phase.lr {
+            PhaseLr::Schedule => (self.exp.train.lr_schedule.clone(), configured, None),
+            PhaseLr::Constant(lr) => (LrSchedule::Constant, lr.unwrap_or(configured), None),
+            PhaseLr::Restart(r) => (self.exp.train.lr_schedule.clone(), configured, Some(r)),
         };
         self.trainer.opts.lr_schedule = schedule;
+        self.trainer.opts.lr_restart = restart;
         self.trainer.optimizer.set_base_lr(base);
         let hooks: &mut dyn Regularizer = self.method.as_mut();
         let stats = self.trainer.train_epoch(

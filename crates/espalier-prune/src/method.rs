@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use espalier_core::Batch;
 use espalier_core::{Keep, ParamStore, Result, Selector};
 use espalier_models::Model;
-use espalier_train::Regularizer;
+use espalier_train::{LrRestart, Regularizer};
 use serde::{Deserialize, Serialize};
 
 /// How long a phase trains.
@@ -72,6 +72,9 @@ pub enum PhaseLr {
     /// (e.g. GReg's penalty phase, which the authors run at a constant
     /// rate).
     Constant(Option<f64>),
+    /// The experiment's schedule over the optimizer's rate, restarted every
+    /// so many steps or epochs of the phase (ADMM's iterations).
+    Restart(LrRestart),
 }
 
 /// One thing the session does before a phase's first epoch.

@@ -6,7 +6,10 @@
 //! ([`crate::sr_ste`]). SPUR (Park et al., "Structured Pattern Pruning Using
 //! Regularization", 2021, arXiv 2109.08814) is IMP with the row/column group
 //! lasso R(W) = λ(Σ_i ‖W_i,:‖₂ + Σ_j ‖W_:,j‖₂) of `espalier_train`'s
-//! `group_lasso` regularizer, and is named so in reports.
+//! `group_lasso` regularizer, and is named so in reports: `spur-…` with the
+//! penalty in the gradient (SPUR as specified, λ ~ 1e-5 … 1e-3), `spur-prox-…`
+//! with its proximal step (a variant whose λ has other units; see
+//! `espalier_train::regularize`). With λ = 0 SPUR is IMP, bit for bit.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +17,7 @@ use candle_core::backprop::GradStore;
 use candle_core::Tensor;
 use espalier_core::select::SelectorSpec;
 use espalier_core::{ParamStore, Result, Selector};
+use espalier_train::regularize::GroupLassoMode;
 use espalier_train::{Regularizer, RegularizerConfig, StepInfo};
 use serde::{Deserialize, Serialize};
 
@@ -130,7 +134,11 @@ impl PruneConfig {
         };
         let admm = self.admm.clone().map(|a| Admm::new(a, selector.clone(), projection, dense_epochs));
         let sr_ste = self.sr_ste.as_ref().map(|s| SrSte::new(s, selector.clone(), projection));
-        let spur = regularizers.iter().any(|r| matches!(r, RegularizerConfig::GroupLasso { .. }));
+        let spur = regularizers.iter().find_map(|r| match r {
+            RegularizerConfig::GroupLasso { mode: GroupLassoMode::Proximal, .. } => Some("spur-prox"),
+            RegularizerConfig::GroupLasso { .. } => Some("spur"),
+            _ => None,
+        });
         Ok(Box::new(Masking {
             scorer: self.importance.build(),
             rule: MaskRule { scope: self.scope, granularity: self.granularity, seed },
@@ -141,6 +149,12 @@ impl PruneConfig {
             sr_ste,
             spur,
         }))
+    }
+
+    /// Warnings about this section under an optimizer that normalises its
+    /// update (`adaptive`: Adam/AdamW).
+    pub fn warnings(&self, adaptive: bool) -> Vec<String> {
+        self.sr_ste.iter().filter_map(|s| s.warning(adaptive)).collect()
     }
 
     fn key<T: Serialize>(v: T) -> String {
@@ -157,7 +171,8 @@ pub struct Masking {
     gradual: Option<Cubic>,
     admm: Option<Admm>,
     sr_ste: Option<SrSte>,
-    spur: bool,
+    /// SPUR's name (`spur`, `spur-prox`) when a group lasso is configured.
+    spur: Option<&'static str>,
 }
 
 impl Masking {
@@ -235,7 +250,7 @@ impl Method for Masking {
             ScheduleConfig::OneShot { .. } if p.admm.is_some() => format!("admm-{imp}-{scope}"),
             ScheduleConfig::OneShot { .. } => format!("one-shot-{imp}-{scope}"),
             ScheduleConfig::Imp { rewind, .. } => {
-                let base = if self.spur { "spur" } else { "imp" };
+                let base = self.spur.unwrap_or("imp");
                 match rewind {
                     Rewind::None => format!("{base}-{imp}-{scope}"),
                     _ => format!("{base}-{imp}-{scope}-rewind-{}", PruneConfig::key(rewind).replace(':', "")),
@@ -250,7 +265,11 @@ impl Method for Masking {
         }
     }
     fn plan(&self, dense_epochs: usize) -> Plan {
-        self.cfg.schedule.plan(dense_epochs)
+        let mut plan = self.cfg.schedule.plan(dense_epochs);
+        if let (Some(a), Some(dense)) = (&self.cfg.admm, plan.phases.first_mut()) {
+            dense.lr = a.phase_lr();
+        }
+        plan
     }
     fn selector(&self) -> &Selector {
         &self.selector
@@ -265,6 +284,9 @@ impl Method for Masking {
         }
         let params = cx.model.params();
         let masks = self.masks(params, sparsity)?;
+        if let Some(a) = &mut self.admm {
+            a.record_projection(params, &masks)?;
+        }
         if self.sr_ste.is_some() {
             // SR-STE retrains dense weights through the mask.
             for q in params.iter().filter(|q| self.selector.matches(q)) {
@@ -284,7 +306,7 @@ impl Method for Masking {
     }
     fn save(&self) -> serde_json::Value {
         match &self.admm {
-            Some(a) => serde_json::json!({ "admm_trace": a.trace() }),
+            Some(a) => serde_json::json!({ "admm_trace": a.trace(), "admm_projection_gap": a.projection_gap() }),
             None => serde_json::Value::Null,
         }
     }
@@ -293,18 +315,50 @@ impl Method for Masking {
             let trace: Vec<AdmmPoint> = serde_json::from_value(t.clone())
                 .map_err(|e| espalier_core::Error::msg(format!("ADMM trace in the checkpoint: {e}")))?;
             a.set_trace(trace);
+            a.set_projection_gap(state.get("admm_projection_gap").and_then(|g| g.as_f64()));
         }
         Ok(())
     }
     fn report(&self) -> Option<MethodReport> {
-        let trace = self.admm.as_ref()?.trace();
-        let mut md = String::new();
-        if !trace.is_empty() {
-            md += "\nADMM Z/U updates (relative primal gap ‖W − Z‖/‖W‖):\n\n| step | ρ | primal gap |\n|---:|---:|---:|\n";
-            for pt in trace {
-                md += &format!("| {} | {:.3e} | {:.4} |\n", pt.step, pt.rho, pt.primal_gap);
-            }
-        }
-        Some(MethodReport { json: serde_json::json!({ "admm_trace": trace }), markdown: md })
+        let admm = self.admm.as_ref()?;
+        Some(admm_report(admm))
     }
+}
+
+/// ADMM's section of the report: the trace of Z/U updates and the gap at
+/// the hard projection against the convergence threshold.
+fn admm_report(admm: &Admm) -> MethodReport {
+    let trace = admm.trace();
+    let threshold = admm.config().converged_gap;
+    let mut md = String::new();
+    if let Some(g) = admm.projection_gap() {
+        let verdict = if g < threshold { "converged" } else { "NOT converged: not a result" };
+        md += &format!(
+            "\nADMM primal gap at the hard projection ‖W − Π(W)‖/‖W‖: {g:.4} ({verdict}; threshold {threshold}).\n"
+        );
+    }
+    if !trace.is_empty() {
+        md += "\nADMM Z/U updates (relative primal gap ‖W − Z‖/‖W‖, dual residual ρ‖Z_k − Z_{k−1}‖, \
+               fraction of Z's support that changed):\n\n\
+               | step | ρ | primal gap | dual residual | support changed | |\n|---:|---:|---:|---:|---:|---|\n";
+        let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("–".to_string(), f);
+        for pt in trace {
+            md += &format!(
+                "| {} | {:.3e} | {:.4} | {} | {} | {} |\n",
+                pt.step,
+                pt.rho,
+                pt.primal_gap,
+                opt(pt.dual_residual, &|v| format!("{v:.3e}")),
+                opt(pt.support_change, &|v| format!("{v:.4}")),
+                if pt.stalled { "gap not falling" } else { "" }
+            );
+        }
+    }
+    let json = serde_json::json!({
+        "admm_trace": trace,
+        "admm_projection_gap": admm.projection_gap(),
+        "admm_converged": admm.converged(),
+        "admm_converged_gap": threshold,
+    });
+    MethodReport { json, markdown: md }
 }

@@ -13,7 +13,7 @@ pub mod optim;
 pub mod regularize;
 pub mod trainer;
 
-pub use lr::LrSchedule;
+pub use lr::{LrRestart, LrSchedule};
 pub use optim::{Optimizer, OptimizerConfig};
 pub use regularize::{Regularizer, RegularizerConfig, StepInfo};
 pub use trainer::{evaluate, evaluate_groups, EpochStats, EvalStats, Trainer, TrainerOptions};

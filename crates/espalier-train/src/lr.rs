@@ -1,5 +1,7 @@
 //! Learning-rate schedules, as a function of the step within a training
-//! phase (a phase is the dense training or one retraining round).
+//! phase (a phase is the dense training or one retraining round), and
+//! restarts of the schedule within a phase ([`LrRestart`]: ADMM restarts it
+//! in every ADMM iteration, as the reference implementations do).
 
 use serde::{Deserialize, Serialize};
 
@@ -81,6 +83,30 @@ impl LrSchedule {
     }
 }
 
+/// The schedule restarted every so many steps or epochs of a phase: each
+/// cycle runs the whole schedule (warmup, decay) over its own length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LrRestart {
+    /// Every this many optimizer steps of the phase.
+    Steps(usize),
+    /// Every this many epochs of the phase.
+    Epochs(usize),
+}
+
+impl LrRestart {
+    /// `(step in the cycle, steps in the cycle)` for `step` (0-based) of a
+    /// phase with `steps_per_epoch` steps per epoch. A cycle length of 0
+    /// counts as 1.
+    pub fn position(self, step: usize, steps_per_epoch: usize) -> (usize, usize) {
+        let cycle = match self {
+            LrRestart::Steps(n) => n,
+            LrRestart::Epochs(n) => n * steps_per_epoch,
+        }
+        .max(1);
+        (step % cycle, cycle)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,5 +123,20 @@ mod tests {
         assert!((l.factor(10, 100, 10) - 1.0).abs() < 1e-12);
         assert!(l.factor(99, 100, 10) > 0.0 && l.factor(99, 100, 10) < 0.02);
         assert!(LrSchedule::Step { step_epochs: 0, gamma: 0.5 }.validate("train.lr_schedule").is_err());
+    }
+
+    #[test]
+    fn restarts_run_the_schedule_over_each_cycle() {
+        assert_eq!(LrRestart::Steps(4).position(0, 10), (0, 4));
+        assert_eq!(LrRestart::Steps(4).position(9, 10), (1, 4));
+        assert_eq!(LrRestart::Epochs(2).position(25, 10), (5, 20));
+        assert_eq!(LrRestart::Steps(0).position(7, 10), (0, 1));
+        // a linear decay restarted every 4 steps: back to the base rate at 4, 8, ...
+        let l = LrSchedule::Linear { warmup: 0.0 };
+        let f = |t: usize| {
+            let (s, n) = LrRestart::Steps(4).position(t, 10);
+            l.factor(s, n, 10)
+        };
+        assert_eq!([f(0), f(3), f(4), f(8)], [1.0, 0.25, 1.0, 1.0]);
     }
 }

@@ -82,6 +82,12 @@ impl OptimizerConfig {
         }
     }
 
+    /// Whether the update is normalised per weight (Adam/AdamW), so that a
+    /// term added to the gradient loses its scale.
+    pub fn adaptive(&self) -> bool {
+        matches!(self, OptimizerConfig::Adamw { .. })
+    }
+
     /// Checks the values; `path` prefixes key names.
     pub fn validate(&self, path: &str) -> std::result::Result<(), String> {
         let lr = self.lr();

@@ -10,7 +10,7 @@ use espalier_models::{Mode, Model};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
-use crate::{LrSchedule, Optimizer, Regularizer, StepInfo};
+use crate::{LrRestart, LrSchedule, Optimizer, Regularizer, StepInfo};
 
 /// Settings of the loop that are not the optimizer's.
 #[derive(Clone, Debug)]
@@ -21,6 +21,9 @@ pub struct TrainerOptions {
     pub clip_grad_norm: Option<f64>,
     /// Learning-rate schedule within a phase.
     pub lr_schedule: LrSchedule,
+    /// Restart the schedule every so many steps or epochs of the phase
+    /// (`None`: one schedule over the whole phase).
+    pub lr_restart: Option<LrRestart>,
     /// The run's seed (shuffling and dropout streams derive from it).
     pub seed: u64,
     /// Draw a progress bar on a terminal.
@@ -229,7 +232,11 @@ impl Trainer {
                 clip_grad_norm(params, &mut grads, max)?;
             }
             let step_in_phase = phase.epoch_in_phase * spe + i;
-            lr = self.optimizer.base_lr() * self.opts.lr_schedule.factor(step_in_phase, total, spe);
+            let (at, of) = match self.opts.lr_restart {
+                Some(r) => r.position(step_in_phase, spe),
+                None => (step_in_phase, total),
+            };
+            lr = self.optimizer.base_lr() * self.opts.lr_schedule.factor(at, of, spe);
             self.optimizer.step(&grads, lr)?;
             params.enforce_masks()?;
             self.global_step += 1;
