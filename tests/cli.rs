@@ -954,7 +954,19 @@ fn cifar_resnet_runs_resumes_and_evaluates() {
 #[test]
 fn check_accepts_every_committed_config() {
     let mut n = 0;
-    let dirs = ["", "glue", "mnist", "vision", "structured", "spur", "admm", "movement"];
+    let dirs = [
+        "",
+        "glue",
+        "mnist",
+        "vision",
+        "structured",
+        "spur",
+        "admm",
+        "admm/zhang",
+        "movement",
+        "wanda",
+        "sparse-bench",
+    ];
     for dir in dirs.map(|d| root().join("configs").join(d)) {
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();

@@ -59,7 +59,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::magnitude::Scope;
 use crate::method::PhaseLr;
-use crate::pattern::{keep_masks, Granularity, Scored};
+use crate::pattern::{Granularity, LayerTargets, Scored};
 
 /// ADMM settings (`[prune.admm]`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -199,7 +199,7 @@ impl AdmmConfig {
 }
 
 /// What a projection keeps: the pattern, the scope and the sparsity.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Projection {
     /// Granularity of the constraint set.
     pub granularity: Granularity,
@@ -207,6 +207,8 @@ pub struct Projection {
     pub scope: Scope,
     /// Target sparsity (N:M implies its own).
     pub sparsity: f64,
+    /// Per-parameter targets replacing `sparsity` (layer scope).
+    pub targets: LayerTargets,
 }
 
 impl Projection {
@@ -223,7 +225,7 @@ impl Projection {
                 Ok(Scored { name: n, dims: d, scores: s })
             })
             .collect::<Result<_>>()?;
-        let keep = keep_masks(&scored, self.granularity, self.scope, self.sparsity)?;
+        let keep = self.targets.keep_masks(&scored, self.granularity, self.scope, self.sparsity)?;
         keep.into_iter()
             .zip(values)
             .map(|(k, v)| Ok(Tensor::from_vec(k, v.dims(), v.device())?.to_dtype(v.dtype())?))
@@ -554,8 +556,12 @@ pub(crate) mod tests {
         Ok((pb.finish().0, w))
     }
 
-    pub(crate) const TWO_FOUR: Projection =
-        Projection { granularity: Granularity::NOfM { n: 2, m: 4 }, scope: Scope::Layer, sparsity: 0.5 };
+    pub(crate) const TWO_FOUR: Projection = Projection {
+        granularity: Granularity::NOfM { n: 2, m: 4 },
+        scope: Scope::Layer,
+        sparsity: 0.5,
+        targets: LayerTargets::NONE,
+    };
 
     #[test]
     fn admm_updates_match_a_hand_computed_example() -> Result<()> {

@@ -21,7 +21,7 @@ use espalier_core::{Param, ParamStore, Result, Rng, Selector};
 use espalier_models::Model;
 use serde::{Deserialize, Serialize};
 
-use crate::pattern::{keep_masks, Granularity, Scored};
+use crate::pattern::{Granularity, LayerTargets, Scored};
 
 /// Declares the [`Importance`] config enum and its registry from one line
 /// per criterion: `Variant => scorer` (the variant's snake-case name is the
@@ -139,7 +139,7 @@ pub enum Scope {
 }
 
 /// At what granularity and over which scope weights are pruned.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct MaskRule {
     /// One threshold, one per matrix or one per row.
     pub scope: Scope,
@@ -147,6 +147,8 @@ pub struct MaskRule {
     pub granularity: Granularity,
     /// Seeds random scores.
     pub seed: u64,
+    /// Per-parameter targets replacing the uniform sparsity (layer scope).
+    pub targets: LayerTargets,
 }
 
 /// Masks that prune the selected parameters of `store` to `sparsity` by the
@@ -175,7 +177,7 @@ pub fn masks_for(
         let scores = raw.into_iter().zip(&alive).map(|(s, &a)| if a { s } else { f32::NEG_INFINITY }).collect();
         scored.push(Scored { name: p.name(), dims: d, scores });
     }
-    let keep = keep_masks(&scored, rule.granularity, rule.scope, sparsity)?;
+    let keep = rule.targets.keep_masks(&scored, rule.granularity, rule.scope, sparsity)?;
     let mut masks = store.masks();
     for (p, k) in selected.iter().zip(keep) {
         let m = Tensor::from_vec(k, p.dims(), p.tensor().device())?.to_dtype(p.tensor().dtype())?;
@@ -198,7 +200,7 @@ mod tests {
         seed: u64,
         sparsity: f64,
     ) -> Result<BTreeMap<String, Tensor>> {
-        let rule = MaskRule { scope, granularity: Granularity::Unstructured, seed };
+        let rule = MaskRule { scope, granularity: Granularity::Unstructured, seed, ..Default::default() };
         masks_for(s, &Selector::default(), importance.build().as_mut(), &rule, sparsity)
     }
 

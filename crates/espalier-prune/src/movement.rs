@@ -93,7 +93,7 @@ mod tests {
         assert!(!tracker.scores["fc.weight"].track_op());
         let s = tracker.scores["fc.weight"].to_vec2::<f32>()?;
         assert_eq!(s, [[0.2, -2.0, -2.0, 0.2]]);
-        let rule = MaskRule { scope: Scope::Layer, granularity: Granularity::Unstructured, seed: 0 };
+        let rule = MaskRule { scope: Scope::Layer, granularity: Granularity::Unstructured, ..Default::default() };
         let m = masks_for(&store, &Selector::default(), &mut tracker, &rule, 0.5)?;
         assert_eq!(m["fc.weight"].to_vec2::<f32>()?, [[1., 0., 0., 1.]]);
         // state round-trips through a checkpoint map

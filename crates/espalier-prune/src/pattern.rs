@@ -16,6 +16,9 @@
 //! ADMM Z-projection (scores |W + U|) and SR-STE's per-step masks (scores
 //! |W|) share it. Already-pruned weights carry a score of −∞ and stay pruned.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use espalier_core::Result;
 use serde::{Deserialize, Serialize};
 
@@ -76,6 +79,52 @@ pub struct Scored<'a> {
     pub dims: &'a [usize],
     /// Scores in row-major order.
     pub scores: Vec<f32>,
+}
+
+/// Per-parameter sparsity targets that replace the uniform one under
+/// [`Scope::Layer`] (`prune.layer_sparsity`: per-layer ratios such as Zhang
+/// et al.'s 80 / 92 / 99.1 / 93% for LeNet-5). Empty: every matrix gets the
+/// uniform target. Cheap to clone.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LayerTargets(Option<Arc<BTreeMap<String, f64>>>);
+
+impl LayerTargets {
+    /// No per-parameter target.
+    pub const NONE: LayerTargets = LayerTargets(None);
+
+    /// Targets by parameter name.
+    pub fn new(by_name: BTreeMap<String, f64>) -> Self {
+        LayerTargets((!by_name.is_empty()).then(|| Arc::new(by_name)))
+    }
+
+    /// Keep masks as [`keep_masks`] makes them, each named matrix pruned to
+    /// its own target and the others to `sparsity`. A target that names no
+    /// scored matrix is an error (a typo would otherwise prune nothing).
+    pub fn keep_masks(
+        &self,
+        scored: &[Scored],
+        granularity: Granularity,
+        scope: Scope,
+        sparsity: f64,
+    ) -> Result<Vec<Vec<f32>>> {
+        let Some(by_name) = &self.0 else { return keep_masks(scored, granularity, scope, sparsity) };
+        if scope != Scope::Layer {
+            espalier_core::bail!("per-parameter sparsity targets need scope = \"layer\"");
+        }
+        if let Some(missing) = by_name.keys().find(|n| !scored.iter().any(|s| s.name == n.as_str())) {
+            let names: Vec<&str> = scored.iter().map(|s| s.name).collect();
+            espalier_core::bail!(
+                "key `prune.layer_sparsity` names `{missing}`, which is not a pruned parameter (pruned: {})",
+                names.join(", ")
+            );
+        }
+        let mut out = Vec::with_capacity(scored.len());
+        for s in scored {
+            let target = by_name.get(s.name).copied().unwrap_or(sparsity);
+            out.extend(keep_masks(std::slice::from_ref(s), granularity, scope, target)?);
+        }
+        Ok(out)
+    }
 }
 
 /// 0/1 keep masks (row-major, one per input) at `sparsity` (ignored by
@@ -225,6 +274,33 @@ mod tests {
 
     fn scored<'a>(dims: &'a [usize], scores: Vec<f32>) -> Scored<'a> {
         Scored { name: "fc.weight", dims, scores }
+    }
+
+    #[test]
+    fn layer_targets_prune_each_named_matrix_to_its_own_sparsity() -> Result<()> {
+        let (da, db) = ([4usize, 5], [2usize, 10]);
+        let sa: Vec<f32> = (0..20).map(|i| i as f32).collect();
+        let sb: Vec<f32> = (0..20).rev().map(|i| i as f32).collect();
+        let scored = || {
+            vec![
+                Scored { name: "a.weight", dims: &da, scores: sa.clone() },
+                Scored { name: "b.weight", dims: &db, scores: sb.clone() },
+            ]
+        };
+        let targets = LayerTargets::new([("a.weight".to_string(), 0.8)].into());
+        let keep = targets.keep_masks(&scored(), Granularity::Unstructured, Scope::Layer, 0.5)?;
+        // a: its own 80% (the 16 lowest scores); b: the uniform 50%.
+        assert_eq!(keep[0], [vec![0f32; 16], vec![1f32; 4]].concat());
+        assert_eq!(keep[1], [vec![1f32; 10], vec![0f32; 10]].concat());
+        // Without targets both get the uniform one, as keep_masks does.
+        let uniform = LayerTargets::NONE.keep_masks(&scored(), Granularity::Unstructured, Scope::Layer, 0.5)?;
+        assert_eq!(uniform, keep_masks(&scored(), Granularity::Unstructured, Scope::Layer, 0.5)?);
+        // A name that matches no pruned matrix, or a global scope, is refused.
+        let typo = LayerTargets::new([("a.wieght".to_string(), 0.8)].into());
+        let err = typo.keep_masks(&scored(), Granularity::Unstructured, Scope::Layer, 0.5).unwrap_err().to_string();
+        assert!(err.contains("a.wieght") && err.contains("a.weight, b.weight"), "{err}");
+        assert!(targets.keep_masks(&scored(), Granularity::Unstructured, Scope::Global, 0.5).is_err());
+        Ok(())
     }
 
     #[test]

@@ -88,6 +88,10 @@ pub enum ScheduleConfig {
         /// Fine-tuning epochs after pruning.
         #[serde(default)]
         finetune_epochs: usize,
+        /// Fresh optimizer state for the fine-tuning (default false: the
+        /// dense phase's moments carry on).
+        #[serde(default)]
+        reset_optimizer: bool,
     },
     /// Iterative magnitude pruning.
     Imp {
@@ -226,10 +230,13 @@ impl ScheduleConfig {
     pub fn plan(&self, dense_epochs: usize) -> Plan {
         let dense = Phase::new(0, Length::Epochs(dense_epochs), vec![]);
         match *self {
-            ScheduleConfig::OneShot { sparsity, finetune_epochs } => Plan {
-                phases: vec![dense, Phase::new(1, Length::Epochs(finetune_epochs), vec![Action::Prune { sparsity }])],
-                rewind_point: None,
-            },
+            ScheduleConfig::OneShot { sparsity, finetune_epochs, reset_optimizer } => {
+                let mut start = vec![Action::Prune { sparsity }];
+                if reset_optimizer {
+                    start.push(Action::ResetOptimizer);
+                }
+                Plan { phases: vec![dense, Phase::new(1, Length::Epochs(finetune_epochs), start)], rewind_point: None }
+            }
             ScheduleConfig::Imp { rate, epochs_per_round, rewind, reset_optimizer, .. } => {
                 let mut phases = vec![dense];
                 for (r, s) in self.round_sparsities(rate).into_iter().enumerate() {
@@ -355,9 +362,11 @@ mod tests {
 
     #[test]
     fn one_shot_without_finetune_prunes_at_the_end() {
-        let p = ScheduleConfig::OneShot { sparsity: 0.5, finetune_epochs: 0 }.plan(2);
+        let p = ScheduleConfig::OneShot { sparsity: 0.5, finetune_epochs: 0, reset_optimizer: false }.plan(2);
         assert_eq!(p.phases[1].start, vec![Action::Prune { sparsity: 0.5 }]);
         assert_eq!(p.phases[1].length, Length::Epochs(0));
+        let p = ScheduleConfig::OneShot { sparsity: 0.5, finetune_epochs: 3, reset_optimizer: true }.plan(2);
+        assert_eq!(p.phases[1].start, vec![Action::Prune { sparsity: 0.5 }, Action::ResetOptimizer]);
     }
 
     #[test]
@@ -372,8 +381,9 @@ mod tests {
 
     #[test]
     fn invalid_values_are_named() {
-        let e =
-            ScheduleConfig::OneShot { sparsity: 1.5, finetune_epochs: 0 }.validate("prune.schedule", 1).unwrap_err();
+        let e = ScheduleConfig::OneShot { sparsity: 1.5, finetune_epochs: 0, reset_optimizer: false }
+            .validate("prune.schedule", 1)
+            .unwrap_err();
         assert!(e.contains("prune.schedule.sparsity") && e.contains("1.5"), "{e}");
         assert!(Rewind::parse("epoch:x").is_err());
         assert_eq!(Rewind::parse("epoch:2"), Ok(Rewind::Epoch(2)));

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::admm::{Admm, AdmmConfig, AdmmPoint, Projection};
 use crate::magnitude::{masks_for, Importance, MaskRule, Scope, Scorer};
 use crate::method::{Context, Method, MethodReport, Plan};
-use crate::pattern::Granularity;
+use crate::pattern::{Granularity, LayerTargets};
 use crate::schedule::{Cubic, Rewind, ScheduleConfig};
 use crate::sr_ste::{SrSte, SrSteConfig};
 
@@ -58,6 +58,11 @@ pub struct PruneConfig {
     /// SR-STE retraining after the pruning step (one-shot schedules).
     #[serde(default)]
     pub sr_ste: Option<SrSteConfig>,
+    /// Per-parameter sparsity by exact name, replacing the schedule's for
+    /// the parameters named (`scope = "layer"`, one-shot schedules): Zhang et
+    /// al.'s per-layer ratios. The others get the schedule's sparsity.
+    #[serde(default)]
+    pub layer_sparsity: BTreeMap<String, f64>,
 }
 
 fn default_calibration() -> usize {
@@ -86,6 +91,16 @@ impl PruneConfig {
         }
         if self.scope == Scope::Row && self.granularity != Granularity::Unstructured {
             return Err("key `prune.scope`: `row` is for the unstructured granularity".into());
+        }
+        if !self.layer_sparsity.is_empty() {
+            if self.scope != Scope::Layer || !one_shot || self.granularity.implied_sparsity().is_some() {
+                return Err("key `prune.layer_sparsity` needs scope = \"layer\", a one_shot schedule and an \
+                            unstructured or block granularity"
+                    .into());
+            }
+            if let Some((name, s)) = self.layer_sparsity.iter().find(|(_, s)| !(0.0..1.0).contains(*s)) {
+                return Err(format!("key `prune.layer_sparsity.\"{name}\"` must be in [0, 1), found {s}"));
+            }
         }
         if scorer.needs_calibration() && self.calibration == 0 {
             return Err(format!("key `prune.calibration` must be at least 1 for importance `{}`", scorer.name()));
@@ -127,12 +142,14 @@ impl PruneConfig {
         seed: u64,
     ) -> Result<Box<dyn Method>> {
         let selector = Selector::new(&self.params)?;
+        let targets = LayerTargets::new(self.layer_sparsity.clone());
         let projection = Projection {
             granularity: self.granularity,
             scope: self.scope,
             sparsity: self.schedule.one_shot_sparsity(),
+            targets: targets.clone(),
         };
-        let admm = self.admm.clone().map(|a| Admm::new(a, selector.clone(), projection, dense_epochs));
+        let admm = self.admm.clone().map(|a| Admm::new(a, selector.clone(), projection.clone(), dense_epochs));
         let sr_ste = self.sr_ste.as_ref().map(|s| SrSte::new(s, selector.clone(), projection));
         let spur = regularizers.iter().find_map(|r| match r {
             RegularizerConfig::GroupLasso { mode: GroupLassoMode::Proximal, .. } => Some("spur-prox"),
@@ -141,7 +158,7 @@ impl PruneConfig {
         });
         Ok(Box::new(Masking {
             scorer: self.importance.build(),
-            rule: MaskRule { scope: self.scope, granularity: self.granularity, seed },
+            rule: MaskRule { scope: self.scope, granularity: self.granularity, seed, targets },
             gradual: self.schedule.gradual(),
             cfg: self.clone(),
             selector,

@@ -123,7 +123,7 @@ mod tests {
         // Row scope at 2/3 sparsity keeps one weight per row: row 0 keeps
         // 0.5·√10 = 1.58 over 0.2·√20 = 0.89 and the large 3.0 on a dead
         // input; row 1 keeps 1.0·√20.
-        let rule = MaskRule { scope: Scope::Row, granularity: Granularity::Unstructured, seed: 0 };
+        let rule = MaskRule { scope: Scope::Row, granularity: Granularity::Unstructured, ..Default::default() };
         let sel = Selector::new(&serde_json::from_str(r#"{"include": ["fc1.weight"], "defaults": false}"#).unwrap())?;
         let m = masks_for(model.params(), &sel, wanda.as_mut(), &rule, 2.0 / 3.0)?;
         assert_eq!(m["fc1.weight"].to_vec2::<f32>()?, [[1., 0., 0.], [0., 1., 0.]]);

@@ -20,14 +20,18 @@ use std::sync::{Arc, Mutex};
 use candle_core::{DType, Device, Tensor};
 use espalier_core::init::Init;
 use espalier_core::{Param, ParamBuilder, ParamKind, ParamStore, Result, Selector};
-use espalier_prune::{Admm, AdmmConfig, AdmmLr, AdmmPenalty, Granularity, Projection, Scope};
+use espalier_prune::{Admm, AdmmConfig, AdmmLr, AdmmPenalty, Granularity, LayerTargets, Projection, Scope};
 use espalier_train::regularize::{Regularizer, StepInfo};
 use espalier_train::OptimizerConfig;
 use serde_json::Value;
 
 const TOL: f64 = 1e-9;
-const TWO_FOUR: Projection =
-    Projection { granularity: Granularity::NOfM { n: 2, m: 4 }, scope: Scope::Layer, sparsity: 0.5 };
+const TWO_FOUR: Projection = Projection {
+    granularity: Granularity::NOfM { n: 2, m: 4 },
+    scope: Scope::Layer,
+    sparsity: 0.5,
+    targets: LayerTargets::NONE,
+};
 
 fn fixture(name: &str) -> Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/admm").join(name);

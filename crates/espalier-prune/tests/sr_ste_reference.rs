@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor};
 use espalier_core::init::Init;
 use espalier_core::{ParamBuilder, ParamKind, Result, Selector};
-use espalier_prune::{DecayForm, Granularity, Projection, Scope, SrSte, SrSteConfig};
+use espalier_prune::{DecayForm, Granularity, LayerTargets, Projection, Scope, SrSte, SrSteConfig};
 use espalier_train::regularize::{Regularizer, StepInfo};
 use espalier_train::OptimizerConfig;
 use serde_json::Value;
@@ -49,7 +49,12 @@ fn sr_ste_steps_match_the_reference_sparse_op() -> Result<()> {
     let t = Tensor::new(matrix(&fx["t"]), &dev)?;
     let (lr, momentum) = (fx["lr"].as_f64().unwrap(), fx["momentum"].as_f64().unwrap());
     let cfg = SrSteConfig { decay: fx["decay"].as_f64().unwrap(), decay_form: DecayForm::Gradient };
-    let projection = Projection { granularity: Granularity::NOfM { n: 2, m: 4 }, scope: Scope::Layer, sparsity: 0.5 };
+    let projection = Projection {
+        granularity: Granularity::NOfM { n: 2, m: 4 },
+        scope: Scope::Layer,
+        sparsity: 0.5,
+        targets: LayerTargets::NONE,
+    };
     let mut sr = SrSte::new(&cfg, Selector::default(), projection);
     // The pruning step: straight-through, the mask from |W₀|.
     w.set_straight_through(true)?;
