@@ -167,7 +167,10 @@ fn choose_follows_the_thresholds() -> Result<()> {
     // A sparse weight that happens to be 2:4 is stored as CSR.
     assert_eq!(choose(0.05, Some((2, 4)), (384, 384), &nm), Format::Csr);
     assert_eq!(choose(0.0, None, (0, 384), &opts), Format::Dense);
-    let strict = PackOptions { max_density: 0.01, max_nm_density: 0.0, detect_nm: true };
+    // 70% sparsity by rounding: 44,237 of 147,456 kept (0.3000013) is 30%.
+    assert_eq!(choose(44_237.0 / 147_456.0, None, (384, 384), &PackOptions { small_rows: 0, ..opts }), Format::Csr);
+    assert_eq!(choose(44_238.0 / 147_456.0, None, (384, 384), &PackOptions { small_rows: 0, ..opts }), Format::Dense);
+    let strict = PackOptions { max_density: 0.01, max_nm_density: 0.0, small_rows: 0, ..opts };
     assert_eq!(choose(0.05, None, (384, 384), &strict), Format::Dense);
     assert_eq!(choose(0.5, Some((2, 4)), (384, 384), &strict), Format::Dense);
     assert_eq!(choose(0.25, Some((1, 4)), (384, 384), &strict), Format::Dense);
@@ -180,5 +183,30 @@ fn choose_follows_the_thresholds() -> Result<()> {
     let sparse_w = masked(64, 64, 0.05, &mut rng)?;
     assert_eq!(SparseLinear::pack(&sparse_w, None, &opts)?.map(|p| p.format()), Some(Format::Csr));
     assert_eq!(sparse::density(&[0.0, 1.0, 0.0, 2.0]), 0.5);
+    Ok(())
+}
+
+/// Weights up to 50% dense (CSR) and 2:4 are packed for small inputs only:
+/// an input of at most `small_rows` rows runs the sparse kernel, a larger
+/// one the dense product; the sparser weights serve every input.
+#[test]
+fn half_dense_weights_serve_small_inputs_only() -> Result<()> {
+    let opts = PackOptions::default();
+    let mut rng = Rng::new(8);
+    // Exactly half dense, no N:M pattern: the first half of every row.
+    let half: Vec<f32> = (0..64 * 64).map(|i| if i % 64 < 32 { rng.normal() as f32 } else { 0.0 }).collect();
+    let half = Tensor::from_vec(half, (64, 64), &Device::Cpu)?;
+    let p = SparseLinear::pack(&half, None, &opts)?.expect("packed for small inputs");
+    assert_eq!((p.format(), p.max_rows()), (Format::Csr, Some(opts.small_rows)));
+    assert!(p.serves(1) && p.serves(opts.small_rows) && !p.serves(opts.small_rows + 1));
+    let nm = SparseLinear::pack(&nm_weight(16, 64, (2, 4), false, &mut rng)?, None, &opts)?.unwrap();
+    assert_eq!((nm.format(), nm.max_rows()), (Format::Nm { n: 2, m: 4 }, Some(opts.small_rows)));
+    let sparse = SparseLinear::pack(&masked(64, 64, 0.1, &mut rng)?, None, &opts)?.unwrap();
+    assert_eq!(sparse.max_rows(), None);
+    assert!(sparse.serves(1 << 20));
+    // Off: the half-dense weight stays dense.
+    assert!(SparseLinear::pack(&half, None, &PackOptions { small_rows: 0, ..opts })?.is_none());
+    // 70% dense stays dense even for small inputs.
+    assert!(SparseLinear::pack(&masked(64, 64, 0.8, &mut rng)?, None, &opts)?.is_none());
     Ok(())
 }

@@ -14,7 +14,9 @@ use candle_core::{DType, Module, Tensor};
 use espalier_core::init::Init;
 use espalier_core::{Param, ParamBuilder, ParamKind, Result};
 use espalier_kernels::sparse::SparseLinear;
-pub use espalier_kernels::sparse::{Format, PackOptions, DEFAULT_MAX_DENSITY, DEFAULT_MAX_NM_DENSITY};
+pub use espalier_kernels::sparse::{
+    Format, PackOptions, DEFAULT_MAX_DENSITY, DEFAULT_MAX_NM_DENSITY, DEFAULT_SMALL_ROWS,
+};
 
 pub use espalier_kernels::dropout::{dropout, dropout_mask};
 
@@ -77,6 +79,9 @@ pub struct PackedLayer {
     pub format: Format,
     /// Bytes of the packed weight (values and indices; `4·out·in` for dense).
     pub bytes: usize,
+    /// The largest input (rows) the packed form serves, when it serves only
+    /// small ones (larger inputs take the dense product).
+    pub max_rows: Option<usize>,
 }
 
 /// The versions of `w` and `b` (what a packed copy compares).
@@ -114,12 +119,12 @@ impl Linear {
         let density = espalier_kernels::sparse::density(&w.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?);
         let sparse = SparseLinear::pack(&w, b.as_ref(), opts)
             .map_err(|e| espalier_core::Error::msg(format!("{}: {e}", self.weight.name())))?;
-        let (format, bytes) = match &sparse {
-            Some(s) => (s.format(), s.bytes()),
-            None => (Format::Dense, 4 * out * inp),
+        let (format, bytes, max_rows) = match &sparse {
+            Some(s) => (s.format(), s.bytes(), s.max_rows()),
+            None => (Format::Dense, 4 * out * inp, None),
         };
         self.packed.set(sparse.map(|sparse| PackedForm { sparse, versions }));
-        Ok(PackedLayer { name: self.weight.name().to_string(), shape: (out, inp), density, format, bytes })
+        Ok(PackedLayer { name: self.weight.name().to_string(), shape: (out, inp), density, format, bytes, max_rows })
     }
 
     /// Drops the packed copy.
@@ -137,10 +142,13 @@ impl Linear {
     }
 
     /// Inference only (no gradient flows back): the packed sparse copy when
-    /// there is a current one, [`Linear::forward`] otherwise.
+    /// there is a current one that serves an input of this size,
+    /// [`Linear::forward`] otherwise.
     pub fn forward_infer(&self, x: &Tensor) -> Result<Tensor> {
         if let Some(p) = self.packed.get() {
+            let rows = x.dims().split_last().map_or(0, |(_, lead)| lead.iter().product());
             if p.versions == versions(&self.weight, self.bias.as_ref())
+                && p.sparse.serves(rows)
                 && x.device().is_cpu()
                 && x.dtype() == DType::F32
                 && !crate::observe::active()

@@ -10,7 +10,14 @@ use espalier_models::bert::{Bert, BertConfig, BertTask};
 use espalier_models::{Format, LeNet5, LeNet5Config, Mlp, MlpConfig, Mode, Model, PackOptions};
 
 /// Every layer packed sparse, whatever its density.
-const ALWAYS: PackOptions = PackOptions { max_density: 1.0, max_nm_density: 1.0, detect_nm: true };
+const ALWAYS: PackOptions = PackOptions {
+    max_density: 1.0,
+    max_nm_density: 1.0,
+    detect_nm: true,
+    small_rows: 0,
+    small_max_density: 0.0,
+    small_max_nm_density: 0.0,
+};
 
 #[derive(Clone, Copy, Debug)]
 enum Pattern {

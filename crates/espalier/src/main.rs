@@ -194,6 +194,12 @@ enum Command {
         /// The largest N/M of an N:M weight stored as N:M (0 turns N:M off).
         #[arg(long, default_value_t = espalier_models::layers::DEFAULT_MAX_NM_DENSITY)]
         max_nm_density: f64,
+        /// Inputs of at most this many rows (batch × tokens) also run the
+        /// sparse kernels on weights up to 50% dense (CSR) and N:M up to 2:4,
+        /// where they beat the dense product; larger inputs run those layers
+        /// dense (0 turns this off).
+        #[arg(long, default_value_t = espalier_models::layers::DEFAULT_SMALL_ROWS)]
+        small_rows: usize,
     },
 }
 
@@ -478,6 +484,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             json,
             max_density,
             max_nm_density,
+            small_rows,
         } => {
             let dir = std::path::Path::new(&workload);
             if dir.is_dir() {
@@ -487,7 +494,13 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                     &batch_sizes,
                     seq_len,
                     repeats.max(1),
-                    &espalier_models::PackOptions { max_density, max_nm_density, detect_nm: max_nm_density > 0.0 },
+                    &espalier_models::PackOptions {
+                        max_density,
+                        max_nm_density,
+                        detect_nm: max_nm_density > 0.0,
+                        small_rows,
+                        ..Default::default()
+                    },
                 )? {
                     RunLatency::Shrink(results) => {
                         println!(
@@ -511,12 +524,13 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                     RunLatency::Sparse(results, layers) => {
                         for l in &layers {
                             println!(
-                                "{:<40} {:>11} density {:>6.2}% {:>16} {:>10} bytes",
+                                "{:<40} {:>11} density {:>6.2}% {:>16} {:>10} bytes{}",
                                 l.name,
                                 format!("{}x{}", l.shape.0, l.shape.1),
                                 100.0 * l.density,
                                 format!("{:?}", l.format),
-                                l.bytes
+                                l.bytes,
+                                l.max_rows.map(|r| format!(" (inputs of ≤ {r} rows; dense above)")).unwrap_or_default()
                             );
                         }
                         println!(

@@ -66,6 +66,23 @@
 //! per multiply-add: every stored value is a broadcast and a load of the
 //! activations, where the GEMM reuses registers) is slower than dense.
 //! Both are [`PackOptions`] fields for other machines.
+//!
+//! On few rows the picture changes: the dense GEMM is least efficient
+//! there (MiniLM's dense forward takes 24 ms for one sequence of 128 tokens
+//! and 36 ms for two), and the whole-model forward of all-MiniLM-L6-v2
+//! (`espalier bench RUN_DIR` with the thresholds forced, length 128, 2
+//! threads, a quiet machine) gave, sparse over dense:
+//!
+//! | sequences (rows)      | 1 (128) | 2 (256) | 4 (512) | 8 (1024) | 16 (2048) | 32 (4096) |
+//! |-----------------------|---------|---------|---------|----------|-----------|-----------|
+//! | CSR, 50% density      | 1.66    | 1.31    | 1.15    | 1.08     | 1.01      | 0.99      |
+//! | 2:4                   | 1.52    | 1.20    | 1.05    | 1.00     | 0.92      | 0.90      |
+//! | CSR, 30% density      | 2.26    |         | 1.48    |          | 1.34      | 1.29      |
+//!
+//! Hence [`PackOptions::small_rows`] (512): weights up to 50% density (CSR)
+//! and N/M up to ½ (2:4, 4:8, 1:2) are packed as well, and run the sparse
+//! kernels on inputs of at most 512 rows; larger inputs take the dense
+//! product ([`SparseLinear::serves`]).
 
 mod kernel;
 
@@ -114,12 +131,30 @@ pub struct PackOptions {
     pub max_nm_density: f64,
     /// Whether N:M patterns are looked for at all.
     pub detect_nm: bool,
+    /// Inputs of at most this many rows (tokens × batch) run the sparse
+    /// kernels on denser weights too, up to `small_max_density` (CSR) and
+    /// `small_max_nm_density` (N:M): on few rows the dense GEMM is least
+    /// efficient and the sparse kernels win at 50% density (measured, see
+    /// the module docs). Such a layer is packed, and larger inputs take the
+    /// dense product. 0 turns this off.
+    pub small_rows: usize,
+    /// The densest weight stored as CSR for inputs of at most `small_rows`.
+    pub small_max_density: f64,
+    /// The largest `N/M` stored as N:M for inputs of at most `small_rows`.
+    pub small_max_nm_density: f64,
 }
 
 impl Default for PackOptions {
     /// The crossovers measured on MiniLM's shapes (see the module docs).
     fn default() -> Self {
-        PackOptions { max_density: DEFAULT_MAX_DENSITY, max_nm_density: DEFAULT_MAX_NM_DENSITY, detect_nm: true }
+        PackOptions {
+            max_density: DEFAULT_MAX_DENSITY,
+            max_nm_density: DEFAULT_MAX_NM_DENSITY,
+            detect_nm: true,
+            small_rows: DEFAULT_SMALL_ROWS,
+            small_max_density: DEFAULT_SMALL_MAX_DENSITY,
+            small_max_nm_density: DEFAULT_SMALL_MAX_NM_DENSITY,
+        }
     }
 }
 
@@ -127,16 +162,36 @@ impl Default for PackOptions {
 pub const DEFAULT_MAX_DENSITY: f64 = 0.3;
 /// The default [`PackOptions::max_nm_density`] (measured, see the module docs).
 pub const DEFAULT_MAX_NM_DENSITY: f64 = 0.25;
+/// The default [`PackOptions::small_rows`] (measured, see the module docs).
+pub const DEFAULT_SMALL_ROWS: usize = 512;
+/// The default [`PackOptions::small_max_density`].
+pub const DEFAULT_SMALL_MAX_DENSITY: f64 = 0.5;
+/// The default [`PackOptions::small_max_nm_density`].
+pub const DEFAULT_SMALL_MAX_NM_DENSITY: f64 = 0.5;
 
 impl PackOptions {
     /// Checks the thresholds.
     pub fn validate(&self) -> Result<()> {
-        for (name, v) in [("max_density", self.max_density), ("max_nm_density", self.max_nm_density)] {
+        for (name, v) in [
+            ("max_density", self.max_density),
+            ("max_nm_density", self.max_nm_density),
+            ("small_max_density", self.small_max_density),
+            ("small_max_nm_density", self.small_max_nm_density),
+        ] {
             if !(0.0..=1.0).contains(&v) {
                 espalier_core::bail!("sparse packing: {name} must lie in [0, 1], found {v}");
             }
         }
         Ok(())
+    }
+
+    /// The thresholds that apply to inputs of at most `small_rows` rows.
+    fn for_small_inputs(&self) -> PackOptions {
+        PackOptions {
+            max_density: self.max_density.max(self.small_max_density),
+            max_nm_density: self.max_nm_density.max(self.small_max_nm_density),
+            ..*self
+        }
     }
 }
 
@@ -155,7 +210,10 @@ pub fn choose(density: f64, nm: Option<(usize, usize)>, shape: (usize, usize), o
             return Format::Nm { n, m };
         }
     }
-    if density <= opts.max_density {
+    // Compared in stored values: 70% sparsity rounds to a kept count a hair
+    // above 0.3·n, which is still the 30% density the threshold means.
+    let n = (out * inp) as f64;
+    if (density * n).round() <= (opts.max_density * n).ceil() {
         Format::Csr
     } else {
         Format::Dense
@@ -194,6 +252,9 @@ pub struct SparseLinear {
     inp: usize,
     bias: Option<Vec<f32>>,
     weights: Weights,
+    /// The largest input (rows) this packing serves; larger ones take the
+    /// dense product (`None`: any).
+    max_rows: Option<usize>,
 }
 
 impl std::fmt::Debug for SparseLinear {
@@ -230,11 +291,31 @@ impl SparseLinear {
         opts.validate()?;
         let (shape, wv, bv) = weight_data(w, b)?;
         let nm = if opts.detect_nm { nm_pattern(&wv, shape) } else { None };
-        Ok(match choose(density(&wv), nm, shape, opts) {
-            Format::Dense => None,
-            Format::Csr => Some(Self::csr_from(shape, &wv, bv)),
-            Format::Nm { n, m } => Some(Self::nm_from(shape, &wv, bv, (n, m))?),
-        })
+        let d = density(&wv);
+        let (format, max_rows) = match choose(d, nm, shape, opts) {
+            Format::Dense if opts.small_rows > 0 => {
+                (choose(d, nm, shape, &opts.for_small_inputs()), Some(opts.small_rows))
+            }
+            f => (f, None),
+        };
+        let packed = match format {
+            Format::Dense => return Ok(None),
+            Format::Csr => Self::csr_from(shape, &wv, bv),
+            Format::Nm { n, m } => Self::nm_from(shape, &wv, bv, (n, m))?,
+        };
+        Ok(Some(SparseLinear { max_rows, ..packed }))
+    }
+
+    /// The largest input (rows: tokens × batch) this packing is for, when
+    /// it serves only small ones ([`PackOptions::small_rows`]).
+    pub fn max_rows(&self) -> Option<usize> {
+        self.max_rows
+    }
+
+    /// Whether an input of `rows` rows should run this packing (else the
+    /// dense product).
+    pub fn serves(&self, rows: usize) -> bool {
+        self.max_rows.is_none_or(|m| rows <= m)
     }
 
     /// Packs `w` as CSR whatever its density.
@@ -251,7 +332,7 @@ impl SparseLinear {
     }
 
     fn csr_from((out, inp): (usize, usize), w: &[f32], bias: Option<Vec<f32>>) -> Self {
-        SparseLinear { out, inp, bias, weights: Weights::Csr(Csr::from_dense(w, out, inp)) }
+        SparseLinear { out, inp, bias, weights: Weights::Csr(Csr::from_dense(w, out, inp)), max_rows: None }
     }
 
     fn nm_from((out, inp): (usize, usize), w: &[f32], bias: Option<Vec<f32>>, (n, m): (usize, usize)) -> Result<Self> {
@@ -285,7 +366,7 @@ impl SparseLinear {
                 vals.push(0.0);
             }
         }
-        Ok(SparseLinear { out, inp, bias, weights: Weights::Nm(NmRows { n, m, blocks, idx, vals }) })
+        Ok(SparseLinear { out, inp, bias, weights: Weights::Nm(NmRows { n, m, blocks, idx, vals }), max_rows: None })
     }
 
     /// `(out, in)`.
