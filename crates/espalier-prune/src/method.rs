@@ -169,6 +169,10 @@ pub struct Selection {
     pub seconds: f64,
     /// Calibration examples used.
     pub calibration: usize,
+    /// The group sets in the order they were chosen (top-down criteria
+    /// visit them from the output down).
+    #[serde(default)]
+    pub order: Vec<String>,
 }
 
 /// A method's own section of the run's report.

@@ -262,3 +262,53 @@ fn resnet_ispasp_goes_through_the_block_convolution() -> Result<()> {
     assert!(last < 1e-6, "keeping every channel leaves residual {last}");
     Ok(())
 }
+
+/// Golden: MI visits BERT's group sets from the output down (layer 1's FFN,
+/// layer 1's heads, layer 0's FFN, layer 0's heads), each after the set
+/// above it is chosen; model-order criteria visit them the other way.
+#[test]
+fn mi_visits_bert_from_the_output_down() -> Result<()> {
+    use espalier_models::bert::{BertConfig, BertTask};
+    let cfg = BertConfig {
+        vocab_size: 40,
+        hidden_size: 8,
+        num_hidden_layers: 2,
+        num_attention_heads: 2,
+        intermediate_size: 12,
+        max_position_embeddings: 8,
+        ..BertConfig::base(BertTask::Classification { num_labels: 2 })
+    };
+    let pb = ParamBuilder::from_seed(4, DType::F32, &Device::Cpu);
+    let model = ModelConfig::Bert(cfg).build(&pb)?;
+    let mut rng = Rng::new(9);
+    let calib: Vec<Batch> = (0..4)
+        .map(|_| -> Result<Batch> {
+            let ids: Vec<u32> = (0..8 * 6).map(|_| 1 + rng.below(39) as u32).collect();
+            let labels: Vec<u32> = (0..8).map(|_| rng.below(2) as u32).collect();
+            let dev = Device::Cpu;
+            Ok(Batch {
+                inputs: Inputs::Tokens {
+                    input_ids: Tensor::from_vec(ids, (8, 6), &dev)?,
+                    token_type_ids: Tensor::zeros((8, 6), DType::U32, &dev)?,
+                    attention_mask: Tensor::ones((8, 6), DType::F32, &dev)?,
+                },
+                labels: Tensor::from_vec(labels, 8, &dev)?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    let top_down = [
+        "encoder.layer.1.intermediate",
+        "encoder.layer.1.attention.heads",
+        "encoder.layer.0.intermediate",
+        "encoder.layer.0.attention.heads",
+    ];
+    let mi = StructuredConfig { keep_ratio: Some(0.5), ..config(GroupCriterion::Mi, 1) };
+    let sel = select(model.as_ref(), &StructuredConfig { keep: None, ..mi }, &calib, 0)?;
+    assert_eq!(sel.order, top_down);
+    assert_eq!(sel.keep["encoder.layer.1.attention.heads"].len(), 1);
+    assert_eq!(sel.keep["encoder.layer.0.intermediate"].len(), 6);
+    let l1 = StructuredConfig { keep_ratio: Some(0.5), ..config(GroupCriterion::L1, 1) };
+    let sel = select(model.as_ref(), &StructuredConfig { keep: None, ..l1 }, &calib, 0)?;
+    assert_eq!(sel.order, top_down.into_iter().rev().collect::<Vec<_>>());
+    Ok(())
+}

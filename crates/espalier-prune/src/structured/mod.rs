@@ -114,8 +114,14 @@ pub enum MiEstimator {
     /// `−½ log(1 − ρ²)` (jointly Gaussian).
     #[default]
     Gaussian,
-    /// Quantile bins and the discrete MI.
+    /// Quantile bins and the discrete (plug-in) MI.
     Binned,
+    /// Quantile bins and the discrete MI with the Miller–Madow correction
+    /// of each entropy (Miller 1955: `Ĥ + (m − 1)/2N`, `m` the occupied
+    /// bins), which removes the plug-in's upward bias of about
+    /// `(K − 1)²/2N` nats between independent variables; also for the top
+    /// set's label MI.
+    MillerMadow,
 }
 
 /// Settings of a structured pruning step.
@@ -385,6 +391,7 @@ pub fn select_only(
         }
         tracing::info!(set = %set.name, kept = keep.len(), of = set.size, "selected units");
         sel.keep.insert(set.name.clone(), keep);
+        sel.order.push(set.name.clone());
     }
     sel.seconds = start.elapsed().as_secs_f64();
     sel.calibration = calib.iter().map(|b| b.len()).sum();
