@@ -289,7 +289,8 @@ mod tests {
         let below_signal: Vec<f32> = signal.iter().map(|v| 2.0 * v + 0.1 * rng.normal() as f32).collect();
         let below_noise: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
         for est in [MiEstimator::Gaussian, MiEstimator::Binned, MiEstimator::MillerMadow] {
-            let scores = mi_against(&[below_noise.clone(), below_signal.clone()], &[signal.clone()], est, 16);
+            let scores =
+                mi_against(&[below_noise.clone(), below_signal.clone()], std::slice::from_ref(&signal), est, 16);
             assert_eq!(super::super::top_k(&scores, 1), [1], "{est:?}: {scores:?}");
         }
     }
