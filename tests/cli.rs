@@ -951,6 +951,40 @@ fn cifar_resnet_runs_resumes_and_evaluates() {
     assert!(!fresh.exists());
 }
 
+/// Per-layer targets (`prune.layer_sparsity`) prune each named matrix to its
+/// own sparsity, the ADMM projection included; a name that is not a pruned
+/// parameter is a config error before anything is written.
+#[test]
+fn layer_sparsity_targets_each_matrix_and_a_typo_is_refused_up_front() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = SMALL.replace("limit_train = 2000", "limit_train = 500").replace("epochs = 2", "epochs = 1").replace(
+        "[prune.schedule]\nkind = \"imp\"\nrounds = 2\nepochs_per_round = 1\nrewind = \"epoch:1\"",
+        "[prune]\nscope = \"layer\"\nschedule = { kind = \"one_shot\", sparsity = 0.5, finetune_epochs = 1, \
+             reset_optimizer = true }\nlayer_sparsity = { \"fc1.weight\" = 0.9 }\n\
+             admm = { rho = 1e-3, every_steps = 4, lr = \"constant\" }",
+    );
+    assert!(base.contains("layer_sparsity"), "{base}");
+    let cfg = write_config(tmp.path(), "targets.toml", &base);
+    let d = run_dir(tmp.path(), "targets");
+    ok(&espalier(&["run", cfg.to_str().unwrap(), "--out", d.to_str().unwrap()]));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("summary.json")).unwrap()).unwrap();
+    let layers = summary["sparsity"]["layers"].as_array().unwrap();
+    let sparsity = |name: &str| {
+        let l = layers.iter().find(|l| l["name"] == name).unwrap();
+        1.0 - l["kept"].as_f64().unwrap() / l["numel"].as_f64().unwrap()
+    };
+    assert!((sparsity("fc1.weight") - 0.9).abs() < 1e-3, "{layers:?}");
+    assert!((sparsity("fc2.weight") - 0.5).abs() < 1e-3, "{layers:?}");
+
+    let typo = write_config(tmp.path(), "typo.toml", &base.replace("\"fc1.weight\" = 0.9", "\"fc9.weight\" = 0.9"));
+    let bad = run_dir(tmp.path(), "typo");
+    let out = espalier(&["run", typo.to_str().unwrap(), "--out", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("prune.layer_sparsity") && stderr(&out).contains("fc9.weight"), "{}", stderr(&out));
+    assert!(!bad.exists(), "a run directory was created");
+}
+
 #[test]
 fn check_accepts_every_committed_config() {
     let mut n = 0;

@@ -17,6 +17,7 @@ use candle_core::backprop::GradStore;
 use candle_core::Tensor;
 use espalier_core::select::SelectorSpec;
 use espalier_core::{ParamStore, Result, Selector};
+use espalier_models::Model;
 use espalier_train::regularize::GroupLassoMode;
 use espalier_train::{Regularizer, RegularizerConfig, StepInfo};
 use serde::{Deserialize, Serialize};
@@ -280,6 +281,19 @@ impl Method for Masking {
         } else {
             name
         }
+    }
+    /// [`Method::plan`], after checking that every `prune.layer_sparsity`
+    /// name is a pruned parameter of `model` (a config error before the
+    /// run starts, not at the pruning step hours later).
+    fn plan_for(&self, dense_epochs: usize, model: &dyn Model) -> Result<Plan> {
+        let pruned: Vec<&str> = model.params().iter().filter(|p| self.selector.matches(p)).map(|p| p.name()).collect();
+        if let Some(name) = self.cfg.layer_sparsity.keys().find(|n| !pruned.contains(&n.as_str())) {
+            espalier_core::bail!(
+                "key `prune.layer_sparsity` names `{name}`, which is not a pruned parameter of this model (pruned: {})",
+                pruned.join(", ")
+            );
+        }
+        Ok(self.plan(dense_epochs))
     }
     fn plan(&self, dense_epochs: usize) -> Plan {
         let mut plan = self.cfg.schedule.plan(dense_epochs);
