@@ -17,13 +17,15 @@
 //!   subsample-and-pad of ResNet's option-A shortcut;
 //! - [`dropout`]: dropout masks from the project's seeded RNG;
 //! - [`sparse`]: inference-only sparse (CSR) and N:M linear layers for
-//!   pruned weights, and the per-layer choice between them and dense.
+//!   pruned weights, and the per-layer choice between them and dense;
+//! - [`denormal`]: flush-to-zero for subnormal floats (set by the binary).
 //!
 //! Nothing here owns parameters: the layers and architectures that do are
 //! in `espalier-models`.
 
 pub mod attention;
 pub mod conv;
+pub mod denormal;
 pub mod dense;
 pub mod dropout;
 pub mod fused;

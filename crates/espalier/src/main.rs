@@ -277,6 +277,8 @@ fn pin_thread_count() {
 }
 
 fn main() -> ExitCode {
+    // Before any thread exists: the pools inherit the mode.
+    espalier_kernels::denormal::flush_denormals();
     pin_thread_count();
     keep_freed_memory();
     let cli = Cli::parse();
