@@ -92,6 +92,7 @@ fn every_criterion_keeps_the_requested_units() -> Result<()> {
         GroupCriterion::Random,
         GroupCriterion::L1,
         GroupCriterion::L2,
+        GroupCriterion::FilterL1,
         GroupCriterion::Activation,
         GroupCriterion::Taylor,
         GroupCriterion::Movement,
@@ -108,6 +109,24 @@ fn every_criterion_keeps_the_requested_units() -> Result<()> {
         let small = shrink(model.as_ref(), &sel.keep)?;
         assert_eq!(small.params().get("fc2.weight")?.dims(), vec![6, 6]);
     }
+    Ok(())
+}
+
+/// `filter_l1` ranks a hidden unit by the mean |w| of its own row of
+/// `fc1.weight` only (not its bias, not its column of `fc2.weight`), as GReg's
+/// reference does; `l1` sums all three.
+#[test]
+fn filter_l1_scores_the_producing_row_only() -> Result<()> {
+    let model = mlp(vec![24])?;
+    let w = model.params().get("fc1.weight")?.effective()?.abs()?.mean(1)?.to_vec1::<f32>()?;
+    let mut want: Vec<usize> = (0..w.len()).collect();
+    want.sort_by(|&a, &b| w[b].total_cmp(&w[a]).then(a.cmp(&b)));
+    let mut want: Vec<usize> = want[..7].to_vec();
+    want.sort();
+    let got = select(model.as_ref(), &config(GroupCriterion::FilterL1, 7), &[], 0)?.keep["fc1"].clone();
+    assert_eq!(got, want);
+    let l1 = select(model.as_ref(), &config(GroupCriterion::L1, 7), &[], 0)?.keep["fc1"].clone();
+    assert_ne!(l1, got, "the column and bias should change the L1 choice on this seed");
     Ok(())
 }
 
@@ -310,5 +329,73 @@ fn mi_visits_bert_from_the_output_down() -> Result<()> {
     let l1 = StructuredConfig { keep_ratio: Some(0.5), ..config(GroupCriterion::L1, 1) };
     let sel = select(model.as_ref(), &StructuredConfig { keep: None, ..l1 }, &calib, 0)?;
     assert_eq!(sel.order, top_down.into_iter().rev().collect::<Vec<_>>());
+    Ok(())
+}
+
+/// The loss of the subnetwork that keeps `keep` of `fc1`'s units with the
+/// head scaled by `scale`, computed by shrinking a fresh copy of the model
+/// and running it: an implementation independent of the criterion's.
+fn subnetwork_loss(keep: &[usize], scale: f64, b: &Batch) -> Result<f32> {
+    let model = mlp(vec![24])?;
+    let head = model.params().get("head.weight")?;
+    head.set(&head.tensor().affine(scale, 0.0)?)?;
+    let small = shrink(model.as_ref(), &BTreeMap::from([("fc1".to_string(), keep.to_vec())]))?;
+    Ok(small.forward_t(b, &mut Mode::Eval)?.loss.to_scalar::<f32>()?)
+}
+
+/// Greedy forward selection (Ye et al. 2020) adds, at step m + 1, the unit
+/// whose subnetwork (the kept units weighted N/(m + 1)) has the lowest
+/// loss; with `rescale` the shrunk model is that subnetwork.
+#[test]
+fn greedy_forward_selection_adds_the_unit_that_lowers_the_loss_most() -> Result<()> {
+    let calib = vec![batch(60, 11)?];
+    let (n, k) = (24usize, 4usize);
+    let mut want: Vec<usize> = Vec::new();
+    for m in 0..k {
+        let mut best = (f32::INFINITY, 0);
+        for j in (0..n).filter(|j| !want.contains(j)) {
+            let mut s = want.clone();
+            s.push(j);
+            s.sort_unstable();
+            let l = subnetwork_loss(&s, n as f64 / (m + 1) as f64, &calib[0])?;
+            if l < best.0 {
+                best = (l, j);
+            }
+        }
+        want.push(best.1);
+    }
+    want.sort_unstable();
+
+    let model = mlp(vec![n])?;
+    let got = select(model.as_ref(), &config(GroupCriterion::GreedyFs, k), &calib, 0)?.keep["fc1"].clone();
+    assert_eq!(got, want);
+    // The head now carries N/k: the shrunk model is the selected subnetwork.
+    let small = shrink(model.as_ref(), &BTreeMap::from([("fc1".to_string(), got.clone())]))?;
+    let loss = small.forward_t(&calib[0], &mut Mode::Eval)?.loss.to_scalar::<f32>()?;
+    assert!((loss - subnetwork_loss(&got, (n / k) as f64, &calib[0])?).abs() < 1e-5);
+
+    // Without rescale the weights stay as they are.
+    let mut c = config(GroupCriterion::GreedyFs, k);
+    c.greedy.rescale = false;
+    let model = mlp(vec![n])?;
+    let before = model.params().get("head.weight")?.tensor().clone();
+    select(model.as_ref(), &c, &calib, 0)?;
+    assert_eq!(max_diff(&before, model.params().get("head.weight")?.tensor())?, 0.0);
+    Ok(())
+}
+
+/// The loss objective needs the consumer to produce the logits: a first
+/// hidden layer of a deeper network is refused with the way out named, and
+/// the layer-wise reconstruction objective runs there.
+#[test]
+fn greedy_forward_selection_needs_the_logits_for_the_loss_objective() -> Result<()> {
+    let calib = vec![batch(40, 12)?];
+    let mut c = config(GroupCriterion::GreedyFs, 5);
+    c.groups = vec!["fc1".into()];
+    let err = select(mlp(vec![16, 12])?.as_ref(), &c, &calib, 0).expect_err("refused");
+    assert!(err.to_string().contains("reconstruction") && err.to_string().contains("fc1"), "{err}");
+    c.greedy.objective = espalier_prune::structured::greedy::Objective::Reconstruction;
+    let sel = select(mlp(vec![16, 12])?.as_ref(), &c, &calib, 0)?;
+    assert_eq!(sel.keep["fc1"].len(), 5);
     Ok(())
 }

@@ -12,7 +12,8 @@
 //!   consumer's columns get no penalty and count for no score
 //!   (`_apply_reg`: `m.weight.grad += reg * m.weight` on conv/linear weights).
 //! - **Score**: the mean `|W|` of the filter/row (`_get_score`, `wg =
-//!   filter`), computed in f32.
+//!   filter`), computed in f32 ([`filter_means`], which the one-shot
+//!   `filter_l1` baseline shares, so both remove the same units).
 //! - **Count**: `n_pruned = min(ceil(pr·n), n − 1)`; the pruned units are
 //!   the `n_pruned` of smallest score (`_pick_pruned`; the reference sorts
 //!   unstably, Espalier breaks ties by index).
@@ -45,9 +46,11 @@
 //! fixtures produced by the reference code itself
 //! (`scripts/reference/greg_reference.py`).
 
-use candle_core::{DType, Tensor};
-use espalier_core::{bail, GroupSet, Keep, ParamStore, Result};
+use candle_core::Tensor;
+use espalier_core::{GroupSet, Keep, ParamStore, Result};
 use serde::{Deserialize, Serialize};
+
+use crate::structured::norm::{filter_means, producers};
 
 /// The reference's λ schedule parameters, in the precision it uses.
 #[derive(Clone, Copy, Debug)]
@@ -122,38 +125,6 @@ pub struct RefState {
     pub done: bool,
     /// Every update of every layer.
     pub trace: Vec<RefTracePoint>,
-}
-
-/// Per-unit score: mean `|W|` over every element the unit owns in the
-/// producing weights (trainable members on axis 0 with ≥ 2 dimensions: the
-/// conv filter or linear row; Q, K and V rows for an attention head).
-pub fn unit_scores(params: &ParamStore, set: &GroupSet) -> Result<Vec<f32>> {
-    let mut sum = vec![0f64; set.size];
-    let mut count = 0usize;
-    for m in producers(params, set)? {
-        let p = params.get(&m.param)?;
-        let rows = set.unit_rows(&p.effective()?.to_dtype(DType::F32)?, 0)?;
-        count += rows.dims()[1];
-        for (s, row) in sum.iter_mut().zip(rows.abs()?.to_dtype(DType::F64)?.to_vec2::<f64>()?) {
-            *s += row.iter().sum::<f64>();
-        }
-    }
-    if count == 0 {
-        bail!("GReg reference mode: group set `{}` has no producing weight (a trainable member on axis 0 with ≥ 2 dimensions)", set.name);
-    }
-    Ok(sum.into_iter().map(|s| (s / count as f64) as f32).collect())
-}
-
-/// The members of `set` the reference regularizes: trainable, axis 0, ≥ 2-D.
-fn producers<'a>(params: &ParamStore, set: &'a GroupSet) -> Result<Vec<&'a espalier_core::Member>> {
-    let mut out = Vec::new();
-    for m in &set.members {
-        let p = params.get(&m.param)?;
-        if m.axis == 0 && p.trainable() && p.dims().len() >= 2 {
-            out.push(m);
-        }
-    }
-    Ok(out)
 }
 
 /// The reference's pruned count for a layer of `n` units at ratio `pr`.
@@ -236,7 +207,7 @@ impl RefState {
                 finish_step: None,
             };
             if !two {
-                layer.pruned = pick(&unit_scores(params, set)?, n_pruned);
+                layer.pruned = pick(&filter_means(params, set)?, n_pruned);
                 layer.picked = true;
             }
             layers.push(layer);
@@ -268,7 +239,7 @@ impl RefState {
                 l.finish_step = Some(t);
                 continue;
             }
-            let scores = unit_scores(params, set)?;
+            let scores = filter_means(params, set)?;
             let finished = if s.two { self.greg2(i, &scores, s, t) } else { self.greg1(i, &scores, s) };
             let l = &mut self.layers[i];
             if finished {
@@ -353,7 +324,7 @@ impl RefState {
     pub(crate) fn keep(&self, params: &ParamStore, sets: &[GroupSet]) -> Result<Keep> {
         let mut keep = Keep::new();
         for (l, set) in self.layers.iter().zip(sets) {
-            let pruned = if l.picked { l.pruned.clone() } else { pick(&unit_scores(params, set)?, l.n_pruned) };
+            let pruned = if l.picked { l.pruned.clone() } else { pick(&filter_means(params, set)?, l.n_pruned) };
             keep.insert(l.name.clone(), (0..l.size).filter(|u| pruned.binary_search(u).is_err()).collect());
         }
         Ok(keep)

@@ -5,9 +5,10 @@
 //! module of its own (higher score = keep):
 //!
 //! - [`random`]: uniform scores (the floor);
-//! - [`norm`]: `l1` / `l2`, `Σ|w|` / `√Σw²` over every element the unit owns
-//!   (Li, Kadav, Durdanovic, Samet & Graf, "Pruning Filters for Efficient
-//!   ConvNets", ICLR 2017, arXiv 1608.08710, §3.1);
+//! - [`norm`]: `l1` / `l2`, `Σ|w|` / `√Σw²` over every element the unit owns,
+//!   and `filter_l1`, the mean `|w|` of the producing filter/row only (Li,
+//!   Kadav, Durdanovic, Samet & Graf, "Pruning Filters for Efficient
+//!   ConvNets", ICLR 2017, arXiv 1608.08710, §3.1; GReg's authors' score);
 //! - [`activation`]: mean `|h|` of the unit on calibration data;
 //! - [`taylor`]: first-order Taylor (Molchanov, Mallya, Tyree, Frosio & Kautz,
 //!   "Importance Estimation for Neural Network Pruning", CVPR 2019, arXiv
@@ -18,7 +19,10 @@
 //!   authors' code runs it (`[structured.ispasp]`);
 //! - [`mi`]: layer-wise mutual information, top-down (Fan et al., "Layer-wise
 //!   Model Pruning based on Mutual Information", EMNLP 2021, arXiv
-//!   2108.12594).
+//!   2108.12594);
+//! - [`greedy`]: greedy forward selection (Ye, Gong, Nie, Zhu, Liu & Liu,
+//!   "Good Subnetworks Provably Exist: Pruning via Greedy Forward
+//!   Selection", ICML 2020, arXiv 2003.01794), i-SpaSP's provable baseline.
 //!
 //! GReg ([`crate::greg`]) chooses its units by training instead and is a
 //! method of its own. [`GroupCriterion`] names them all in the config;
@@ -35,6 +39,7 @@
 pub mod activation;
 pub mod blocks;
 pub mod consumer;
+pub mod greedy;
 pub mod ispasp;
 pub mod mi;
 pub mod movement;
@@ -67,6 +72,9 @@ pub enum GroupCriterion {
     L1,
     /// Euclidean norm of the unit's weights.
     L2,
+    /// Mean |w| of the unit's producing filter or row only (Li et al.'s
+    /// filter norm; the score GReg's reference code chooses by).
+    FilterL1,
     /// Mean |activation| on calibration data.
     Activation,
     /// First-order Taylor `(Σ w·∂L/∂w)²`.
@@ -75,6 +83,9 @@ pub enum GroupCriterion {
     Movement,
     /// i-SpaSP (sparse signal recovery).
     Ispasp,
+    /// Greedy forward selection (Ye et al. 2020): add the unit that lowers
+    /// the loss most, one at a time ([`greedy`]).
+    GreedyFs,
     /// Layer-wise mutual information, top-down.
     Mi,
     /// GReg-1: units chosen by L1 norm, pushed to zero by a growing L2
@@ -90,13 +101,15 @@ impl GroupCriterion {
     pub fn criterion(self, cfg: &StructuredConfig) -> Option<Box<dyn Criterion>> {
         Some(match self {
             GroupCriterion::Random => Box::new(random::Random),
-            GroupCriterion::L1 => Box::new(norm::Norm { l1: true }),
-            GroupCriterion::L2 => Box::new(norm::Norm { l1: false }),
+            GroupCriterion::L1 => Box::new(norm::Norm::L1),
+            GroupCriterion::L2 => Box::new(norm::Norm::L2),
+            GroupCriterion::FilterL1 => Box::new(norm::Norm::FilterL1),
             GroupCriterion::Activation => Box::new(activation::Activation),
             GroupCriterion::Taylor => Box::new(taylor::taylor()),
             GroupCriterion::Movement => Box::new(movement::unit_movement()),
             GroupCriterion::Ispasp => Box::new(ispasp::Ispasp { iterations: cfg.iterations, cfg: cfg.ispasp.clone() }),
             GroupCriterion::Mi => Box::new(mi::Mi::new(cfg.estimator, cfg.bins)),
+            GroupCriterion::GreedyFs => Box::new(greedy::Greedy { cfg: cfg.greedy.clone() }),
             GroupCriterion::Greg1 | GroupCriterion::Greg2 => return None,
         })
     }
@@ -170,6 +183,9 @@ pub struct StructuredConfig {
     /// i-SpaSP settings (method `ispasp`).
     #[serde(default)]
     pub ispasp: ispasp::IspaspConfig,
+    /// Greedy forward selection settings (method `greedy_fs`).
+    #[serde(default)]
+    pub greedy: greedy::GreedyConfig,
     /// Choose and shrink one residual block at a time, in model order, each
     /// on calibration activations through the already shrunk (and
     /// fine-tuned) model ([`blocks`]); one-pass criteria only.

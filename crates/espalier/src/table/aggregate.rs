@@ -84,6 +84,21 @@ pub struct Aggregate {
     pub seeds: BTreeMap<String, BTreeMap<i64, BTreeMap<u64, f64>>>,
     /// The dense reference's values per seed.
     pub dense_seeds: BTreeMap<u64, f64>,
+    /// Cells whose method did not reach its own stopping criterion in some
+    /// seed: (seeds not converged, seeds run). Such a cell has no entry in
+    /// `cells` or `seeds`: it is not a result.
+    pub not_converged: BTreeMap<String, BTreeMap<i64, (usize, usize)>>,
+}
+
+impl Aggregate {
+    /// The sparsity keys of the table's rows: every cell's, converged or not.
+    pub fn keys(&self) -> Vec<i64> {
+        let mut k: Vec<i64> = self.cells.values().flat_map(|m| m.keys().copied()).collect();
+        k.extend(self.not_converged.values().flat_map(|m| m.keys().copied()));
+        k.sort_unstable();
+        k.dedup();
+        k
+    }
 }
 
 /// Aggregates the points of one task's metric over seeds; `column` is the
@@ -94,11 +109,15 @@ pub fn aggregate(points: &[Point], task: &str, metric: &str, column: &str) -> Ag
     let mut dense = Vec::new();
     let mut seeds: BTreeMap<String, BTreeMap<i64, BTreeMap<u64, f64>>> = BTreeMap::new();
     let mut dense_seeds = BTreeMap::new();
+    let mut not_converged: BTreeMap<String, BTreeMap<i64, (usize, usize)>> = BTreeMap::new();
     for p in points.iter().filter(|p| p.metric == metric && p.task == task) {
         if p.method == "dense" {
             dense.push(p.value);
             dense_seeds.insert(p.seed, p.value);
             continue;
+        }
+        if !p.converged {
+            not_converged.entry(p.method.clone()).or_default().entry(key(p.sparsity)).or_default().0 += 1;
         }
         values.entry((p.method.clone(), key(p.sparsity))).or_default().push(p.value);
         seeds.entry(p.method.clone()).or_default().entry(key(p.sparsity)).or_default().insert(p.seed, p.value);
@@ -111,7 +130,17 @@ pub fn aggregate(points: &[Point], task: &str, metric: &str, column: &str) -> Ag
     }
     let mut cells: BTreeMap<String, BTreeMap<i64, Stat>> = BTreeMap::new();
     for ((m, k), v) in values {
-        cells.entry(m).or_default().insert(k, Stat::of(&v));
+        match not_converged.get_mut(&m).and_then(|c| c.get_mut(&k)) {
+            Some(nc) => {
+                nc.1 = v.len();
+                if let Some(by_k) = seeds.get_mut(&m) {
+                    by_k.remove(&k);
+                }
+            }
+            None => {
+                cells.entry(m).or_default().insert(k, Stat::of(&v));
+            }
+        }
     }
     Aggregate {
         task: task.into(),
@@ -122,6 +151,7 @@ pub fn aggregate(points: &[Point], task: &str, metric: &str, column: &str) -> Ag
         dense: (!dense.is_empty()).then(|| Stat::of(&dense)),
         seeds,
         dense_seeds,
+        not_converged,
     }
 }
 
@@ -142,6 +172,15 @@ pub fn average(per_task: &[&Aggregate], column: &str) -> Aggregate {
             }
         }
     }
+    let mut not_converged: BTreeMap<String, BTreeMap<i64, (usize, usize)>> = BTreeMap::new();
+    for a in per_task {
+        for (m, by_key) in &a.not_converged {
+            for (k, (nc, n)) in by_key {
+                let e = not_converged.entry(m.clone()).or_default().entry(*k).or_default();
+                *e = (e.0 + nc, e.1 + n);
+            }
+        }
+    }
     let dense: Option<Vec<f64>> = per_task.iter().map(|a| a.dense.map(|d| d.mean)).collect();
     let mut names: Vec<&str> = Vec::new();
     for a in per_task {
@@ -158,6 +197,7 @@ pub fn average(per_task: &[&Aggregate], column: &str) -> Aggregate {
         dense: dense.filter(|v| !v.is_empty()).map(mean_of),
         seeds: BTreeMap::new(),
         dense_seeds: BTreeMap::new(),
+        not_converged,
     }
 }
 

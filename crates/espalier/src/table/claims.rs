@@ -156,6 +156,13 @@ pub fn check_claim(spec: &Spec, aggs: &[Aggregate], c: &Claim) -> (Verdict, Stri
             }
         }
     }
+    // A cell whose method did not reach its own stopping criterion is not a
+    // result: the claim is undecided there.
+    for m in std::iter::once(&c.a).chain(c.b.as_ref()) {
+        for (k, (bad, n)) in agg.not_converged.get(m).into_iter().flatten().filter(|(k, _)| in_range(c, **k)) {
+            points.push((Outcome::Open, format!("{}: {m} not converged ({bad} of {n} seeds)", pct(*k))));
+        }
+    }
     let lines = |o: Outcome| points.iter().filter(|p| p.0 == o).map(|p| p.1.as_str()).collect::<Vec<_>>();
     let (held, failed, open) = (lines(Outcome::Held), lines(Outcome::Failed), lines(Outcome::Open));
     let verdict = if points.is_empty() {

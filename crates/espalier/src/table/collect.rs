@@ -32,6 +32,18 @@ pub struct Point {
     pub value: f64,
     /// Seed.
     pub seed: u64,
+    /// Whether the method met its own stopping criterion ([`converged`]); a
+    /// point that did not is shown as "not converged", never as a result.
+    pub converged: bool,
+}
+
+/// Whether a run's method reached its own stopping criterion: `false` when
+/// its method report says `"converged": false` (GReg's penalty phase ran out
+/// of budget) or `"admm_converged": false` (ADMM's primal gap at the hard
+/// projection above its threshold); `true` for every other run.
+pub fn converged(s: &Summary) -> bool {
+    let says_no = |k: &str| s.method_report.get(k).and_then(|v| v.as_bool()) == Some(false);
+    !(says_no("converged") || says_no("admm_converged"))
 }
 
 fn read_summary(dir: &Path) -> anyhow::Result<Summary> {
@@ -44,7 +56,8 @@ fn read_summary(dir: &Path) -> anyhow::Result<Summary> {
 
 /// The value of `metric` in a round of `s`; `None` where the run lacks it.
 /// Besides the evaluation metrics: `empty_rows`, `empty_cols` and
-/// `removable` (percent, unstructured pruning's row/column statistics).
+/// `removable` (percent, unstructured pruning's row/column statistics), and
+/// `select_seconds` (a structured run's time to choose its units).
 fn metric_of(s: &Summary, round: &Record, metric: &str, last: bool) -> Option<f64> {
     let Record::Round { metrics, best, lines, .. } = round else { return None };
     if let Some(l) = lines {
@@ -57,6 +70,9 @@ fn metric_of(s: &Summary, round: &Record, metric: &str, last: bool) -> Option<f6
     }
     if let Some(m) = metric.strip_suffix("@best-epoch") {
         return best.as_ref().and_then(|b| b.metrics.get(m).copied());
+    }
+    if metric == "select_seconds" {
+        return s.structured.as_ref().filter(|_| last).map(|st| st.select_seconds);
     }
     if let Some(m) = metric.strip_suffix("@before-finetune") {
         return s.structured.as_ref().filter(|_| last).and_then(|st| st.metrics_before_finetune.get(m).copied());
@@ -90,6 +106,7 @@ fn points_of(spec: &Spec, job: &Job, s: &Summary, method: &str, dense: bool) -> 
                     metric: metric.clone(),
                     value,
                     seed: s.seed,
+                    converged: *round == 0 || converged(s),
                 });
             }
         }
@@ -135,6 +152,7 @@ pub fn collect(spec: &Spec, plan: &Plan) -> anyhow::Result<Vec<Point>> {
                     metric: metric.clone(),
                     value,
                     seed: s.seed,
+                    converged: true,
                 });
             }
         }
@@ -153,14 +171,24 @@ pub fn collect(spec: &Spec, plan: &Plan) -> anyhow::Result<Vec<Point>> {
 }
 
 /// The CSV: one row per run, sparsity and metric (the columns of a run's
-/// `results.csv`, with the table's method names).
+/// `results.csv`, with the table's method names). A run that did not
+/// converge keeps its rows and gets one more, metric `converged`, value 0.
 pub fn csv(points: &[Point]) -> String {
     let mut out = String::from("model,data,method,sparsity,metric,value,seed\n");
+    let row = |p: &Point, metric: &str, value: f64| {
+        format!("{},{},{},{:.6},{},{:.4},{}\n", p.model, p.data, p.method, p.sparsity, metric, value, p.seed)
+    };
+    let mut flagged = Vec::new();
     for p in points {
-        out +=
-            &format!("{},{},{},{:.6},{},{:.4},{}\n", p.model, p.data, p.method, p.sparsity, p.metric, p.value, p.seed);
+        out += &row(p, &p.metric, p.value);
+        if !p.converged {
+            let flag = row(p, "converged", 0.0);
+            if !flagged.contains(&flag) {
+                flagged.push(flag);
+            }
+        }
     }
-    out
+    out + &flagged.concat()
 }
 
 /// The task of a CSV row (which has no task column): the spec's task whose
@@ -188,13 +216,20 @@ pub fn points_from_csv(spec: &Spec, text: &str) -> anyhow::Result<Vec<Point>> {
     if header != "model,data,method,sparsity,metric,value,seed" {
         bail!("not a table's results.csv: header `{header}`");
     }
-    let mut points = Vec::new();
+    let mut points: Vec<Point> = Vec::new();
+    let mut failed_runs = Vec::new();
     for (i, line) in lines.filter(|(_, l)| !l.trim().is_empty()) {
         let row = || format!("line {}", i + 1);
         let f: Vec<&str> = line.split(',').collect();
         let [model, data, method, sparsity, metric, value, seed] = f[..] else {
             bail!("{}: expected 7 fields, found {}", row(), f.len());
         };
+        if metric == "converged" {
+            if value.parse::<f64>().with_context(|| format!("{}: value `{value}`", row()))? < 0.5 {
+                failed_runs.push((model, data, method, sparsity, seed));
+            }
+            continue;
+        }
         let task = task_of(spec, data).with_context(|| {
             format!("{}: data `{data}` names no single task of the spec (the task of a row is the one its data name ends with)", row())
         })?;
@@ -208,7 +243,20 @@ pub fn points_from_csv(spec: &Spec, text: &str) -> anyhow::Result<Vec<Point>> {
             metric: metric.to_string(),
             value: value.parse().with_context(|| format!("{}: value `{value}`", row()))?,
             seed: seed.parse().with_context(|| format!("{}: seed `{seed}`", row()))?,
+            converged: true,
         });
+    }
+    for (model, data, method, sparsity, seed) in failed_runs {
+        let (sparsity, seed) = (sparsity.parse::<f64>().ok(), seed.parse::<u64>().ok());
+        for p in points.iter_mut().filter(|p| {
+            p.model == model
+                && p.data == data
+                && p.method == method
+                && Some(p.sparsity) == sparsity
+                && Some(p.seed) == seed
+        }) {
+            p.converged = false;
+        }
     }
     Ok(points)
 }
@@ -248,5 +296,46 @@ mod tests {
         let e = points_from_csv(&spec, &bad).unwrap_err().to_string();
         assert!(e.contains("line 2") && e.contains("glue-sst2"), "{e}");
         assert!(points_from_csv(&spec, "a,b\n").is_err());
+    }
+
+    /// A run whose method did not converge is kept in the CSV (its values
+    /// and a `converged = 0` row), shown as "not converged" in the table,
+    /// left out of the cell's mean, and leaves the claim undecided there.
+    #[test]
+    fn a_run_that_did_not_converge_is_not_a_result() {
+        use crate::table::claims::{check_claims, Verdict};
+        use crate::table::fixtures::{opts, SPEC};
+        use crate::table::report::report_markdown;
+        let spec = parse_spec(SPEC).unwrap();
+        let mut points = Vec::new();
+        for seed in [0, 1, 2] {
+            points.push(point("a", 0.5, 90.0 + seed as f64, seed));
+            points.push(point("b", 0.5, 80.0 + seed as f64, seed));
+            // At 70%, a's seed 1 ran out of budget before its criterion.
+            points.push(Point { converged: seed != 1, ..point("a", 0.7, 85.0 + seed as f64, seed) });
+            points.push(point("b", 0.7, 70.0 + seed as f64, seed));
+        }
+        let text = csv(&points);
+        assert_eq!(
+            text.lines().filter(|l| l.contains(",converged,")).collect::<Vec<_>>(),
+            ["m,d,a,0.700000,converged,0.0000,1"]
+        );
+        let back = points_from_csv(&spec, &text).unwrap();
+        assert_eq!(back, points);
+
+        let sec = sections(&spec, &back);
+        let agg = &sec[0].aggs[0];
+        assert!(!agg.cells["a"].contains_key(&700) && agg.cells["a"].contains_key(&500));
+        assert_eq!(agg.not_converged["a"][&700], (1, 3));
+        assert_eq!(agg.keys(), [500, 700]);
+        let md = report_markdown(&spec, &crate::table::plan::plan(&spec, &opts()).unwrap(), &sec);
+        assert!(md.contains("| 70.0% | 30.0% | not converged (1 of 3 seeds) | 71.00 ± 1.00 |"), "{md}");
+        let (_, _, verdict, evidence) = check_claims(&spec, &sec).remove(0);
+        assert_eq!(verdict, Verdict::Inconclusive, "{evidence}");
+        assert!(evidence.contains("70.0%: a not converged (1 of 3 seeds)"), "{evidence}");
+
+        // Every seed converged: the same data decides the claim.
+        let all: Vec<Point> = points.iter().map(|p| Point { converged: true, ..p.clone() }).collect();
+        assert_eq!(check_claims(&spec, &sections(&spec, &all)).remove(0).2, Verdict::Pass);
     }
 }

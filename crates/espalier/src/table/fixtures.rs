@@ -56,6 +56,7 @@ pub(super) fn point(method: &str, sparsity: f64, value: f64, seed: u64) -> Point
         metric: "accuracy".into(),
         value,
         seed,
+        converged: true,
     }
 }
 

@@ -7,19 +7,14 @@ use std::path::Path;
 use anyhow::Context;
 use espalier_core::checkpoint::write_atomic;
 
-use super::aggregate::{key, nearest, pct, reference_at, reference_for, sections, Aggregate, Section, Stat};
+use super::aggregate::{key, nearest, pct, reference_at, reference_for, sections, Aggregate, Section};
 use super::claims::claims_markdown;
 use super::collect::{collect, csv, points_from_csv};
 use super::plan::Plan;
 use super::spec::{Spec, XAxis};
 
 fn markdown_table(spec: &Spec, agg: &Aggregate) -> String {
-    let keys: Vec<i64> = {
-        let mut k: Vec<i64> = agg.cells.values().flat_map(|m| m.keys().copied()).collect();
-        k.sort_unstable();
-        k.dedup();
-        k
-    };
+    let keys = agg.keys();
     let with_setting = !agg.settings.is_empty();
     let mut md = String::from("| sparsity | weights left |");
     let mut rule = String::from("|---:|---:|");
@@ -38,7 +33,12 @@ fn markdown_table(spec: &Spec, agg: &Aggregate) -> String {
             md += &format!(" {} |", agg.settings.get(&k).map(|v| v.join(", ")).unwrap_or_default());
         }
         for m in &spec.method {
-            let ours = agg.cells.get(&m.name).and_then(|c| c.get(&k)).map_or("–".to_string(), Stat::text);
+            let nc = agg.not_converged.get(&m.name).and_then(|c| c.get(&k));
+            let ours = match (agg.cells.get(&m.name).and_then(|c| c.get(&k)), nc) {
+                (_, Some((bad, n))) => format!("not converged ({bad} of {n} seeds)"),
+                (Some(s), None) => s.text(),
+                (None, None) => "–".to_string(),
+            };
             match reference_at(spec, agg, &m.name, k) {
                 Some(r) => md += &format!(" {ours} (paper {:.2}) |", r.value),
                 None => md += &format!(" {ours} |"),

@@ -51,7 +51,8 @@ pub struct TableMeta {
     pub description: String,
     /// Metrics reported; the first is plotted and checked by the claims.
     /// `m` is the last epoch's metric of a round, `m@best-epoch` its best
-    /// epoch's, `m@before-finetune` a structured run's before fine-tuning.
+    /// epoch's, `m@before-finetune` a structured run's before fine-tuning;
+    /// `select_seconds` a structured run's time to choose its units.
     pub metrics: Vec<String>,
     /// The scale used unless `--scale` says otherwise.
     pub scale: String,
