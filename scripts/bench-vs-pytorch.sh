@@ -1,20 +1,27 @@
 #!/usr/bin/env bash
-# Issue #8's benchmark suite: every `espalier bench` training workload next to
-# its PyTorch counterpart (scripts/bench_pytorch.py: same shapes, optimizer
-# settings and thread count), alternating Espalier and PyTorch processes for
-# ROUNDS rounds (the order flips every round), each process timing REPEATS
-# epochs/steps after a warm-up. Prints a table of medians (over rounds of the
-# per-process medians), the time ratio Espalier/PyTorch and the peak RSS of
-# each process (Espalier: VmHWM; PyTorch: ru_maxrss, the interpreter and torch
-# included), and writes it to results/perf/bench-vs-pytorch.md with the machine
-# description, date and git revision.
+# Issues #8 and #25's benchmark suite: every `espalier bench` training workload
+# next to its PyTorch counterpart (scripts/bench_pytorch.py: same shapes,
+# optimizer settings and thread count), then the forward pass of the same
+# models at batch 1 and 32 (`--infer`; PyTorch under torch.inference_mode()),
+# then the f32 GEMM rate of both (`gemm`), alternating Espalier and PyTorch
+# processes for ROUNDS rounds (the order flips every round), each process
+# timing REPEATS epochs/steps/passes after a warm-up. Prints a table of medians
+# (over rounds of the per-process medians), the time ratio Espalier/PyTorch,
+# each side's achieved GFLOP/s (the model's FLOP count: a training step counts
+# three forward passes) and its share of the measured GEMM peak (the fastest
+# GEMM row of the run), and the peak RSS of each process (Espalier: VmHWM;
+# PyTorch: ru_maxrss, the interpreter and torch included), and writes it to
+# results/perf/bench-vs-pytorch.md with the machine description, date and git
+# revision.
 #
 # By hand only (needs PyTorch + transformers, never in CI):
 #   python3 -m venv /opt/torchref && /opt/torchref/bin/pip install torch transformers
 #   scripts/bench-vs-pytorch.sh [ROUNDS] [REPEATS]
 # Environment: THREADS (default: nproc), PY, MODEL (all-MiniLM-L6-v2), DATA
 # (the data root holding mnist/), WORKLOADS (default: all; a subset of
-# "mnist minilm bert-base resnet20 resnet18"), RUN_DIR (optional: a structured
+# "mnist minilm bert-base resnet20 resnet18"), INFER (the same names, for the
+# forward passes; default all; empty for none), INFER_BATCHES (default 1,32),
+# GEMM_SIZE (default 2048; 0 for no GEMM rows), RUN_DIR (optional: a structured
 # MLP run whose dense vs shrunk inference latency `espalier bench RUN_DIR` and
 # `bench_pytorch.py latency --run-dir RUN_DIR` add, alternating per round), OUT (default results/perf/bench-vs-pytorch.md), NOTE (a line
 # about the machine's state, e.g. "shared with other jobs").
@@ -24,7 +31,10 @@ ROUNDS=${1:-2} REPEATS=${2:-3} THREADS=${THREADS:-$(nproc)}
 PY=${PY:-/opt/torchref/bin/python}
 MODEL=${MODEL:-../shared/models/all-MiniLM-L6-v2}
 DATA=${DATA:-../shared/data}
-WORKLOADS=${WORKLOADS:-mnist minilm bert-base resnet20 resnet18}
+WORKLOADS=${WORKLOADS-mnist minilm bert-base resnet20 resnet18}
+INFER=${INFER-mnist minilm bert-base resnet20 resnet18}
+INFER_BATCHES=${INFER_BATCHES:-1,32}
+GEMM_SIZE=${GEMM_SIZE:-2048}
 OUT=${OUT:-results/perf/bench-vs-pytorch.md}
 NOTE=${NOTE:-}
 cargo build --release -p espalier -q
@@ -33,9 +43,14 @@ TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 touch "$TMP/rows"
 
-# The Espalier command of a workload (rows named like PyTorch's).
+# The Espalier command of a workload (rows named like PyTorch's): training
+# workloads, `infer:<w>` forward passes, `gemm`.
 es_cmd() {
   case $1 in
+    gemm) echo "$ES bench gemm --gemm-size $GEMM_SIZE" ;;
+    infer:minilm) echo "$ES bench bert --infer --model-dir $MODEL --seq-len 128 --batch-sizes $INFER_BATCHES" ;;
+    infer:bert-base) echo "$ES bench bert-base --infer --layers 4 --seq-len 128 --batch-sizes $INFER_BATCHES" ;;
+    infer:*) echo "$ES bench ${1#infer:} --infer --batch-sizes $INFER_BATCHES" ;;
     mnist) echo "$ES --data-dir $DATA bench mnist --no-reference" ;;
     minilm) echo "$ES bench bert --model-dir $MODEL --batch-size 32 --seq-len 128 --no-reference" ;;
     bert-base) echo "$ES bench bert-base --layers 4 --batch-size 8 --seq-len 128 --no-reference" ;;
@@ -46,6 +61,8 @@ es_cmd() {
 }
 pt_cmd() {
   case $1 in
+    gemm) echo "$PY scripts/bench_pytorch.py gemm --gemm-size $GEMM_SIZE" ;;
+    infer:*) echo "$PY scripts/bench_pytorch.py ${1#infer:} --infer --model $MODEL --layers 4 --seq-len 128 --batch-sizes $INFER_BATCHES" ;;
     mnist) echo "$PY scripts/bench_pytorch.py mnist --mnist $DATA/mnist" ;;
     minilm) echo "$PY scripts/bench_pytorch.py minilm --model $MODEL --batch-size 32 --seq-len 128" ;;
     bert-base) echo "$PY scripts/bench_pytorch.py bert-base --layers 4 --batch-size 8 --seq-len 128" ;;
@@ -54,14 +71,15 @@ pt_cmd() {
   esac
 }
 
-# Rows "framework workload median_s peak_rss_mib" go to $TMP/rows.
+# Rows "framework workload median_s peak_rss_mib base_rss_mib gflops" ("-"
+# where there is none) go to $TMP/rows.
 run_es() {
   RAYON_NUM_THREADS=$THREADS $(es_cmd "$1") --repeats "$REPEATS" --quiet |
-    awk '$1 != "workload" && NF >= 7 {print "espalier", $1, $3, $7}' | tee -a "$TMP/rows"
+    awk '$1 != "workload" && NF >= 8 {g = ($8 == "–") ? "-" : $8; print "espalier", $1, $3, $7, "-", g}' | tee -a "$TMP/rows"
 }
 run_pt() {
   $(pt_cmd "$1") --repeats "$REPEATS" --threads "$THREADS" 2>/dev/null |
-    awk '$1 == "RESULT" {split($3, m, "="); split($6, r, "="); split($7, b, "="); print "pytorch", $2, m[2], r[2], b[2]}' | tee -a "$TMP/rows"
+    awk '$1 == "RESULT" {split($3, m, "="); split($6, r, "="); split($7, b, "="); print "pytorch", $2, m[2], r[2], b[2], "-"}' | tee -a "$TMP/rows"
 }
 
 CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
@@ -70,7 +88,10 @@ TORCH=$("$PY" -c 'import torch, transformers; print(f"torch {torch.__version__},
 REV=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- crates scripts || echo "+dirty")
 START=$(date -u) LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "# $(nproc) cores ($CPU), $MEM, $THREADS threads, git $REV, $TORCH, load $LOAD0"
-for w in $WORKLOADS; do
+JOBS="$WORKLOADS"
+for w in $INFER; do JOBS+=" infer:$w"; done
+[ "$GEMM_SIZE" -gt 0 ] && JOBS+=" gemm"
+for w in $JOBS; do
   for r in $(seq "$ROUNDS"); do
     echo "## $w round $r" >&2
     if [ $((r % 2)) -eq 1 ]; then run_es "$w"; run_pt "$w"; else run_pt "$w"; run_es "$w"; fi
@@ -91,23 +112,32 @@ END=$(date -u) LOAD1=$(cut -d' ' -f1-3 /proc/loadavg)
 TABLE=$(python3 - "$TMP/rows" <<'PY'
 import collections, statistics, sys
 rows = collections.defaultdict(lambda: collections.defaultdict(list))
+flops = {}  # FLOPs per repetition, from Espalier's GFLOP/s (the same work on both sides)
 for line in open(sys.argv[1]):
-    fw, w, t, m, *base = line.split()
+    fw, w, t, m, base, g = line.split()
     rows[w][fw].append((float(t), float(m)))
-    if base:
-        rows[w]["base"].append((0.0, float(base[0])))
+    if base != "-":
+        rows[w]["base"].append((0.0, float(base)))
+    if g != "-":
+        flops[w] = float(g) * 1e9 * float(t)
 if not rows:
     sys.exit(0)
-print("| workload | Espalier median s | PyTorch median s | time ratio E/P | Espalier peak RSS MiB | PyTorch peak RSS MiB | memory ratio E/P | PyTorch RSS after import MiB | per-round s (E; P) |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+nan = float("nan")
+med = {w: {fw: statistics.median(t for t, _ in v) for fw, v in d.items() if fw != "base"} for w, d in rows.items()}
+gemm = [w for w in rows if w.startswith("gemm-")]
+peak = max((flops[w] / med[w][fw] / 1e9 for w in gemm if w in flops for fw in med[w]), default=nan)
+print(f"GEMM peak of this run: {peak:.1f} GFLOP/s (the fastest f32 GEMM row below).")
+print()
+print("| workload | Espalier median s | PyTorch median s | time ratio E/P | Espalier GFLOP/s (% of peak) | PyTorch GFLOP/s (% of peak) | Espalier peak RSS MiB | PyTorch peak RSS MiB | memory ratio E/P | PyTorch RSS after import MiB | per-round s (E; P) |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
 for w, d in rows.items():
     e, p = d.get("espalier", []), d.get("pytorch", [])
-    me = statistics.median(t for t, _ in e) if e else float("nan")
-    mp = statistics.median(t for t, _ in p) if p else float("nan")
-    re, rp = max((m for _, m in e), default=float("nan")), max((m for _, m in p), default=float("nan"))
-    rb = max((m for _, m in d.get("base", [])), default=float("nan"))
-    per = ", ".join(f"{t:.3f}" for t, _ in e) + "; " + ", ".join(f"{t:.3f}" for t, _ in p)
-    print(f"| {w} | {me:.3f} | {mp:.3f} | {me / mp:.2f} | {re:.0f} | {rp:.0f} | {re / rp:.2f} | {rb:.0f} | {per} |")
+    me, mp = med[w].get("espalier", nan), med[w].get("pytorch", nan)
+    rate = lambda t: f"{flops[w] / t / 1e9:.1f} ({100 * flops[w] / t / 1e9 / peak:.0f}%)" if w in flops and t == t else "–"
+    re, rp = max((m for _, m in e), default=nan), max((m for _, m in p), default=nan)
+    rb = max((m for _, m in d.get("base", [])), default=nan)
+    per = ", ".join(f"{t:.4g}" for t, _ in e) + "; " + ", ".join(f"{t:.4g}" for t, _ in p)
+    print(f"| {w} | {me:.4g} | {mp:.4g} | {me / mp:.2f} | {rate(me)} | {rate(mp)} | {re:.0f} | {rp:.0f} | {re / rp:.2f} | {rb:.0f} | {per} |")
 PY
 )
 echo "$TABLE"
@@ -115,7 +145,7 @@ echo "$TABLE"
 
 mkdir -p "$(dirname "$OUT")"
 {
-  echo "# Espalier vs PyTorch: issue #8's benchmark suite"
+  echo "# Espalier vs PyTorch: the benchmark suite of issues #8 and #25"
   echo
   echo "Output of \`scripts/bench-vs-pytorch.sh $ROUNDS $REPEATS\` (THREADS=$THREADS)."
   echo

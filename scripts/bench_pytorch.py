@@ -17,9 +17,15 @@ Workloads, with the shapes and optimizer settings of crates/espalier/src/bench.r
              momentum 0.9, wd 5e-4)
   resnet18   ResNet-18 with the CIFAR stem (3x3/1 conv, no max-pool), 10 classes,
              batch 32 x 3x32x32, the same SGD
+  gemm       Y = X W^T for --gemm-size square f32 matrices (torch.matmul): the peak
+             the suite sets every workload's GFLOP/s beside
   latency    forward latency (inference mode) of a structured MLP run's dense model
              (checkpoint.safetensors) and shrunk model (model.safetensors), rebuilt from
              their weight shapes, alternating, at --batch-sizes (as `espalier bench RUN_DIR`)
+
+With --infer, mnist / minilm / bert-base / resnet20 / resnet18 time the model's forward
+pass under torch.inference_mode() (eval mode) at each of --batch-sizes instead, printing
+`RESULT <name>-infer-<b>[x<seq>] median_s=...` per batch size (as `espalier bench W --infer`).
 
 Each step computes the loss, the gradients, the update, and reads back the loss
 and the number of correct predictions (as Espalier's trainer does). Every workload
@@ -249,6 +255,79 @@ def bench_resnet18(args):
     bench_resnet(args, f"resnet18-cifar-step-{b}", ResNet([2, 2, 2, 2], [64, 128, 256, 512], "B"), b)
 
 
+# --- Inference of the training workloads' models, and the GEMM rate ---------
+
+
+def lenet300():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 10))
+
+
+def infer_model(args):
+    """(row name, model, input maker for a batch size) of --infer."""
+    torch.manual_seed(0)
+    if args.workload == "mnist":
+        return "lenet300", lenet300(), lambda b: torch.rand(b, 784)
+    if args.workload in ("minilm", "bert-base"):
+        if args.workload == "minilm":
+            import transformers
+            from transformers import AutoModelForSequenceClassification
+
+            transformers.logging.set_verbosity_error()
+            model, name = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=2), "bert"
+        else:
+            from transformers import BertConfig, BertForSequenceClassification
+
+            model = BertForSequenceClassification(BertConfig(num_hidden_layers=args.layers, num_labels=2))
+            name = f"bert-base-{args.layers}l"
+        vocab, n = model.config.vocab_size, args.seq_len
+
+        def tokens(b):
+            ids = torch.randint(1000, vocab, (b, n))
+            ids[:, 0] = 101
+            return {
+                "input_ids": ids,
+                "token_type_ids": torch.zeros((b, n), dtype=torch.long),
+                "attention_mask": torch.ones((b, n), dtype=torch.long),
+            }
+
+        return name, model, tokens
+    nets = {"resnet20": ("resnet20", ResNet([3, 3, 3], [16, 32, 64], "A")),
+            "resnet18": ("resnet18-cifar", ResNet([2, 2, 2, 2], [64, 128, 256, 512], "B"))}
+    name, model = nets[args.workload]
+    return name, model, lambda b: torch.randn(b, 3, 32, 32)
+
+
+@torch.inference_mode()
+def bench_infer(args):
+    name, model, make = infer_model(args)
+    model.eval()
+    tokens = args.workload in ("minilm", "bert-base")
+    for b in args.batch_sizes:
+        x = make(b)
+        times = []
+        for rep in range(1 + args.repeats):
+            t = time.perf_counter()
+            out = model(**x) if isinstance(x, dict) else model(x)
+            getattr(out, "logits", out).sum().item()
+            if rep > 0:
+                times.append(time.perf_counter() - t)
+        report(f"{name}-infer-{b}x{args.seq_len}" if tokens else f"{name}-infer-{b}", times)
+
+
+@torch.inference_mode()
+def bench_gemm(args):
+    n = args.gemm_size
+    x, w = torch.randn(n, n), torch.randn(n, n)
+    times = []
+    for rep in range(1 + args.repeats):
+        t = time.perf_counter()
+        torch.matmul(x, w.t()).sum().item()
+        if rep > 0:
+            times.append(time.perf_counter() - t)
+    report(f"gemm-{n}", times)
+
+
 # --- Inference latency of a structured run (MLP) ----------------------------
 
 
@@ -306,6 +385,7 @@ WORKLOADS = {
     "resnet20": bench_resnet20,
     "resnet18": bench_resnet18,
     "latency": bench_latency,
+    "gemm": bench_gemm,
 }
 
 
@@ -322,9 +402,16 @@ def main():
     p.add_argument("--mnist", default="../shared/data/mnist")
     p.add_argument("--run-dir", help="latency: a structured MLP run (checkpoint.safetensors, model.safetensors)")
     p.add_argument("--batch-sizes", type=lambda v: [int(x) for x in v.split(",")], default=[1, 32, 256])
+    p.add_argument("--infer", action="store_true", help="time the forward pass at --batch-sizes instead")
+    p.add_argument("--gemm-size", type=int, default=2048)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    WORKLOADS[args.workload](args)
+    if args.infer:
+        if args.workload not in ("mnist", "minilm", "bert-base", "resnet20", "resnet18"):
+            p.error(f"--infer times mnist, minilm, bert-base, resnet20 or resnet18, not {args.workload}")
+        bench_infer(args)
+    else:
+        WORKLOADS[args.workload](args)
 
 
 if __name__ == "__main__":

@@ -148,15 +148,22 @@ enum Command {
     /// or, given a structured run's directory, the inference latency of its
     /// dense and shrunk models side by side.
     Bench {
-        /// `mnist`, `bert`, `bert-base`, `resnet20`, `resnet18`, or a run
-        /// directory: of a structured run (dense vs shrunk inference
-        /// latency) or of an unstructured / N:M run (its masked model through
-        /// the dense vs the sparse kernels).
+        /// `mnist`, `bert`, `bert-base`, `resnet20`, `resnet18`, `gemm` (the
+        /// machine's f32 GEMM rate), or a run directory: of a structured run
+        /// (dense vs shrunk inference latency) or of an unstructured / N:M
+        /// run (its masked model through the dense vs the sparse kernels).
         #[arg(default_value = "mnist")]
         workload: String,
-        /// Batch sizes for a run directory's latency.
+        /// Time the workload's forward pass (inference mode) at
+        /// `--batch-sizes` instead of its training steps.
+        #[arg(long)]
+        infer: bool,
+        /// Batch sizes for a run directory's latency and for `--infer`.
         #[arg(long, value_delimiter = ',', default_value = "1,32,256")]
         batch_sizes: Vec<usize>,
+        /// Matrix side of `gemm`.
+        #[arg(long, default_value_t = 2048)]
+        gemm_size: usize,
         /// The pretrained model for `bert`.
         #[arg(long, default_value = "../shared/models/all-MiniLM-L6-v2")]
         model_dir: PathBuf,
@@ -474,7 +481,9 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench {
             workload,
+            infer,
             batch_sizes,
+            gemm_size,
             model_dir,
             seq_len,
             mnist,
@@ -556,6 +565,12 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             use espalier::bench::StepWorkload;
             let (reps, reference) = (repeats.max(1), !no_reference);
             let results = match workload.as_str() {
+                "gemm" => espalier::bench::infer::gemm_peak(gemm_size, reps)?,
+                w if infer => {
+                    let (name, model) = espalier::bench::infer::model(w, &model_dir, layers)
+                        .map_err(|e| ConfigError(format!("bench --infer: {e:#}")))?;
+                    espalier::bench::infer::latency(&name, model.as_ref(), &batch_sizes, seq_len, reps)?
+                }
                 "mnist" => {
                     espalier::bench::mnist_epochs(&data_root, &mnist, batch_size.unwrap_or(128), reps, reference)?
                 }
@@ -568,19 +583,26 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 other => {
                     return Err(ConfigError(format!(
                         "unknown bench workload `{other}`: expected `mnist`, `bert`, `bert-base`, `resnet20`, \
-                         `resnet18` or a run directory"
+                         `resnet18`, `gemm` or a run directory"
                     ))
                     .into())
                 }
             };
             println!(
-                "{:<38} {:>8} {:>10} {:>8} {:>8} {:>12} {:>14}",
-                "workload", "repeats", "median s", "min s", "max s", "examples/s", "peak RSS MiB"
+                "{:<38} {:>8} {:>10} {:>9} {:>9} {:>12} {:>14} {:>9}",
+                "workload", "repeats", "median s", "min s", "max s", "examples/s", "peak RSS MiB", "GFLOP/s"
             );
             for r in &results {
                 println!(
-                    "{:<38} {:>8} {:>10.3} {:>8.3} {:>8.3} {:>12.0} {:>14.0}",
-                    r.workload, r.repeats, r.median_s, r.min_s, r.max_s, r.examples_per_s, r.peak_rss_mib
+                    "{:<38} {:>8} {:>10.6} {:>9.6} {:>9.6} {:>12.0} {:>14.0} {:>9}",
+                    r.workload,
+                    r.repeats,
+                    r.median_s,
+                    r.min_s,
+                    r.max_s,
+                    r.examples_per_s,
+                    r.peak_rss_mib,
+                    r.gflops.map_or("–".to_string(), |g| format!("{g:.1}"))
                 );
             }
             if let Some(p) = json {

@@ -10,7 +10,15 @@
 //! - `bert-base`: a training step of a randomly initialised BERT-base-shaped
 //!   encoder (4 layers, hidden 768, 12 heads, FFN 3072) at batch 8 × 128;
 //! - `resnet20`, `resnet18`: SGD training steps of a CIFAR ResNet-20 at batch
-//!   128 and of a ResNet-18 with the CIFAR stem at batch 32, 3×32×32 inputs.
+//!   128 and of a ResNet-18 with the CIFAR stem at batch 32, 3×32×32 inputs;
+//! - with `--infer`, the forward pass (inference mode) of the same models
+//!   (`mnist`: LeNet-300-100) at each batch size ([`infer`]);
+//! - `gemm`: the machine's dense f32 GEMM rate, the yardstick of every
+//!   workload's GFLOP/s ([`infer::gemm_peak`]).
+//!
+//! Training rows carry their achieved GFLOP/s where the model counts its
+//! FLOPs: three times the forward pass's (the backward pass costs about
+//! two forward passes: the gradients of the inputs and of the weights).
 //!
 //! Every result carries the process's peak resident memory so far (VmHWM).
 //! Machines are noisy: compare medians and ratios from one invocation, not
@@ -25,6 +33,8 @@ use espalier_models::{MlpConfig, ModelConfig};
 use espalier_train::trainer::PhasePos;
 use espalier_train::{LrSchedule, OptimizerConfig, Trainer, TrainerOptions};
 use serde::Serialize;
+
+pub mod infer;
 
 /// One benchmark result.
 #[derive(Clone, Debug, Serialize)]
@@ -46,6 +56,9 @@ pub struct BenchResult {
     /// Peak resident memory of the process when the result was taken, MiB
     /// (`VmHWM`; 0 where /proc is absent).
     pub peak_rss_mib: f64,
+    /// Achieved GFLOP/s at the median, where the FLOPs are counted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gflops: Option<f64>,
 }
 
 impl BenchResult {
@@ -61,9 +74,20 @@ impl BenchResult {
             max_s: times.iter().cloned().fold(0.0, f64::max),
             examples_per_s: examples as f64 / med,
             peak_rss_mib: peak_rss_mib().unwrap_or(0.0),
+            gflops: None,
         }
     }
+
+    /// With the GFLOP/s of `flops` per repetition at the median.
+    pub fn with_flops(mut self, flops: Option<f64>) -> Self {
+        self.gflops = flops.map(|f| f / self.median_s / 1e9);
+        self
+    }
 }
+
+/// A training step's FLOPs per forward pass's: the backward pass computes
+/// the gradients of the inputs and of the weights, each about one forward.
+pub const TRAIN_FLOPS: f64 = 3.0;
 
 /// Peak resident set size of this process in MiB (`VmHWM` in
 /// /proc/self/status), `None` where that is not available.
@@ -149,10 +173,12 @@ pub fn mnist_epochs(
             tracing::info!(workload = optimizers[i].0, rep, seconds = format!("{s:.3}"), "epoch");
         }
     }
+    let n = espalier_data::Dataset::len(&data);
+    let flops = model.flops(0).map(|f| TRAIN_FLOPS * f * n as f64);
     Ok(optimizers
         .iter()
         .zip(times)
-        .map(|(&(name, _, _), t)| BenchResult::from_times(name, espalier_data::Dataset::len(&data), &t))
+        .map(|(&(name, _, _), t)| BenchResult::from_times(name, n, &t).with_flops(flops))
         .collect())
 }
 
@@ -205,6 +231,7 @@ pub fn bert_steps(
     let vocab = model.bert_config().vocab_size;
     let workload = StepWorkload {
         name: format!("bert-step-{batch_size}x{seq_len}"),
+        flops: espalier_models::Model::flops(&model, seq_len),
         model: Box::new(model),
         data: Box::new(SyntheticTokens { n: batch_size, seq_len, vocab }),
         optimizer: bert_adamw(),
@@ -257,6 +284,9 @@ pub struct StepWorkload {
     data: Box<dyn espalier_data::Dataset>,
     optimizer: OptimizerConfig,
     clip_grad_norm: Option<f64>,
+    /// Forward FLOPs of one example, where the model counts them at the
+    /// workload's input size.
+    flops: Option<f64>,
 }
 
 /// SGD with momentum as for CIFAR ResNets (He et al. 2016, §4.2).
@@ -294,13 +324,10 @@ impl StepWorkload {
         size: usize,
     ) -> anyhow::Result<Self> {
         let data = SyntheticImages::new(batch_size, [cfg.in_channels, size, size], cfg.num_classes);
-        Ok(StepWorkload {
-            name,
-            model: ModelConfig::Resnet(cfg).init(0, &Device::Cpu)?,
-            data: Box::new(data),
-            optimizer: resnet_sgd(),
-            clip_grad_norm: None,
-        })
+        let model = ModelConfig::Resnet(cfg).init(0, &Device::Cpu)?;
+        // The ResNet FLOP count is for 32×32 images.
+        let flops = if size == 32 { model.flops(0) } else { None };
+        Ok(StepWorkload { name, model, data: Box::new(data), optimizer: resnet_sgd(), clip_grad_norm: None, flops })
     }
 
     /// A randomly initialised BERT-base-shaped encoder (hidden 768, 12
@@ -321,9 +348,11 @@ impl StepWorkload {
 
     fn bert(name: String, cfg: espalier_models::BertConfig, batch_size: usize, seq_len: usize) -> anyhow::Result<Self> {
         let vocab = cfg.vocab_size;
+        let model = ModelConfig::Bert(cfg).init(0, &Device::Cpu)?;
         Ok(StepWorkload {
             name,
-            model: ModelConfig::Bert(cfg).init(0, &Device::Cpu)?,
+            flops: model.flops(seq_len),
+            model,
             data: Box::new(SyntheticTokens { n: batch_size, seq_len, vocab }),
             optimizer: bert_adamw(),
             clip_grad_norm: Some(1.0),
@@ -380,7 +409,12 @@ impl StepWorkload {
                 tracing::info!(workload = variants[i].0, rep, seconds = format!("{s:.3}"), "step");
             }
         }
-        Ok(variants.iter().zip(times).map(|((name, _), t)| BenchResult::from_times(name, batch_size, &t)).collect())
+        let flops = self.flops.map(|f| TRAIN_FLOPS * f * batch_size as f64);
+        Ok(variants
+            .iter()
+            .zip(times)
+            .map(|((name, _), t)| BenchResult::from_times(name, batch_size, &t).with_flops(flops))
+            .collect())
     }
 }
 
@@ -406,7 +440,7 @@ pub struct LatencyResult {
 
 /// A synthetic batch the model takes: dense inputs for an MLP, token
 /// sequences (all tokens real) for BERT.
-fn synthetic_batch(
+pub(crate) fn synthetic_batch(
     model: &dyn espalier_models::Model,
     n: usize,
     seq_len: usize,
@@ -444,7 +478,7 @@ fn synthetic_batch(
 
 /// Median milliseconds of the forward pass (inference mode) of each model on
 /// `batch`, alternating, `repeats` times after one warm-up.
-fn median_latencies(
+pub(crate) fn median_latencies(
     models: &[&dyn espalier_models::Model],
     batch: &espalier_data::Batch,
     repeats: usize,
