@@ -918,6 +918,38 @@ fn cifar_resnet_runs_resumes_and_evaluates() {
         run_blocks(&parts, max);
     }
     assert_same_run(&parts, &b);
+    // Two passes at rising sparsity (structured.passes): each keeps
+    // 0.25^(1/2) = 1/2 of what it finds, so 16 → 8 → 4 channels, with a
+    // fine-tuning epoch between; the same when stopped and resumed.
+    let passes = blocks
+        .replace("method = \"ispasp\"", "method = \"activation\"")
+        .replace("keep_ratio = 0.5", "keep_ratio = 0.25")
+        .replace(
+            "block_by_block = true\nblock_finetune_epochs = 1\nblock_finetune_lr = 0.005\n",
+            "passes = 2\npass_finetune_epochs = 1\n",
+        );
+    let pcfg = write_config(tmp.path(), "passes.toml", &passes);
+    let run_passes = |d: &Path, max: Option<&str>| {
+        let mut args = vec!["run", pcfg.to_str().unwrap(), "--out", d.to_str().unwrap(), "--quiet"];
+        args.extend(max.map(|m| ["--max-epochs", m]).into_iter().flatten());
+        let o = bin().args(&args).arg("--data-dir").arg(&data).output().unwrap();
+        ok(&o);
+    };
+    let pd = run_dir(tmp.path(), "passes");
+    run_passes(&pd, None);
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(pd.join("summary.json")).unwrap()).unwrap();
+    for (set, n) in [("layer1.0.conv1", 16), ("layer2.0.conv1", 32), ("layer3.0.conv1", 64)] {
+        assert_eq!(summary["structured"]["widths"][set], serde_json::json!([n / 4, n]), "{summary}");
+    }
+    let m = metrics(&pd);
+    let rounds: Vec<u64> = m.iter().filter(|r| r["type"] == "round").map(|r| r["round"].as_u64().unwrap()).collect();
+    assert_eq!(rounds, [0, 1, 2], "one round per pass");
+    assert_eq!(m.iter().filter(|r| r["type"] == "epoch").count(), 2, "one epoch after each pass");
+    let pparts = run_dir(tmp.path(), "passes-parts");
+    for max in [Some("1"), None] {
+        run_passes(&pparts, max);
+    }
+    assert_same_run(&pparts, &pd);
     // Skipping the first block of every stage leaves nothing in a ResNet-8:
     // a config error before anything is written.
     let skip = write_config(

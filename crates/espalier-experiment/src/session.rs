@@ -310,7 +310,9 @@ impl<'a> Session<'a> {
                 let Session { exp, data, device, model, method, .. } = self;
                 with_context(exp, data, device, model.as_ref(), method.as_mut(), |m, cx| m.prune(cx, *sparsity))?;
             }
-            Action::Shrink { recalibrate_bn, sets } => self.shrink(*recalibrate_bn, sets.clone())?,
+            Action::Shrink { recalibrate_bn, sets, keep_ratio } => {
+                self.shrink(*recalibrate_bn, sets.clone(), *keep_ratio)?
+            }
         }
         Ok(())
     }
@@ -321,10 +323,11 @@ impl<'a> Session<'a> {
     /// to the first one's report: widths and residuals of its sets, its
     /// selection time, the parameters now, the metrics before fine-tuning
     /// now; the parameters before stay the dense model's.
-    fn shrink(&mut self, recalibrate: usize, sets: Option<Vec<String>>) -> Result<()> {
+    fn shrink(&mut self, recalibrate: usize, sets: Option<Vec<String>>, keep_ratio: Option<f64>) -> Result<()> {
         let Session { exp, data, device, model, method, .. } = self;
         let sel = with_context(exp, data, device, model.as_ref(), method.as_mut(), |m, cx| {
             cx.restrict(sets);
+            cx.set_pass_ratio(keep_ratio);
             m.select(cx)
         })?;
         let dense = self.model.as_ref();
@@ -365,7 +368,11 @@ impl<'a> Session<'a> {
         if let Some(prev) = self.progress.shrink.take() {
             dense_parameters = prev.dense_parameters;
             let mut r = prev.report;
-            r.widths.append(&mut report.widths);
+            // A set shrunk again (a later pass) keeps its original width.
+            for (name, (kept, size)) in std::mem::take(&mut report.widths) {
+                let before = r.widths.get(&name).map_or(size, |w| w.1);
+                r.widths.insert(name, (kept, before));
+            }
             r.residual.append(&mut report.residual);
             report = StructuredReport {
                 widths: r.widths,

@@ -103,6 +103,10 @@ pub enum Action {
         /// The group sets this shrink chooses ([`Context::only`]); `None`:
         /// every set the method selects.
         sets: Option<Vec<String>>,
+        /// The fraction of each set's current units this shrink keeps
+        /// ([`Context::pass_ratio`]; one pass of several); `None`: the
+        /// method's configured count.
+        keep_ratio: Option<f64>,
     },
 }
 
@@ -131,18 +135,31 @@ pub struct Context<'a> {
     pub seed: u64,
     calibration: &'a mut dyn FnMut(usize) -> Result<Vec<Batch>>,
     only: Option<Vec<String>>,
+    pass_ratio: Option<f64>,
 }
 
 impl<'a> Context<'a> {
     /// A context whose calibration sample comes from `calibration(n)`.
     pub fn new(model: &'a dyn Model, seed: u64, calibration: &'a mut dyn FnMut(usize) -> Result<Vec<Batch>>) -> Self {
-        Context { model, seed, calibration, only: None }
+        Context { model, seed, calibration, only: None, pass_ratio: None }
     }
 
     /// Restricts the next selection to these group sets (an
     /// [`Action::Shrink`]'s `sets`).
     pub fn restrict(&mut self, sets: Option<Vec<String>>) {
         self.only = sets;
+    }
+
+    /// Sets the fraction of each set's current units the next selection
+    /// keeps (an [`Action::Shrink`]'s `keep_ratio`).
+    pub fn set_pass_ratio(&mut self, ratio: Option<f64>) {
+        self.pass_ratio = ratio;
+    }
+
+    /// The fraction of each set's current units to keep in this pass, if
+    /// the shrink is one of several.
+    pub fn pass_ratio(&self) -> Option<f64> {
+        self.pass_ratio
     }
 
     /// The group sets a selection is restricted to, if any.

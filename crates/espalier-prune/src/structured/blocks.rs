@@ -51,7 +51,10 @@ pub fn plan(cfg: &StructuredConfig, dense_epochs: usize, steps: Vec<Vec<String>>
         phases.push(Phase {
             round: i + 1,
             length: Length::Epochs(cfg.block_finetune_epochs),
-            start: vec![Action::Shrink { recalibrate_bn: cfg.recalibrate_bn, sets: Some(sets) }, Action::NewOptimizer],
+            start: vec![
+                Action::Shrink { recalibrate_bn: cfg.recalibrate_bn, sets: Some(sets), keep_ratio: None },
+                Action::NewOptimizer,
+            ],
             lr: PhaseLr::Constant(cfg.block_finetune_lr),
         });
     }
@@ -110,7 +113,10 @@ mod tests {
         assert_eq!(p.phases.len(), 4);
         assert_eq!(p.phases[1].round, 1);
         assert_eq!(p.phases[1].lr, PhaseLr::Constant(Some(0.01)));
-        assert_eq!(p.phases[2].start[0], Action::Shrink { recalibrate_bn: 0, sets: Some(vec!["fc2".into()]) });
+        assert_eq!(
+            p.phases[2].start[0],
+            Action::Shrink { recalibrate_bn: 0, sets: Some(vec!["fc2".into()]), keep_ratio: None }
+        );
         assert_eq!((p.phases[3].round, p.phases[3].length, p.phases[3].lr), (2, Length::Epochs(5), PhaseLr::Schedule));
         // An MLP has no residual blocks to skip.
         let e = steps(m.as_ref(), &cfg(serde_json::json!({ "skip_last_block": true }))).unwrap_err();

@@ -58,7 +58,7 @@ use espalier_train::Regularizer;
 use serde::{Deserialize, Serialize};
 
 pub use crate::method::Selection;
-use crate::method::{Action, Context, Length, Method, Phase, Plan};
+use crate::method::{Action, Context, Length, Method, Phase, PhaseLr, Plan};
 use consumer::Consumer;
 
 /// How units are scored.
@@ -204,6 +204,25 @@ pub struct StructuredConfig {
     /// Leave the last block of every stage unpruned (residual networks).
     #[serde(default)]
     pub skip_last_block: bool,
+    /// Prune in this many passes at rising sparsity, each choosing on the
+    /// model the earlier passes (and their fine-tuning) left: pass `p` keeps
+    /// `round(units × keep_ratio^(1/passes))` of the units it finds, so that
+    /// after the last a set keeps about `keep_ratio` of its units (within
+    /// `passes` units of `int(N·keep_ratio)`). The iterative top-down passes
+    /// of layer-wise MI pruning (Fan et al. 2021); any one-pass criterion.
+    #[serde(default = "one")]
+    pub passes: usize,
+    /// Fine-tuning epochs after each pass but the last, at a constant
+    /// learning rate with a fresh optimizer (`passes > 1`).
+    #[serde(default)]
+    pub pass_finetune_epochs: usize,
+    /// Their learning rate (default: the optimizer's configured rate).
+    #[serde(default)]
+    pub pass_finetune_lr: Option<f64>,
+}
+
+fn one() -> usize {
+    1
 }
 
 fn default_calibration() -> usize {
@@ -260,6 +279,34 @@ impl StructuredConfig {
             if !(lr.is_finite() && lr > 0.0) {
                 return Err(format!("key `{path}.block_finetune_lr` must be a positive number, found {lr}"));
             }
+        }
+        self.validate_passes(path)
+    }
+
+    fn validate_passes(&self, path: &str) -> std::result::Result<(), String> {
+        if self.passes == 0 {
+            return Err(format!("key `{path}.passes` must be at least 1"));
+        }
+        if self.passes == 1 {
+            if self.pass_finetune_epochs > 0 || self.pass_finetune_lr.is_some() {
+                return Err(format!("keys `{path}.pass_finetune_*` need `{path}.passes` > 1"));
+            }
+            return Ok(());
+        }
+        if self.block_by_block {
+            return Err(format!("give `{path}.passes` or `{path}.block_by_block`, not both"));
+        }
+        if self.method.criterion(self).is_none() {
+            return Err(format!(
+                "key `{path}.passes` is for one-pass criteria; `{}` chooses its units by training",
+                self.method.key()
+            ));
+        }
+        if self.keep.is_some() {
+            return Err(format!("key `{path}.passes` needs `{path}.keep_ratio` (a fraction), not `{path}.keep`"));
+        }
+        if let Some(lr) = self.pass_finetune_lr.filter(|lr| !(lr.is_finite() && *lr > 0.0)) {
+            return Err(format!("key `{path}.pass_finetune_lr` must be a positive number, found {lr}"));
         }
         Ok(())
     }
@@ -353,18 +400,21 @@ pub trait Criterion: Send {
 /// Chooses the units to keep in the selected group sets of `model` with the
 /// one-pass criterion of `cfg.method`.
 pub fn select(model: &dyn Model, cfg: &StructuredConfig, calib: &[Batch], seed: u64) -> Result<Selection> {
-    select_only(model, cfg, calib, seed, None)
+    select_only(model, cfg, calib, seed, None, None)
 }
 
 /// [`select`] restricted to the selected sets named in `only` (one step of
 /// [`blocks`]); the random stream is then salted by the first set's place
-/// in the model, so that the steps draw differently.
+/// in the model, so that the steps draw differently. With `pass_ratio`
+/// (one of several passes) each set keeps `round(size·pass_ratio)` of its
+/// current units instead of the configured count.
 pub fn select_only(
     model: &dyn Model,
     cfg: &StructuredConfig,
     calib: &[Batch],
     seed: u64,
     only: Option<&[String]>,
+    pass_ratio: Option<f64>,
 ) -> Result<Selection> {
     let start = Instant::now();
     let Some(mut criterion) = cfg.method.criterion(cfg) else {
@@ -390,7 +440,10 @@ pub fn select_only(
     let order: Vec<&GroupSet> =
         if criterion.top_down() { owned.iter().rev().collect() } else { owned.iter().collect() };
     for set in order {
-        let k = cfg.kept(set.size);
+        let k = match pass_ratio {
+            Some(q) => ((set.size as f64 * q).round() as usize).clamp(1, set.size),
+            None => cfg.kept(set.size),
+        };
         // The consumer's view of the activations: i-SpaSP's residual, and the
         // output residual reported for every method.
         let consumer = if set.consumer.is_some() && !calib.is_empty() {
@@ -434,11 +487,19 @@ impl Structured {
 pub(crate) fn structured_plan(cfg: &StructuredConfig, dense_epochs: usize, extra: Option<Phase>) -> Plan {
     let mut phases = vec![Phase::new(0, Length::Epochs(dense_epochs), vec![])];
     phases.extend(extra);
-    phases.push(Phase::new(
-        1,
-        Length::Epochs(cfg.finetune_epochs),
-        vec![Action::Shrink { recalibrate_bn: cfg.recalibrate_bn, sets: None }, Action::NewOptimizer],
-    ));
+    let passes = cfg.passes.max(1);
+    // Pass p of P keeps keep_ratio^(1/P) of what it finds (P = 1: the
+    // configured count).
+    let ratio = (passes > 1).then(|| cfg.keep_ratio.unwrap_or(1.0).powf(1.0 / passes as f64));
+    for pass in 1..=passes {
+        let shrink = Action::Shrink { recalibrate_bn: cfg.recalibrate_bn, sets: None, keep_ratio: ratio };
+        let mut phase = Phase::new(pass, Length::Epochs(cfg.finetune_epochs), vec![shrink, Action::NewOptimizer]);
+        if pass < passes {
+            phase.length = Length::Epochs(cfg.pass_finetune_epochs);
+            phase.lr = PhaseLr::Constant(cfg.pass_finetune_lr);
+        }
+        phases.push(phase);
+    }
     Plan { phases, rewind_point: None }
 }
 
@@ -469,7 +530,7 @@ impl Method for Structured {
     /// for all of them.
     fn select(&mut self, cx: &mut Context) -> Result<Selection> {
         let calib = cx.calibration(self.cfg.calibration.max(1))?;
-        select_only(cx.model, &self.cfg, &calib, cx.seed, cx.only())
+        select_only(cx.model, &self.cfg, &calib, cx.seed, cx.only(), cx.pass_ratio())
     }
 }
 
@@ -508,6 +569,40 @@ mod tests {
     fn top_k_is_sorted_and_breaks_ties_by_index() {
         assert_eq!(top_k(&[1.0, 3.0, 3.0, 0.5, 2.0], 3), vec![1, 2, 4]);
         assert_eq!(top_k(&[1.0, 1.0, 1.0], 2), vec![0, 1]);
+    }
+
+    #[test]
+    fn passes_shrink_at_rising_sparsity_with_fine_tuning_between() {
+        let c: StructuredConfig = serde_json::from_str(
+            r#"{"method": "mi", "keep_ratio": 0.125, "passes": 3, "pass_finetune_epochs": 2,
+                "pass_finetune_lr": 1e-4, "finetune_epochs": 5}"#,
+        )
+        .unwrap();
+        assert!(c.validate("structured").is_ok());
+        let p = structured_plan(&c, 4, None);
+        assert_eq!(p.phases.len(), 4);
+        for (i, phase) in p.phases[1..].iter().enumerate() {
+            let Action::Shrink { keep_ratio: Some(q), sets: None, .. } = phase.start[0] else { panic!("{phase:?}") };
+            assert!((q - 0.5).abs() < 1e-12, "{q}");
+            assert_eq!(phase.round, i + 1);
+        }
+        assert_eq!((p.phases[1].length, p.phases[1].lr), (Length::Epochs(2), PhaseLr::Constant(Some(1e-4))));
+        assert_eq!((p.phases[3].length, p.phases[3].lr), (Length::Epochs(5), PhaseLr::Schedule));
+        // One pass: the configured count, as before.
+        let one: StructuredConfig = serde_json::from_str(r#"{"method": "mi", "keep_ratio": 0.125}"#).unwrap();
+        assert!(matches!(structured_plan(&one, 4, None).phases[1].start[0], Action::Shrink { keep_ratio: None, .. }));
+
+        for (bad, key) in [
+            (r#"{"method": "mi", "keep_ratio": 0.5, "passes": 0}"#, "passes"),
+            (r#"{"method": "mi", "keep": 10, "passes": 2}"#, "keep_ratio"),
+            (r#"{"method": "greg1", "keep_ratio": 0.5, "passes": 2}"#, "one-pass"),
+            (r#"{"method": "mi", "keep_ratio": 0.5, "passes": 2, "block_by_block": true}"#, "block_by_block"),
+            (r#"{"method": "mi", "keep_ratio": 0.5, "pass_finetune_epochs": 1}"#, "passes"),
+        ] {
+            let c: StructuredConfig = serde_json::from_str(bad).unwrap();
+            let e = c.validate("structured").unwrap_err();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
     }
 
     #[test]
