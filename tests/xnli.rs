@@ -4,8 +4,6 @@
 //! GLUE-layout `MNLI/train.tsv`, all in a temporary data root. The real
 //! XNLI is not needed.
 
-// Shared with tests/cli.rs and tests/faults.rs; this test uses only a part.
-#[allow(dead_code)]
 mod common;
 
 use std::path::{Path, PathBuf};

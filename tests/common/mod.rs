@@ -1,8 +1,10 @@
 //! What the end-to-end tests of the binary share: the repository root, the
-//! embedded MNIST subset, a small real experiment, and how to read a run.
+//! embedded MNIST subset, a small real experiment, how to run the binary and
+//! how to read a run. Each test binary uses a part of it.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Command, Output};
 
 /// The repository root.
 pub fn root() -> PathBuf {
@@ -66,4 +68,52 @@ pub fn metrics(run: &Path) -> Vec<serde_json::Value> {
             v
         })
         .collect()
+}
+
+pub fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// The binary, single-threaded: the test harness runs several at once on
+/// few cores, and candle's spinning thread pool degrades badly when
+/// processes compete for cores.
+pub fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_espalier"));
+    c.env("CANDLE_NUM_THREADS", "1").env("RAYON_NUM_THREADS", "1");
+    c
+}
+
+pub fn espalier(args: &[&str]) -> Output {
+    bin().args(args).arg("--data-dir").arg(data_dir()).arg("--quiet").output().expect("run espalier")
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn run_dir(tmp: &Path, name: &str) -> PathBuf {
+    tmp.join(name)
+}
+
+/// Two run directories hold the same metrics and the same saved model bytes.
+pub fn assert_same_run(a: &Path, b: &Path) {
+    assert_eq!(metrics(a), metrics(b));
+    assert_eq!(
+        std::fs::read(a.join("model.safetensors")).unwrap(),
+        std::fs::read(b.join("model.safetensors")).unwrap()
+    );
+}
+
+/// Runs `cfg` into `dir` once per entry: stopping after that many epochs
+/// (`--max-epochs`), or to the end for `None`.
+pub fn run_in_parts(cfg: &Path, dir: &Path, parts: &[Option<usize>]) {
+    for part in parts {
+        let mut args = vec!["run".to_string(), cfg.display().to_string(), "--out".into(), dir.display().to_string()];
+        if let Some(n) = part {
+            args.extend(["--max-epochs".to_string(), n.to_string()]);
+        }
+        ok(&espalier(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+    }
 }
