@@ -95,12 +95,12 @@ for i, t in enumerate(trace):
         md.append(f"| {i} | {t['step']} | {t['primal_gap']:.4f} | {dr} | {sc} |")
 if gap_at_projection is not None:
     md += ["", f"Gap at the hard projection: {gap_at_projection:.4f} "
-           f"({'converged' if converged else 'not converged'} by the 0.05 criterion of PAPERS.md)."]
+           f"({'converged' if converged else 'not converged'} by the criterion relative primal gap < 0.05 at the projection, admm.converged_gap)."]
 if phase0:
     md += ["", f"Test accuracy of the dense-masked W during the ADMM phase: {phase0[0]['metrics']['accuracy']:.2f} after "
            f"epoch 1, {phase0[-1]['metrics']['accuracy']:.2f} after epoch {len(phase0)} (before the projection)."]
 reached = acc["admm"] >= 99.2 - 1e-9
-md += ["", "Claims (one seed; the interval rule of PAPERS.md needs ≥ 3 seeds, so each is stated for this run only):", "",
+md += ["", "Claims (one seed; deciding a claim by the 95% interval of the per-seed differences needs ≥ 3 seeds, so each is stated for this run only):", "",
        f"- 99.2% at 1.4% of the weights (Zhang et al.): {acc['admm']:.2f}% at {100 * total_kept / total:.2f}%, "
        f"{'reached' if reached else 'not reached'} in this run"
        + ("" if converged or converged is None else " (ADMM did not converge by its own criterion: not a result)") + ".",

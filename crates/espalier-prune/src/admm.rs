@@ -46,7 +46,7 @@
 //! schedule's pruning step projects W hard (W ← Π_S(W)) and masked
 //! retraining follows; the relative distance ‖W − Π_S(W)‖/‖W‖ at that
 //! moment is reported as the gap at projection, and ADMM counts as
-//! converged when it is below `converged_gap` (0.05 by default, PAPERS.md).
+//! converged when it is below `converged_gap` (0.05 by default: the relative primal gap ‖W − Z‖/‖W‖ at the hard projection).
 
 use std::collections::BTreeMap;
 
