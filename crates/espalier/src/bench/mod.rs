@@ -110,6 +110,31 @@ pub fn median(xs: &[f64]) -> f64 {
     }
 }
 
+/// A trainer for timing: `optimizer`, a constant rate, no regularizer, no
+/// progress output.
+fn timing_trainer(
+    optimizer: Box<dyn espalier_train::Optimizer>,
+    batch_size: usize,
+    clip_grad_norm: Option<f64>,
+) -> Trainer {
+    Trainer {
+        optimizer,
+        regularizers: vec![],
+        opts: TrainerOptions {
+            batch_size,
+            clip_grad_norm,
+            lr_schedule: LrSchedule::Constant,
+            lr_restart: None,
+            seed: 0,
+            progress: false,
+            skip_nonfinite_steps: 0,
+        },
+        global_step: 0,
+        skipped_nonfinite: 0,
+        partial: None,
+    }
+}
+
 /// Times MNIST epochs of LeNet-300-100 (batch `batch_size`) with each
 /// optimizer, interleaved so that drift of the machine hits both alike.
 pub fn mnist_epochs(
@@ -142,22 +167,8 @@ pub fn mnist_epochs(
     let mut trainers: Vec<Trainer> = optimizers
         .iter()
         .map(|(_, o, fused)| {
-            Ok(Trainer {
-                optimizer: if *fused { o.build(model.params())? } else { o.build_reference(model.params())? },
-                regularizers: vec![],
-                opts: TrainerOptions {
-                    batch_size,
-                    clip_grad_norm: None,
-                    lr_schedule: LrSchedule::Constant,
-                    lr_restart: None,
-                    seed: 0,
-                    progress: false,
-                    skip_nonfinite_steps: 0,
-                },
-                global_step: 0,
-                skipped_nonfinite: 0,
-                partial: None,
-            })
+            let opt = if *fused { o.build(model.params())? } else { o.build_reference(model.params())? };
+            Ok(timing_trainer(opt, batch_size, None))
         })
         .collect::<anyhow::Result<_>>()?;
     let pos = PhasePos { epoch_in_phase: 0, epochs_in_phase: 1 };
@@ -373,24 +384,7 @@ impl StepWorkload {
         variants.truncate(if reference { 2 } else { 1 });
         let mut trainers = variants
             .iter()
-            .map(|_| {
-                Ok(Trainer {
-                    optimizer: self.optimizer.build(self.model.params())?,
-                    regularizers: vec![],
-                    opts: TrainerOptions {
-                        batch_size,
-                        clip_grad_norm: self.clip_grad_norm,
-                        lr_schedule: LrSchedule::Constant,
-                        lr_restart: None,
-                        seed: 0,
-                        progress: false,
-                        skip_nonfinite_steps: 0,
-                    },
-                    global_step: 0,
-                    skipped_nonfinite: 0,
-                    partial: None,
-                })
-            })
+            .map(|_| Ok(timing_trainer(self.optimizer.build(self.model.params())?, batch_size, self.clip_grad_norm)))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let pos = PhasePos { epoch_in_phase: 0, epochs_in_phase: 1 };
         let mut times = vec![Vec::new(); variants.len()];
