@@ -217,28 +217,37 @@ fn cifar_resnet_runs_resumes_and_evaluates() {
          block_finetune_lr = 0.005\nfinetune_epochs = 1\n[structured.ispasp]\nchunk = 16\npruned_bn = \"batch\"\n"
     );
     let bcfg = write_config(tmp.path(), "blocks.toml", &blocks);
-    let run_blocks = |d: &Path, max: Option<&str>| {
-        let mut args = vec!["run", bcfg.to_str().unwrap(), "--out", d.to_str().unwrap(), "--quiet"];
+    // Runs `cfg` into `d` (stopping after `max` epochs, if given).
+    let run = |cfg: &Path, d: &Path, max: Option<&str>| {
+        let mut args = vec!["run", cfg.to_str().unwrap(), "--out", d.to_str().unwrap(), "--quiet"];
         args.extend(max.map(|m| ["--max-epochs", m]).into_iter().flatten());
         let o = bin().args(&args).arg("--data-dir").arg(&data).output().unwrap();
         ok(&o);
     };
+    let summary_of = |d: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(d.join("summary.json")).unwrap()).unwrap()
+    };
+    // The round numbers of a run's round records, and its epoch count.
+    let rounds_and_epochs = |d: &Path| -> (Vec<u64>, usize) {
+        let m = metrics(d);
+        let rounds = m.iter().filter(|r| r["type"] == "round").map(|r| r["round"].as_u64().unwrap()).collect();
+        (rounds, m.iter().filter(|r| r["type"] == "epoch").count())
+    };
     let b = run_dir(tmp.path(), "blocks");
-    run_blocks(&b, None);
-    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(b.join("summary.json")).unwrap()).unwrap();
+    run(&bcfg, &b, None);
+    let summary = summary_of(&b);
     assert_eq!(summary["method"], "structured-ispasp-block-by-block");
     let widths = &summary["structured"]["widths"];
     for (set, n) in [("layer1.0.conv1", 16), ("layer2.0.conv1", 32), ("layer3.0.conv1", 64)] {
         assert_eq!(widths[set], serde_json::json!([n / 2, n]), "{summary}");
     }
-    let m = metrics(&b);
-    let rounds: Vec<u64> = m.iter().filter(|r| r["type"] == "round").map(|r| r["round"].as_u64().unwrap()).collect();
+    let (rounds, epochs) = rounds_and_epochs(&b);
     assert_eq!(rounds, [0, 1, 2, 3], "one round per block");
-    assert_eq!(m.iter().filter(|r| r["type"] == "epoch").count(), 4, "one epoch per block and one more");
+    assert_eq!(epochs, 4, "one epoch per block and one more");
     assert!(b.join("dense.safetensors").exists());
     let parts = run_dir(tmp.path(), "blocks-parts");
     for max in [Some("1"), Some("1"), Some("1"), None] {
-        run_blocks(&parts, max);
+        run(&bcfg, &parts, max);
     }
     assert_same_run(&parts, &b);
     // Two passes at rising sparsity (structured.passes): each keeps
@@ -252,25 +261,18 @@ fn cifar_resnet_runs_resumes_and_evaluates() {
             "passes = 2\npass_finetune_epochs = 1\n",
         );
     let pcfg = write_config(tmp.path(), "passes.toml", &passes);
-    let run_passes = |d: &Path, max: Option<&str>| {
-        let mut args = vec!["run", pcfg.to_str().unwrap(), "--out", d.to_str().unwrap(), "--quiet"];
-        args.extend(max.map(|m| ["--max-epochs", m]).into_iter().flatten());
-        let o = bin().args(&args).arg("--data-dir").arg(&data).output().unwrap();
-        ok(&o);
-    };
     let pd = run_dir(tmp.path(), "passes");
-    run_passes(&pd, None);
-    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(pd.join("summary.json")).unwrap()).unwrap();
+    run(&pcfg, &pd, None);
+    let summary = summary_of(&pd);
     for (set, n) in [("layer1.0.conv1", 16), ("layer2.0.conv1", 32), ("layer3.0.conv1", 64)] {
         assert_eq!(summary["structured"]["widths"][set], serde_json::json!([n / 4, n]), "{summary}");
     }
-    let m = metrics(&pd);
-    let rounds: Vec<u64> = m.iter().filter(|r| r["type"] == "round").map(|r| r["round"].as_u64().unwrap()).collect();
+    let (rounds, epochs) = rounds_and_epochs(&pd);
     assert_eq!(rounds, [0, 1, 2], "one round per pass");
-    assert_eq!(m.iter().filter(|r| r["type"] == "epoch").count(), 2, "one epoch after each pass");
+    assert_eq!(epochs, 2, "one epoch after each pass");
     let pparts = run_dir(tmp.path(), "passes-parts");
     for max in [Some("1"), None] {
-        run_passes(&pparts, max);
+        run(&pcfg, &pparts, max);
     }
     assert_same_run(&pparts, &pd);
     // Skipping the first block of every stage leaves nothing in a ResNet-8:
