@@ -109,41 +109,13 @@ if [ -n "${RUN_DIR:-}" ]; then
 fi
 END=$(date -u) LOAD1=$(cut -d' ' -f1-3 /proc/loadavg)
 
-TABLE=$(python3 - "$TMP/rows" <<'PY'
-import collections, statistics, sys
-rows = collections.defaultdict(lambda: collections.defaultdict(list))
-flops = {}  # FLOPs per repetition, from Espalier's GFLOP/s (the same work on both sides)
-for line in open(sys.argv[1]):
-    fw, w, t, m, base, g = line.split()
-    rows[w][fw].append((float(t), float(m)))
-    if base != "-":
-        rows[w]["base"].append((0.0, float(base)))
-    if g != "-":
-        flops[w] = float(g) * 1e9 * float(t)
-if not rows:
-    sys.exit(0)
-nan = float("nan")
-med = {w: {fw: statistics.median(t for t, _ in v) for fw, v in d.items() if fw != "base"} for w, d in rows.items()}
-gemm = [w for w in rows if w.startswith("gemm-")]
-peak = max((flops[w] / med[w][fw] / 1e9 for w in gemm if w in flops for fw in med[w]), default=nan)
-print(f"GEMM peak of this run: {peak:.1f} GFLOP/s (the fastest f32 GEMM row below).")
-print()
-print("| workload | Espalier median s | PyTorch median s | time ratio E/P | Espalier GFLOP/s (% of peak) | PyTorch GFLOP/s (% of peak) | Espalier peak RSS MiB | PyTorch peak RSS MiB | memory ratio E/P | PyTorch RSS after import MiB | per-round s (E; P) |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
-for w, d in rows.items():
-    e, p = d.get("espalier", []), d.get("pytorch", [])
-    me, mp = med[w].get("espalier", nan), med[w].get("pytorch", nan)
-    rate = lambda t: f"{flops[w] / t / 1e9:.1f} ({100 * flops[w] / t / 1e9 / peak:.0f}%)" if w in flops and t == t else "–"
-    re, rp = max((m for _, m in e), default=nan), max((m for _, m in p), default=nan)
-    rb = max((m for _, m in d.get("base", [])), default=nan)
-    per = ", ".join(f"{t:.4g}" for t, _ in e) + "; " + ", ".join(f"{t:.4g}" for t, _ in p)
-    print(f"| {w} | {me:.4g} | {mp:.4g} | {me / mp:.2f} | {rate(me)} | {rate(mp)} | {re:.0f} | {rp:.0f} | {re / rp:.2f} | {rb:.0f} | {per} |")
-PY
-)
+# The raw rows beside the report, before anything can fail.
+mkdir -p "$(dirname "$OUT")"
+cp "$TMP/rows" "${OUT%.md}.rows"
+TABLE=$(python3 scripts/bench_table.py "$TMP/rows")
 echo "$TABLE"
 [ -n "$LAT" ] && echo "$LAT"
 
-mkdir -p "$(dirname "$OUT")"
 {
   echo "# Espalier vs PyTorch: the benchmark suite of issues #8 and #25"
   echo

@@ -65,8 +65,8 @@ def peak_rss_mib():
 
 def report(name, times):
     print(
-        f"RESULT {name} median_s={statistics.median(times):.4f} min_s={min(times):.4f} "
-        f"max_s={max(times):.4f} peak_rss_mib={peak_rss_mib():.0f} base_rss_mib={BASE_RSS:.0f} repeats={len(times)} "
+        f"RESULT {name} median_s={statistics.median(times):.6g} min_s={min(times):.6g} "
+        f"max_s={max(times):.6g} peak_rss_mib={peak_rss_mib():.0f} base_rss_mib={BASE_RSS:.0f} repeats={len(times)} "
         f"threads={torch.get_num_threads()} torch={torch.__version__}",
         flush=True,
     )

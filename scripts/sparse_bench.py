@@ -130,7 +130,7 @@ def main():
         bench_json = run / "bench.json"
         sh([a.espalier, "bench", run, "--batch-sizes", "1,32", "--seq-len", "128", "--repeats", a.repeats,
             "--json", bench_json, "--quiet"], env=env, stdout=subprocess.DEVNULL)
-        esp = {r["batch_size"]: r for r in json.loads(bench_json.read_text())}
+        esp = {r["batch_size"]: r for r in json.loads(bench_json.read_text())["latency"]}
         pt = torch_latency(run / "export" / "hf", a.repeats)
         sizes = {
             "run_model_mib": size(run / "model.safetensors") / 2**20,

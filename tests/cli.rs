@@ -721,6 +721,44 @@ fn cuda_without_the_feature_is_refused() {
     assert!(!d.exists(), "a run directory was created");
 }
 
+/// `export --format sparse --fold`: an MLP whose fc2 lost whole rows (IMP at
+/// a 1 × 300 block granularity on fc2 only) exports with those neurons
+/// folded into fc3's bias and removed: a narrower model that evaluates like
+/// the run; `--fold` with another format is refused.
+#[test]
+fn a_folded_export_removes_the_empty_neurons_and_evaluates_like_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = SMALL.replace(
+        "[prune.schedule]",
+        "[prune]\ngranularity = { kind = \"block\", rows = 1, cols = 300 }\nparams = { include = [\"fc2.weight\"], defaults = false }\n\
+         [prune.schedule]",
+    );
+    let cfg = write_config(tmp.path(), "small.toml", &text);
+    let run = run_dir(tmp.path(), "run");
+    ok(&espalier(&["run", cfg.to_str().unwrap(), "--out", run.to_str().unwrap()]));
+    let out = tmp.path().join("folded");
+    let export =
+        espalier(&["export", run.to_str().unwrap(), "--format", "sparse", "--fold", "--out", out.to_str().unwrap()]);
+    ok(&export);
+    // 2 rounds at 20%: 36 of fc2's 100 rows empty.
+    let printed = String::from_utf8_lossy(&export.stdout);
+    assert!(printed.contains("folded 36 of 100 units of fc2"), "{printed}");
+    let ck = espalier_core::checkpoint::load(&out.join("model.safetensors"), &candle_core::Device::Cpu).unwrap();
+    assert_eq!(ck.header["model"]["hidden"], serde_json::json!([300, 64]), "{}", ck.header["model"]);
+    let eval = |d: &Path| {
+        let o = espalier(&["eval", d.to_str().unwrap()]);
+        ok(&o);
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        let acc = text.lines().find(|l| l.starts_with("accuracy ")).map(str::to_owned);
+        (acc.unwrap_or_else(|| panic!("no accuracy in {text}")), text)
+    };
+    let ((a, _), (b, folded)) = (eval(&run), eval(&out));
+    assert_eq!(a, b, "{folded}");
+    let hf = espalier(&["export", run.to_str().unwrap(), "--format", "hf", "--fold"]);
+    assert_eq!(hf.status.code(), Some(2), "{}", stderr(&hf));
+    assert!(stderr(&hf).contains("--fold applies to --format sparse"), "{}", stderr(&hf));
+}
+
 /// `export --format sparse` writes the pruned weights as their kept
 /// entries: a smaller file that `eval` and `predict` read back to the same
 /// numbers; an existing export is refused without `--force` and left as it

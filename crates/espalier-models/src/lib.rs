@@ -30,7 +30,7 @@ use espalier_core::{Batch, GroupSet, Keep, ParamBuilder, ParamStore, Result, Rng
 use serde::{Deserialize, Serialize};
 
 pub use bert::{Bert, BertConfig, BertTask};
-pub use fold::{fold_empty_units, FoldedSet};
+pub use fold::{fold_empty_units, ConstantUnits, FoldedSet};
 pub use layers::{Format, PackOptions, PackedLayer};
 pub use lenet::{LeNet5, LeNet5Config};
 pub use load::{load_bert, load_model, model_name};
@@ -170,6 +170,15 @@ pub trait Model: Send + Sync {
     /// otherwise (the default).
     fn unit_activation(&self, _set: &str, _pre: &Tensor) -> Result<Option<Tensor>> {
         Ok(None)
+    }
+    /// Which units of group set `set` output a constant whatever the
+    /// input, and that constant ([`ConstantUnits`]); `None` when the set
+    /// does not fold. The default ([`fold::activation_constants`]): a unit
+    /// that is an element-wise function of its own pre-activation
+    /// ([`Model::unit_activation`]) and whose input rows are all zero
+    /// outputs `act(b_j)`.
+    fn constant_units(&self, set: &GroupSet) -> Result<Option<ConstantUnits>> {
+        fold::activation_constants(self, set)
     }
     /// Whether group set `set` may lose all its units (false by default).
     fn allows_empty_set(&self, _set: &str) -> bool {

@@ -5,7 +5,11 @@
 //!   entries ([`espalier_core::compact`]: CSR, or values and in-block
 //!   indices for N:M), beside the run's `config.toml`, so `espalier eval`
 //!   and `espalier bench` take the export directory as they take a run
-//!   directory.
+//!   directory. With `--fold`, units that pruning made constant or dead
+//!   (empty input rows or consumer columns: MLP neurons, feed-forward
+//!   units, attention heads) are first folded into their consumer's bias
+//!   and removed ([`espalier_models::fold_empty_units`]), so the export is a
+//!   smaller dense architecture plus sparse remainders.
 //! - `hf`: a BERT that stock `transformers` loads
 //!   (`AutoModelForSequenceClassification`), pruned heads and units padded
 //!   back with zeros ([`espalier_models::bert::export`]).
@@ -62,6 +66,8 @@ pub struct Exported {
     pub entries: Vec<espalier_core::compact::CompactEntry>,
     /// Heads and feed-forward units per layer (HF exports).
     pub widths: Option<(Vec<usize>, Vec<usize>)>,
+    /// What `--fold` removed, per group set with something folded.
+    pub folded: Vec<espalier_models::FoldedSet>,
     /// What the export could not include (e.g. no tokenizer found).
     pub warnings: Vec<String>,
 }
@@ -72,7 +78,16 @@ const TOKENIZER_FILES: [&str; 5] =
 
 /// Exports the model of `run_dir` as `format` into `out` (default
 /// `RUN_DIR/export/<format>`).
-pub fn export(run_dir: &Path, format: ExportFormat, out: Option<PathBuf>, force: bool) -> anyhow::Result<Exported> {
+pub fn export(
+    run_dir: &Path,
+    format: ExportFormat,
+    out: Option<PathBuf>,
+    force: bool,
+    fold: bool,
+) -> anyhow::Result<Exported> {
+    if fold && format != ExportFormat::Sparse {
+        return Err(crate::config::ConfigError("--fold applies to --format sparse only".into()).into());
+    }
     let model_path = run_dir.join("model.safetensors");
     if !model_path.is_file() {
         bail!("{}: no model.safetensors (is it a finished run directory?)", run_dir.display());
@@ -96,7 +111,7 @@ pub fn export(run_dir: &Path, format: ExportFormat, out: Option<PathBuf>, force:
         std::fs::remove_dir_all(&staging).with_context(|| format!("removing {}", staging.display()))?;
     }
     std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
-    let result = write_export(run_dir, &exp, &model_path, format, &staging);
+    let result = write_export(run_dir, &exp, &model_path, format, fold, &staging);
     let mut exported = match result {
         Ok(e) => e,
         Err(e) => {
@@ -132,11 +147,13 @@ fn write_export(
     exp: &Experiment,
     model_path: &Path,
     format: ExportFormat,
+    fold: bool,
     dir: &Path,
 ) -> anyhow::Result<Exported> {
     let run_model_bytes = file_size(model_path)?;
     let ck = checkpoint::load(model_path, &candle_core::Device::Cpu)?;
     let dense_bytes = 4 * ck.params().values().map(|t| t.elem_count() as u64).sum::<u64>();
+    let (ck, folded) = if fold { folded_checkpoint(model_path, ck)? } else { (ck, Vec::new()) };
     let mut warnings = Vec::new();
     let (entries, widths) = match format {
         ExportFormat::Sparse => {
@@ -181,7 +198,28 @@ fn write_export(
     for e in names {
         files.push((e.file_name().to_string_lossy().into_owned(), e.metadata()?.len()));
     }
-    Ok(Exported { dir: dir.to_path_buf(), files, run_model_bytes, dense_bytes, entries, widths, warnings })
+    Ok(Exported { dir: dir.to_path_buf(), files, run_model_bytes, dense_bytes, entries, widths, folded, warnings })
+}
+
+/// The checkpoint of the model at `model_path` with its constant and dead
+/// units folded away: the folded architecture under the header's `model`,
+/// what was folded under `folded`, every other header key kept.
+fn folded_checkpoint(
+    model_path: &Path,
+    ck: checkpoint::Checkpoint,
+) -> anyhow::Result<(checkpoint::Checkpoint, Vec<espalier_models::FoldedSet>)> {
+    let (model, _) = espalier_models::load_model(model_path, &candle_core::Device::Cpu)
+        .with_context(|| format!("{}: the model to fold", model_path.display()))?;
+    let (small, sets) = espalier_models::fold_empty_units(model.as_ref())
+        .with_context(|| format!("{}: folding its empty units", model_path.display()))?;
+    let mut header = ck.header;
+    let h = header.as_object_mut().context("the model file's header is not an object")?;
+    h.insert("model".into(), serde_json::to_value(small.config())?);
+    let summary: Vec<_> =
+        sets.iter().map(|s| serde_json::json!({ "set": s.set, "units": s.size, "folded": s.folded })).collect();
+    h.insert("folded".into(), summary.into());
+    let tensors = espalier_experiment::rundir::weights_and_masks(small.as_ref())?;
+    Ok((checkpoint::Checkpoint { tensors, header }, sets))
 }
 
 /// Class names of the run's task (`id2label`), when the data names them.

@@ -92,6 +92,12 @@ enum Command {
         /// Replace an existing export directory (after the new one is complete).
         #[arg(long)]
         force: bool,
+        /// With --format sparse: fold units that pruning made constant or
+        /// dead (empty input rows or consumer columns: neurons, feed-forward
+        /// units, attention heads) into their consumer's bias and remove
+        /// them first.
+        #[arg(long)]
+        fold: bool,
     },
     /// Reproduce a paper table: run the missing cells of a table spec
     /// (configs/tables/*.toml), then write results/<table>/ (README.md,
@@ -333,6 +339,13 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 }
 
 /// What `export` prints: each file, each compressed parameter and the sizes.
+/// Seconds to 5 significant digits, in plain decimals (a 13 µs forward
+/// pass is 0.000013000, not 0.000013).
+fn seconds(s: f64) -> String {
+    let digits = if s > 0.0 { (4 - s.log10().floor() as i32).max(0) as usize } else { 6 };
+    format!("{s:.digits$}")
+}
+
 fn export_text(e: &espalier::export::Exported) -> String {
     use std::fmt::Write;
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
@@ -347,6 +360,9 @@ fn export_text(e: &espalier::export::Exported) -> String {
             p.bytes,
             p.dense_bytes
         );
+    }
+    for f in &e.folded {
+        let _ = writeln!(s, "folded {} of {} units of {}", f.folded.len(), f.size, f.set);
     }
     if let Some((heads, ffn)) = &e.widths {
         let _ = writeln!(s, "heads per layer {heads:?}, feed-forward units per layer {ffn:?}");
@@ -458,8 +474,8 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             let n = espalier::predict::predict(&run_dir, &data_root, &out, limit, batch_size)?;
             println!("wrote {n} predictions to {}", out.display());
         }
-        Command::Export { run_dir, format, out, force } => {
-            let e = espalier::export::export(&run_dir, format, out, force)?;
+        Command::Export { run_dir, format, out, force, fold } => {
+            let e = espalier::export::export(&run_dir, format, out, force, fold)?;
             print!("{}", export_text(&e));
         }
         Command::Check { config, sets } => {
@@ -532,7 +548,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                         }
                         serde_json::to_string_pretty(&results)?
                     }
-                    RunLatency::Sparse(results, layers) => {
+                    RunLatency::Sparse(results, layers, fold) => {
                         for l in &layers {
                             println!(
                                 "{:<40} {:>11} density {:>6.2}% {:>16} {:>10} bytes{}",
@@ -544,17 +560,40 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                                 l.max_rows.map(|r| format!(" (inputs of ≤ {r} rows; dense above)")).unwrap_or_default()
                             );
                         }
+                        if let Some(f) = &fold {
+                            for (set, size, n) in &f.sets {
+                                println!("folded {n} of {size} units of {set}");
+                            }
+                            println!(
+                                "folded model: {} -> {} parameters, {} -> {} non-zero weights in masked layers",
+                                f.parameters.0, f.parameters.1, f.nonzeros.0, f.nonzeros.1
+                            );
+                        }
                         println!(
-                            "{:>6} {:>11} {:>11} {:>8} {:>17} {:>13}",
-                            "batch", "dense ms", "sparse ms", "speedup", "outside-linear ms", "Amdahl bound"
+                            "{:>6} {:>11} {:>11} {:>8} {:>17} {:>13} {:>14} {:>15}",
+                            "batch",
+                            "dense ms",
+                            "sparse ms",
+                            "speedup",
+                            "outside-linear ms",
+                            "Amdahl bound",
+                            "folded ms",
+                            "folded speedup"
                         );
                         for r in &results {
                             println!(
-                                "{:>6} {:>11.3} {:>11.3} {:>7.2}x {:>17.3} {:>12.2}x",
-                                r.batch_size, r.dense_ms, r.sparse_ms, r.speedup, r.outside_linear_ms, r.amdahl_bound
+                                "{:>6} {:>11.3} {:>11.3} {:>7.2}x {:>17.3} {:>12.2}x {:>14} {:>15}",
+                                r.batch_size,
+                                r.dense_ms,
+                                r.sparse_ms,
+                                r.speedup,
+                                r.outside_linear_ms,
+                                r.amdahl_bound,
+                                r.folded_ms.map_or("–".into(), |f| format!("{f:.3}")),
+                                r.folded_speedup.map_or("–".into(), |f| format!("{f:.2}x"))
                             );
                         }
-                        serde_json::to_string_pretty(&results)?
+                        serde_json::to_string_pretty(&serde_json::json!({ "latency": results, "fold": fold }))?
                     }
                 };
                 if let Some(p) = json {
@@ -594,12 +633,12 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             );
             for r in &results {
                 println!(
-                    "{:<38} {:>8} {:>10.6} {:>9.6} {:>9.6} {:>12.0} {:>14.0} {:>9}",
+                    "{:<38} {:>8} {:>10} {:>9} {:>9} {:>12.0} {:>14.0} {:>9}",
                     r.workload,
                     r.repeats,
-                    r.median_s,
-                    r.min_s,
-                    r.max_s,
+                    seconds(r.median_s),
+                    seconds(r.min_s),
+                    seconds(r.max_s),
                     r.examples_per_s,
                     r.peak_rss_mib,
                     r.gflops.map_or("–".to_string(), |g| format!("{g:.1}"))

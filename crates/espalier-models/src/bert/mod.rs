@@ -49,7 +49,7 @@ use espalier_core::init::Init;
 use espalier_core::{Batch, GroupSet, Inputs, Keep, Member, Param, ParamBuilder, ParamKind, ParamStore, Result, Rng};
 
 use crate::layers::{dropout, dropout_mask, Embedding, LayerNorm, Linear, PackOptions, PackedLayer};
-use crate::{loss, Mode, Model, ModelConfig, StepOutput};
+use crate::{loss, ConstantUnits, Mode, Model, ModelConfig, StepOutput};
 use espalier_kernels::fused::{self, Gelu};
 
 pub use config::{BertConfig, BertTask, HiddenAct};
@@ -447,9 +447,26 @@ impl Model for Bert {
             HiddenAct::Relu => pre.relu()?,
         }))
     }
-    /// A feed-forward block may lose all its units (only `LN(a + b₂)` remains).
+    /// Feed-forward units as the default has them (`act(b_j)` when their
+    /// rows of the intermediate weight are empty); a head whose rows of the
+    /// value weight are all zero outputs its value bias whatever its
+    /// queries and keys, because every row of the attention softmax sums
+    /// to one.
+    fn constant_units(&self, set: &GroupSet) -> Result<Option<ConstantUnits>> {
+        let Some(pre) = set.name.strip_suffix(".attention.heads") else {
+            return crate::fold::activation_constants(self, set);
+        };
+        let (w, b) = (format!("{pre}.attention.self.value.weight"), format!("{pre}.attention.self.value.bias"));
+        let params = self.params();
+        let w = params.get(&w)?.effective()?.detach().to_dtype(DType::F32)?;
+        let constant = crate::fold::empty_row_blocks(&w, set.block)?;
+        let values = params.get(&b)?.effective()?.detach().to_dtype(DType::F32)?;
+        Ok(Some(ConstantUnits { constant, values }))
+    }
+    /// A feed-forward block may lose all its units (only `LN(a + b₂)`
+    /// remains), and an attention block all its heads (`LN(x + b_o)`).
     fn allows_empty_set(&self, set: &str) -> bool {
-        set.ends_with(".intermediate")
+        set.ends_with(".intermediate") || set.ends_with(".attention.heads")
     }
     /// The encoder's Q, K, V, attention output, FFN intermediate and output
     /// layers; the pooler and classifier stay dense.

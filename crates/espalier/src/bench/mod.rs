@@ -513,15 +513,35 @@ pub struct SparseLatency {
     /// `dense_ms / outside_linear_ms`: Amdahl's bound on the speedup of
     /// faster linear layers alone.
     pub amdahl_bound: f64,
+    /// Median milliseconds of the model with its constant and dead units
+    /// folded away ([`espalier_models::fold_empty_units`]) and the rest
+    /// packed as `sparse_ms`'s; `None` when nothing folds.
+    pub folded_ms: Option<f64>,
+    /// `dense_ms / folded_ms`.
+    pub folded_speedup: Option<f64>,
+}
+
+/// What folding removed from an unstructured run's model before packing.
+#[derive(Clone, Debug, Serialize)]
+pub struct FoldSummary {
+    /// Per group set with something folded: (set, units before, units folded).
+    pub sets: Vec<(String, usize, usize)>,
+    /// Parameters of the model before and after folding.
+    pub parameters: (usize, usize),
+    /// Non-zero weights of the packable layers before and after folding
+    /// (the folded model stores fewer zeros but the same non-zeros, less
+    /// those of the removed units' dead rows or columns).
+    pub nonzeros: (usize, usize),
 }
 
 /// What `bench RUN_DIR` measured, by the kind of run.
 pub enum RunLatency {
     /// A structured run: dense vs shrunk.
     Shrink(Vec<LatencyResult>),
-    /// An unstructured or N:M run: masked dense vs sparse kernels, and what
-    /// each linear layer was packed as.
-    Sparse(Vec<SparseLatency>, Vec<espalier_models::PackedLayer>),
+    /// An unstructured or N:M run: masked dense vs sparse kernels (and the
+    /// folded model's), what each linear layer was packed as, and what
+    /// folding removed.
+    Sparse(Vec<SparseLatency>, Vec<espalier_models::PackedLayer>, Option<FoldSummary>),
 }
 
 /// Times a run directory's model at each batch size (`repeats` times after
@@ -542,8 +562,8 @@ pub fn run_latency(
     Ok(if header.get("structured").is_some() {
         RunLatency::Shrink(shrink_latency(run_dir, model.as_ref(), batch_sizes, seq_len, repeats)?)
     } else {
-        let (results, layers) = sparse_latency(run_dir, model.as_ref(), batch_sizes, seq_len, repeats, pack)?;
-        RunLatency::Sparse(results, layers)
+        let (results, layers, fold) = sparse_latency(run_dir, model.as_ref(), batch_sizes, seq_len, repeats, pack)?;
+        RunLatency::Sparse(results, layers, fold)
     })
 }
 
@@ -589,9 +609,44 @@ fn shrink_latency(
     Ok(out)
 }
 
+/// Non-zero entries of the model's masked parameters.
+fn masked_nonzeros(model: &dyn espalier_models::Model) -> anyhow::Result<usize> {
+    let mut n = 0;
+    for p in model.params().iter().filter(|p| p.mask().is_some()) {
+        n += p.effective()?.ne(0f32)?.to_dtype(candle_core::DType::F32)?.sum_all()?.to_scalar::<f32>()? as usize;
+    }
+    Ok(n)
+}
+
+/// The run's model with its constant and dead units folded away, packed
+/// under `pack`, and what was folded; `None` when nothing folds (or the
+/// model cannot fold: a warning says why).
+fn folded_model(
+    model: &dyn espalier_models::Model,
+    pack: &espalier_models::PackOptions,
+) -> anyhow::Result<Option<(Box<dyn espalier_models::Model>, FoldSummary)>> {
+    let (folded, sets) = match espalier_models::fold_empty_units(model) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!("folding skipped: {e}");
+            return Ok(None);
+        }
+    };
+    if sets.is_empty() {
+        return Ok(None);
+    }
+    folded.pack_sparse(pack)?;
+    let summary = FoldSummary {
+        sets: sets.iter().map(|s| (s.set.clone(), s.size, s.folded.len())).collect(),
+        parameters: (model.params().numel(), folded.params().numel()),
+        nonzeros: (masked_nonzeros(model)?, masked_nonzeros(folded.as_ref())?),
+    };
+    Ok(Some((folded, summary)))
+}
+
 /// An unstructured or N:M run's masked `dense` model against a copy with
 /// its linear layers packed ([`espalier_models::Model::pack_sparse`] under
-/// `pack`). A model with no layer sparse enough is an error.
+/// `pack`), and against the copy's folded model when folding removes units.
 fn sparse_latency(
     run_dir: &std::path::Path,
     dense: &dyn espalier_models::Model,
@@ -599,11 +654,12 @@ fn sparse_latency(
     seq_len: usize,
     repeats: usize,
     pack: &espalier_models::PackOptions,
-) -> anyhow::Result<(Vec<SparseLatency>, Vec<espalier_models::PackedLayer>)> {
+) -> anyhow::Result<(Vec<SparseLatency>, Vec<espalier_models::PackedLayer>, Option<FoldSummary>)> {
     use espalier_models::{Format, PackOptions};
     let device = Device::Cpu;
     let (sparse, _) = crate::run::load_model(&run_dir.join("model.safetensors"), &device)?;
     pack.validate()?;
+    let fold = folded_model(sparse.as_ref(), pack)?;
     let layers = sparse.pack_sparse(pack)?;
     // A model without masks is a dense run (nothing to compare); a masked
     // one whose layers all stay dense is measured as it is: the per-layer
@@ -630,14 +686,16 @@ fn sparse_latency(
     let mut out = Vec::new();
     for &b in batch_sizes {
         let batch = synthetic_batch(dense, b, seq_len, &device)?;
-        let [d, s, h] = median_latencies(&[dense, sparse.as_ref(), hollow.as_ref()], &batch, repeats)?[..] else {
-            unreachable!()
-        };
+        let mut models = vec![dense, sparse.as_ref(), hollow.as_ref()];
+        models.extend(fold.as_ref().map(|(m, _)| m.as_ref()));
+        let times = median_latencies(&models, &batch, repeats)?;
+        let (d, s, h, f) = (times[0], times[1], times[2], times.get(3).copied());
         tracing::info!(
             batch = b,
             dense_ms = format!("{d:.2}"),
             sparse_ms = format!("{s:.2}"),
             outside_linear_ms = format!("{h:.2}"),
+            folded_ms = f.map(|f| format!("{f:.2}")),
             "latency"
         );
         out.push(SparseLatency {
@@ -648,9 +706,11 @@ fn sparse_latency(
             outside_linear_ms: h,
             outside_share: h / d,
             amdahl_bound: d / h,
+            folded_ms: f,
+            folded_speedup: f.map(|f| d / f),
         });
     }
-    Ok((out, layers))
+    Ok((out, layers, fold.map(|(_, s)| s)))
 }
 
 #[cfg(test)]
