@@ -293,9 +293,28 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
         return reference::linear(x, w, b);
     }
     let (x, w) = (x.contiguous()?, w.contiguous()?);
+    let op = LinearOp { transposed: false };
     Ok(match b {
-        Some(b) => x.apply_op3(&w, &b.contiguous()?, LinearOp)?,
-        None => x.apply_op2(&w, LinearOp)?,
+        Some(b) => x.apply_op3(&w, &b.contiguous()?, op)?,
+        None => x.apply_op2(&w, op)?,
+    })
+}
+
+/// [`linear`] for inference with the weight given transposed, `wt` of shape
+/// `(K, N)` (row-major): on few rows `gemm` spends much of a product packing
+/// the weight, and it packs this layout far faster than PyTorch's (on one
+/// thread, 128 × 3072 × 768 ran at 147 GFLOP/s against 95, 128 × 768 × 768
+/// at 148 against 129; at 512 rows and more the two are within 5%). No
+/// backward pass; off the fused path, candle's ops.
+pub fn linear_pretransposed(x: &Tensor, wt: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    if !fusable(x) || !fusable(wt) || b.is_some_and(|b| !fusable(b)) {
+        return reference::linear(x, &wt.t()?, b);
+    }
+    let (x, wt) = (x.contiguous()?, wt.contiguous()?);
+    let op = LinearOp { transposed: true };
+    Ok(match b {
+        Some(b) => x.apply_op3(&wt, &b.contiguous()?, op)?,
+        None => x.apply_op2(&wt, op)?,
     })
 }
 
@@ -318,21 +337,33 @@ pub mod reference {
     }
 }
 
-struct LinearOp;
+/// The fused linear layer; `transposed`: the weight comes as `(K, N)`
+/// (inference only, [`linear_pretransposed`]).
+struct LinearOp {
+    transposed: bool,
+}
 
-/// `(M, K, N)` of `x` `(..., K)` and `w` `(N, K)`.
-fn dims(x: &Layout, w: &Layout) -> CResult<(usize, usize, usize)> {
+/// `(M, K, N)` of `x` `(..., K)` and `w` `(N, K)` (`(K, N)` if `transposed`).
+fn dims(x: &Layout, w: &Layout, transposed: bool) -> CResult<(usize, usize, usize)> {
     let k = *x.dims().last().unwrap_or(&0);
     let (n, kw) = w.shape().dims2()?;
+    let (n, kw) = if transposed { (kw, n) } else { (n, kw) };
     if k != kw || k == 0 {
         candle_core::bail!("linear: input {:?} does not match weight {:?}", x.dims(), w.dims());
     }
     Ok((x.shape().elem_count() / k, k, n))
 }
 
-fn forward(x: &[f32], xl: &Layout, w: &[f32], wl: &Layout, b: Option<&[f32]>) -> CResult<(CpuStorage, Shape)> {
-    let (m, k, n) = dims(xl, wl)?;
-    let wt = Mat::new(w, k).t();
+fn forward(
+    x: &[f32],
+    xl: &Layout,
+    w: &[f32],
+    wl: &Layout,
+    b: Option<&[f32]>,
+    transposed: bool,
+) -> CResult<(CpuStorage, Shape)> {
+    let (m, k, n) = dims(xl, wl, transposed)?;
+    let wt = if transposed { Mat::new(w, n) } else { Mat::new(w, k).t() };
     let y = match b {
         Some(b) if b.len() != n => candle_core::bail!("linear: bias has {} elements, weight {n} rows", b.len()),
         Some(b) => {
@@ -396,10 +427,13 @@ impl CustomOp2 for LinearOp {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> CResult<(CpuStorage, Shape)> {
-        forward(cpu_slice(s1, l1, "linear")?, l1, cpu_slice(s2, l2, "linear")?, l2, None)
+        forward(cpu_slice(s1, l1, "linear")?, l1, cpu_slice(s2, l2, "linear")?, l2, None, self.transposed)
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+        if self.transposed {
+            candle_core::bail!("linear_pretransposed is for inference: it has no backward pass");
+        }
         let (dx, dw, _) = backward(x, w, grad, false)?;
         Ok((dx, dw))
     }
@@ -420,7 +454,7 @@ impl CustomOp3 for LinearOp {
         l3: &Layout,
     ) -> CResult<(CpuStorage, Shape)> {
         let b = cpu_slice(s3, l3, "linear")?;
-        forward(cpu_slice(s1, l1, "linear")?, l1, cpu_slice(s2, l2, "linear")?, l2, Some(b))
+        forward(cpu_slice(s1, l1, "linear")?, l1, cpu_slice(s2, l2, "linear")?, l2, Some(b), self.transposed)
     }
 
     fn bwd(
@@ -431,6 +465,9 @@ impl CustomOp3 for LinearOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        if self.transposed {
+            candle_core::bail!("linear_pretransposed is for inference: it has no backward pass");
+        }
         backward(x, w, grad, true)
     }
 }
@@ -467,6 +504,24 @@ mod tests {
                 compare(&[x, w], &|t| linear(&t[0], &t[1], None), &|t| reference::linear(&t[0], &t[1], None))?;
             assert!(dy < 1e-4 && dg.iter().all(|d| *d < 1e-4), "{x_shape:?} without bias: {dy} {dg:?}");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn pretransposed_linear_matches_linear() -> Result<()> {
+        for (x_shape, n) in [(vec![7, 13], 5), (vec![2, 64, 96], 80), (vec![24, 200], 301), (vec![1, 128, 384], 1536)] {
+            let k = *x_shape.last().unwrap();
+            let x = randn(&x_shape, 1.0, 4)?;
+            let w = randn(&[n, k], 0.3, 5)?;
+            let b = randn(&[n], 0.5, 6)?;
+            let wt = w.t()?.contiguous()?;
+            for bias in [Some(&b), None] {
+                let d = (linear(&x, &w, bias)? - linear_pretransposed(&x, &wt, bias)?)?.abs()?.flatten_all()?.max(0)?;
+                assert!(d.to_scalar::<f32>()? < 1e-4, "{x_shape:?} {n}");
+            }
+        }
+        let err = linear_pretransposed(&randn(&[4, 6], 1.0, 1)?, &randn(&[5, 3], 1.0, 2)?, None).unwrap_err();
+        assert!(err.to_string().contains("does not match"), "{err}");
         Ok(())
     }
 

@@ -205,3 +205,29 @@ fn default_options_keep_dense_layers_dense() -> Result<()> {
     assert!(packed[0].name.ends_with("attention.self.query.weight"), "{}", packed[0].name);
     Ok(())
 }
+
+/// A dense layer in [`Mode::Infer`] on 16–128 rows runs on a transposed copy
+/// of its masked weight: the same outputs as the training-layout product on
+/// every row count, and a new copy once the weight or its mask changes.
+#[test]
+fn the_transposed_inference_copy_follows_the_weight() -> Result<()> {
+    use espalier_core::ParamBuilder;
+    use espalier_models::layers::{Linear, TRANSPOSED_ROWS};
+    let pb = ParamBuilder::from_seed(8, candle_core::DType::F32, &Device::Cpu);
+    let layer = Linear::new(&pb, 40, 70, true)?;
+    let mut rng = Rng::new(9);
+    for rows in [1, *TRANSPOSED_ROWS.start(), 50, *TRANSPOSED_ROWS.end(), 300] {
+        let x: Vec<f32> = (0..rows * 40).map(|_| rng.normal() as f32).collect();
+        let x = Tensor::from_vec(x, (rows, 40), &Device::Cpu)?;
+        assert!(rel_diff(&layer.forward_infer(&x)?, &layer.forward(&x)?)? < 1e-5, "{rows} rows");
+        // A new weight, then a mask: the copy is remade.
+        let w = (layer.weight.tensor() * 0.5)?;
+        layer.weight.set(&w)?;
+        assert!(rel_diff(&layer.forward_infer(&x)?, &layer.forward(&x)?)? < 1e-5, "{rows} rows, new weight");
+        let m: Vec<f32> = (0..70 * 40).map(|i| (i % 3 != 0) as u8 as f32).collect();
+        layer.weight.set_mask(Some(Tensor::from_vec(m, (70, 40), &Device::Cpu)?))?;
+        assert!(rel_diff(&layer.forward_infer(&x)?, &layer.forward(&x)?)? < 1e-5, "{rows} rows, masked");
+        layer.weight.set_mask(None)?;
+    }
+    Ok(())
+}
