@@ -54,7 +54,10 @@ pub const TRANSPOSED_ROWS: std::ops::RangeInclusive<usize> = 16..=128;
 /// The masked weight transposed to `(in, out)`, with the versions it was
 /// made from (shared by the clones of the layer).
 #[derive(Clone, Default)]
-struct TransposedSlot(Arc<RwLock<Option<(Tensor, (u64, Option<u64>))>>>);
+struct TransposedSlot(Arc<RwLock<Option<(Tensor, Versions)>>>);
+
+/// The [`Param::version`]s of a layer's weight and bias.
+type Versions = (u64, Option<u64>);
 
 impl std::fmt::Debug for TransposedSlot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -190,7 +193,7 @@ impl Linear {
     }
 
     /// The masked weight as `(in, out)`: the current copy, or a new one.
-    fn transposed_weight(&self, current: (u64, Option<u64>)) -> Result<Tensor> {
+    fn transposed_weight(&self, current: Versions) -> Result<Tensor> {
         if let Ok(g) = self.transposed.0.read() {
             if let Some((wt, _)) = g.as_ref().filter(|(_, v)| *v == current) {
                 return Ok(wt.clone());
