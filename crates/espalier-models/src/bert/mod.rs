@@ -371,6 +371,14 @@ impl Bert {
         for layer in &self.layers {
             x = self.attention(&layer.attention, &x, &bias, rng.as_deref_mut(), infer)?;
             x = self.feed_forward(&layer.ffn, &x, rng.as_deref_mut(), infer)?;
+            if infer {
+                // The weights are variables, so every output holds the graph
+                // of its inputs: without the cut, the activations of every
+                // layer stay alive until the logits are dropped (the
+                // BERT-base-shaped forward at batch 32 × 128 peaked at 1.25
+                // GB with 4 layers, 0.48 with 1).
+                x = x.detach();
+            }
         }
         Ok(x)
     }
