@@ -7,7 +7,7 @@ use candle_core::Tensor;
 use espalier_core::Result;
 
 use crate::conv::{ConvOp, Geom};
-use crate::dense::{matmul, matmul_rows, parallelism, weight_grad, Mat};
+use crate::dense::{matmul, matmul_rows, parallelism, weight_grad, Init, Mat};
 
 /// The fused forward pass of `conv2d(x, w)` (`x` `(B, C, H, W)`, `w`
 /// `(Cout, C, k, k)`), by shifted rows where they apply when `rows`, by
@@ -24,7 +24,7 @@ pub fn conv2d_forward(x: &Tensor, w: &Tensor, stride: usize, padding: usize, row
 pub fn linear_y(y: &mut [f32], x: &[f32], w: &[f32], (m, k, n): (usize, usize, usize), split: bool) {
     let wt = Mat::new(w, k).t();
     if split {
-        matmul_rows(y, false, x, k, wt, (m, k, n));
+        matmul_rows(y, Init::Zero, x, k, wt, (m, k, n));
     } else {
         matmul(y, false, Mat::new(x, k), wt, (m, k, n), parallelism(m * k * n));
     }
@@ -34,7 +34,7 @@ pub fn linear_y(y: &mut [f32], x: &[f32], w: &[f32], (m, k, n): (usize, usize, u
 pub fn linear_dx(dx: &mut [f32], g: &[f32], w: &[f32], (m, k, n): (usize, usize, usize), split: bool) {
     let wm = Mat::new(w, k);
     if split {
-        matmul_rows(dx, false, g, n, wm, (m, n, k));
+        matmul_rows(dx, Init::Zero, g, n, wm, (m, n, k));
     } else {
         matmul(dx, false, Mat::new(g, n), wm, (m, n, k), parallelism(m * k * n));
     }

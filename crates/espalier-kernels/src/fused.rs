@@ -464,8 +464,12 @@ impl CustomOp3 for LayerNormOp {
         if g.len() != n || b.len() != n {
             candle_core::bail!("layer_norm: γ and β have {} and {} elements, rows have {n}", g.len(), b.len());
         }
-        let mut y = vec![0f32; x.len()];
-        par_rows(&mut y, n, |rows, out| ln_fwd_rows(&x[rows.start * n..rows.end * n], g, b, out, self.eps));
+        // SAFETY: the rows cover the output; each is written whole.
+        let y = unsafe {
+            output(x.len(), |y| {
+                par_rows(y, n, |rows, out| ln_fwd_rows(&x[rows.start * n..rows.end * n], g, b, out, self.eps))
+            })
+        };
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -575,18 +579,22 @@ impl CustomOp2 for SoftmaxOp {
             candle_core::bail!("masked_softmax: bias has {} elements, expected {b}×{tk}", bias.len());
         }
         let rows_per_seq = h * tq;
-        let mut p = vec![0f32; s.len()];
-        par_rows(&mut p, tk, |rows, out| {
-            // Split the chunk where the sequence (and so the bias row) changes.
-            let mut r = rows.start;
-            while r < rows.end {
-                let seq = r / rows_per_seq;
-                let end = rows.end.min((seq + 1) * rows_per_seq);
-                let o = &mut out[(r - rows.start) * tk..(end - rows.start) * tk];
-                softmax_rows(&s[r * tk..end * tk], &bias[seq * tk..(seq + 1) * tk], o, self.scale);
-                r = end;
-            }
-        });
+        // SAFETY: the rows cover the output; each is written whole.
+        let p = unsafe {
+            output(s.len(), |p| {
+                par_rows(p, tk, |rows, out| {
+                    // Split the chunk where the sequence (and so the bias row) changes.
+                    let mut r = rows.start;
+                    while r < rows.end {
+                        let seq = r / rows_per_seq;
+                        let end = rows.end.min((seq + 1) * rows_per_seq);
+                        let o = &mut out[(r - rows.start) * tk..(end - rows.start) * tk];
+                        softmax_rows(&s[r * tk..end * tk], &bias[seq * tk..(seq + 1) * tk], o, self.scale);
+                        r = end;
+                    }
+                })
+            })
+        };
         Ok((CpuStorage::F32(p), l1.shape().clone()))
     }
 
@@ -664,11 +672,15 @@ impl CustomOp1 for GeluOp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
         let x = cpu_slice(s, l, "gelu")?;
-        let mut y = vec![0f32; x.len()];
-        par_elems(&mut y, |r, out| match self.kind {
-            Gelu::Erf => gelu_erf_fwd(&x[r], out),
-            Gelu::Tanh => gelu_tanh_fwd(&x[r], out),
-        });
+        // SAFETY: the ranges cover the output; each is written whole.
+        let y = unsafe {
+            output(x.len(), |y| {
+                par_elems(y, |r, out| match self.kind {
+                    Gelu::Erf => gelu_erf_fwd(&x[r], out),
+                    Gelu::Tanh => gelu_tanh_fwd(&x[r], out),
+                })
+            })
+        };
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
