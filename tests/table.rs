@@ -136,6 +136,21 @@ fn a_stopped_table_resumes_without_rerunning_and_report_only_is_byte_identical()
     assert!(!dir.join("results/README.md").exists());
     let before = finished_mtimes(dir);
     assert_eq!(before.iter().filter(|(p, _)| p.ends_with("summary.json")).count(), 3);
+    // A partial report of the 3 finished runs: the others named, no claim
+    // decided, the command that finishes the table given.
+    let partial = ok(&table_cmd(dir, &["--report-only", "--partial"]).output().unwrap());
+    assert!(partial.contains("partial report") && partial.contains("no claim decided"), "{partial}");
+    let readme = std::fs::read_to_string(dir.join("results/README.md")).unwrap();
+    assert!(readme.contains("**Partial.**") && readme.contains("Not decided: the table is partial"), "{readme}");
+    assert!(!readme.contains("PASS") && !readme.contains("FAILS"), "{readme}");
+    assert!(readme.contains("(1 of 2 seeds)"), "{readme}");
+    let csv = std::fs::read_to_string(dir.join("results/results.csv")).unwrap();
+    assert!(csv.lines().count() > 1, "{csv}");
+    let command = std::fs::read_to_string(dir.join("results/command.txt")).unwrap();
+    assert!(command.trim_end().ends_with("--report-only --partial"), "{command}");
+    std::fs::remove_dir_all(dir.join("results")).unwrap();
+    // --partial needs --report-only.
+    assert!(!table_cmd(dir, &["--partial"]).output().unwrap().status.success());
 
     std::thread::sleep(Duration::from_millis(20));
     let stdout = ok(&table_cmd(dir, &["--jobs", "2"]).output().unwrap());

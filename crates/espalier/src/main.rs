@@ -120,6 +120,10 @@ enum Command {
         /// Only re-render the report from the existing runs.
         #[arg(long)]
         report_only: bool,
+        /// With --report-only: render the finished runs of a table that is
+        /// not complete, list the others, and decide no claim.
+        #[arg(long, requires = "report_only")]
+        partial: bool,
         /// Stop after starting this many runs (the table stays resumable).
         #[arg(long, hide = true)]
         max_cells: Option<usize>,
@@ -420,7 +424,20 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 None => println!("stopped early; resume with the same command (run directory: {})", out.display()),
             }
         }
-        Command::Table { spec, scale, jobs, runs, out, report_only, max_cells, status, slurm, submit, resources } => {
+        Command::Table {
+            spec,
+            scale,
+            jobs,
+            runs,
+            out,
+            report_only,
+            partial,
+            max_cells,
+            status,
+            slurm,
+            submit,
+            resources,
+        } => {
             let opts = espalier::table::TableOptions {
                 spec_path: spec,
                 scale,
@@ -430,6 +447,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 jobs: jobs.max(1),
                 max_cells,
                 report_only,
+                partial,
                 quiet: cli.quiet,
             };
             if status {
@@ -465,6 +483,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 jobs: 1,
                 max_cells: None,
                 report_only: true,
+                partial: false,
                 quiet: cli.quiet,
             };
             let dir = espalier::table::replot(&opts)?;

@@ -337,7 +337,7 @@ mod tests {
             verdicts,
             [("rte", Verdict::Pass), ("MRPC", Verdict::Fails), ("Average over tasks", Verdict::Fails)]
         );
-        let md = report_markdown(&spec, &plan(&spec, &opts()).unwrap(), &sections);
+        let md = report_markdown(&spec, &plan(&spec, &opts()).unwrap(), &sections, &[]);
         assert!(md.contains("## MRPC: f1") && md.contains("80.00 (paper 80.00)"), "{md}");
         assert!(md.contains("## Average over tasks: average of accuracy / f1"), "{md}");
         assert!(md.contains("| mi | mrpc f1 | 50.0% | 80.00 |"), "{md}");

@@ -116,16 +116,13 @@ fn points_of(spec: &Spec, job: &Job, s: &Summary, method: &str, dense: bool) -> 
 
 /// Every point of a finished plan, in plan order; the dense reference comes
 /// from the first prerequisite (its final round) or else the first
-/// method's round 0, once per seed.
-pub fn collect(spec: &Spec, plan: &Plan) -> anyhow::Result<Vec<Point>> {
-    let missing: Vec<&str> = plan
-        .prereqs
-        .iter()
-        .chain(&plan.cells)
-        .filter(|j| !RunState::of(&j.dir).is_ok_and(|s| s.is_done()))
-        .map(|j| j.id.as_str())
-        .collect();
-    if !missing.is_empty() {
+/// method's round 0, once per seed. With `partial`, the runs that are not
+/// finished are left out and named (the second value) instead of refused.
+pub fn collect(spec: &Spec, plan: &Plan, partial: bool) -> anyhow::Result<(Vec<Point>, Vec<String>)> {
+    let done = |j: &Job| RunState::of(&j.dir).is_ok_and(|s| s.is_done());
+    let missing: Vec<&str> =
+        plan.prereqs.iter().chain(&plan.cells).filter(|j| !done(j)).map(|j| j.id.as_str()).collect();
+    if !missing.is_empty() && !partial {
         bail!(
             "{} of {} runs are not finished ({}); run `{}` first",
             missing.len(),
@@ -137,7 +134,7 @@ pub fn collect(spec: &Spec, plan: &Plan) -> anyhow::Result<Vec<Point>> {
     let mut points = Vec::new();
     let first_prereq = spec.prereq.first().map(|p| p.name.as_str());
     let is_first = |j: &&Job| first_prereq.is_some_and(|n| j.id.ends_with(&format!("prereq/{n}/seed{}", j.seed)));
-    for job in plan.prereqs.iter().filter(is_first) {
+    for job in plan.prereqs.iter().filter(is_first).filter(|j| done(j)) {
         let s = read_summary(&job.dir)?;
         let Some(last) = s.rounds.last() else { continue };
         for metric in spec.metrics_of(job.task) {
@@ -158,7 +155,7 @@ pub fn collect(spec: &Spec, plan: &Plan) -> anyhow::Result<Vec<Point>> {
         }
     }
     let mut dense_seen: Vec<(Option<usize>, u64)> = Vec::new();
-    for job in &plan.cells {
+    for job in plan.cells.iter().filter(|j| done(j)) {
         let s = read_summary(&job.dir)?;
         let m = &spec.method[job.method.unwrap_or(0)];
         let dense = spec.prereq.is_empty() && job.method == Some(0) && !dense_seen.contains(&(job.task, job.seed));
@@ -167,7 +164,7 @@ pub fn collect(spec: &Spec, plan: &Plan) -> anyhow::Result<Vec<Point>> {
         }
         points.extend(points_of(spec, job, &s, &m.name, dense));
     }
-    Ok(points)
+    Ok((points, missing.into_iter().map(String::from).collect()))
 }
 
 /// The CSV: one row per run, sparsity and metric (the columns of a run's
@@ -328,7 +325,7 @@ mod tests {
         assert!(!agg.cells["a"].contains_key(&700) && agg.cells["a"].contains_key(&500));
         assert_eq!(agg.not_converged["a"][&700], (1, 3));
         assert_eq!(agg.keys(), [500, 700]);
-        let md = report_markdown(&spec, &crate::table::plan::plan(&spec, &opts()).unwrap(), &sec);
+        let md = report_markdown(&spec, &crate::table::plan::plan(&spec, &opts()).unwrap(), &sec, &[]);
         assert!(md.contains("| 70.0% | 30.0% | not converged (1 of 3 seeds) | 71.00 ± 1.00 |"), "{md}");
         let (_, _, verdict, evidence) = check_claims(&spec, &sec).remove(0);
         assert_eq!(verdict, Verdict::Inconclusive, "{evidence}");

@@ -41,6 +41,7 @@ pub(super) fn opts() -> TableOptions {
         jobs: 1,
         max_cells: None,
         report_only: false,
+        partial: false,
         quiet: true,
     }
 }

@@ -122,7 +122,12 @@ pub fn table(opts: &TableOptions) -> anyhow::Result<bool> {
             return Ok(false);
         }
     }
-    let sections = write_report(&spec, &plan)?;
+    let (sections, missing) = write_report(&spec, &plan, opts.partial)?;
+    if !missing.is_empty() {
+        println!("partial report: {} runs not finished, no claim decided", missing.len());
+        println!("wrote {}", plan.out.display());
+        return Ok(false);
+    }
     for (c, label, v, evidence) in check_claims(&spec, &sections) {
         let on = if label.is_empty() { String::new() } else { format!(" ({label})") };
         println!("{:<7} {}{on}: {evidence}", v.word(), c.text);

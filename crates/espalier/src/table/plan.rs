@@ -33,6 +33,9 @@ pub struct TableOptions {
     pub max_cells: Option<usize>,
     /// Only re-render the report from existing runs.
     pub report_only: bool,
+    /// With `report_only`: render the runs that are finished and say which
+    /// are not, with no claim decided (a table that spans sessions).
+    pub partial: bool,
     /// Quiet children.
     pub quiet: bool,
 }

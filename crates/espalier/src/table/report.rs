@@ -13,7 +13,9 @@ use super::collect::{collect, csv, points_from_csv};
 use super::plan::Plan;
 use super::spec::{Spec, XAxis};
 
-fn markdown_table(spec: &Spec, agg: &Aggregate) -> String {
+/// The table of one metric; `partial`: the seeds a cell should have, for a
+/// partial report (a cell with fewer says how many it has).
+fn markdown_table(spec: &Spec, agg: &Aggregate, partial: Option<usize>) -> String {
     let keys = agg.keys();
     let with_setting = !agg.settings.is_empty();
     let mut md = String::from("| sparsity | weights left |");
@@ -36,7 +38,10 @@ fn markdown_table(spec: &Spec, agg: &Aggregate) -> String {
             let nc = agg.not_converged.get(&m.name).and_then(|c| c.get(&k));
             let ours = match (agg.cells.get(&m.name).and_then(|c| c.get(&k)), nc) {
                 (_, Some((bad, n))) => format!("not converged ({bad} of {n} seeds)"),
-                (Some(s), None) => s.text(),
+                (Some(s), None) => match partial.filter(|&want| s.n < want) {
+                    Some(want) => format!("{} ({} of {want} seeds)", s.text(), s.n),
+                    None => s.text(),
+                },
                 (None, None) => "–".to_string(),
             };
             match reference_at(spec, agg, &m.name, k) {
@@ -83,7 +88,7 @@ fn references_markdown(spec: &Spec, sections: &[Section]) -> String {
 
 /// The report: title, scale, dense reference, one table per metric, the
 /// paper's numbers, the claims, the plot and the command.
-pub fn report_markdown(spec: &Spec, plan: &Plan, sections: &[Section]) -> String {
+pub fn report_markdown(spec: &Spec, plan: &Plan, sections: &[Section], missing: &[String]) -> String {
     let scale = &spec.scale[&plan.scale];
     let mut md = format!("# {}\n\n", spec.table.title);
     if !spec.table.description.trim().is_empty() {
@@ -97,6 +102,16 @@ pub fn report_markdown(spec: &Spec, plan: &Plan, sections: &[Section]) -> String
         if plan.seeds.len() > 1 { " (mean ± sample standard deviation over seeds)" } else { " (one run per cell)" },
         plan.runs.display()
     );
+    if !missing.is_empty() {
+        md += &format!(
+            "\n**Partial.** {} of {} runs are not finished yet, so they are not in the tables below, \
+             and no claim is decided: {}. `{}` runs them (it resumes where it stopped).\n",
+            missing.len(),
+            plan.prereqs.len() + plan.cells.len(),
+            missing.join(", "),
+            plan.command
+        );
+    }
     for section in sections {
         for agg in &section.aggs {
             match section.label.as_str() {
@@ -108,11 +123,15 @@ pub fn report_markdown(spec: &Spec, plan: &Plan, sections: &[Section]) -> String
                     .map_or(String::new(), |r| format!(" (paper {:.2}, {})", r.value, r.source));
                 md += &format!("Dense reference: {}{paper}.\n\n", d.text());
             }
-            md += &markdown_table(spec, agg);
+            md += &markdown_table(spec, agg, (!missing.is_empty()).then_some(plan.seeds.len()));
         }
     }
     md += &references_markdown(spec, sections);
-    md += &claims_markdown(spec, sections);
+    if missing.is_empty() {
+        md += &claims_markdown(spec, sections);
+    } else if !spec.claim.is_empty() {
+        md += "\n## Claims\n\nNot decided: the table is partial.\n";
+    }
     let plotted = plotted(sections);
     md += &format!(
         "\n![{}{} vs sparsity](plot.svg)\n\n`results.csv`: one row per run, sparsity and metric \
@@ -205,15 +224,19 @@ fn write_plot(spec: &Spec, sections: &[Section], out: &Path) -> anyhow::Result<(
 }
 
 /// Writes the report files of a finished plan into `plan.out`.
-pub fn write_report(spec: &Spec, plan: &Plan) -> anyhow::Result<Vec<Section>> {
-    let points = collect(spec, plan)?;
+/// Writes the report of the finished plan (with `partial`, of its finished
+/// runs); returns its sections and the runs left out.
+pub fn write_report(spec: &Spec, plan: &Plan, partial: bool) -> anyhow::Result<(Vec<Section>, Vec<String>)> {
+    let (points, missing) = collect(spec, plan, partial)?;
     let sections = sections(spec, &points);
     let out = &plan.out;
     write_atomic(&out.join("results.csv"), csv(&points).as_bytes())?;
     write_plot(spec, &sections, out)?;
-    write_atomic(&out.join("command.txt"), format!("{}\n", plan.command).as_bytes())?;
-    write_atomic(&out.join("README.md"), report_markdown(spec, plan, &sections).as_bytes())?;
-    Ok(sections)
+    let command =
+        if missing.is_empty() { plan.command.clone() } else { format!("{} --report-only --partial", plan.command) };
+    write_atomic(&out.join("command.txt"), format!("{command}\n").as_bytes())?;
+    write_atomic(&out.join("README.md"), report_markdown(spec, plan, &sections, &missing).as_bytes())?;
+    Ok((sections, missing))
 }
 
 /// Re-draws `plot.svg` and `plot.png` in `dir` from the `results.csv`
