@@ -471,19 +471,26 @@ pub(crate) fn synthetic_batch(
 }
 
 /// Median milliseconds of the forward pass (inference mode) of each model on
-/// `batch`, alternating, `repeats` times after one warm-up.
+/// `batch`, alternating, at least `repeats` times after one warm-up and
+/// until every model has [`infer::MIN_TIMED_S`] of timed passes (at most
+/// [`infer::MAX_REPEATS`]).
 pub(crate) fn median_latencies(
     models: &[&dyn espalier_models::Model],
     batch: &espalier_data::Batch,
     repeats: usize,
 ) -> anyhow::Result<Vec<f64>> {
     use espalier_models::Mode;
-    let mut times = vec![Vec::new(); models.len()];
-    for rep in 0..=repeats {
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); models.len()];
+    let short = |t: &Vec<Vec<f64>>| {
+        t.iter().any(|v| v.iter().sum::<f64>() < 1e3 * infer::MIN_TIMED_S) && t[0].len() < infer::MAX_REPEATS
+    };
+    let mut rep = 0;
+    while rep <= repeats || short(&times) {
+        rep += 1;
         for (i, m) in models.iter().enumerate() {
             let start = Instant::now();
             std::hint::black_box(m.forward_t(batch, &mut Mode::Infer)?.logits.flatten_all()?.sum_all()?);
-            if rep > 0 {
+            if rep > 1 {
                 times[i].push(start.elapsed().as_secs_f64() * 1e3);
             }
         }
