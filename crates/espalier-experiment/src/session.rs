@@ -67,22 +67,17 @@ fn input<T>(r: Result<T>) -> Result<T> {
 /// A fresh trainer (optimizer state, regularizers) over `params` with the
 /// experiment's `[train]` settings.
 fn new_trainer(exp: &Experiment, params: &ParamStore, progress: bool, global_step: u64) -> Result<Trainer> {
-    Ok(Trainer {
-        optimizer: new_optimizer(exp, params)?,
-        regularizers: exp.train.regularizers.iter().map(|r| r.build()).collect::<std::result::Result<_, _>>()?,
-        opts: TrainerOptions {
-            batch_size: exp.train.batch_size,
-            clip_grad_norm: exp.train.clip_grad_norm,
-            lr_schedule: exp.train.lr_schedule.clone(),
-            lr_restart: None,
-            seed: exp.seed,
-            progress,
-            skip_nonfinite_steps: exp.train.skip_nonfinite_steps,
-        },
-        global_step,
-        skipped_nonfinite: 0,
-        partial: None,
-    })
+    let regularizers = exp.train.regularizers.iter().map(|r| r.build()).collect::<std::result::Result<_, _>>()?;
+    let opts = TrainerOptions {
+        batch_size: exp.train.batch_size,
+        clip_grad_norm: exp.train.clip_grad_norm,
+        lr_schedule: exp.train.lr_schedule.clone(),
+        lr_restart: None,
+        seed: exp.seed,
+        progress,
+        skip_nonfinite_steps: exp.train.skip_nonfinite_steps,
+    };
+    Ok(Trainer { global_step, ..Trainer::new(new_optimizer(exp, params)?, regularizers, opts) })
 }
 
 fn new_optimizer(exp: &Experiment, params: &ParamStore) -> Result<Box<dyn Optimizer>> {

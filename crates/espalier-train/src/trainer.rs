@@ -137,7 +137,29 @@ fn predictions(logits: &Tensor) -> Result<Vec<f64>> {
     })
 }
 
+impl TrainerOptions {
+    /// Batches of `batch_size` at a constant rate: seed 0, no clipping, no
+    /// restart, no progress bar, no non-finite step skipped (benchmarks and
+    /// tests).
+    pub fn constant(batch_size: usize) -> Self {
+        TrainerOptions {
+            batch_size,
+            clip_grad_norm: None,
+            lr_schedule: LrSchedule::Constant,
+            lr_restart: None,
+            seed: 0,
+            progress: false,
+            skip_nonfinite_steps: 0,
+        }
+    }
+}
+
 impl Trainer {
+    /// A trainer at step 0 with no epoch in progress.
+    pub fn new(optimizer: Box<dyn Optimizer>, regularizers: Vec<Box<dyn Regularizer>>, opts: TrainerOptions) -> Self {
+        Trainer { optimizer, regularizers, opts, global_step: 0, skipped_nonfinite: 0, partial: None }
+    }
+
     /// The regularizers' checkpoint state, keyed `<name>.<key>`.
     pub fn regularizer_state(&self) -> Result<BTreeMap<String, Tensor>> {
         let mut all = BTreeMap::new();

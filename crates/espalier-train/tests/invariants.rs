@@ -12,7 +12,7 @@ use espalier_data::mnist::{self, Flavor, Split};
 use espalier_data::{Dataset, TensorDataset};
 use espalier_models::{LeNet5Config, MlpConfig, Mode, Model, ModelConfig};
 use espalier_train::trainer::PhasePos;
-use espalier_train::{LrSchedule, OptimizerConfig, Regularizer, StepInfo, Trainer, TrainerOptions};
+use espalier_train::{OptimizerConfig, Regularizer, StepInfo, Trainer, TrainerOptions};
 
 fn subset(n: usize) -> TensorDataset {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist-subset");
@@ -76,22 +76,11 @@ fn masked_weights_stay_exactly_zero_after_every_step() -> Result<()> {
             let model = cfg.init(1, &Device::Cpu)?;
             // Warm the optimizer's moments first, so that pruning happens with
             // non-zero momentum on the weights it removes (the hard case).
-            let mut trainer = Trainer {
-                optimizer: opt.build(model.params())?,
-                regularizers: vec![],
-                opts: TrainerOptions {
-                    batch_size: 64,
-                    clip_grad_norm: Some(5.0),
-                    lr_schedule: LrSchedule::Constant,
-                    lr_restart: None,
-                    seed: 0,
-                    progress: false,
-                    skip_nonfinite_steps: 0,
-                },
-                global_step: 0,
-                skipped_nonfinite: 0,
-                partial: None,
-            };
+            let mut trainer = Trainer::new(
+                opt.build(model.params())?,
+                vec![],
+                TrainerOptions { clip_grad_norm: Some(5.0), ..TrainerOptions::constant(64) },
+            );
             let pos = PhasePos { epoch_in_phase: 0, epochs_in_phase: 1 };
             trainer.train_epoch(model.as_ref(), &data, 0, pos, &Device::Cpu, None)?;
             let masks = random_masks(model.as_ref())?;
@@ -136,22 +125,7 @@ fn a_checkpoint_rebuilds_an_identical_model() -> Result<()> {
     let tmp = tmpdir.path();
     for cfg in models() {
         let model = cfg.init(5, &Device::Cpu)?;
-        let mut trainer = Trainer {
-            optimizer: optimizers()[0].build(model.params())?,
-            regularizers: vec![],
-            opts: TrainerOptions {
-                batch_size: 32,
-                clip_grad_norm: None,
-                lr_schedule: LrSchedule::Constant,
-                lr_restart: None,
-                seed: 0,
-                progress: false,
-                skip_nonfinite_steps: 0,
-            },
-            global_step: 0,
-            skipped_nonfinite: 0,
-            partial: None,
-        };
+        let mut trainer = Trainer::new(optimizers()[0].build(model.params())?, vec![], TrainerOptions::constant(32));
         model.params().set_masks(&random_masks(model.as_ref())?)?;
         trainer.train_epoch(
             model.as_ref(),

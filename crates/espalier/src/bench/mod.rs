@@ -31,7 +31,7 @@ use espalier_data::mnist::{self, Flavor, Split};
 use espalier_data::DataRoot;
 use espalier_models::{MlpConfig, ModelConfig};
 use espalier_train::trainer::PhasePos;
-use espalier_train::{LrSchedule, OptimizerConfig, Trainer, TrainerOptions};
+use espalier_train::{OptimizerConfig, Trainer, TrainerOptions};
 use serde::Serialize;
 
 pub mod infer;
@@ -117,22 +117,7 @@ fn timing_trainer(
     batch_size: usize,
     clip_grad_norm: Option<f64>,
 ) -> Trainer {
-    Trainer {
-        optimizer,
-        regularizers: vec![],
-        opts: TrainerOptions {
-            batch_size,
-            clip_grad_norm,
-            lr_schedule: LrSchedule::Constant,
-            lr_restart: None,
-            seed: 0,
-            progress: false,
-            skip_nonfinite_steps: 0,
-        },
-        global_step: 0,
-        skipped_nonfinite: 0,
-        partial: None,
-    }
+    Trainer::new(optimizer, vec![], TrainerOptions { clip_grad_norm, ..TrainerOptions::constant(batch_size) })
 }
 
 /// Times MNIST epochs of LeNet-300-100 (batch `batch_size`) with each
