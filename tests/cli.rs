@@ -544,6 +544,9 @@ fn admm_pattern_pruning_with_sr_ste_obeys_the_pattern_and_resumes() {
     let at_projection = summary["method_report"]["admm_projection_gap"].as_f64().unwrap();
     assert!((0.0..1.0).contains(&at_projection), "‖W − Π(W)‖/‖W‖ at the projection: {at_projection}");
     assert!(summary["method_report"]["admm_converged"].is_boolean());
+    let plot = std::fs::read_to_string(full.join("admm-gap.svg")).unwrap();
+    assert!(plot.contains("class=\"series\"") && plot.contains(">optimizer step</text>"), "{plot}");
+    assert!(std::fs::read_to_string(full.join("report.md")).unwrap().contains("](admm-gap.svg)"));
     let last = metrics(&full).pop().unwrap();
     assert!((last["sparsity"].as_f64().unwrap() - 0.5).abs() < 1e-9, "{last}");
     assert!(last["metrics"]["accuracy"].as_f64().unwrap() > 50.0, "{last}");

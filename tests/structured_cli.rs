@@ -78,6 +78,13 @@ fn structured_pruning_shrinks_saves_and_reloads() {
     assert_eq!(metrics(&g).iter().filter(|r| r["type"] == "epoch" && r["round"] == 1).count(), 3);
     let report = std::fs::read_to_string(g.join("report.md")).unwrap();
     assert!(report.contains("GReg penalty") && !report.contains("not converged"), "{report}");
+    // λ and the magnitude ratio plotted into the run directory, shown in the report.
+    for plot in ["greg-lambda", "greg-ratio"] {
+        let svg = std::fs::read_to_string(g.join(format!("{plot}.svg"))).unwrap();
+        assert!(svg.contains("class=\"series\"") && svg.contains(">fc1</text>"), "{plot}.svg:\n{svg}");
+        assert!(std::fs::read(g.join(format!("{plot}.png"))).unwrap().starts_with(b"\x89PNG"));
+        assert!(report.contains(&format!("]({plot}.svg)")), "{report}");
+    }
     // Stopped inside the penalty phase and again after it: the method's state
     // (λ, the chosen units) and the phase resume to the same numbers.
     let g2 = run_dir(tmp.path(), "greg-parts");

@@ -12,6 +12,7 @@
 pub mod config;
 pub mod error;
 pub mod model;
+pub mod plot;
 pub mod record;
 pub mod report;
 pub mod rundir;

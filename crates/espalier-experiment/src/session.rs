@@ -523,7 +523,18 @@ impl<'a> Session<'a> {
         self.method.finish(self.model.params())?;
         let (exp, opts, model) = (self.exp, self.opts, self.model.as_ref());
         let name = opts.out.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        let report = self.method.report().unwrap_or_default();
+        let mut report = self.method.report().unwrap_or_default();
+        for curve in &report.curves {
+            let data = crate::plot::trace_plot(curve);
+            let write = |ext: &str, bytes: &[u8]| {
+                espalier_core::checkpoint::write_atomic(&self.dir.file(&format!("{}.{ext}", curve.name)), bytes)
+            };
+            write("svg", crate::plot::svg(&data).as_bytes())?;
+            let png = crate::plot::png(&data)
+                .map_err(|e| espalier_core::Error::msg(format!("drawing {}.png: {e}", curve.name)))?;
+            write("png", &png)?;
+            report.markdown += &format!("\n![{}]({}.svg)\n", curve.title, curve.name);
+        }
         let summary = Summary {
             status: "done".into(),
             name,

@@ -33,7 +33,7 @@ pub mod wanda;
 
 pub use admm::{Admm, AdmmConfig, AdmmLr, AdmmPenalty, AdmmPoint, Projection};
 pub use magnitude::{masks_for, Importance, MaskRule, Scope, Scorer};
-pub use method::{Action, Context, Dense, Length, Method, MethodReport, Phase, PhaseLr, Plan, Selection};
+pub use method::{Action, Context, Curve, Dense, Length, Method, MethodReport, Phase, PhaseLr, Plan, Selection};
 pub use pattern::{Granularity, LayerTargets};
 pub use schedule::{Rewind, ScheduleConfig};
 pub use sr_ste::{DecayForm, SrSte, SrSteConfig};

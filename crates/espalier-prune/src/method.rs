@@ -199,6 +199,43 @@ pub struct MethodReport {
     pub json: serde_json::Value,
     /// For `report.md`.
     pub markdown: String,
+    /// Plots of the method's own traces, drawn into the run directory as
+    /// `<name>.svg` and `<name>.png` and shown in `report.md`.
+    pub curves: Vec<Curve>,
+}
+
+/// A plot of one of a method's traces (GReg's λ against the training step,
+/// say): one line per series, a linear x axis.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Curve {
+    /// File stem in the run directory, e.g. `greg-lambda`.
+    pub name: String,
+    /// Title.
+    pub title: String,
+    /// x axis label.
+    pub x_label: String,
+    /// y axis label.
+    pub y_label: String,
+    /// y on a log scale.
+    pub log_y: bool,
+    /// (label, (x, y) points) per line.
+    pub lines: Vec<(String, Vec<(f64, f64)>)>,
+}
+
+impl Curve {
+    /// The most points a line keeps: a plot shows no more, and a trace of
+    /// every step of a long phase would make a large file.
+    pub const MAX_POINTS: usize = 400;
+
+    /// Adds a line, thinned to [`Curve::MAX_POINTS`] evenly spaced points
+    /// (the first and the last always kept).
+    pub fn line(mut self, label: impl Into<String>, points: Vec<(f64, f64)>) -> Curve {
+        let every = points.len().div_ceil(Self::MAX_POINTS).max(1);
+        let last = points.len().saturating_sub(1);
+        let thinned = points.into_iter().enumerate().filter(|(i, _)| i % every == 0 || *i == last).map(|(_, p)| p);
+        self.lines.push((label.into(), thinned.collect()));
+        self
+    }
 }
 
 /// A pruning method (one module each; built from the experiment's config).

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::admm::{Admm, AdmmConfig, AdmmPoint, Projection};
 use crate::magnitude::{masks_for, Importance, MaskRule, Scope, Scorer};
-use crate::method::{Context, Method, MethodReport, Plan};
+use crate::method::{Context, Curve, Method, MethodReport, Plan};
 use crate::pattern::{Granularity, LayerTargets};
 use crate::schedule::{Cubic, Rewind, ScheduleConfig};
 use crate::sr_ste::{SrSte, SrSteConfig};
@@ -391,5 +391,15 @@ fn admm_report(admm: &Admm) -> MethodReport {
         "admm_converged": admm.converged(),
         "admm_converged_gap": threshold,
     });
-    MethodReport { json, markdown: md }
+    let gap = trace.iter().map(|p| (p.step as f64, p.primal_gap)).collect();
+    let curve = Curve {
+        name: "admm-gap".into(),
+        title: format!("ADMM: relative primal gap ‖W − Z‖/‖W‖ at each Z/U update (converged below {threshold})"),
+        x_label: "optimizer step".into(),
+        y_label: "primal gap (log scale)".into(),
+        log_y: true,
+        ..Curve::default()
+    }
+    .line("primal gap", gap);
+    MethodReport { json, markdown: md, curves: if trace.is_empty() { vec![] } else { vec![curve] } }
 }

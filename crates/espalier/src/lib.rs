@@ -4,7 +4,7 @@
 pub mod bench;
 pub mod config;
 pub mod export;
-pub mod plot;
+pub use espalier_experiment::plot;
 pub mod predict;
 pub mod run;
 pub mod table;

@@ -50,10 +50,12 @@ use serde::{Deserialize, Serialize};
 
 pub mod reference;
 
-use crate::method::{Action, Context, Length, Method, MethodReport, Phase as PlanPhase, PhaseLr, Plan, Selection};
+use crate::method::{
+    Action, Context, Curve, Length, Method, MethodReport, Phase as PlanPhase, PhaseLr, Plan, Selection,
+};
 use crate::structured::norm::norms;
 use crate::structured::{selected_sets, structured_plan, top_k, StructuredConfig};
-use reference::{RefState, Schedule};
+use reference::{RefState, RefTracePoint, Schedule};
 
 /// Which GReg (`structured.greg.mode`).
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -412,7 +414,12 @@ impl Method for GReg {
                 }
             }
         }
-        Some(MethodReport { json: serde_json::json!({ "greg_trace": st.trace }), markdown: md })
+        let series = |f: fn(&TracePoint) -> f64| st.trace.iter().map(|t| (t.step as f64, f(t))).collect();
+        let curves = vec![
+            lambda_curve("optimizer step").line("pruned units", series(|t| t.lambda)),
+            ratio_curve("optimizer step").line("all sets", series(|t| t.ratio)),
+        ];
+        Some(MethodReport { json: serde_json::json!({ "greg_trace": st.trace }), markdown: md, curves })
     }
 }
 
@@ -451,7 +458,21 @@ fn reference_report(r: &RefState) -> MethodReport {
             }
         }
     }
+    let per_layer = |f: fn(&RefTracePoint) -> f64| {
+        r.layers.iter().map(move |l| {
+            let pts = r.trace.iter().filter(|t| t.layer == l.name).map(|t| (t.step as f64, f(t))).collect();
+            (l.name.clone(), pts)
+        })
+    };
+    let (mut lambda, mut ratio) = (lambda_curve("iteration"), ratio_curve("iteration"));
+    for (name, pts) in per_layer(|t| t.lambda) {
+        lambda = lambda.line(name, pts);
+    }
+    for (name, pts) in per_layer(|t| t.ratio) {
+        ratio = ratio.line(name, pts);
+    }
     MethodReport {
+        curves: vec![lambda, ratio],
         json: serde_json::json!({
             "greg_mode": "reference",
             "converged": converged,
@@ -460,6 +481,29 @@ fn reference_report(r: &RefState) -> MethodReport {
             "greg_trace": r.trace,
         }),
         markdown: md,
+    }
+}
+
+/// The plot of λ (of the pruned units) against `x`, no line yet.
+fn lambda_curve(x: &str) -> Curve {
+    Curve {
+        name: "greg-lambda".into(),
+        title: "GReg: penalty λ of the pruned units".into(),
+        x_label: x.into(),
+        y_label: "λ".into(),
+        ..Curve::default()
+    }
+}
+
+/// The plot of the kept/pruned magnitude ratio against `x` (log scale).
+fn ratio_curve(x: &str) -> Curve {
+    Curve {
+        name: "greg-ratio".into(),
+        title: "GReg: magnitude ratio, kept / pruned units".into(),
+        x_label: x.into(),
+        y_label: "ratio (log scale)".into(),
+        log_y: true,
+        ..Curve::default()
     }
 }
 

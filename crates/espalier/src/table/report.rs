@@ -183,7 +183,11 @@ pub fn plot_data(spec: &Spec, agg: &Aggregate) -> crate::plot::PlotData {
             t => format!("{} ({t})", spec.table.title),
         },
         y_label: agg.metric.clone(),
-        log_weights_left: spec.table.x_axis == XAxis::WeightsLeftLog,
+        x: match spec.table.x_axis {
+            XAxis::Sparsity => crate::plot::XScale::Sparsity,
+            XAxis::WeightsLeftLog => crate::plot::XScale::WeightsLeftLog,
+        },
+        log_y: false,
         series,
         dense: agg.dense.map(|d| d.mean),
         paper,

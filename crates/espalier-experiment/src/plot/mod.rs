@@ -1,9 +1,11 @@
-//! Metric-vs-sparsity line plots as SVG (text) and PNG, both drawn from one
-//! layout (`scene`) and both deterministic: the same data gives the same
-//! bytes. Each plot has its full title (wrapped, never cut), one line per
-//! method with the seeds' spread as a shaded band and error bars, the dense
-//! reference as a dashed line, the paper's values as hollow diamonds, and a
-//! legend with a note saying what the spread is. Text is DejaVu Sans,
+//! Line plots as SVG (text) and PNG, both drawn from one layout (`scene`) and
+//! both deterministic: the same data gives the same bytes. A table's plot is
+//! a metric against sparsity: its full title (wrapped, never cut), one line
+//! per method with the seeds' spread as a shaded band and error bars, the
+//! dense reference as a dashed line, the paper's values as hollow diamonds,
+//! and a legend with a note saying what the spread is. A method's trace (λ
+//! against the training step, say) is the same plot on a linear x axis,
+//! optionally a log y axis, with lines and no markers. Text is DejaVu Sans,
 //! shipped inside the `dejavu` crate and rasterized with `ab_glyph`.
 
 mod axes;
@@ -33,6 +35,23 @@ pub struct PaperValue {
     pub value: f64,
 }
 
+/// What the x axis shows.
+#[derive(Clone, Debug, PartialEq)]
+pub enum XScale {
+    /// Sparsity in percent, linear from 0; the points of several methods
+    /// at one sparsity are drawn a few pixels apart.
+    Sparsity,
+    /// Weights left in percent on a log scale, drawn so that sparsity grows
+    /// to the right.
+    WeightsLeftLog,
+    /// Any quantity (a training step, say), linear over the data's range;
+    /// lines without markers.
+    Linear {
+        /// The axis label.
+        label: String,
+    },
+}
+
 /// A plot.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PlotData {
@@ -40,8 +59,10 @@ pub struct PlotData {
     pub title: String,
     /// The metric.
     pub y_label: String,
-    /// x = weights left on a log scale instead of sparsity, linear.
-    pub log_weights_left: bool,
+    /// The x axis.
+    pub x: XScale,
+    /// y on a log scale (decades); values ≤ 0 are left out.
+    pub log_y: bool,
     /// The methods.
     pub series: Vec<Series>,
     /// The dense reference (a dashed line).
@@ -51,6 +72,28 @@ pub struct PlotData {
     /// Under the legend: what a point and its spread are (e.g. "mean of 3
     /// seeds ± 1 standard deviation").
     pub note: String,
+}
+
+/// A method's trace as a plot: a linear x axis, one line per series, no
+/// spread.
+pub fn trace_plot(c: &espalier_prune::Curve) -> PlotData {
+    PlotData {
+        title: c.title.clone(),
+        y_label: c.y_label.clone(),
+        x: XScale::Linear { label: c.x_label.clone() },
+        log_y: c.log_y,
+        series: c
+            .lines
+            .iter()
+            .map(|(label, pts)| Series {
+                label: label.clone(),
+                points: pts.iter().map(|&(x, y)| (x, y, 0.0)).collect(),
+            })
+            .collect(),
+        dense: None,
+        paper: vec![],
+        note: String::new(),
+    }
 }
 
 /// The plot as SVG text.
@@ -73,7 +116,8 @@ mod tests {
         PlotData {
             title: "Test plot".into(),
             y_label: "accuracy".into(),
-            log_weights_left: false,
+            x: XScale::Sparsity,
+            log_y: false,
             series: vec![
                 Series { label: "a".into(), points: vec![(20.0, 97.0, 0.1), (50.0, 96.0, 0.0)] },
                 Series { label: "b & c".into(), points: vec![(20.0, 95.0, 0.0), (50.0, 90.0, 0.3)] },
@@ -120,7 +164,7 @@ mod tests {
         assert_eq!(s, svg(&d));
         assert!(s.contains("b &amp; c") && s.matches("class=\"series\"").count() == 2, "{s}");
         let mut log = d.clone();
-        log.log_weights_left = true;
+        log.x = XScale::WeightsLeftLog;
         assert!(svg(&log).contains("weights left"));
         let mut other = d.clone();
         other.series[0].points[0].1 = 96.5;
@@ -203,6 +247,35 @@ mod tests {
         assert!(s.contains("the paper's values"), "{s}");
         assert!(s.contains(">100</text>") && s.contains(">80</text>"), "{s}");
         assert!(!svg(&data()).contains("paper"));
+    }
+
+    #[test]
+    fn a_trace_is_lines_on_its_own_axes() {
+        let c = espalier_prune::Curve {
+            name: "greg-ratio".into(),
+            title: "ratio".into(),
+            x_label: "iteration".into(),
+            y_label: "ratio (log scale)".into(),
+            log_y: true,
+            ..Default::default()
+        }
+        // 0 is off a log axis: left out, the line drawn through the rest.
+        .line("layer1.0", (0..1000).map(|i| (i as f64, if i == 0 { 0.0 } else { 1.0 + i as f64 })).collect())
+        .line("layer1.1", (0..1000).map(|i| (i as f64, 2.0 + 0.5 * i as f64)).collect());
+        let n = c.lines[0].1.len();
+        assert!(n <= espalier_prune::Curve::MAX_POINTS && n > espalier_prune::Curve::MAX_POINTS / 2, "{n} points");
+        assert_eq!(c.lines[0].1.last(), Some(&(999.0, 1000.0)), "the last point is kept");
+        let s = svg(&trace_plot(&c));
+        assert_eq!(s.matches("class=\"series\"").count(), 2, "{s}");
+        assert!(!s.contains("class=\"point\"") && !s.contains("class=\"band\""), "{s}");
+        assert!(s.contains(">iteration</text>") && !s.contains("sparsity"), "{s}");
+        // Decades from 1 to 1000 (the data: 2 … 1000).
+        for t in [">1</text>", ">10</text>", ">100</text>", ">1000</text>"] {
+            assert!(s.contains(t), "{t} missing: {s}");
+        }
+        assert!(!s.contains("NaN"), "{s}");
+        // The x axis covers the data, not 0–100%.
+        assert!(s.contains(">1000</text>") && s.contains(">0</text>"));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use super::axes::Axes;
 use super::text::{width, wrap};
-use super::PlotData;
+use super::{PlotData, XScale};
 
 /// An RGB colour.
 pub(super) type Rgb = (u8, u8, u8);
@@ -127,9 +127,9 @@ pub(super) fn build(d: &PlotData) -> Scene {
 
     // Grid and tick labels.
     for (v, t) in &ax.y_ticks {
-        let y = crisp(ax.py(*v));
+        let y = crisp(ax.tick_py(*v));
         s.push(Shape::Line { a: (LEFT, y), b: (RIGHT, y), color: GRID, width: 1.0, dash: None, tag: "grid" });
-        s.push(text(LEFT - 8.0, ax.py(*v) + 4.5, t, TICK_SIZE, Anchor::End, INK));
+        s.push(text(LEFT - 8.0, ax.tick_py(*v) + 4.5, t, TICK_SIZE, Anchor::End, INK));
     }
     for (v, t) in &ax.x_ticks {
         let x = crisp(ax.tick_px(*v));
@@ -141,9 +141,10 @@ pub(super) fn build(d: &PlotData) -> Scene {
 
     // Methods measured at the same sparsities are drawn a few pixels apart
     // (centred on the true position), so that their error bars never hide
-    // one another.
-    let n = d.series.len();
-    let dodge = |i: usize| (i as f64 - (n.max(1) - 1) as f64 / 2.0) * DODGE;
+    // one another. A trace on a linear axis is drawn where it is, as a line.
+    let trace = matches!(d.x, XScale::Linear { .. });
+    let n = if trace { 1 } else { d.series.len() };
+    let dodge = |i: usize| if trace { 0.0 } else { (i as f64 - (n.max(1) - 1) as f64 / 2.0) * DODGE };
     let px = |i: usize, x: f64| ax.px(x) + dodge(i);
 
     // The seeds' spread under everything else.
@@ -177,7 +178,7 @@ pub(super) fn build(d: &PlotData) -> Scene {
     for (i, series) in d.series.iter().enumerate() {
         let c = color(i);
         if series.points.len() > 1 {
-            let pts = series.points.iter().map(|p| (px(i, p.0), ax.py(p.1))).collect();
+            let pts = series.points.iter().map(|p| (px(i, p.0), ax.py(p.1))).filter(|p| p.1.is_finite()).collect();
             s.push(Shape::Polyline { pts, color: c, width: 2.2, tag: "series" });
         }
         for p in series.points.iter().filter(|p| p.2 > 0.0) {
@@ -187,7 +188,7 @@ pub(super) fn build(d: &PlotData) -> Scene {
                 s.push(Shape::Line { a: (x - 4.0, y), b: (x + 4.0, y), color: c, width: 1.4, dash: None, tag: "err" });
             }
         }
-        for p in &series.points {
+        for p in series.points.iter().filter(|p| !trace && ax.py(p.1).is_finite()) {
             s.push(Shape::Circle { c: (px(i, p.0), ax.py(p.1)), r: 4.0, color: c, tag: "point" });
         }
     }
@@ -212,7 +213,9 @@ pub(super) fn build(d: &PlotData) -> Scene {
         match key {
             Key::Series(c) => {
                 s.push(Shape::Line { a: (ax0, mid), b: (ax1, mid), color: c, width: 2.2, dash: None, tag: "legend" });
-                s.push(Shape::Circle { c: ((ax0 + ax1) / 2.0, mid), r: 4.0, color: c, tag: "legend" });
+                if !trace {
+                    s.push(Shape::Circle { c: ((ax0 + ax1) / 2.0, mid), r: 4.0, color: c, tag: "legend" });
+                }
             }
             Key::Dense => s.push(Shape::Line {
                 a: (ax0, mid),
