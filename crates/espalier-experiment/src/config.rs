@@ -216,7 +216,11 @@ impl Experiment {
         parse_device_name(&self.device).map_err(|e| format!("key `device`: {e}"))?;
         match (&self.model, &self.pretrained, &self.init_from) {
             (Some(m), None, None) => m.validate("model")?,
-            (None, None, Some(_)) => {}
+            (None, None, Some(from)) => {
+                if from.as_os_str().is_empty() {
+                    return Err("key `init_from` is empty: give an Espalier run directory or model file".into());
+                }
+            }
             (None, Some(p), None) => {
                 for (k, v) in [
                     ("hidden_dropout_prob", p.hidden_dropout_prob),

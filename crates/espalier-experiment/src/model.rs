@@ -95,5 +95,7 @@ mod tests {
         assert_eq!(experiment_model_name(&dense, &cfg), "all-MiniLM-L6-v2");
         let elsewhere = crate::config::parse(&glue("init_from = \"no/such/run\""), &[]).unwrap();
         assert_eq!(experiment_model_name(&elsewhere, &cfg), "mlp-4");
+        let empty = crate::config::parse(&glue("init_from = \"\""), &[]).unwrap_err().to_string();
+        assert!(empty.contains("key `init_from` is empty"), "{empty}");
     }
 }
