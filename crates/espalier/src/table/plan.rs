@@ -59,6 +59,10 @@ pub struct Job {
     pub setting: Option<String>,
     /// Seed.
     pub seed: u64,
+    /// The run directories of the prerequisites it starts from (the
+    /// method's `from`; every prerequisite for a method without one): it
+    /// starts when they have finished.
+    pub needs: Vec<PathBuf>,
 }
 
 /// The resolved plan of a table at one scale.
@@ -162,6 +166,7 @@ pub fn plan(spec: &Spec, opts: &TableOptions) -> Result<Plan, ConfigError> {
                     method: None,
                     setting: None,
                     seed,
+                    needs: vec![],
                 });
             }
         }
@@ -184,9 +189,11 @@ pub fn plan(spec: &Spec, opts: &TableOptions) -> Result<Plan, ConfigError> {
                     sets.extend(m.sets.iter().cloned());
                     sets.extend(scale.sets.iter().cloned());
                     sets.extend(scale.cell_sets.iter().cloned());
+                    let mut needs = vec![];
                     if let Some(f) = &m.from {
                         let dir = &prereq_dirs[&(ti, f.clone(), seed)];
                         sets.push(format!("init_from={}", toml_string(dir)));
+                        needs.push(dir.clone());
                     }
                     let mut dir = root.join(&m.name);
                     if let Some((set, setting)) = point {
@@ -210,10 +217,16 @@ pub fn plan(spec: &Spec, opts: &TableOptions) -> Result<Plan, ConfigError> {
                         method: Some(mi),
                         setting,
                         seed,
+                        needs,
                     });
                 }
             }
         }
+    }
+    // A method without `from` may use any prerequisite: it waits for all.
+    let every: Vec<PathBuf> = prereqs.iter().map(|p| p.dir.clone()).collect();
+    for c in cells.iter_mut().filter(|c| c.method.is_some_and(|m| spec.method[m].from.is_none())) {
+        c.needs = every.clone();
     }
     let mut command = format!("espalier table {}", opts.spec_path.display());
     if opts.scale.as_ref().is_some_and(|s| s != &spec.table.scale) {
@@ -284,27 +297,32 @@ fn job_command(exe: &Path, job: &Job, opts: &TableOptions) -> Command {
 }
 
 /// Runs the jobs that are not finished, `opts.jobs` at a time, until
-/// `budget` new runs have started. Returns (ran, skipped, all finished).
-fn run_jobs(jobs: &[Job], opts: &TableOptions, budget: &mut Option<usize>) -> anyhow::Result<Progress> {
+/// `budget` new runs have started: always the first queued job whose
+/// prerequisites have finished, so a cell starts as soon as its own dense
+/// run is done rather than after every prerequisite. Returns (ran, skipped,
+/// all finished).
+fn run_jobs(jobs: &[&Job], opts: &TableOptions, budget: &mut Option<usize>) -> anyhow::Result<Progress> {
     let exe = std::env::current_exe().context("locating the espalier binary")?;
-    let mut todo = Vec::new();
+    let mut queue = Vec::new();
+    let mut finished: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
     let mut skipped = 0;
-    for job in jobs {
+    for &job in jobs {
         let exp = job_experiment(job)?;
         if is_finished(job, &exp)? {
             tracing::info!("{}: finished, skipped", job.id);
+            finished.insert(job.dir.clone());
             skipped += 1;
         } else {
-            todo.push(job);
+            queue.push(job);
         }
     }
     let mut running: Vec<(&Job, Child)> = Vec::new();
     let mut ran = 0;
     let mut failed: Option<anyhow::Error> = None;
-    let mut queue = todo.iter().copied().peekable();
     loop {
         while failed.is_none() && running.len() < opts.jobs.max(1) && budget.is_none_or(|b| b > 0) {
-            let Some(job) = queue.next() else { break };
+            let Some(i) = next_ready(&queue, &finished) else { break };
+            let job = queue.remove(i);
             if let Some(b) = budget.as_mut() {
                 *b -= 1;
             }
@@ -326,6 +344,7 @@ fn run_jobs(jobs: &[Job], opts: &TableOptions, budget: &mut Option<usize>) -> an
                     let (job, _) = running.swap_remove(i);
                     if status.success() {
                         ran += 1;
+                        finished.insert(job.dir.clone());
                         tracing::info!("{}: done", job.id);
                     } else if failed.is_none() {
                         failed = Some(anyhow::anyhow!(
@@ -343,19 +362,21 @@ fn run_jobs(jobs: &[Job], opts: &TableOptions, budget: &mut Option<usize>) -> an
     if let Some(e) = failed {
         return Err(e);
     }
-    Ok(Progress { ran, skipped, complete: queue.peek().is_none() })
+    Ok(Progress { ran, skipped, complete: queue.is_empty() })
 }
 
-/// Runs the missing runs of a plan (prerequisites first). Stops early,
-/// resumable, when `opts.max_cells` runs have started.
+/// The first queued job whose prerequisites have all finished.
+fn next_ready(queue: &[&Job], finished: &std::collections::HashSet<PathBuf>) -> Option<usize> {
+    queue.iter().position(|j| j.needs.iter().all(|d| finished.contains(d)))
+}
+
+/// Runs the missing runs of a plan, each cell once the prerequisites it
+/// starts from have finished. Stops early, resumable, when
+/// `opts.max_cells` runs have started.
 pub fn run_plan(plan: &Plan, opts: &TableOptions) -> anyhow::Result<Progress> {
     let mut budget = opts.max_cells;
-    let pre = run_jobs(&plan.prereqs, opts, &mut budget)?;
-    if !pre.complete {
-        return Ok(Progress { complete: false, ..pre });
-    }
-    let cells = run_jobs(&plan.cells, opts, &mut budget)?;
-    Ok(Progress { ran: pre.ran + cells.ran, skipped: pre.skipped + cells.skipped, complete: cells.complete })
+    let jobs: Vec<&Job> = plan.prereqs.iter().chain(&plan.cells).collect();
+    run_jobs(&jobs, opts, &mut budget)
 }
 
 #[cfg(test)]
@@ -378,6 +399,15 @@ mod tests {
             c.sets,
             ["train.epochs=2", "init_from=\"runs/tables/t/small/prereq/dense/seed0\"", "structured.keep=20", "seed=0"]
         );
+        assert_eq!(c.needs, [Path::new("runs/tables/t/small/prereq/dense/seed0")]);
+        assert!(p.prereqs.iter().all(|j| j.needs.is_empty()));
+        // With the prerequisite queued, its cells wait; once it is done, they go in order.
+        let queue: Vec<&Job> = p.prereqs.iter().chain(&p.cells).collect();
+        let mut finished = std::collections::HashSet::new();
+        assert_eq!(next_ready(&queue[1..], &finished), None);
+        assert_eq!(next_ready(&queue, &finished), Some(0));
+        finished.insert(p.prereqs[0].dir.clone());
+        assert_eq!(next_ready(&queue[1..], &finished), Some(0));
         assert_eq!(p.out, Path::new("results/t"));
         assert_eq!(p.command, "espalier table t.toml");
     }
