@@ -523,16 +523,14 @@ impl<'a> Session<'a> {
         self.method.finish(self.model.params())?;
         let (exp, opts, model) = (self.exp, self.opts, self.model.as_ref());
         let name = opts.out.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let write = |f: &str, bytes: &[u8]| espalier_core::checkpoint::write_atomic(&self.dir.file(f), bytes);
         let mut report = self.method.report().unwrap_or_default();
         for curve in &report.curves {
             let data = crate::plot::trace_plot(curve);
-            let write = |ext: &str, bytes: &[u8]| {
-                espalier_core::checkpoint::write_atomic(&self.dir.file(&format!("{}.{ext}", curve.name)), bytes)
-            };
-            write("svg", crate::plot::svg(&data).as_bytes())?;
             let png = crate::plot::png(&data)
                 .map_err(|e| espalier_core::Error::msg(format!("drawing {}.png: {e}", curve.name)))?;
-            write("png", &png)?;
+            write(&format!("{}.svg", curve.name), crate::plot::svg(&data).as_bytes())?;
+            write(&format!("{}.png", curve.name), &png)?;
             report.markdown += &format!("\n![{}]({}.svg)\n", curve.title, curve.name);
         }
         let summary = Summary {
@@ -559,10 +557,9 @@ impl<'a> Session<'a> {
             extra["structured"] = serde_json::to_value(StructuredReport { select_seconds: 0.0, ..st.clone() })?;
         }
         save_model(&self.dir.file("model.safetensors"), model, extra)?;
-        let write = |f: &str, text: String| espalier_core::checkpoint::write_atomic(&self.dir.file(f), text.as_bytes());
-        write("report.md", report_markdown(&summary))?;
-        write("results.csv", results_csv(&summary))?;
-        write("summary.json", serde_json::to_string_pretty(&summary)?)?;
+        write("report.md", report_markdown(&summary).as_bytes())?;
+        write("results.csv", results_csv(&summary).as_bytes())?;
+        write("summary.json", serde_json::to_string_pretty(&summary)?.as_bytes())?;
         Ok(summary)
     }
 }

@@ -111,16 +111,11 @@ impl Axes {
 
     /// Pixel y of a value (NaN for a value ≤ 0 on a log axis).
     pub fn py(&self, v: f64) -> f64 {
-        let t = if self.log_y {
-            if v > 0.0 {
-                v.log10()
-            } else {
-                f64::NAN
-            }
-        } else {
-            v
-        };
-        self.tick_py(t)
+        self.tick_py(match self.log_y {
+            false => v,
+            true if v > 0.0 => v.log10(),
+            true => f64::NAN,
+        })
     }
 
     /// Pixel y of a tick position (axis units: log10 of the value on a log axis).
@@ -133,14 +128,21 @@ impl Axes {
     }
 }
 
+/// The smallest and largest of `vs`; (0, 1) when it is empty.
+fn extent(vs: &[f64]) -> (f64, f64) {
+    let (lo, hi) = vs.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(*v), b.max(*v)));
+    if lo.is_finite() {
+        (lo, hi)
+    } else {
+        (0.0, 1.0)
+    }
+}
+
 /// A linear range over `vs` rounded out to "nice" ticks (about `n`), and
 /// the ticks; `tight` rounds to the nearest tick instead of padding a
 /// degenerate range by ±0.5.
 fn linear_range(vs: &[f64], n: f64, tight: bool) -> (f64, f64, Vec<(f64, String)>) {
-    let (mut lo, mut hi) = vs.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(*v), b.max(*v)));
-    if !lo.is_finite() {
-        (lo, hi) = (0.0, 1.0);
-    }
+    let (mut lo, mut hi) = extent(vs);
     if hi - lo < 1e-6 {
         let pad = if tight { lo.abs().max(1.0) * 0.05 } else { 0.5 };
         lo -= pad;
@@ -159,10 +161,7 @@ fn linear_range(vs: &[f64], n: f64, tight: bool) -> (f64, f64, Vec<(f64, String)
 /// A log range (in log10 units) over `vs` (already log10), whole decades,
 /// and a tick at each decade (with 2 and 5 between when it spans at most two).
 fn log_range(vs: &[f64]) -> (f64, f64, Vec<(f64, String)>) {
-    let (mut lo, mut hi) = vs.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(*v), b.max(*v)));
-    if !lo.is_finite() {
-        (lo, hi) = (0.0, 1.0);
-    }
+    let (lo, hi) = extent(vs);
     let (lo, hi) = (lo.floor(), hi.ceil().max(lo.floor() + 1.0));
     let label = |v: f64| {
         let x = 10f64.powf(v);

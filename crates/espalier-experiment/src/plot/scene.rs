@@ -97,6 +97,11 @@ fn text(x: f64, y: f64, s: &str, size: f64, anchor: Anchor, color: Rgb) -> Shape
     Shape::Text { x, y, text: s.to_string(), size, bold: false, anchor, color }
 }
 
+/// The dense reference's dashed grey line from `a` to `b`.
+fn dense_line(a: (f64, f64), b: (f64, f64), tag: &'static str) -> Shape {
+    Shape::Line { a, b, color: GRAY, width: 1.8, dash: Some(DENSE_DASH), tag }
+}
+
 /// What a legend entry's symbol is.
 enum Key {
     Series(Rgb),
@@ -162,14 +167,7 @@ pub(super) fn build(d: &PlotData) -> Scene {
     }
     if let Some(v) = d.dense {
         let y = ax.py(v);
-        s.push(Shape::Line {
-            a: (LEFT, y),
-            b: (RIGHT, y),
-            color: GRAY,
-            width: 1.8,
-            dash: Some(DENSE_DASH),
-            tag: "dense",
-        });
+        s.push(dense_line((LEFT, y), (RIGHT, y), "dense"));
     }
     let (l, r, t, b) = (crisp(LEFT), crisp(RIGHT), crisp(top), crisp(bottom));
     for (a, z) in [((l, t), (r, t)), ((r, t), (r, b)), ((r, b), (l, b)), ((l, b), (l, t))] {
@@ -217,14 +215,7 @@ pub(super) fn build(d: &PlotData) -> Scene {
                     s.push(Shape::Circle { c: ((ax0 + ax1) / 2.0, mid), r: 4.0, color: c, tag: "legend" });
                 }
             }
-            Key::Dense => s.push(Shape::Line {
-                a: (ax0, mid),
-                b: (ax1, mid),
-                color: GRAY,
-                width: 1.8,
-                dash: Some(DENSE_DASH),
-                tag: "legend",
-            }),
+            Key::Dense => s.push(dense_line((ax0, mid), (ax1, mid), "legend")),
             Key::Paper => {
                 s.push(Shape::Diamond { c: ((ax0 + ax1) / 2.0, mid), r: 7.0, width: 2.0, color: GRAY, tag: "legend" })
             }

@@ -458,21 +458,17 @@ fn reference_report(r: &RefState) -> MethodReport {
             }
         }
     }
-    let per_layer = |f: fn(&RefTracePoint) -> f64| {
-        r.layers.iter().map(move |l| {
-            let pts = r.trace.iter().filter(|t| t.layer == l.name).map(|t| (t.step as f64, f(t))).collect();
-            (l.name.clone(), pts)
+    // A line per layer.
+    let per_layer = |curve: Curve, f: fn(&RefTracePoint) -> f64| {
+        r.layers.iter().fold(curve, |c, l| {
+            c.line(&l.name, r.trace.iter().filter(|t| t.layer == l.name).map(|t| (t.step as f64, f(t))).collect())
         })
     };
-    let (mut lambda, mut ratio) = (lambda_curve("iteration"), ratio_curve("iteration"));
-    for (name, pts) in per_layer(|t| t.lambda) {
-        lambda = lambda.line(name, pts);
-    }
-    for (name, pts) in per_layer(|t| t.ratio) {
-        ratio = ratio.line(name, pts);
-    }
     MethodReport {
-        curves: vec![lambda, ratio],
+        curves: vec![
+            per_layer(lambda_curve("iteration"), |t| t.lambda),
+            per_layer(ratio_curve("iteration"), |t| t.ratio),
+        ],
         json: serde_json::json!({
             "greg_mode": "reference",
             "converged": converged,

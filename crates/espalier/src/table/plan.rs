@@ -3,7 +3,7 @@
 //! overrides, the command), whether a run is finished, and running the
 //! missing ones as child processes, `--jobs` at a time.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -60,8 +60,8 @@ pub struct Job {
     /// Seed.
     pub seed: u64,
     /// The run directories of the prerequisites it starts from (the
-    /// method's `from`; every prerequisite for a method without one): it
-    /// starts when they have finished.
+    /// method's `from`; every prerequisite planned before it for a method
+    /// without one): it starts when they have finished.
     pub needs: Vec<PathBuf>,
 }
 
@@ -189,12 +189,15 @@ pub fn plan(spec: &Spec, opts: &TableOptions) -> Result<Plan, ConfigError> {
                     sets.extend(m.sets.iter().cloned());
                     sets.extend(scale.sets.iter().cloned());
                     sets.extend(scale.cell_sets.iter().cloned());
-                    let mut needs = vec![];
-                    if let Some(f) = &m.from {
-                        let dir = &prereq_dirs[&(ti, f.clone(), seed)];
-                        sets.push(format!("init_from={}", toml_string(dir)));
-                        needs.push(dir.clone());
-                    }
+                    // A method without `from` may use any prerequisite: it waits for all so far.
+                    let needs = match &m.from {
+                        Some(f) => {
+                            let dir = &prereq_dirs[&(ti, f.clone(), seed)];
+                            sets.push(format!("init_from={}", toml_string(dir)));
+                            vec![dir.clone()]
+                        }
+                        None => prereqs.iter().map(|p| p.dir.clone()).collect(),
+                    };
                     let mut dir = root.join(&m.name);
                     if let Some((set, setting)) = point {
                         sets.push(set.clone());
@@ -222,11 +225,6 @@ pub fn plan(spec: &Spec, opts: &TableOptions) -> Result<Plan, ConfigError> {
                 }
             }
         }
-    }
-    // A method without `from` may use any prerequisite: it waits for all.
-    let every: Vec<PathBuf> = prereqs.iter().map(|p| p.dir.clone()).collect();
-    for c in cells.iter_mut().filter(|c| c.method.is_some_and(|m| spec.method[m].from.is_none())) {
-        c.needs = every.clone();
     }
     let mut command = format!("espalier table {}", opts.spec_path.display());
     if opts.scale.as_ref().is_some_and(|s| s != &spec.table.scale) {
@@ -296,17 +294,17 @@ fn job_command(exe: &Path, job: &Job, opts: &TableOptions) -> Command {
     c
 }
 
-/// Runs the jobs that are not finished, `opts.jobs` at a time, until
-/// `budget` new runs have started: always the first queued job whose
-/// prerequisites have finished, so a cell starts as soon as its own dense
-/// run is done rather than after every prerequisite. Returns (ran, skipped,
-/// all finished).
-fn run_jobs(jobs: &[&Job], opts: &TableOptions, budget: &mut Option<usize>) -> anyhow::Result<Progress> {
+/// Runs the missing runs of a plan, `opts.jobs` at a time: always the
+/// first queued run whose prerequisites have finished, so a cell starts as
+/// soon as its own dense run is done rather than after every prerequisite.
+/// Stops early, resumable, when `opts.max_cells` runs have started.
+pub fn run_plan(plan: &Plan, opts: &TableOptions) -> anyhow::Result<Progress> {
     let exe = std::env::current_exe().context("locating the espalier binary")?;
+    let mut budget = opts.max_cells;
     let mut queue = Vec::new();
-    let mut finished: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
+    let mut finished = HashSet::new();
     let mut skipped = 0;
-    for &job in jobs {
+    for job in plan.prereqs.iter().chain(&plan.cells) {
         let exp = job_experiment(job)?;
         if is_finished(job, &exp)? {
             tracing::info!("{}: finished, skipped", job.id);
@@ -366,17 +364,8 @@ fn run_jobs(jobs: &[&Job], opts: &TableOptions, budget: &mut Option<usize>) -> a
 }
 
 /// The first queued job whose prerequisites have all finished.
-fn next_ready(queue: &[&Job], finished: &std::collections::HashSet<PathBuf>) -> Option<usize> {
+fn next_ready(queue: &[&Job], finished: &HashSet<PathBuf>) -> Option<usize> {
     queue.iter().position(|j| j.needs.iter().all(|d| finished.contains(d)))
-}
-
-/// Runs the missing runs of a plan, each cell once the prerequisites it
-/// starts from have finished. Stops early, resumable, when
-/// `opts.max_cells` runs have started.
-pub fn run_plan(plan: &Plan, opts: &TableOptions) -> anyhow::Result<Progress> {
-    let mut budget = opts.max_cells;
-    let jobs: Vec<&Job> = plan.prereqs.iter().chain(&plan.cells).collect();
-    run_jobs(&jobs, opts, &mut budget)
 }
 
 #[cfg(test)]
@@ -403,7 +392,7 @@ mod tests {
         assert!(p.prereqs.iter().all(|j| j.needs.is_empty()));
         // With the prerequisite queued, its cells wait; once it is done, they go in order.
         let queue: Vec<&Job> = p.prereqs.iter().chain(&p.cells).collect();
-        let mut finished = std::collections::HashSet::new();
+        let mut finished = HashSet::new();
         assert_eq!(next_ready(&queue[1..], &finished), None);
         assert_eq!(next_ready(&queue, &finished), Some(0));
         finished.insert(p.prereqs[0].dir.clone());
