@@ -135,7 +135,13 @@ pub fn check_claim(spec: &Spec, aggs: &[Aggregate], c: &Claim) -> (Verdict, Stri
         ClaimKind::WithinDense => {
             if let Some(d) = agg.dense {
                 for (k, sa) in a.iter().filter(|(k, _)| in_range(c, **k)) {
-                    let diffs = paired(seeds_of(&c.a, *k), Some(&agg.dense_seeds));
+                    let diffs = if agg.dense_seeds.len() == 1 {
+                        // One dense model (a prerequisite shared by every seed): each seed's
+                        // difference from it.
+                        seeds_of(&c.a, *k).map(|v| v.values().map(|x| x - d.mean).collect()).unwrap_or_default()
+                    } else {
+                        paired(seeds_of(&c.a, *k), Some(&agg.dense_seeds))
+                    };
                     let band = Band { lo: -c.tolerance, hi: f64::INFINITY, strict: false };
                     let (o, why) = decide(&diffs, shown(sa) - shown(&d), &band);
                     points.push((o, format!("{}: {:.2} vs dense {:.2}{why}", pct(*k), sa.mean, d.mean)));
@@ -285,6 +291,18 @@ mod tests {
         let (v, why) = check_claim(&spec, std::slice::from_ref(&agg), &within);
         assert_eq!(v, Verdict::Inconclusive, "{why}");
         assert!(why.contains("over 2 seeds"), "{why}");
+        // One dense model shared by every seed: each seed's difference from
+        // it (97.0 − 97.3, 97.4 − 97.3, 97.2 − 97.3 over three seeds).
+        let shared = [
+            point("dense", 0.0, 97.3, 0),
+            point("a", 0.5, 97.0, 0),
+            point("a", 0.5, 97.4, 1),
+            point("a", 0.5, 97.2, 2),
+        ];
+        let one = aggregate(&shared, "", "accuracy", "accuracy");
+        let (v, why) = check_claim(&spec, std::slice::from_ref(&one), &within);
+        assert_eq!(v, Verdict::Pass, "{why}");
+        assert!(why.contains("difference -0.10") && why.contains("over 3 seeds"), "{why}");
         spec.reference.push(Reference {
             method: "a".into(),
             sparsity: 0.88,

@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::{bail, Context};
 
 use super::plan::{Job, Plan};
-use super::spec::Spec;
+use super::spec::{SparsityMeasure, Spec};
 use crate::run::{Record, Summary};
 use espalier_experiment::RunState;
 
@@ -80,6 +80,20 @@ fn metric_of(s: &Summary, round: &Record, metric: &str, last: bool) -> Option<f6
     metrics.get(metric).copied()
 }
 
+/// The sparsity of a pruned round of `s` by the table's `measure`. Under
+/// [`SparsityMeasure::Parameters`] a masked run's zeroed weights count over
+/// all its trainable parameters; a shrunk run's round already counts the
+/// parameters it removed.
+fn sparsity_of(measure: SparsityMeasure, s: &Summary, round: &Record) -> f64 {
+    let Record::Round { sparsity, kept, prunable, .. } = round else { return 0.0 };
+    match measure {
+        SparsityMeasure::Parameters if s.structured.is_none() && s.parameters > 0 => {
+            prunable.saturating_sub(*kept) as f64 / s.parameters as f64
+        }
+        _ => *sparsity,
+    }
+}
+
 /// The points of a finished run: its pruned rounds (all of them, or the
 /// last for a swept method), and its round 0 as the dense reference when
 /// `dense` is set.
@@ -88,7 +102,7 @@ fn points_of(spec: &Spec, job: &Job, s: &Summary, method: &str, dense: bool) -> 
     let mut out = Vec::new();
     let swept = job.method.is_some_and(|m| spec.method[m].sweep.is_some());
     for (i, r) in rounds.iter().enumerate() {
-        let Record::Round { round, sparsity, .. } = r else { continue };
+        let Record::Round { round, .. } = r else { continue };
         let last = i + 1 == rounds.len();
         let (name, keep) = if *round == 0 { ("dense", dense) } else { (method, !swept || last) };
         if !keep {
@@ -101,7 +115,7 @@ fn points_of(spec: &Spec, job: &Job, s: &Summary, method: &str, dense: bool) -> 
                     method: name.to_string(),
                     model: s.model.clone(),
                     data: s.data.clone(),
-                    sparsity: if *round == 0 { 0.0 } else { *sparsity },
+                    sparsity: if *round == 0 { 0.0 } else { sparsity_of(spec.table.sparsity, s, r) },
                     setting: if *round == 0 { None } else { job.setting.clone() },
                     metric: metric.clone(),
                     value,
@@ -334,5 +348,67 @@ mod tests {
         // Every seed converged: the same data decides the claim.
         let all: Vec<Point> = points.iter().map(|p| Point { converged: true, ..p.clone() }).collect();
         assert_eq!(check_claims(&spec, &sections(&spec, &all)).remove(0).2, Verdict::Pass);
+    }
+
+    /// Under `sparsity = "parameters"` a masked run's zeroed weights count
+    /// over all its parameters and a shrunk run's removed parameters as it
+    /// recorded them, so that the two meet in one row; the default measure
+    /// keeps each run's own.
+    #[test]
+    fn parameter_sparsity_puts_masked_and_shrunk_runs_in_one_row() {
+        use crate::table::aggregate::key;
+        let run = |structured: bool, sparsity: f64, kept: usize, prunable: usize, parameters: usize| {
+            let report = serde_json::json!({
+                "method": "mi", "widths": {}, "residual": {}, "select_seconds": 1.0,
+                "parameters_before": prunable, "parameters_after": kept,
+                "metrics_before_finetune": {}, "calibration": 8,
+            });
+            let s: Summary = serde_json::from_value(serde_json::json!({
+                "name": "r", "model": "bert", "data": "glue-mrpc", "method": "m", "seed": 0, "metric": "f1",
+                "rounds": [], "sparsity": { "layers": [] }, "parameters": parameters,
+                "structured": if structured { report } else { serde_json::Value::Null },
+            }))
+            .unwrap();
+            let round = Record::Round {
+                round: 1,
+                sparsity,
+                kept,
+                prunable,
+                test_loss: 0.0,
+                metrics: Default::default(),
+                best: None,
+                lines: None,
+            };
+            (s, round)
+        };
+        // Half of 4,000 encoder weights masked in an 8,000-parameter model;
+        // the shrink removed 2,003 of 8,000 parameters (biases with the units).
+        let (masked, r1) = run(false, 0.5, 2000, 4000, 8000);
+        let (shrunk, r2) = run(true, 0.250375, 5997, 8000, 5997);
+        let by = |m, s: &Summary, r: &Record| sparsity_of(m, s, r);
+        assert_eq!(by(SparsityMeasure::Parameters, &masked, &r1), 0.25);
+        assert_eq!(by(SparsityMeasure::Parameters, &shrunk, &r2), 0.250375);
+        assert_eq!(
+            key(by(SparsityMeasure::Parameters, &masked, &r1)),
+            key(by(SparsityMeasure::Parameters, &shrunk, &r2))
+        );
+        assert_eq!(by(SparsityMeasure::Run, &masked, &r1), 0.5);
+        assert_eq!(by(SparsityMeasure::Run, &shrunk, &r2), 0.250375);
+
+        let spec = |measure: &str| {
+            parse_spec(
+                &crate::table::fixtures::SPEC
+                    .replace("scale = \"small\"\n", &format!("scale = \"small\"\n    sparsity = \"{measure}\"\n")),
+            )
+            .unwrap()
+        };
+        assert_eq!(spec("parameters").table.sparsity, SparsityMeasure::Parameters);
+        assert_eq!(spec("run").table.sparsity, SparsityMeasure::Run);
+        let e = parse_spec(
+            &crate::table::fixtures::SPEC
+                .replace("scale = \"small\"\n", "scale = \"small\"\n    sparsity = \"weights\"\n"),
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("weights"), "{e:#}");
     }
 }

@@ -24,6 +24,7 @@
 //! scale = "small"                  # the [scale.*] section used by default
 //! seeds = [0]
 //! x_axis = "sparsity"              # or "weights_left_log" (lottery-ticket plots)
+//! sparsity = "run"                 # or "parameters": removed or zeroed over all parameters
 //!
 //! [scale.small]                    # --set overrides of every run, stated in the report
 //! description = "10k-image MNIST subset, 2 dense epochs"
@@ -35,6 +36,7 @@
 //! name = "dense"
 //! config = "configs/structured/mlp1000-dense.toml"
 //! # dir = "runs/mlp1000-dense"     # a run shared with `espalier run` (else under runs/tables/)
+//! # seed = 42                      # one run shared by every seed's cells (else one per seed)
 //!
 //! [[method]]
 //! name = "l1"                      # CSV method column and run directory
@@ -69,9 +71,11 @@
 //!
 //! A swept method reports the last round of each run; an unswept one (IMP)
 //! reports every pruning round of its run. Rows are sparsities rounded to
-//! 0.1 %. The dense reference is the first prerequisite's result, or else
-//! round 0 of the first method's runs. Claims compare the seed means as the
-//! report prints them.
+//! 0.1 % (`table.sparsity = "parameters"` counts every run's removed or
+//! zeroed parameters over all of them, so structured and unstructured
+//! methods meet at equal parameter sparsity). The dense reference is the
+//! first prerequisite's result, or else round 0 of the first method's
+//! runs. Claims compare the seed means as the report prints them.
 //!
 //! By job: `spec` (the spec's types, parsing, validation), `plan` (runs,
 //! directories, overrides; running the missing ones), `collect` (points
@@ -100,7 +104,8 @@ pub use plan::{plan, run_plan, Job, Plan, Progress, TableOptions};
 pub use report::{plot_data, report_markdown, write_plot_from_csv, write_report};
 pub use slurm::{write_slurm, CountOrText, SlurmArgs, SlurmJobs, SlurmResources};
 pub use spec::{
-    load_spec, parse_spec, Claim, ClaimKind, Method, Prereq, Reference, Scale, Spec, Sweep, TableMeta, Task, XAxis,
+    load_spec, parse_spec, Claim, ClaimKind, Method, Prereq, Reference, Scale, SparsityMeasure, Spec, Sweep, TableMeta,
+    Task, XAxis,
 };
 pub use status::{status, status_text, RunState};
 

@@ -135,7 +135,7 @@ pub fn plan(spec: &Spec, opts: &TableOptions) -> Result<Plan, ConfigError> {
         let root = task.map_or_else(|| runs.clone(), |t| runs.join(&t.name));
         let prefix = task.map_or(String::new(), |t| format!("{}/", t.name));
         for p in &spec.prereq {
-            for &seed in &seeds {
+            for seed in p.seed.map_or_else(|| seeds.clone(), |s| vec![s]) {
                 let builtins = spec.builtins(ti, seed);
                 let dir = match &p.dir {
                     Some(d) => expand_path(Path::new(d), &builtins)?,
@@ -156,7 +156,11 @@ pub fn plan(spec: &Spec, opts: &TableOptions) -> Result<Plan, ConfigError> {
                 sets.extend(scale.sets.iter().cloned());
                 sets.extend(scale.prereq_sets.iter().cloned());
                 sets.push(format!("seed={seed}"));
-                prereq_dirs.insert((ti, p.name.clone(), seed), dir.clone());
+                // A prerequisite with a fixed seed is every seed's.
+                let cell_seeds = if p.seed.is_some() { seeds.clone() } else { vec![seed] };
+                for s in cell_seeds {
+                    prereq_dirs.insert((ti, p.name.clone(), s), dir.clone());
+                }
                 prereqs.push(Job {
                     id,
                     config: expand_path(&p.config, &builtins)?,
@@ -399,5 +403,30 @@ mod tests {
         assert_eq!(next_ready(&queue[1..], &finished), Some(0));
         assert_eq!(p.out, Path::new("results/t"));
         assert_eq!(p.command, "espalier table t.toml");
+    }
+
+    /// A prerequisite with a fixed seed is run once and every seed's cells
+    /// start from it (and wait for it).
+    #[test]
+    fn a_prerequisite_with_a_seed_is_shared_by_every_seed() {
+        let text = SPEC
+            .replace(
+                "name = \"dense\"\n    config = \"a.toml\"",
+                "name = \"dense\"\n    config = \"a.toml\"\n    seed = 7",
+            )
+            .replace("scale = \"small\"\n", "scale = \"small\"\n    seeds = [0, 1, 2]\n");
+        let spec = parse_spec(&text).unwrap();
+        let p = plan(&spec, &opts()).unwrap();
+        assert_eq!(p.prereqs.len(), 1);
+        let dense = Path::new("runs/tables/t/small/prereq/dense/seed7");
+        assert_eq!((p.prereqs[0].dir.as_path(), p.prereqs[0].seed), (dense, 7));
+        assert!(p.prereqs[0].sets.contains(&"seed=7".to_string()));
+        let from_dense: Vec<&Job> = p.cells.iter().filter(|c| c.method == Some(0)).collect();
+        assert_eq!(from_dense.len(), 6);
+        for c in from_dense {
+            assert_eq!(c.needs, [dense]);
+            assert!(c.sets.contains(&format!("init_from={}", toml_string(dense))), "{:?}", c.sets);
+        }
+        assert_eq!(p.cells.iter().map(|c| c.seed).collect::<HashSet<_>>(), HashSet::from([0, 1, 2]));
     }
 }

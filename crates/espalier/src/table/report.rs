@@ -11,7 +11,7 @@ use super::aggregate::{key, nearest, pct, reference_at, reference_for, sections,
 use super::claims::claims_markdown;
 use super::collect::{collect, csv, points_from_csv};
 use super::plan::Plan;
-use super::spec::{Spec, XAxis};
+use super::spec::{SparsityMeasure, Spec, XAxis};
 
 /// The table of one metric; `partial`: the seeds a cell should have, for a
 /// partial report (a cell with fewer says how many it has).
@@ -95,6 +95,11 @@ pub fn report_markdown(spec: &Spec, plan: &Plan, sections: &[Section], missing: 
         md += &format!("{}\n\n", spec.table.description.trim());
     }
     md += &format!("**Scale `{}`:** {}\n\n", plan.scale, scale.description.trim());
+    if spec.table.sparsity == SparsityMeasure::Parameters {
+        md += "Sparsity is the fraction of all the model's trainable parameters removed (a structured \
+               method shrinks the model) or zeroed by masks (an unstructured one), so that both kinds \
+               share rows.\n\n";
+    }
     let seeds = plan.seeds.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ");
     md += &format!(
         "Seeds: {seeds}{}. Every cell is an ordinary run directory under `{}` (`--report-only` re-renders \

@@ -62,6 +62,9 @@ pub struct TableMeta {
     /// The plot's x axis.
     #[serde(default)]
     pub x_axis: XAxis,
+    /// What a row's sparsity counts.
+    #[serde(default)]
+    pub sparsity: SparsityMeasure,
     /// With several `[[task]]`s: also report each method's mean over the
     /// tasks (the GLUE-style average of every task's own metric).
     #[serde(default)]
@@ -107,6 +110,21 @@ pub enum XAxis {
     Sparsity,
     /// Weights left in percent, log scale (lottery-ticket plots).
     WeightsLeftLog,
+}
+
+/// What the sparsity of a row counts (`table.sparsity`).
+#[derive(Clone, Copy, Debug, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SparsityMeasure {
+    /// Each run's own measure: the masked fraction of the method's weights
+    /// (unstructured pruning), or the fraction of the model's parameters a
+    /// structured shrink removed.
+    #[default]
+    Run,
+    /// The fraction of all the model's trainable parameters that the run
+    /// removed (a structured shrink) or zeroed (masks): the measure under
+    /// which structured and unstructured methods share rows.
+    Parameters,
 }
 
 /// A `[scale.NAME]` section.
@@ -198,6 +216,11 @@ pub struct Prereq {
     /// experiment.
     #[serde(default)]
     pub dir: Option<String>,
+    /// One run at this seed, shared by the cells of every seed (their
+    /// spread is then their own: calibration sample, fine-tuning order),
+    /// instead of one run per seed.
+    #[serde(default)]
+    pub seed: Option<u64>,
 }
 
 /// A `[[method]]`: one column of the table.
