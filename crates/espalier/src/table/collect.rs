@@ -96,15 +96,21 @@ fn sparsity_of(measure: SparsityMeasure, s: &Summary, round: &Record) -> f64 {
 
 /// The points of a finished run: its pruned rounds (all of them, or the
 /// last for a swept method), and its round 0 as the dense reference when
-/// `dense` is set.
+/// `dense` is set. A run that never pruned (a method that is a dense
+/// training recipe) is its method's point at sparsity 0 instead.
 fn points_of(spec: &Spec, job: &Job, s: &Summary, method: &str, dense: bool) -> Vec<Point> {
     let rounds: Vec<&Record> = s.rounds.iter().collect();
     let mut out = Vec::new();
     let swept = job.method.is_some_and(|m| spec.method[m].sweep.is_some());
+    let never_pruned = !rounds.iter().any(|r| matches!(r, Record::Round { round: 1.., .. }));
     for (i, r) in rounds.iter().enumerate() {
         let Record::Round { round, .. } = r else { continue };
         let last = i + 1 == rounds.len();
-        let (name, keep) = if *round == 0 { ("dense", dense) } else { (method, !swept || last) };
+        let (name, keep) = match *round {
+            0 if never_pruned => (method, job.method.is_some() && last),
+            0 => ("dense", dense),
+            _ => (method, !swept || last),
+        };
         if !keep {
             continue;
         }
@@ -116,11 +122,11 @@ fn points_of(spec: &Spec, job: &Job, s: &Summary, method: &str, dense: bool) -> 
                     model: s.model.clone(),
                     data: s.data.clone(),
                     sparsity: if *round == 0 { 0.0 } else { sparsity_of(spec.table.sparsity, s, r) },
-                    setting: if *round == 0 { None } else { job.setting.clone() },
+                    setting: if name == "dense" { None } else { job.setting.clone() },
                     metric: metric.clone(),
                     value,
                     seed: s.seed,
-                    converged: *round == 0 || converged(s),
+                    converged: name == "dense" || converged(s),
                 });
             }
         }
@@ -350,6 +356,53 @@ mod tests {
         assert_eq!(check_claims(&spec, &sections(&spec, &all)).remove(0).2, Verdict::Pass);
     }
 
+    fn round(round: usize, sparsity: f64, kept: usize, prunable: usize, accuracy: f64) -> Record {
+        Record::Round {
+            round,
+            sparsity,
+            kept,
+            prunable,
+            test_loss: 0.0,
+            metrics: [("accuracy".to_string(), accuracy)].into(),
+            best: None,
+            lines: None,
+        }
+    }
+
+    /// A finished run's summary (a shrunk one when `structured`).
+    fn summary(structured: bool, parameters: usize, rounds: Vec<Record>) -> Summary {
+        let report = serde_json::json!({
+            "method": "mi", "widths": {}, "residual": {}, "select_seconds": 1.0,
+            "parameters_before": 0, "parameters_after": parameters,
+            "metrics_before_finetune": {}, "calibration": 8,
+        });
+        serde_json::from_value(serde_json::json!({
+            "name": "r", "model": "m", "data": "d", "method": "x", "seed": 0, "metric": "accuracy",
+            "rounds": rounds, "sparsity": { "layers": [] }, "parameters": parameters,
+            "structured": if structured { report } else { serde_json::Value::Null },
+        }))
+        .unwrap()
+    }
+
+    /// A run that never pruned (a dense recipe as a method) is its method's
+    /// point at sparsity 0, not a dense reference; a pruning run's round 0
+    /// is the dense reference only where asked.
+    #[test]
+    fn a_run_that_never_pruned_is_its_methods_point_at_zero() {
+        use crate::table::fixtures::{opts, SPEC};
+        let spec = parse_spec(SPEC).unwrap();
+        let p = crate::table::plan::plan(&spec, &opts()).unwrap();
+        let b = &p.cells[2];
+        let dense_only = summary(false, 100, vec![round(0, 0.0, 100, 100, 91.0)]);
+        let pts = points_of(&spec, b, &dense_only, "b", true);
+        assert_eq!(pts.len(), 1);
+        assert_eq!((pts[0].method.as_str(), pts[0].sparsity, pts[0].value), ("b", 0.0, 91.0));
+        let pruned = summary(false, 100, vec![round(0, 0.0, 100, 100, 91.0), round(1, 0.5, 50, 100, 89.0)]);
+        let names = |dense| points_of(&spec, b, &pruned, "b", dense).into_iter().map(|p| (p.method, p.sparsity));
+        assert_eq!(names(true).collect::<Vec<_>>(), [("dense".to_string(), 0.0), ("b".to_string(), 0.5)]);
+        assert_eq!(names(false).collect::<Vec<_>>(), [("b".to_string(), 0.5)]);
+    }
+
     /// Under `sparsity = "parameters"` a masked run's zeroed weights count
     /// over all its parameters and a shrunk run's removed parameters as it
     /// recorded them, so that the two meet in one row; the default measure
@@ -358,28 +411,8 @@ mod tests {
     fn parameter_sparsity_puts_masked_and_shrunk_runs_in_one_row() {
         use crate::table::aggregate::key;
         let run = |structured: bool, sparsity: f64, kept: usize, prunable: usize, parameters: usize| {
-            let report = serde_json::json!({
-                "method": "mi", "widths": {}, "residual": {}, "select_seconds": 1.0,
-                "parameters_before": prunable, "parameters_after": kept,
-                "metrics_before_finetune": {}, "calibration": 8,
-            });
-            let s: Summary = serde_json::from_value(serde_json::json!({
-                "name": "r", "model": "bert", "data": "glue-mrpc", "method": "m", "seed": 0, "metric": "f1",
-                "rounds": [], "sparsity": { "layers": [] }, "parameters": parameters,
-                "structured": if structured { report } else { serde_json::Value::Null },
-            }))
-            .unwrap();
-            let round = Record::Round {
-                round: 1,
-                sparsity,
-                kept,
-                prunable,
-                test_loss: 0.0,
-                metrics: Default::default(),
-                best: None,
-                lines: None,
-            };
-            (s, round)
+            let r = round(1, sparsity, kept, prunable, 90.0);
+            (summary(structured, parameters, vec![r.clone()]), r)
         };
         // Half of 4,000 encoder weights masked in an 8,000-parameter model;
         // the shrink removed 2,003 of 8,000 parameters (biases with the units).
