@@ -12,7 +12,7 @@ use crate::glue::{self, GlueDataset, GlueTask};
 use crate::mnist::{self, Flavor};
 use crate::tokenize::Tokenizer;
 use crate::xnli::{self, LanguageList, TrainSource, XnliDataset, XnliPlan, XnliSplit};
-use crate::{DataRoot, Dataset, EvalGroup, Prefix};
+use crate::{DataRoot, Dataset, EvalGroup, Prefix, Subset};
 
 /// Datasets, tagged by `dataset`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -78,10 +78,17 @@ pub struct GlueData {
     /// longest-first).
     #[serde(default = "default_max_len")]
     pub max_seq_len: usize,
-    /// The split evaluated every epoch: `dev` (default), or `test` where
-    /// it is labelled (MRPC's Microsoft test file).
+    /// The split evaluated every epoch: `dev` (default), `test` where it
+    /// is labelled (MRPC's Microsoft test file), or `holdout`: `holdout`
+    /// training examples set aside (where the dev labels are not at hand,
+    /// for choosing a recipe without looking at the test file).
     #[serde(default = "default_eval_split")]
     pub eval_split: String,
+    /// With `eval_split = "holdout"`: how many training examples are set
+    /// aside as the evaluation set, drawn by a fixed seeded permutation (the
+    /// same for every run and seed) and taken out of training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holdout: Option<usize>,
     /// Use only the first N training examples.
     #[serde(default)]
     pub limit_train: Option<usize>,
@@ -327,17 +334,34 @@ fn load_xnli(x: &XnliData, root: &DataRoot, model_dir: Option<&Path>) -> Result<
 fn load_glue(g: &GlueData, root: &DataRoot, model_dir: Option<&Path>) -> Result<Data> {
     let glue_root = root.join(g.path.clone().unwrap_or_else(|| "glue".into()));
     let tok = tokenizer(g.tokenizer.as_deref(), model_dir, "GLUE")?;
-    let eval_split: glue::Split =
-        g.eval_split.parse().map_err(|e| Error::msg(format!("key `data.eval_split`: {e}")))?;
     let hint = || format!("loading GLUE {} from {}", g.task, glue_root.display());
     let train = GlueDataset::load(&glue_root, g.task, glue::Split::Train, &tok, g.max_seq_len)
         .map_err(|e| context(e, hint()))?;
-    let test =
-        GlueDataset::load(&glue_root, g.task, eval_split, &tok, g.max_seq_len).map_err(|e| context(e, hint()))?;
-    if !test.is_labelled() {
-        bail!("GLUE {} {eval_split} split has no labels: choose another data.eval_split", g.task);
-    }
-    let (train, test) = (limit(Arc::new(train), g.limit_train), limit(Arc::new(test), g.limit_eval));
+    let (train, test): (Arc<dyn Dataset>, Arc<dyn Dataset>) = match (g.eval_split.as_str(), g.holdout) {
+        ("holdout", Some(held)) => {
+            if held >= train.len() {
+                bail!(
+                    "key `data.holdout`: {held} examples held out of a training set of {} (GLUE {})",
+                    train.len(),
+                    g.task
+                );
+            }
+            let (kept, out) = crate::holdout_split(train.len(), held);
+            let train: Arc<dyn Dataset> = Arc::new(train);
+            (Arc::new(Subset::new(train.clone(), kept)?), Arc::new(Subset::new(train, out)?))
+        }
+        _ => {
+            let eval_split: glue::Split =
+                g.eval_split.parse().map_err(|e| Error::msg(format!("key `data.eval_split`: {e}")))?;
+            let test = GlueDataset::load(&glue_root, g.task, eval_split, &tok, g.max_seq_len)
+                .map_err(|e| context(e, hint()))?;
+            if !test.is_labelled() {
+                bail!("GLUE {} {eval_split} split has no labels: choose another data.eval_split", g.task);
+            }
+            (Arc::new(train), Arc::new(test))
+        }
+    };
+    let (train, test) = (limit(train, g.limit_train), limit(test, g.limit_eval));
     let source = glue_root.join(g.task.dir_name());
     Ok(Data { train, test, metrics: g.task.metrics().to_vec(), source, groups: vec![] })
 }
@@ -366,4 +390,42 @@ fn load_idx(idx: &IdxData, root: &DataRoot, flavor: Flavor, default: &str) -> Re
         source: dir,
         groups: vec![],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokenize::shared_dir;
+    use candle_core::Device;
+
+    /// MRPC (Microsoft's training file: 4,076 pairs, GLUE's train and dev
+    /// together) with 408 pairs held out, the size of GLUE's dev set:
+    /// the rest trains, the held pairs evaluate, and they are the training
+    /// file's own pairs with their labels.
+    #[test]
+    #[cfg_attr(not(feature = "shared-data"), ignore = "needs ../shared; run with --features shared-data")]
+    fn a_holdout_sets_training_pairs_aside_for_evaluation() {
+        let shared = shared_dir();
+        let json = |holdout: usize| {
+            serde_json::json!({
+                "dataset": "glue", "task": "mrpc", "eval_split": "holdout", "holdout": holdout,
+                "tokenizer": shared.join("models/all-MiniLM-L6-v2"),
+            })
+        };
+        let cfg: DataConfig = serde_json::from_value(json(408)).unwrap();
+        let root = DataRoot(shared.join("data"));
+        let data = cfg.load(&root, None).unwrap();
+        assert_eq!((data.train.len(), data.test.len()), (4_076 - 408, 408));
+        let DataConfig::Glue(g) = &cfg else { unreachable!() };
+        let tok = crate::tokenize::Tokenizer::from_file(shared.join("models/all-MiniLM-L6-v2/tokenizer.json")).unwrap();
+        let file = GlueDataset::load(&root.join("glue"), g.task, glue::Split::Train, &tok, g.max_seq_len).unwrap();
+        let (_, held) = crate::holdout_split(4_076, 408);
+        let labels = |d: &dyn Dataset, i: &[usize]| d.batch(i, &Device::Cpu).unwrap().labels.to_vec1::<u32>().unwrap();
+        assert_eq!(labels(data.test.as_ref(), &[0, 1, 407]), labels(&file, &[held[0], held[1], held[407]]));
+
+        let too_many: DataConfig = serde_json::from_value(json(4_076)).unwrap();
+        let Err(e) = too_many.load(&root, None) else { panic!("4,076 of 4,076 held out") };
+        let e = e.to_string();
+        assert!(e.contains("data.holdout") && e.contains("4076"), "{e}");
+    }
 }

@@ -122,6 +122,61 @@ impl Dataset for Prefix {
     }
 }
 
+/// The examples of another dataset at given indices, in that order.
+pub struct Subset {
+    inner: std::sync::Arc<dyn Dataset>,
+    indices: Vec<usize>,
+}
+
+impl Subset {
+    /// The examples of `inner` at `indices`; an index outside `inner` is an
+    /// error.
+    pub fn new(inner: std::sync::Arc<dyn Dataset>, indices: Vec<usize>) -> Result<Self> {
+        if let Some(&i) = indices.iter().find(|&&i| i >= inner.len()) {
+            espalier_core::bail!("example {i} is outside the {} examples of the dataset", inner.len());
+        }
+        Ok(Subset { inner, indices })
+    }
+
+    fn map(&self, indices: &[usize]) -> Result<Vec<usize>> {
+        indices
+            .iter()
+            .map(|&i| {
+                self.indices.get(i).copied().ok_or_else(|| {
+                    espalier_core::Error::msg(format!(
+                        "example {i} is outside the {} of the subset",
+                        self.indices.len()
+                    ))
+                })
+            })
+            .collect()
+    }
+}
+
+impl Dataset for Subset {
+    fn len(&self) -> usize {
+        self.indices.len()
+    }
+    fn batch(&self, indices: &[usize], device: &Device) -> Result<Batch> {
+        self.inner.batch(&self.map(indices)?, device)
+    }
+    fn train_batch(&self, indices: &[usize], seed: u64, epoch: u64, device: &Device) -> Result<Batch> {
+        self.inner.train_batch(&self.map(indices)?, seed, epoch, device)
+    }
+}
+
+/// Splits `n` examples into (kept, held out): `held` of them drawn by a
+/// fixed seeded permutation (the same for every run and seed), both parts
+/// in their original order.
+pub fn holdout_split(n: usize, held: usize) -> (Vec<usize>, Vec<usize>) {
+    let perm = Rng::derive(0, "holdout", &[n as u64]).permutation(n);
+    let mut out = perm[..held.min(n)].to_vec();
+    let mut kept = perm[held.min(n)..].to_vec();
+    out.sort_unstable();
+    kept.sort_unstable();
+    (kept, out)
+}
+
 /// A dataset held as two tensors: inputs `(N, ...)` and labels `(N,)`.
 #[derive(Clone, Debug)]
 pub struct TensorDataset {
@@ -168,5 +223,31 @@ mod tests {
         assert_ne!(p, b.plan(50, 1));
         let d = Batcher { drop_last: true, ..b };
         assert_eq!(d.plan(50, 0).len(), 7);
+    }
+
+    /// The held-out examples are a fixed draw, disjoint from the kept ones,
+    /// both in file order; a subset serves its inner examples by position.
+    #[test]
+    fn holdout_is_a_fixed_disjoint_draw_and_subsets_map_their_indices() -> Result<()> {
+        let (kept, out) = holdout_split(100, 20);
+        assert_eq!((kept.len(), out.len()), (80, 20));
+        let mut all = [kept.clone(), out.clone()].concat();
+        all.sort_unstable();
+        assert_eq!(all, (0..100).collect::<Vec<_>>());
+        assert!(kept.windows(2).all(|w| w[0] < w[1]) && out.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(holdout_split(100, 20), (kept, out.clone()));
+        assert_ne!(out, (0..20).collect::<Vec<_>>(), "a draw, not the first examples");
+
+        let cpu = Device::Cpu;
+        let d: std::sync::Arc<dyn Dataset> = std::sync::Arc::new(TensorDataset {
+            inputs: Tensor::arange(0f32, 10.0, &cpu)?.reshape((10, 1))?,
+            labels: Tensor::arange(0u32, 10, &cpu)?,
+        });
+        let s = Subset::new(d.clone(), vec![7, 2, 5])?;
+        assert_eq!(s.len(), 3);
+        assert_eq!(s.batch(&[0, 2], &cpu)?.labels.to_vec1::<u32>()?, [7, 5]);
+        assert!(s.batch(&[3], &cpu).is_err());
+        assert!(Subset::new(d, vec![10]).is_err());
+        Ok(())
     }
 }

@@ -246,9 +246,22 @@ impl Experiment {
             if g.max_seq_len < 3 {
                 return Err(format!("key `data.max_seq_len` must be at least 3, found {}", g.max_seq_len));
             }
-            let split: Split = g.eval_split.parse().map_err(|e| format!("key `data.eval_split`: {e}"))?;
-            if split == Split::Train {
-                return Err("key `data.eval_split` must be `dev` or `test`, not `train`".into());
+            match (g.eval_split.as_str(), g.holdout) {
+                ("holdout", Some(0) | None) => {
+                    return Err("key `data.eval_split` = \"holdout\" needs `data.holdout`: the number of \
+                                training examples to set aside (at least 1)"
+                        .into())
+                }
+                ("holdout", Some(_)) => {}
+                (_, Some(_)) => {
+                    return Err("key `data.holdout` is for `data.eval_split = \"holdout\"`".into());
+                }
+                (split, None) => {
+                    let split: Split = split.parse().map_err(|e| format!("key `data.eval_split`: {e}"))?;
+                    if split == Split::Train {
+                        return Err("key `data.eval_split` must be `dev`, `test` or `holdout`, not `train`".into());
+                    }
+                }
             }
             if g.tokenizer.is_none() && self.pretrained.is_none() {
                 return Err("key `data.tokenizer` is required when there is no [pretrained] model".into());
@@ -499,6 +512,13 @@ mod tests {
         assert_eq!((g.max_seq_len, g.eval_split.as_str()), (128, "dev"));
         let err = parse(glue, &["data.eval_split=\"train\"".into()]).unwrap_err().0;
         assert!(err.contains("data.eval_split"), "{err}");
+        let holdout = ["data.eval_split=\"holdout\"".into(), "data.holdout=408".into()];
+        let e = parse(glue, &holdout).unwrap();
+        assert_eq!(parse(&toml::to_string(&e).unwrap(), &[]).unwrap(), e);
+        let err = parse(glue, &holdout[..1]).unwrap_err().0;
+        assert!(err.contains("data.holdout"), "{err}");
+        let err = parse(glue, &holdout[1..]).unwrap_err().0;
+        assert!(err.contains("data.holdout") && err.contains("holdout\""), "{err}");
         let err = parse(glue, &["data.task=\"rtee\"".into()]).unwrap_err().0;
         assert!(err.contains("rtee"), "{err}");
         let err = parse(&glue.replace("[pretrained]\n            path = \"models/x\"", ""), &[]).unwrap_err().0;
