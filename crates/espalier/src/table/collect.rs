@@ -96,20 +96,25 @@ fn sparsity_of(measure: SparsityMeasure, s: &Summary, round: &Record) -> f64 {
 
 /// The points of a finished run: its pruned rounds (all of them, or the
 /// last for a swept method), and its round 0 as the dense reference when
-/// `dense` is set. A run that never pruned (a method that is a dense
-/// training recipe) is its method's point at sparsity 0 instead.
+/// `dense` is set. A gradual schedule prunes within round 0: a round is
+/// pruned when it is past round 0 or has a sparsity. A run that never
+/// pruned (a method that is a dense training recipe) is its method's point
+/// at sparsity 0 instead.
 fn points_of(spec: &Spec, job: &Job, s: &Summary, method: &str, dense: bool) -> Vec<Point> {
     let rounds: Vec<&Record> = s.rounds.iter().collect();
     let mut out = Vec::new();
     let swept = job.method.is_some_and(|m| spec.method[m].sweep.is_some());
-    let never_pruned = !rounds.iter().any(|r| matches!(r, Record::Round { round: 1.., .. }));
+    let pruned = |r: &Record| matches!(r, Record::Round { round, sparsity, .. } if *round > 0 || *sparsity > 0.0);
+    let never_pruned = !rounds.iter().any(|r| pruned(r));
     for (i, r) in rounds.iter().enumerate() {
-        let Record::Round { round, .. } = r else { continue };
+        if !matches!(r, Record::Round { .. }) {
+            continue;
+        }
         let last = i + 1 == rounds.len();
-        let (name, keep) = match *round {
-            0 if never_pruned => (method, job.method.is_some() && last),
-            0 => ("dense", dense),
-            _ => (method, !swept || last),
+        let (name, keep) = match (pruned(r), never_pruned) {
+            (false, true) => (method, job.method.is_some() && last),
+            (false, false) => ("dense", dense),
+            (true, _) => (method, !swept || last),
         };
         if !keep {
             continue;
@@ -121,7 +126,7 @@ fn points_of(spec: &Spec, job: &Job, s: &Summary, method: &str, dense: bool) -> 
                     method: name.to_string(),
                     model: s.model.clone(),
                     data: s.data.clone(),
-                    sparsity: if *round == 0 { 0.0 } else { sparsity_of(spec.table.sparsity, s, r) },
+                    sparsity: if pruned(r) { sparsity_of(spec.table.sparsity, s, r) } else { 0.0 },
                     setting: if name == "dense" { None } else { job.setting.clone() },
                     metric: metric.clone(),
                     value,
@@ -386,7 +391,8 @@ mod tests {
 
     /// A run that never pruned (a dense recipe as a method) is its method's
     /// point at sparsity 0, not a dense reference; a pruning run's round 0
-    /// is the dense reference only where asked.
+    /// is the dense reference only where asked; a gradual run's round 0 is
+    /// its result.
     #[test]
     fn a_run_that_never_pruned_is_its_methods_point_at_zero() {
         use crate::table::fixtures::{opts, SPEC};
@@ -401,6 +407,11 @@ mod tests {
         let names = |dense| points_of(&spec, b, &pruned, "b", dense).into_iter().map(|p| (p.method, p.sparsity));
         assert_eq!(names(true).collect::<Vec<_>>(), [("dense".to_string(), 0.0), ("b".to_string(), 0.5)]);
         assert_eq!(names(false).collect::<Vec<_>>(), [("b".to_string(), 0.5)]);
+        // A gradual schedule prunes within round 0: its one round is the result.
+        let gradual = summary(false, 100, vec![round(0, 0.5, 50, 100, 88.0)]);
+        let pts = points_of(&spec, b, &gradual, "b", true);
+        assert_eq!(pts.len(), 1);
+        assert_eq!((pts[0].method.as_str(), pts[0].sparsity, pts[0].value), ("b", 0.5, 88.0));
     }
 
     /// Under `sparsity = "parameters"` a masked run's zeroed weights count
