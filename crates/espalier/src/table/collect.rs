@@ -111,7 +111,10 @@ fn points_of(spec: &Spec, job: &Job, s: &Summary, method: &str, dense: bool) -> 
             continue;
         }
         let last = i + 1 == rounds.len();
-        let (name, keep) = match (pruned(r), never_pruned) {
+        let is_pruned = pruned(r);
+        // Round 0 of a run that prunes later is the dense reference.
+        let reference = !is_pruned && !never_pruned;
+        let (name, keep) = match (is_pruned, never_pruned) {
             (false, true) => (method, job.method.is_some() && last),
             (false, false) => ("dense", dense),
             (true, _) => (method, !swept || last),
@@ -126,12 +129,12 @@ fn points_of(spec: &Spec, job: &Job, s: &Summary, method: &str, dense: bool) -> 
                     method: name.to_string(),
                     model: s.model.clone(),
                     data: s.data.clone(),
-                    sparsity: if pruned(r) { sparsity_of(spec.table.sparsity, s, r) } else { 0.0 },
-                    setting: if name == "dense" { None } else { job.setting.clone() },
+                    sparsity: if is_pruned { sparsity_of(spec.table.sparsity, s, r) } else { 0.0 },
+                    setting: if reference { None } else { job.setting.clone() },
                     metric: metric.clone(),
                     value,
                     seed: s.seed,
-                    converged: name == "dense" || converged(s),
+                    converged: reference || converged(s),
                 });
             }
         }
